@@ -1,0 +1,124 @@
+"""From a radiograph's stored pixel values to the model's input, and back.
+
+The map is affine: shift and scale by a fixed intensity window, zero-pad to a
+square (aspect kept), resize to the model grid with antialiased bilinear
+weights, then clip to [0, 1] (1-Lipschitz).  Its linear part A bounds how far a
+perturbation of the stored image moves the model input, ||A delta|| <= ||A|| ||delta||,
+so a model-space radius R holds for every stored-value perturbation below R / ||A||
+(METHOD.md section 4).
+
+||A|| is computed exactly, not estimated: the resize is separable (one 1D
+resampling per axis), so A = scale * (V kron H) with V and H the padded 1D
+resampling matrices, and ||V kron H|| = ||V|| ||H||.  Each factor is built by
+pushing the identity through torch's own interpolation and its largest singular
+value taken by SVD.  (Power iteration through the 2D map, which the tests run as
+an independent check, only approaches ||A|| from below and would overstate radii.)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+DEFAULT_PERCENTILES = (0.5, 99.5)
+
+
+@dataclass(frozen=True)
+class IntensityWindow:
+    """Stored value `low` maps to 0 and `high` to 1 (values outside are clipped)."""
+
+    low: float
+    high: float
+
+    def __post_init__(self):
+        if not (math.isfinite(self.low) and math.isfinite(self.high) and self.high > self.low):
+            raise ValueError(f"intensity window needs low < high, got [{self.low}, {self.high}]")
+
+    @classmethod
+    def from_percentiles(cls, image: np.ndarray, percentiles=DEFAULT_PERCENTILES) -> IntensityWindow:
+        low, high = np.percentile(image, percentiles)
+        if high <= low:  # flat image: any window containing the value gives the same input
+            high = low + 1.0
+        return cls(float(low), float(high))
+
+
+@dataclass(frozen=True)
+class ModelInputMap:
+    """Stored pixel values of shape `source_shape` -> a (model_size, model_size) model input."""
+
+    source_shape: tuple[int, int]
+    model_size: int
+    window: IntensityWindow
+
+    @property
+    def padded_size(self) -> int:
+        return max(self.source_shape)
+
+    @property
+    def _padding(self) -> tuple[int, int, int, int]:
+        """(left, right, top, bottom) zero padding that centres the image in the square."""
+        height, width = self.source_shape
+        extra_h, extra_w = self.padded_size - height, self.padded_size - width
+        return (extra_w // 2, extra_w - extra_w // 2, extra_h // 2, extra_h - extra_h // 2)
+
+    def linear(self, stored: torch.Tensor) -> torch.Tensor:
+        """The linear part A: (H, W) -> (S, S)."""
+        padded = F.pad(stored[None, None], self._padding)
+        resized = F.interpolate(
+            padded, size=(self.model_size, self.model_size), mode="bilinear", antialias=True, align_corners=False
+        )
+        return resized[0, 0] / (self.window.high - self.window.low)
+
+    def __call__(self, stored: np.ndarray) -> np.ndarray:
+        """Model input in [0, 1]; padding is the window's low end (black)."""
+        shifted = torch.as_tensor(np.asarray(stored, dtype=np.float64) - self.window.low, dtype=torch.float64)
+        return self.linear(shifted).clamp(0.0, 1.0).to(torch.float32).numpy()
+
+    def labels_to_source(self, labels: np.ndarray) -> np.ndarray:
+        """Model-grid labels back onto the source grid (nearest neighbour, padding cropped)."""
+        grid = torch.as_tensor(labels, dtype=torch.float64)[None, None]
+        upsampled = F.interpolate(grid, size=(self.padded_size, self.padded_size), mode="nearest")[0, 0]
+        left, _, top, _ = self._padding
+        height, width = self.source_shape
+        return upsampled[top : top + height, left : left + width].numpy().astype(np.asarray(labels).dtype)
+
+    def operator_norm(self) -> float:
+        """The spectral norm of the linear part A (exact up to float64 rounding)."""
+        height, width = self.source_shape
+        left, right, top, bottom = self._padding
+        vertical = _resampling_matrix(height, top, bottom, self.model_size)
+        horizontal = _resampling_matrix(width, left, right, self.model_size)
+        factors = np.linalg.norm(vertical, 2) * np.linalg.norm(horizontal, 2)
+        return float(factors / (self.window.high - self.window.low))
+
+
+def _resampling_matrix(length: int, pad_before: int, pad_after: int, size: int) -> np.ndarray:
+    """(size, length) matrix of zero padding then torch's antialiased bilinear resize along one axis.
+
+    Built along the width axis for both image axes: the 2D kernel applies the same 1D
+    weights to each, and torch (2.13, CPU) mis-resamples height when the width is 1.
+    """
+    identity = torch.eye(length, dtype=torch.float64)[:, None, None, :]  # one basis vector per batch item
+    padded = F.pad(identity, (pad_before, pad_after))
+    resized = F.interpolate(padded, size=(1, size), mode="bilinear", antialias=True, align_corners=False)
+    return resized[:, 0, 0, :].T.numpy()
+
+
+def radius_in_source_units(model_radius: float, input_map: ModelInputMap) -> dict[str, float]:
+    """The certified radius three ways (METHOD.md section 4).
+
+    model_space            L2 in the model input ([0, 1] intensities, model grid)
+    stored_values_l2       L2 over the source grid in stored pixel values: R / ||A||
+    rms_per_source_pixel   stored_values_l2 / sqrt(#source pixels): the uniform per-pixel change
+    """
+    stored = model_radius / input_map.operator_norm()
+    height, width = input_map.source_shape
+    return {
+        "model_space": model_radius,
+        "stored_values_l2": stored,
+        "rms_per_source_pixel": stored / math.sqrt(height * width),
+    }

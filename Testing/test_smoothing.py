@@ -1,0 +1,179 @@
+"""The certification engine, on an analytic base model whose smoothed version is known exactly."""
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from certseg import ABSTAIN, certify_segmentation, predict_segmentation
+from certseg.stats import binomial_upper_tail_pvalue
+
+
+def threshold_model(batch: torch.Tensor) -> torch.Tensor:
+    """f_i(x) = [x_i > 0.5]: P(f_i(x + eps) = 1) = Phi((x_i - 0.5) / sigma) exactly."""
+    return (batch[:, 0] > 0.5).long()
+
+
+def true_smoothed(image: np.ndarray, sigma: float):
+    """Label, probability of that label, and exact robust radius of the smoothed threshold model."""
+    p_one = stats.norm.cdf((image - 0.5) / sigma)
+    label = (p_one > 0.5).astype(int)
+    return label, np.maximum(p_one, 1 - p_one), np.abs(image - 0.5)
+
+
+def certify(image, **overrides):
+    kwargs = dict(num_classes=2, sigma=0.25, n0=10, n=100, alpha=0.001, tau=0.75, seed=0, device="cpu")
+    kwargs.update(overrides)
+    return certify_segmentation(threshold_model, image, **kwargs)
+
+
+def test_confident_pixels_are_certified_with_the_true_label_and_radius():
+    image = np.array([[0.0, 1.0], [0.05, 0.95]])
+    cert = certify(image, n=200)
+    np.testing.assert_array_equal(cert.labels, [[0, 1], [0, 1]])
+    assert cert.radius == pytest.approx(0.25 * stats.norm.ppf(0.75))
+    assert cert.abstain_fraction == 0.0
+    assert np.all(cert.pixel_radius > cert.radius)  # n=200 unanimous votes give a larger per-pixel bound
+    assert np.all(cert.pixel_radius <= true_smoothed(image, 0.25)[2])
+
+
+def test_pixels_at_the_decision_boundary_abstain():
+    image = np.full((4, 4), 0.5)
+    image[0, 0] = 1.0
+    cert = certify(image, n=300)
+    assert cert.labels[0, 0] == 1
+    assert np.all(cert.labels.ravel()[1:] == ABSTAIN)
+    assert np.all(np.isnan(cert.pixel_radius.ravel()[1:]))
+
+
+@pytest.mark.parametrize("correction", ["holm", "bonferroni"])
+def test_soundness_by_simulation_with_known_truth(correction):
+    """P(any certified pixel wrong) <= alpha, where wrong = wrong label or claimed radius above the truth.
+
+    Pixels are placed where the true top-class probability is just below tau, so
+    certifying them is an error: the worst case for the guarantee.  The same
+    counts tested without correction must fail often, which shows the simulation
+    can detect an unsound procedure.
+    """
+    rng = np.random.default_rng(2024)
+    sigma, tau, alpha, n, trials = 0.25, 0.75, 0.2, 60, 300
+    radius = sigma * stats.norm.ppf(tau)
+    failures = uncorrected_failures = 0
+    for trial in range(trials):
+        # |x - 0.5| in [0.8, 1.0] x the certified radius: true probability slightly below tau.
+        offsets = radius * rng.uniform(0.8, 1.0, size=(4, 4)) * rng.choice([-1, 1], size=(4, 4))
+        image = 0.5 + offsets
+        cert = certify(image, sigma=sigma, tau=tau, alpha=alpha, n=n, correction=correction, seed=trial)
+        label, _, true_radius = true_smoothed(image, sigma)
+        certified = cert.decided
+        wrong = certified & ((cert.labels != label) | (cert.radius > true_radius))
+        pixel_claims = ~np.isnan(cert.pixel_radius)
+        wrong |= pixel_claims & ((cert.candidates != label) | (cert.pixel_radius > true_radius))
+        failures += bool(wrong.any())
+        uncorrected = binomial_upper_tail_pvalue(cert.counts, n, tau) <= alpha
+        uncorrected_failures += bool(uncorrected.any())
+    limit = stats.binom.ppf(0.999, trials, alpha)
+    assert failures <= limit, f"{failures} of {trials} certificates wrong, allowed {limit}"
+    assert uncorrected_failures > limit
+
+
+def test_soundness_on_random_images_at_paper_parameters():
+    rng = np.random.default_rng(5)
+    for trial in range(40):
+        image = rng.uniform(0, 1, size=(8, 8))
+        cert = certify(image, seed=100 + trial, alpha=0.01)
+        label, _, true_radius = true_smoothed(image, 0.25)
+        certified = cert.decided
+        assert np.all(cert.labels[certified] == label[certified])
+        assert np.all(cert.radius <= true_radius[certified])
+
+
+def test_same_seed_same_certificate_whatever_the_batch_size():
+    image = np.random.default_rng(0).uniform(0.3, 0.7, size=(16, 16))
+    reference = certify(image, seed=42, batch_size=7)
+    for batch_size in (1, 32, 110):
+        other = certify(image, seed=42, batch_size=batch_size)
+        np.testing.assert_array_equal(other.labels, reference.labels)
+        np.testing.assert_array_equal(other.counts, reference.counts)
+    different_seed = certify(image, seed=43, batch_size=7)
+    assert not np.array_equal(different_seed.counts, reference.counts)
+
+
+def test_selection_samples_are_not_reused_for_counting():
+    seen = []
+
+    def recording_model(batch):
+        seen.append(batch.clone())
+        return threshold_model(batch)
+
+    certify_segmentation(recording_model, np.full((3, 3), 0.6), num_classes=2, sigma=0.25, n0=5, n=8,
+                         alpha=0.01, tau=0.75, seed=1, batch_size=4, device="cpu")
+    samples = torch.cat(seen)
+    assert samples.shape[0] == 13
+    assert torch.unique(samples.reshape(13, -1), dim=0).shape[0] == 13
+
+
+def test_progress_reports_every_sample_once():
+    calls = []
+    certify(np.zeros((4, 4)), n0=10, n=25, batch_size=8, progress=lambda done, total: calls.append((done, total)))
+    assert calls[-1] == (35, 35)
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+
+
+def test_seed_is_drawn_and_recorded_when_not_given():
+    image = np.random.default_rng(1).uniform(0.4, 0.6, size=(6, 6))
+    first = certify(image, seed=None)
+    replay = certify(image, seed=first.parameters.seed)
+    np.testing.assert_array_equal(first.counts, replay.counts)
+
+
+def test_predict_returns_significant_majority_labels_without_radius():
+    image = np.array([[0.0, 1.0, 0.5]])
+    result = predict_segmentation(threshold_model, image, num_classes=2, sigma=0.25, n=200, alpha=0.001,
+                                  seed=0, device="cpu")
+    assert result.radius is None and result.pixel_radius is None
+    assert list(result.labels[0, :2]) == [0, 1]
+    assert result.labels[0, 2] == ABSTAIN
+
+
+def test_multiclass_counts_pick_the_majority_class():
+    def three_bands(batch):
+        return torch.bucketize(batch[:, 0], torch.tensor([1 / 3, 2 / 3]))
+
+    image = np.array([[0.0, 0.5, 1.0]])
+    cert = certify_segmentation(three_bands, image, num_classes=3, sigma=0.05, n0=10, n=100, alpha=0.001,
+                                tau=0.75, seed=0, device="cpu")
+    np.testing.assert_array_equal(cert.labels, [[0, 1, 2]])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"sigma": 0.0}, "sigma"),
+        ({"sigma": -1.0}, "sigma"),
+        ({"n0": 0}, "n0"),
+        ({"n": 0}, "n must"),
+        ({"alpha": 0.0}, "alpha"),
+        ({"alpha": 1.0}, "alpha"),
+        ({"tau": 0.5}, "tau"),
+        ({"tau": 1.0}, "tau"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"num_classes": 1}, "num_classes"),
+        ({"correction": "none"}, "correction"),
+    ],
+)
+def test_bad_parameters_raise_one_clear_error(override, message):
+    with pytest.raises(ValueError, match=message):
+        certify(np.zeros((4, 4)), **override)
+
+
+@pytest.mark.parametrize("image", [np.zeros((2, 3, 4)), np.zeros(5), np.zeros((0, 4)), np.array([[np.nan]])])
+def test_bad_images_are_refused(image):
+    with pytest.raises(ValueError, match="image"):
+        certify(image)
+
+
+def test_base_model_returning_invalid_labels_is_refused():
+    with pytest.raises(ValueError, match="labels outside"):
+        certify_segmentation(lambda b: threshold_model(b) + 5, np.zeros((2, 2)), num_classes=2, sigma=0.25,
+                             n0=1, n=1, alpha=0.1, tau=0.75, device="cpu")
