@@ -1,0 +1,120 @@
+"""The `certseg` command line.  Exit codes: 0 success, 2 bad input or parameters, 130 interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .errors import CertSegError
+
+EXIT_OK, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 2, 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except (CertSegError, ValueError) as error:
+        print(f"certseg: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("certseg: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="certseg", description="Certified chest X-ray segmentation.")
+    parser.add_argument("--version", action="version", version=f"certseg {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    array = commands.add_parser("certify-array", help="certify one image file (.npy, PNG, TIFF, NRRD, NIfTI)")
+    array.add_argument("image", type=Path)
+    array.add_argument("--out", type=Path, required=True, help="result folder (created atomically)")
+    _add_certification_options(array)
+    array.set_defaults(run=_run_certify_array)
+
+    bench = commands.add_parser("bench", help="time certification of one image")
+    bench.add_argument("--size", type=_positive_int, default=256)
+    bench.add_argument("--n0", type=_positive_int, default=10)
+    bench.add_argument("--n", type=_positive_int, default=100)
+    bench.add_argument("--batch-size", type=_positive_int, default=16)
+    bench.add_argument("--repeats", type=_positive_int, default=1)
+    bench.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    bench.add_argument("--no-denoiser", action="store_true")
+    bench.add_argument("--model-dir", type=Path)
+    bench.add_argument("--random-init", action="store_true", help="untrained networks of the shipped architecture")
+    bench.add_argument("--json", action="store_true", help="print one JSON object instead of a line")
+    bench.set_defaults(run=_run_bench)
+    return parser
+
+
+def _add_certification_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sigma", type=float, default=0.25, help="noise level on [0, 1] model inputs")
+    parser.add_argument("--n0", type=int, default=10, help="selection samples")
+    parser.add_argument("--n", type=int, default=100, help="estimation samples")
+    parser.add_argument("--alpha", type=float, default=0.001, help="family-wise error level")
+    parser.add_argument("--tau", type=float, default=0.75, help="per-pixel probability threshold")
+    parser.add_argument("--correction", default="holm", choices=["holm", "bonferroni"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=_positive_int, default=16)
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    parser.add_argument("--no-denoiser", action="store_true", help="plain smoothing of the segmenter")
+    parser.add_argument("--model-dir", type=Path, help="a model folder (default: the shipped models)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing result")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _certification_parameters(args) -> dict:
+    return dict(sigma=args.sigma, n0=args.n0, n=args.n, alpha=args.alpha, tau=args.tau, correction=args.correction)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _run_certify_array(args) -> int:
+    from .imagefile import read_image
+    from .models import load_models
+    from .outputs import atomic_directory, write_json
+    from .pipeline import certify_stored_image
+    from .progress import sample_bar
+
+    stored = read_image(args.image)
+    models = load_models(args.model_dir, with_denoiser=not args.no_denoiser)
+    with sample_bar(args.n0 + args.n, disable=args.quiet) as progress:
+        result = certify_stored_image(stored, models, device=args.device, batch_size=args.batch_size,
+                                      seed=args.seed, progress=progress, **_certification_parameters(args))
+    report = {"source": str(args.image), **result.report(models)}
+    with atomic_directory(args.out, overwrite=args.overwrite) as staging:
+        np.savez_compressed(staging / "certificate.npz", labels=result.source_labels,
+                            model_labels=result.certificate.labels, counts=result.certificate.counts,
+                            pixel_radius=result.certificate.pixel_radius)
+        write_json(staging / "report.json", report)
+    certified = ", ".join(f"{s['name']} {s['certified_pixels']} px" for s in report["structures"])
+    print(f"{args.image}: certified {certified}; abstained {report['source_grid']['abstain_fraction']:.1%}; "
+          f"radius {result.radii['model_space']:.3f} (model) = {result.radii['rms_per_source_pixel']:.3g} "
+          f"RMS per source pixel -> {args.out}")
+    return EXIT_OK
+
+
+def _run_bench(args) -> int:
+    from .bench import bench_json, run_bench
+
+    result = run_bench(size=args.size, n0=args.n0, n=args.n, batch_size=args.batch_size, device=args.device,
+                       use_denoiser=not args.no_denoiser, model_dir=args.model_dir, random_init=args.random_init,
+                       repeats=args.repeats)
+    print(bench_json(result) if args.json else result.line())
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
