@@ -75,11 +75,21 @@ def _parser() -> argparse.ArgumentParser:
         parser_.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
         parser_.add_argument("--quiet", action="store_true")
         parser_.set_defaults(run=_run_train)
+
+    evaluation = commands.add_parser("evaluate", help="clean and certified Dice on held-out views")
+    evaluation.add_argument("--data", type=Path, required=True, help="a DRR folder of held-out views")
+    evaluation.add_argument("--out", type=Path, required=True, help="folder for evaluation.csv/.md/.png")
+    evaluation.add_argument("--limit", type=_positive_int, help="evaluate only the first LIMIT views")
+    _add_certification_options(evaluation, sigmas=True)
+    evaluation.set_defaults(run=_run_evaluate)
     return parser
 
 
-def _add_certification_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sigma", type=float, default=0.25, help="noise level on [0, 1] model inputs")
+def _add_certification_options(parser: argparse.ArgumentParser, *, sigmas: bool = False) -> None:
+    if sigmas:
+        parser.add_argument("--sigma", type=float, nargs="+", default=[0.25, 0.5, 1.0], help="noise levels")
+    else:
+        parser.add_argument("--sigma", type=float, default=0.25, help="noise level on [0, 1] model inputs")
     parser.add_argument("--n0", type=int, default=10, help="selection samples")
     parser.add_argument("--n", type=int, default=100, help="estimation samples")
     parser.add_argument("--alpha", type=float, default=0.001, help="family-wise error level")
@@ -137,6 +147,24 @@ def _run_bench(args) -> int:
                        use_denoiser=not args.no_denoiser, model_dir=args.model_dir, random_init=args.random_init,
                        repeats=args.repeats)
     print(bench_json(result) if args.json else result.line())
+    return EXIT_OK
+
+
+def _run_evaluate(args) -> int:
+    from .datasets import load_drr_dataset
+    from .evaluate import evaluate, markdown_table, write_outputs
+    from .models import load_models
+    from .outputs import atomic_directory
+
+    samples = load_drr_dataset(args.data)[: args.limit]
+    models = load_models(args.model_dir, with_denoiser=not args.no_denoiser)
+    configurations = ["segmenter alone"] + ([] if args.no_denoiser else ["denoiser + segmenter"])
+    rows = evaluate(samples, models, sigmas=args.sigma, configurations=configurations, n0=args.n0, n=args.n,
+                    alpha=args.alpha, tau=args.tau, batch_size=args.batch_size, seed=args.seed,
+                    device=args.device, progress=not args.quiet)
+    with atomic_directory(args.out, overwrite=args.overwrite) as staging:
+        write_outputs(rows, staging, args.tau)
+    print(markdown_table(rows), end="")
     return EXIT_OK
 
 
