@@ -1,4 +1,8 @@
-"""The `certseg` command line.  Exit codes: 0 success, 2 bad input or parameters, 130 interrupted."""
+"""The `certseg` command line.
+
+Exit codes: 0 success; 1 some images failed (the others were processed); 2 bad
+input or parameters, or nothing to certify; 130 interrupted.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import numpy as np
 from . import __version__
 from .errors import CertSegError
 
-EXIT_OK, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 2, 130
+EXIT_OK, EXIT_SOME_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +36,14 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="certseg", description="Certified chest X-ray segmentation.")
     parser.add_argument("--version", action="version", version=f"certseg {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
+
+    certify = commands.add_parser("certify", help="certify every chest radiograph in a DICOM export")
+    certify.add_argument("input", type=Path, help="DICOM file, folder, DICOMDIR or zip")
+    certify.add_argument("--out", type=Path, required=True, help="results in OUT/<study>/<series>/<instance>/")
+    certify.add_argument("--study", help="only this StudyInstanceUID")
+    certify.add_argument("--series", help="only this SeriesInstanceUID")
+    _add_certification_options(certify)
+    certify.set_defaults(run=_run_certify)
 
     array = commands.add_parser("certify-array", help="certify one image file (.npy, PNG, TIFF, NRRD, NIfTI)")
     array.add_argument("image", type=Path)
@@ -105,7 +117,14 @@ def _add_certification_options(parser: argparse.ArgumentParser, *, sigmas: bool 
 
 
 def _certification_parameters(args) -> dict:
-    return dict(sigma=args.sigma, n0=args.n0, n=args.n, alpha=args.alpha, tau=args.tau, correction=args.correction)
+    """The certification options, checked before any file is read."""
+    from .smoothing import SmoothingParameters
+
+    parameters = dict(sigma=args.sigma, n0=args.n0, n=args.n, alpha=args.alpha, tau=args.tau, correction=args.correction)
+    for sigma in np.atleast_1d(args.sigma):
+        SmoothingParameters(mode="certify", num_classes=2, **{**parameters, "sigma": float(sigma)}, seed=args.seed,
+                            batch_size=args.batch_size, device=args.device).validate()
+    return parameters
 
 
 def _positive_int(text: str) -> int:
@@ -115,6 +134,23 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _run_certify(args) -> int:
+    from .batch import certify_input
+    from .models import load_models
+
+    certification = _certification_parameters(args)
+    models = load_models(args.model_dir, with_denoiser=not args.no_denoiser)
+    code, outcomes = certify_input(args.input, args.out, models, certification=certification,
+                                   device=args.device, batch_size=args.batch_size, seed=args.seed,
+                                   overwrite=args.overwrite, quiet=args.quiet, series=args.series, study=args.study)
+    for outcome in outcomes:
+        stream = sys.stderr if outcome.status == "failed" else sys.stdout
+        print(f"{outcome.path}: {outcome.status}: {outcome.message}", file=stream)
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("certified", "kept", "skipped", "failed")}
+    print("certseg: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    return code
+
+
 def _run_certify_array(args) -> int:
     from .imagefile import read_image
     from .models import load_models
@@ -122,11 +158,12 @@ def _run_certify_array(args) -> int:
     from .pipeline import certify_stored_image
     from .progress import sample_bar
 
+    certification = _certification_parameters(args)
     stored = read_image(args.image)
     models = load_models(args.model_dir, with_denoiser=not args.no_denoiser)
     with sample_bar(args.n0 + args.n, disable=args.quiet) as progress:
         result = certify_stored_image(stored, models, device=args.device, batch_size=args.batch_size,
-                                      seed=args.seed, progress=progress, **_certification_parameters(args))
+                                      seed=args.seed, progress=progress, **certification)
     report = {"source": str(args.image), **result.report(models)}
     with atomic_directory(args.out, overwrite=args.overwrite) as staging:
         np.savez_compressed(staging / "certificate.npz", labels=result.source_labels,
@@ -156,6 +193,7 @@ def _run_evaluate(args) -> int:
     from .models import load_models
     from .outputs import atomic_directory
 
+    _certification_parameters(args)
     samples = load_drr_dataset(args.data)[: args.limit]
     models = load_models(args.model_dir, with_denoiser=not args.no_denoiser)
     configurations = ["segmenter alone"] + ([] if args.no_denoiser else ["denoiser + segmenter"])

@@ -153,18 +153,18 @@ def _project(phantom: Phantom, params: ViewParameters, size: int, samples_per_ra
     det_z = -centre[:, None].expand(size, size) + params.shift_mm[1] * params.magnification
     ys = torch.linspace(-half[1], half[1], samples_per_ray)
     t = (ys - source_y) / (detector_y - source_y)  # ray parameter at each sampled y plane
-    points = torch.stack(
-        [det_x[..., None] * t, ys.expand(size, size, -1), det_z[..., None] * t], dim=-1
-    )  # (size, size, K, 3) in mm, source at x = z = 0
-    points = points @ _rotation(params.rotation_deg).T
-    points = points + _elastic_displacement(points, params, half)
+    rotation = _rotation(params.rotation_deg).T
+    paths = []
+    # Rows in chunks of ~2M ray samples keep memory bounded at any detector size.
+    for rows in torch.split(torch.arange(size), max(1, 2**21 // (size * samples_per_ray))):
+        x, z = det_x[rows], det_z[rows]
+        points = torch.stack([x[..., None] * t, ys.expand(*x.shape, -1), z[..., None] * t], dim=-1) @ rotation
+        points = points + _elastic_displacement(points, params, half)  # (rows, size, K, 3) in mm
+        grid = (points / half)[None]  # normalised to [-1, 1]; order (x, y, z) = (W, H, D)
+        sampled = F.grid_sample(phantom.channels[None], grid, align_corners=True, padding_mode="zeros")
+        paths.append(sampled[0].sum(dim=-1))
     ray_length = torch.sqrt(det_x**2 + det_z**2 + (detector_y - source_y) ** 2)
     step_mm = ray_length / (detector_y - source_y) * (ys[1] - ys[0])  # (size, size)
-    grid = (points / half)[None]  # normalised to [-1, 1]; order (x, y, z) = (W, H, D)
-    paths = []
-    for rows in torch.split(torch.arange(size), max(1, 2**21 // (size * samples_per_ray))):
-        sampled = F.grid_sample(phantom.channels[None], grid[:, rows], align_corners=True, padding_mode="zeros")
-        paths.append(sampled[0].sum(dim=-1))
     return torch.cat(paths, dim=1) * step_mm
 
 

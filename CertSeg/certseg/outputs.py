@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -24,6 +25,7 @@ def atomic_directory(target: Path, *, overwrite: bool) -> Iterator[Path]:
         raise CertSegError(f"{target}: already exists (use --overwrite to replace it)")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; results get the usual permissions
     try:
         yield staging
         if target.exists():
@@ -36,6 +38,12 @@ def atomic_directory(target: Path, *, overwrite: bool) -> Iterator[Path]:
             staging.rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -1,0 +1,122 @@
+"""`certseg certify INPUT --out OUT`: every chest radiograph in a PACS export, one result folder each."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from . import __version__
+from .errors import CertSegError
+from .io_dicom import Radiograph, Skipped, candidate_files, check_header, read_radiograph
+from .models import LoadedModels
+from .outputs import atomic_directory, write_json
+from .pipeline import certify_stored_image
+from .progress import sample_bar
+from .results import ijk_to_lps, write_dicom_seg, write_overlay, write_seg_nrrd
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+@dataclass
+class Outcome:
+    path: Path
+    message: str
+    status: str  # "certified", "kept" (result exists), "skipped" (not ours), "failed"
+
+
+def certify_input(source: Path, out: Path, models: LoadedModels, *, certification: dict[str, Any],
+                  device: str, batch_size: int, seed: int, overwrite: bool, quiet: bool,
+                  series: str | None = None, study: str | None = None) -> tuple[int, list[Outcome]]:
+    """Certify every selected chest radiograph under `source`; returns the exit code and one outcome per file."""
+    outcomes: list[Outcome] = []
+    with candidate_files(source) as files:
+        selected = []
+        for path in files:
+            header = check_header(path)
+            if isinstance(header, Skipped):
+                outcomes.append(_skipped(header))
+            elif series and header.SeriesInstanceUID != series or study and header.StudyInstanceUID != study:
+                outcomes.append(Outcome(path, "not in the selected study/series", "skipped"))
+            else:
+                selected.append(path)
+        if not selected:
+            raise CertSegError(f"{source}: no chest radiograph (CR or DX) to certify" + _reasons(outcomes))
+        for path in tqdm(selected, desc="images", unit="image", disable=quiet):
+            try:
+                outcomes.append(_certify_file(path, out, models, certification, device, batch_size, seed,
+                                              overwrite, quiet))
+            except (CertSegError, ValueError, RuntimeError, OSError, MemoryError) as error:
+                # One image's failure (bad geometry, out of memory, disk full) never stops the batch.
+                outcomes.append(Outcome(path, f"{type(error).__name__}: {error}", "failed"))
+    failed = any(o.status == "failed" for o in outcomes)
+    return (EXIT_SOME_FAILED if failed else EXIT_OK), outcomes
+
+
+def _skipped(skipped: Skipped) -> Outcome:
+    return Outcome(skipped.path, skipped.reason, "failed" if skipped.failed else "skipped")
+
+
+def _reasons(outcomes: list[Outcome]) -> str:
+    shown = "; ".join(f"{o.path.name}: {o.message}" for o in outcomes[:5])
+    return f" ({shown}{'; ...' if len(outcomes) > 5 else ''})" if outcomes else ""
+
+
+def _certify_file(path, out, models, certification, device, batch_size, seed, overwrite, quiet) -> Outcome:
+    radiograph = read_radiograph(path)
+    if isinstance(radiograph, Skipped):
+        return _skipped(radiograph)
+    target = out.joinpath(*radiograph.uids)
+    if target.exists() and not overwrite:
+        return Outcome(path, f"result kept: {target} exists (use --overwrite to replace it)", "kept")
+    started = time.perf_counter()
+    with sample_bar(certification["n0"] + certification["n"], disable=quiet) as progress:
+        result = certify_stored_image(radiograph.pixels, models, device=device, batch_size=batch_size, seed=seed,
+                                      progress=progress, **certification)
+    report = _report(radiograph, result, models)
+    with atomic_directory(target, overwrite=overwrite) as staging:
+        write_dicom_seg(staging / "seg.dcm", radiograph, result.source_labels, models.segmenter_card)
+        write_seg_nrrd(staging / "certseg.seg.nrrd", result.source_labels,
+                       ijk_to_lps(radiograph.dataset, radiograph.spacing_mm), _segment_tags(report))
+        write_overlay(staging / "overlay.png", radiograph.pixels, result.source_labels)
+        report["timings_s"]["total_with_io"] = time.perf_counter() - started
+        write_json(staging / "report.json", report)
+    return Outcome(path, _summary(report, target), "certified")
+
+
+def _report(radiograph: Radiograph, result, models: LoadedModels) -> dict[str, Any]:
+    study, series, sop = radiograph.uids
+    area = None if radiograph.spacing_mm is None else radiograph.spacing_mm[0] * radiograph.spacing_mm[1]
+    return {
+        "certseg_version": __version__,
+        "source": {"file": str(radiograph.path), "study_instance_uid": study, "series_instance_uid": series,
+                   "sop_instance_uid": sop, "modality": str(radiograph.dataset.Modality),
+                   "transfer_syntax": str(radiograph.dataset.file_meta.get("TransferSyntaxUID", "")),
+                   "pixel_spacing_mm": list(radiograph.spacing_mm) if radiograph.spacing_mm else None,
+                   "notes": radiograph.notes},
+        **result.report(models, pixel_area_mm2=area),
+    }
+
+
+def _segment_tags(report: dict[str, Any]) -> dict[str, str]:
+    """Parameters and radius as segment tags, for the Slicer module's panel."""
+    params = report["parameters"]
+    tags = {f"CertSeg.{k}": str(params[k]) for k in ("sigma", "n0", "n", "alpha", "tau", "correction", "seed")}
+    tags.update({f"CertSeg.radius.{k}": f"{v:.6g}" for k, v in report["radius"].items()})
+    tags["CertSeg.denoiser"] = str(report["denoiser"])
+    return tags
+
+
+def _summary(report: dict[str, Any], target: Path) -> str:
+    structures = ", ".join(
+        f"{s['name']} {s['certified_area_mm2'] / 100:.1f} cm2" if s["certified_area_mm2"] is not None
+        else f"{s['name']} {s['certified_pixels']} px"
+        for s in report["structures"]
+    )
+    return (f"certified {structures}; abstained {report['source_grid']['abstain_fraction']:.1%}; "
+            f"radius {report['radius']['model_space']:.3f} model / {report['radius']['rms_per_source_pixel']:.3g} "
+            f"RMS per pixel -> {target}")
+

@@ -1,0 +1,145 @@
+"""The per-image result files: DICOM SEG, .seg.nrrd, report.json and overlay.png.
+
+Segments: one per structure with certified pixels, and "Abstained" for every pixel
+without a certificate.  Anatomy is coded in SNOMED CT; abstention has no standard
+code, so it carries the private code ("ABSTAINED", "99CERTSEG", "Certification
+abstained") in category ("SPATIAL", "99CERTSEG", "Certification outcome"),
+documented in README.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .labels import ANATOMICAL_STRUCTURE, STRUCTURES
+from .smoothing import ABSTAIN
+
+ABSTAINED_CATEGORY = ("CERTOUTCOME", "99CERTSEG", "Certification outcome")
+ABSTAINED_TYPE = ("ABSTAINED", "99CERTSEG", "Certification abstained")
+ABSTAINED_COLOR = (255, 0, 255)
+SLICER_CONTEXT = "Segmentation category and type - DICOM master list"
+
+
+def segment_specs(labels: np.ndarray) -> list[dict[str, Any]]:
+    """What to draw: name, mask, colour and codes of each certified structure, then Abstained."""
+    specs = []
+    for structure in STRUCTURES:
+        mask = labels == structure["value"]
+        if mask.any():
+            specs.append({**structure, "name": f"certified {structure['name']}", "mask": mask,
+                          "category": ANATOMICAL_STRUCTURE})
+    specs.append({"name": "Abstained", "value": ABSTAIN, "mask": labels == ABSTAIN, "color": ABSTAINED_COLOR,
+                  "category": ABSTAINED_CATEGORY, "type": ABSTAINED_TYPE, "modifier": None})
+    return specs
+
+
+def ijk_to_lps(dataset, spacing_mm: tuple[float, float] | None) -> np.ndarray:
+    """4x4 voxel (column i, row j, k) to LPS matrix of a single-frame image.
+
+    Uses ImageOrientationPatient/ImagePositionPatient when the image has them
+    (some DX do); projection radiographs usually do not, and then the image lies
+    in the identity plane at the origin, as Slicer's DICOM import places it.
+    """
+    row_spacing, column_spacing = spacing_mm or (1.0, 1.0)
+    orientation = [float(v) for v in dataset.get("ImageOrientationPatient", [1, 0, 0, 0, 1, 0])]
+    position = [float(v) for v in dataset.get("ImagePositionPatient", [0, 0, 0])]
+    along_row, along_column = np.array(orientation[:3]), np.array(orientation[3:])
+    matrix = np.eye(4)
+    matrix[:3, 0] = along_row * column_spacing
+    matrix[:3, 1] = along_column * row_spacing
+    matrix[:3, 2] = np.cross(along_row, along_column)
+    matrix[:3, 3] = position
+    return matrix
+
+
+def write_seg_nrrd(path: Path, labels: np.ndarray, geometry: np.ndarray, tags: dict[str, str]) -> None:
+    """Slicer's .seg.nrrd through slicerio: segment names, colours, terminology and tags."""
+    import slicerio
+
+    segmentation = slicerio.create_segmentation((labels.shape[1], labels.shape[0], 1), geometry)
+    for spec in segment_specs(labels):
+        terminology = {"contextName": SLICER_CONTEXT, "category": _slicer_code(spec["category"]),
+                       "type": _slicer_code(spec["type"])}
+        if spec["modifier"]:
+            terminology["typeModifier"] = _slicer_code(spec["modifier"])
+        slicerio.add_segment(segmentation, spec["mask"].T[:, :, None], {
+            "id": spec["name"].replace(" ", "_"),
+            "name": spec["name"],
+            "color": [c / 255 for c in spec["color"]],
+            "terminology": terminology,
+            "tags": dict(tags),
+        })
+    slicerio.write_segmentation(str(path), segmentation)
+
+
+def _slicer_code(code: tuple[str, str, str]) -> list[str]:
+    value, scheme, meaning = code
+    return [scheme, value, meaning]
+
+
+def write_dicom_seg(path: Path, radiograph, labels: np.ndarray, models_card: dict[str, Any]) -> None:
+    """A BINARY DICOM SEG (highdicom) in the source's study, new series, referencing the source image."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=f"CertSeg {models_card['name']}", family=codes.cid7162.ArtificialIntelligence,
+        version=str(models_card.get("version", "unknown")), source="CertSeg randomized smoothing",
+    )
+    descriptions, masks = [], []
+    for number, spec in enumerate(segment_specs(labels), start=1):
+        category = (codes.SCT.AnatomicalStructure if spec["category"] == ANATOMICAL_STRUCTURE
+                    else hd.sr.CodedConcept(*spec["category"]))
+        description = hd.seg.SegmentDescription(
+            segment_number=number, segment_label=spec["name"], segmented_property_category=category,
+            segmented_property_type=hd.sr.CodedConcept(*spec["type"]), algorithm_type="AUTOMATIC",
+            algorithm_identification=algorithm, display_color=hd.color.CIELabColor.from_rgb(*spec["color"]),
+        )
+        if spec["modifier"]:  # laterality: Segmented Property Type Modifier (highdicom has no argument for it)
+            description.SegmentedPropertyTypeModifierCodeSequence = [hd.sr.CodedConcept(*spec["modifier"])]
+        descriptions.append(description)
+        masks.append(spec["mask"])
+    # Projection images have no Frame of Reference, so Slice Thickness is not required; dcmqi (Slicer's
+    # DICOM SEG reader) and highdicom's reader still need it, so we state the nominal 1 mm.
+    measures = None
+    if radiograph.spacing_mm is not None:
+        measures = hd.PixelMeasuresSequence(pixel_spacing=list(radiograph.spacing_mm), slice_thickness=1.0)
+    segmentation = hd.seg.Segmentation(
+        source_images=[radiograph.dataset],
+        pixel_array=np.stack(masks, axis=-1)[None],
+        segmentation_type="BINARY",
+        segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(),
+        series_number=int(radiograph.dataset.get("SeriesNumber", 0) or 0) + 9000,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="CertSeg",
+        manufacturer_model_name=models_card["name"],
+        software_versions=__version__,
+        device_serial_number="n/a",
+        series_description="CertSeg certified segmentation",
+        content_label="CERTSEG",
+        content_description="certified structures and abstained region",
+        pixel_measures=measures,
+        omit_empty_frames=False,
+    )
+    segmentation.save_as(path)
+
+
+def write_overlay(path: Path, stored: np.ndarray, labels: np.ndarray, max_side: int = 1024) -> None:
+    """A PNG for a quick look: the image, certified structures tinted, abstained pixels magenta."""
+    from PIL import Image
+
+    low, high = np.percentile(stored, [0.5, 99.5])
+    gray = np.clip((stored - low) / max(high - low, 1e-9), 0, 1)
+    rgb = np.repeat(gray[..., None] * 255, 3, axis=-1)
+    for spec in segment_specs(labels):
+        alpha = 0.55 if spec["value"] == ABSTAIN else 0.35
+        rgb[spec["mask"]] = (1 - alpha) * rgb[spec["mask"]] + alpha * np.array(spec["color"], dtype=float)
+    image = Image.fromarray(rgb.astype(np.uint8))
+    image.thumbnail((max_side, max_side))
+    image.save(path)
