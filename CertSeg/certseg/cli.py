@@ -74,6 +74,13 @@ def _parser() -> argparse.ArgumentParser:
     drr.add_argument("--quiet", action="store_true")
     drr.set_defaults(run=_run_data_drr)
 
+    sample = data.add_parser("sample-cr", help="render one view as a realistic CR DICOM file")
+    sample.add_argument("--out", type=Path, required=True, help="the .dcm file to write")
+    sample.add_argument("--seed", type=int, required=True, help="not a training or evaluation seed")
+    sample.add_argument("--size", type=_positive_int, default=2048)
+    sample.add_argument("--uncompressed", action="store_true", help="Explicit VR Little Endian, not JPEG 2000")
+    sample.set_defaults(run=_run_data_sample)
+
     train = commands.add_parser("train", help="train the segmenter or the denoiser").add_subparsers(dest="model", required=True)
     for model in ("segmenter", "denoiser"):
         parser_ = train.add_parser(model, help=f"train the {model} into OUT/{model}")
@@ -212,6 +219,16 @@ def _run_data_drr(args) -> int:
     write_drr_dataset(args.out, count=args.count, seed=args.seed, size=args.size, overwrite=args.overwrite,
                       progress=not args.quiet)
     print(f"{args.out}: {args.count} DRR views (seed {args.seed}, {args.size}x{args.size})")
+    return EXIT_OK
+
+
+def _run_data_sample(args) -> int:
+    from .sample import write_sample_cr
+
+    if args.out.exists():
+        raise CertSegError(f"{args.out}: already exists")
+    write_sample_cr(args.out, seed=args.seed, size=args.size, compress=not args.uncompressed)
+    print(f"{args.out}: CR {args.size}x{args.size} from view seed {args.seed}")
     return EXIT_OK
 
 

@@ -61,8 +61,11 @@ def cr_dataset(stored: np.ndarray, *, imager_spacing_mm: float, source_to_detect
     return ds
 
 
-def write_sample_cr(out: Path, *, seed: int, size: int) -> Path:
-    """Render one view (seed stream 3 by default: not a training or evaluation view) and save it as CR."""
+def write_sample_cr(out: Path, *, seed: int, size: int, compress: bool = True) -> Path:
+    """Render one view from its own seed stream and save it as CR (JPEG 2000 lossless unless not `compress`).
+
+    Use a seed other than the training and evaluation datasets' so the view is new to the models.
+    """
     from .drr import ViewParameters, load_phantom, render_view
 
     params = ViewParameters.draw(np.random.default_rng(np.random.SeedSequence(seed)))
@@ -74,6 +77,10 @@ def write_sample_cr(out: Path, *, seed: int, size: int) -> Path:
         magnification=params.magnification,
         seed=seed,
     )
+    if compress:
+        from pydicom.uid import JPEG2000Lossless
+
+        ds.compress(JPEG2000Lossless)
     out.parent.mkdir(parents=True, exist_ok=True)
     temporary = out.with_name(out.name + ".partial")
     ds.save_as(temporary, enforce_file_format=True)

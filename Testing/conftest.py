@@ -1,0 +1,43 @@
+"""Shared fixtures: real DICOM files made with pydicom and converted by DCMTK, and model folders."""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from certseg.sample import cr_dataset
+
+DATA = Path(__file__).parent / "Data"
+SAMPLE_CR = DATA / "sample_cr.dcm"
+
+
+def require_tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not installed: Testing/setup-and-test.sh installs dcmtk and dicom3tools")
+    return path
+
+
+def run_tool(*args) -> None:
+    require_tool(str(args[0]))
+    subprocess.run([str(a) for a in args], check=True, capture_output=True)
+
+
+def chest_pixels(rows: int = 240, columns: int = 200, seed: int = 0) -> np.ndarray:
+    """A 12-bit image with chest-like structure: dark lungs either side of a bright mediastinum."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:rows, 0:columns] / np.array([rows, columns])[:, None, None]
+    lungs = np.exp(-(((x - 0.3) / 0.13) ** 2 + ((y - 0.45) / 0.3) ** 2)) + np.exp(-(((x - 0.7) / 0.13) ** 2 + ((y - 0.45) / 0.3) ** 2))
+    image = 3200 - 2200 * lungs + 120 * rng.standard_normal((rows, columns))
+    return np.clip(image, 0, 4095).astype(np.uint16)
+
+
+@pytest.fixture
+def small_cr(tmp_path) -> Path:
+    """An uncompressed 12-bit chest CR file (240 x 200, so geometry errors show)."""
+    path = tmp_path / "small_cr.dcm"
+    cr_dataset(chest_pixels(), imager_spacing_mm=1.5, source_to_detector_mm=1800.0, magnification=1.1,
+               seed=7).save_as(path, enforce_file_format=True)
+    return path

@@ -1,0 +1,152 @@
+"""Reading what a PACS exports: transfer syntaxes, photometry, geometry, and hostile files."""
+
+import copy
+import zipfile
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.fileset import FileSet
+
+from certseg.errors import CertSegError
+from certseg.io_dicom import Radiograph, Skipped, candidate_files, read_radiograph
+from conftest import chest_pixels, run_tool
+
+# (DCMTK command and options, lossless?)  Together: every transfer syntax CertSeg promises to read.
+TRANSFER_SYNTAXES = {
+    "implicit VR little endian": (["dcmconv", "+ti"], True),
+    "explicit VR big endian": (["dcmconv", "+tb"], True),
+    "deflated": (["dcmconv", "+td"], True),
+    "RLE lossless": (["dcmcrle"], True),
+    "JPEG baseline (8 bit)": (["dcmcjpeg", "+eb"], False),
+    "JPEG extended (12 bit)": (["dcmcjpeg", "+ee"], False),
+    "JPEG lossless (process 14)": (["dcmcjpeg", "+el"], True),
+    "JPEG lossless SV1": (["dcmcjpeg", "+e1"], True),
+    "JPEG-LS lossless": (["dcmcjpls", "+el"], True),
+    "JPEG-LS near-lossless": (["dcmcjpls", "+en"], False),
+}
+
+
+@pytest.mark.parametrize("name", TRANSFER_SYNTAXES)
+def test_every_transfer_syntax_decodes_to_the_stored_values(name, small_cr, tmp_path):
+    (command, *options), lossless = TRANSFER_SYNTAXES[name]
+    converted = tmp_path / "converted.dcm"
+    run_tool(command, *options, small_cr, converted)
+    original = read_radiograph(small_cr)
+    result = read_radiograph(converted)
+    assert isinstance(result, Radiograph), getattr(result, "reason", "")
+    assert str(result.dataset.file_meta.TransferSyntaxUID) != str(original.dataset.file_meta.TransferSyntaxUID)
+    if lossless:
+        np.testing.assert_array_equal(result.pixels, original.pixels)
+    else:  # lossy: same picture (baseline JPEG also rescales 12 bits to 8)
+        correlation = np.corrcoef(result.pixels.ravel(), original.pixels.ravel())[0, 1]
+        assert correlation > 0.98, f"{name}: correlation {correlation:.3f}"
+
+
+@pytest.mark.parametrize("syntax", ["JPEG2000Lossless", "RLELossless"])
+def test_pydicom_encoded_files_decode(syntax, small_cr, tmp_path):
+    ds = pydicom.dcmread(small_cr)
+    ds.compress(getattr(pydicom.uid, syntax))
+    ds.save_as(tmp_path / "c.dcm")
+    np.testing.assert_array_equal(read_radiograph(tmp_path / "c.dcm").pixels, read_radiograph(small_cr).pixels)
+
+
+def test_monochrome1_is_inverted_and_modality_lut_applied(small_cr, tmp_path):
+    ds = pydicom.dcmread(small_cr)
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    ds.RescaleSlope, ds.RescaleIntercept = "2", "-1000"
+    ds.save_as(tmp_path / "m1.dcm")
+    stored = ds.pixel_array.astype(float) * 2 - 1000
+    pixels = read_radiograph(tmp_path / "m1.dcm").pixels
+    np.testing.assert_allclose(pixels, stored.max() + stored.min() - stored)
+
+
+def test_spacing_choice_and_pixel_units(small_cr, tmp_path):
+    assert read_radiograph(small_cr).spacing_mm == pytest.approx((1.5 / 1.1, 1.5 / 1.1), rel=1e-5)
+    ds = pydicom.dcmread(small_cr)
+    del ds.PixelSpacing
+    ds.save_as(tmp_path / "imager.dcm")
+    imager = read_radiograph(tmp_path / "imager.dcm")
+    assert imager.spacing_mm == (1.5, 1.5) and "ImagerPixelSpacing" in imager.notes[0]
+    ds.ImagerPixelSpacing = [0, 0]
+    ds.save_as(tmp_path / "zero.dcm")
+    zero = read_radiograph(tmp_path / "zero.dcm")
+    assert zero.spacing_mm is None and "pixel units" in zero.notes[0]
+
+
+def hostile_files(small_cr, folder):
+    """Each bad file and the words its reason must contain (Dataset.copy is shallow: deep copies)."""
+    good = pydicom.dcmread(small_cr)
+    cases = {}
+    data = small_cr.read_bytes()
+    (folder / "truncated.dcm").write_bytes(data[: len(data) // 2])
+    cases["truncated.dcm"] = "cannot decode"
+    (folder / "notes.txt").write_text("not an image\n")
+    cases["notes.txt"] = "not a DICOM file"
+    no_pixels = copy.deepcopy(good)
+    del no_pixels.PixelData
+    no_pixels.save_as(folder / "nopixels.dcm")
+    cases["nopixels.dcm"] = "no pixel data"
+    for modality in ("CT", "MR"):
+        other = copy.deepcopy(good)
+        other.Modality = modality
+        other.save_as(folder / f"{modality}.dcm")
+        cases[f"{modality}.dcm"] = f"modality {modality}"
+    knee = copy.deepcopy(good)
+    knee.BodyPartExamined = "KNEE"
+    knee.save_as(folder / "knee.dcm")
+    cases["knee.dcm"] = "body part KNEE"
+    rgb = copy.deepcopy(good)
+    rgb.PhotometricInterpretation, rgb.SamplesPerPixel, rgb.PlanarConfiguration = "RGB", 3, 0
+    rgb.BitsAllocated = rgb.BitsStored = 8
+    rgb.HighBit = 7
+    rgb.PixelData = np.zeros((240, 200, 3), np.uint8).tobytes()
+    rgb["PixelData"].VR = "OB"
+    rgb.save_as(folder / "rgb.dcm")
+    cases["rgb.dcm"] = "not grayscale"
+    frames = copy.deepcopy(good)
+    frames.NumberOfFrames = 2
+    frames.PixelData = good.PixelData * 2
+    frames["PixelData"].VR = "OW"
+    frames.save_as(folder / "multiframe.dcm")
+    cases["multiframe.dcm"] = "multi-frame"
+    huge = copy.deepcopy(good)
+    huge.Rows = huge.Columns = 40000
+    huge.save_as(folder / "huge.dcm")
+    cases["huge.dcm"] = "larger than any chest detector"
+    return cases
+
+
+def test_hostile_files_get_one_reason_each(small_cr, tmp_path):
+    folder = tmp_path / "hostile"
+    folder.mkdir()
+    for name, words in hostile_files(small_cr, folder).items():
+        result = read_radiograph(folder / name)
+        assert isinstance(result, Skipped), name
+        assert words in result.reason, (name, result.reason)
+        assert "\n" not in result.reason
+
+
+def test_folders_zips_and_dicomdirs_are_searched(small_cr, tmp_path):
+    nested = tmp_path / "export" / "a" / "b"
+    nested.mkdir(parents=True)
+    (nested / "IMG0001").write_bytes(small_cr.read_bytes())
+    (tmp_path / "export" / "readme.txt").write_text("hello")
+    with zipfile.ZipFile(tmp_path / "export.zip", "w") as archive:
+        archive.write(nested / "IMG0001", "study/IMG0001")
+    fileset = FileSet()
+    fileset.add(pydicom.dcmread(small_cr))
+    fileset.write(tmp_path / "media")
+    for source, expected in [(tmp_path / "export", 2), (tmp_path / "export.zip", 1), (tmp_path / "media" / "DICOMDIR", 1)]:
+        with candidate_files(source) as files:
+            radiographs = [r for r in map(read_radiograph, files) if isinstance(r, Radiograph)]
+            assert len(files) == expected and len(radiographs) == 1, source
+
+
+def test_zip_slip_is_refused(tmp_path):
+    with zipfile.ZipFile(tmp_path / "evil.zip", "w") as archive:
+        archive.writestr("../../outside.dcm", b"x")
+    with pytest.raises(CertSegError, match="outside the archive"):
+        with candidate_files(tmp_path / "evil.zip"):
+            pass
+    assert not (tmp_path.parent / "outside.dcm").exists()
