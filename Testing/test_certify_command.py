@@ -1,0 +1,130 @@
+"""`certseg certify` end to end on the shipped sample and on a hostile export, outputs read back."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+import slicerio
+
+from conftest import SAMPLE_CR, require_tool
+from test_dicom_input import hostile_files
+
+FAST = ["--n0", "2", "--n", "12", "--quiet"]
+
+
+def certseg(*args):
+    return subprocess.run([sys.executable, "-m", "certseg", *map(str, args)], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def sample_result(tmp_path_factory):
+    out = tmp_path_factory.mktemp("certify") / "out"
+    run = certseg("certify", SAMPLE_CR, "--out", out, *FAST)
+    assert run.returncode == 0, run.stderr
+    source = pydicom.dcmread(SAMPLE_CR)
+    folder = out / source.StudyInstanceUID / source.SeriesInstanceUID / source.SOPInstanceUID
+    return run, source, folder
+
+
+def test_sample_writes_all_four_outputs(sample_result):
+    run, _, folder = sample_result
+    assert sorted(p.name for p in folder.iterdir()) == ["certseg.seg.nrrd", "overlay.png", "report.json", "seg.dcm"]
+    assert "certified" in run.stdout and "Traceback" not in run.stderr
+
+
+def test_dicom_seg_reads_back_with_highdicom(sample_result):
+    _, source, folder = sample_result
+    seg = hd.seg.segread(folder / "seg.dcm")
+    labels = [seg.get_segment_description(n).segment_label for n in seg.segment_numbers]
+    assert labels[-1] == "Abstained" and "certified right lung" in labels and "certified left lung" in labels
+    assert seg.StudyInstanceUID == source.StudyInstanceUID and seg.SeriesInstanceUID != source.SeriesInstanceUID
+    assert seg.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    pixels = seg.get_pixels_by_source_instance([source.SOPInstanceUID], combine_segments=False)
+    assert pixels.shape == (1, source.Rows, source.Columns, len(labels))
+    assert not np.any(pixels.sum(axis=-1) > 1)  # certified and abstained never overlap
+    assert np.all(pixels.sum(axis=-1) >= 0)
+    description = seg.get_segment_description(labels.index("certified right lung") + 1)
+    assert description.SegmentedPropertyTypeModifierCodeSequence[0].CodeMeaning == "Right"
+    assert description.SegmentationAlgorithmIdentificationSequence[0].AlgorithmName.startswith("CertSeg")
+
+
+def test_dicom_seg_passes_dciodvfy(sample_result):
+    _, _, folder = sample_result
+    check = subprocess.run([require_tool("dciodvfy"), str(folder / "seg.dcm")], capture_output=True, text=True)
+    errors = [line for line in (check.stdout + check.stderr).splitlines() if line.startswith("Error")]
+    assert not errors, errors
+
+
+def test_seg_nrrd_reads_back_with_slicerio_on_the_source_geometry(sample_result):
+    _, source, folder = sample_result
+    segmentation = slicerio.read_segmentation(str(folder / "certseg.seg.nrrd"))
+    names = [s["name"] for s in segmentation["segments"]]
+    assert "Abstained" in names and "certified left lung" in names
+    spacing = [float(v) for v in source.PixelSpacing]  # (row, column)
+    geometry = segmentation["ijkToLPS"]
+    np.testing.assert_allclose(np.linalg.norm(geometry[:3, :2], axis=0), [spacing[1], spacing[0]], rtol=1e-5)
+    np.testing.assert_allclose(geometry[:3, 3], 0.0)
+    assert segmentation["voxels"].shape[:2] == (source.Columns, source.Rows)
+    lung = next(s for s in segmentation["segments"] if s["name"] == "certified left lung")
+    assert lung["terminology"]["type"][1] == "39607008" and lung["terminology"]["typeModifier"][2] == "Left"
+    assert float(lung["tags"]["CertSeg.sigma"]) == 0.25
+
+
+def test_report_states_parameters_models_areas_and_radii(sample_result):
+    _, source, folder = sample_result
+    report = json.loads((folder / "report.json").read_text())
+    assert report["source"]["sop_instance_uid"] == source.SOPInstanceUID
+    assert report["parameters"]["n"] == 12 and report["denoiser"] is True
+    assert len(report["models"]["segmenter"]["sha256"]) == 64
+    lungs = [s for s in report["structures"] if s["name"].endswith("lung")]
+    area = float(source.PixelSpacing[0]) * float(source.PixelSpacing[1])
+    assert all(s["certified_area_mm2"] == pytest.approx(s["certified_pixels"] * area) for s in lungs)
+    radius = report["radius"]
+    assert radius["model_space"] == pytest.approx(0.25 * 0.6744897501960817)
+    assert radius["rms_per_source_pixel"] == pytest.approx(radius["stored_values_l2"] / np.sqrt(source.Rows * source.Columns))
+
+
+def test_existing_results_are_kept_unless_overwrite(sample_result, tmp_path):
+    _, _, folder = sample_result
+    out = folder.parents[2]
+    before = (folder / "report.json").read_bytes()
+    again = certseg("certify", SAMPLE_CR, "--out", out, *FAST, "--seed", "5")
+    assert again.returncode == 0 and "kept" in again.stdout
+    assert (folder / "report.json").read_bytes() == before
+
+
+def test_hostile_export_processes_the_good_image_and_lists_each_bad_file(small_cr, tmp_path):
+    export = tmp_path / "export"
+    export.mkdir()
+    cases = hostile_files(small_cr, export)
+    shutil.copy(small_cr, export / "good.dcm")
+    run = certseg("certify", export, "--out", tmp_path / "out", *FAST, "--no-denoiser")
+    assert run.returncode == 1, run.stderr  # some images failed
+    assert "Traceback" not in run.stderr + run.stdout
+    for name, words in cases.items():
+        lines = [line for line in (run.stdout + run.stderr).splitlines() if line.startswith(str(export / name))]
+        assert len(lines) == 1 and words in lines[0], (name, lines)
+    assert len(list((tmp_path / "out").rglob("report.json"))) == 1
+    assert not list((tmp_path / "out").rglob("*.partial"))
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--sigma", "0"], "sigma must be > 0"),
+    (["--tau", "0.4"], "tau must lie in"),
+    (["--alpha", "2"], "alpha must lie in"),
+])
+def test_bad_parameters_fail_fast_in_one_line(args, words, tmp_path):
+    run = certseg("certify", SAMPLE_CR, "--out", tmp_path / "out", *args)
+    assert run.returncode == 2 and words in run.stderr and len(run.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_nothing_to_certify_is_a_clear_error(tmp_path):
+    (tmp_path / "a.txt").write_text("hello")
+    run = certseg("certify", tmp_path, "--out", tmp_path / "out")
+    assert run.returncode == 2 and "no chest radiograph" in run.stderr and "a.txt" in run.stderr
