@@ -13,10 +13,10 @@ from . import __version__
 from .errors import CertSegError
 from .io_dicom import Radiograph, Skipped, candidate_files, check_header, read_radiograph
 from .models import LoadedModels
-from .outputs import atomic_directory, write_json
+from .outputs import atomic_directory
 from .pipeline import certify_stored_image
 from .progress import sample_bar
-from .results import ijk_to_lps, write_dicom_seg, write_overlay, write_seg_nrrd
+from .results import ijk_to_lps, write_result_folder
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -66,25 +66,22 @@ def _reasons(outcomes: list[Outcome]) -> str:
 
 
 def _certify_file(path, out, models, certification, device, batch_size, seed, overwrite, quiet) -> Outcome:
+    started = time.perf_counter()
     radiograph = read_radiograph(path)
     if isinstance(radiograph, Skipped):
         return _skipped(radiograph)
     target = out.joinpath(*radiograph.uids)
     if target.exists() and not overwrite:
         return Outcome(path, f"result kept: {target} exists (use --overwrite to replace it)", "kept")
-    started = time.perf_counter()
     with sample_bar(certification["n0"] + certification["n"], disable=quiet) as progress:
         result = certify_stored_image(radiograph.pixels, models, device=device, batch_size=batch_size, seed=seed,
                                       progress=progress, **certification)
     report = _report(radiograph, result, models)
+    report["timings_s"]["total_with_decoding"] = time.perf_counter() - started
     with atomic_directory(target, overwrite=overwrite) as staging:
-        write_dicom_seg(staging / "seg.dcm", radiograph, result.source_labels, models.segmenter_card)
-        write_seg_nrrd(staging / "certseg.seg.nrrd", result.source_labels,
-                       ijk_to_lps(radiograph.dataset, radiograph.spacing_mm), _segment_tags(report))
-        write_overlay(staging / "overlay.png", radiograph.pixels, result.source_labels)
-        report["timings_s"]["total_with_io"] = time.perf_counter() - started
-        write_json(staging / "report.json", report)
-    return Outcome(path, _summary(report, target), "certified")
+        write_result_folder(staging, radiograph.pixels, result, report,
+                            ijk_to_lps(radiograph.dataset, radiograph.spacing_mm), models.segmenter_card, radiograph)
+    return Outcome(path, summary_line(report, target), "certified")
 
 
 def _report(radiograph: Radiograph, result, models: LoadedModels) -> dict[str, Any]:
@@ -101,16 +98,7 @@ def _report(radiograph: Radiograph, result, models: LoadedModels) -> dict[str, A
     }
 
 
-def _segment_tags(report: dict[str, Any]) -> dict[str, str]:
-    """Parameters and radius as segment tags, for the Slicer module's panel."""
-    params = report["parameters"]
-    tags = {f"CertSeg.{k}": str(params[k]) for k in ("sigma", "n0", "n", "alpha", "tau", "correction", "seed")}
-    tags.update({f"CertSeg.radius.{k}": f"{v:.6g}" for k, v in report["radius"].items()})
-    tags["CertSeg.denoiser"] = str(report["denoiser"])
-    return tags
-
-
-def _summary(report: dict[str, Any], target: Path) -> str:
+def summary_line(report: dict[str, Any], target: Path) -> str:
     structures = ", ".join(
         f"{s['name']} {s['certified_area_mm2'] / 100:.1f} cm2" if s["certified_area_mm2"] is not None
         else f"{s['name']} {s['certified_pixels']} px"

@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     array = commands.add_parser("certify-array", help="certify one image file (.npy, PNG, TIFF, NRRD, NIfTI)")
     array.add_argument("image", type=Path)
     array.add_argument("--out", type=Path, required=True, help="result folder (created atomically)")
+    array.add_argument("--monochrome1", action="store_true", help="the file stores MONOCHROME1 values: invert")
+    array.add_argument("--progress-lines", action="store_true",
+                       help="machine-readable progress on stdout (for the Slicer module) instead of a bar")
     _add_certification_options(array)
     array.set_defaults(run=_run_certify_array)
 
@@ -159,28 +162,30 @@ def _run_certify(args) -> int:
 
 
 def _run_certify_array(args) -> int:
+    from .batch import summary_line
     from .imagefile import read_image
     from .models import load_models
-    from .outputs import atomic_directory, write_json
+    from .outputs import atomic_directory
     from .pipeline import certify_stored_image
-    from .progress import sample_bar
+    from .progress import progress_lines, sample_bar
+    from .results import write_result_folder
 
     certification = _certification_parameters(args)
-    stored = read_image(args.image)
+    image = read_image(args.image, monochrome1=args.monochrome1)
+    if args.out.exists() and not args.overwrite:
+        raise CertSegError(f"{args.out}: already exists (use --overwrite to replace it)")
     models = load_models(args.model_dir, with_denoiser=not args.no_denoiser)
-    with sample_bar(args.n0 + args.n, disable=args.quiet) as progress:
-        result = certify_stored_image(stored, models, device=args.device, batch_size=args.batch_size,
+    reporter = progress_lines() if args.progress_lines else sample_bar(args.n0 + args.n, disable=args.quiet)
+    with reporter as progress:
+        result = certify_stored_image(image.pixels, models, device=args.device, batch_size=args.batch_size,
                                       seed=args.seed, progress=progress, **certification)
-    report = {"source": str(args.image), **result.report(models)}
+    area = None if image.spacing_mm is None else image.spacing_mm[0] * image.spacing_mm[1]
+    report = {"source": {"file": str(args.image), "pixel_spacing_mm": image.spacing_mm,
+                         "monochrome1_inverted": args.monochrome1},
+              **result.report(models, pixel_area_mm2=area)}
     with atomic_directory(args.out, overwrite=args.overwrite) as staging:
-        np.savez_compressed(staging / "certificate.npz", labels=result.source_labels,
-                            model_labels=result.certificate.labels, counts=result.certificate.counts,
-                            pixel_radius=result.certificate.pixel_radius)
-        write_json(staging / "report.json", report)
-    certified = ", ".join(f"{s['name']} {s['certified_pixels']} px" for s in report["structures"])
-    print(f"{args.image}: certified {certified}; abstained {report['source_grid']['abstain_fraction']:.1%}; "
-          f"radius {result.radii['model_space']:.3f} (model) = {result.radii['rms_per_source_pixel']:.3g} "
-          f"RMS per source pixel -> {args.out}")
+        write_result_folder(staging, image.pixels, result, report, image.ijk_to_lps, models.segmenter_card)
+    print(f"{args.image}: {summary_line(report, args.out)}", flush=True)
     return EXIT_OK
 
 

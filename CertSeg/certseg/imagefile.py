@@ -2,24 +2,39 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .errors import CertSegError
 
+# Formats that carry physical geometry; the others (PNG, TIFF, JPEG, .npy) are in pixel units.
+GEOMETRY_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 
-def read_image(path: Path) -> np.ndarray:
-    """(H, W) float64 stored values from .npy or any 2D image SimpleITK reads."""
+
+@dataclass
+class ImageFile:
+    pixels: np.ndarray  # (rows, columns) float64 stored values
+    ijk_to_lps: np.ndarray  # 4x4, column index i, row index j, k = 0
+    spacing_mm: tuple[float, float] | None  # (row, column) spacing; None: pixel units
+
+
+def read_image(path: Path, *, monochrome1: bool = False) -> ImageFile:
+    """One 2D grayscale image from .npy or any format SimpleITK reads (one-slice 3D volumes included).
+
+    `monochrome1`: the file stores MONOCHROME1 values (bright = less attenuating); invert them.
+    """
     if not path.is_file():
         raise CertSegError(f"{path}: no such file")
     try:
         if path.suffix.lower() == ".npy":
-            array = np.load(path, allow_pickle=False)
+            array, geometry = np.load(path, allow_pickle=False), np.eye(4)
         else:
             import SimpleITK as sitk
 
-            array = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+            image = sitk.ReadImage(str(path))
+            array, geometry = sitk.GetArrayFromImage(image), _ijk_to_lps(image)
     except Exception as error:  # every reader failure is a bad input, reported in one line
         raise CertSegError(f"{path}: not a readable image ({_first_line(error)})") from None
     array = np.squeeze(np.asarray(array))
@@ -27,7 +42,25 @@ def read_image(path: Path) -> np.ndarray:
         raise CertSegError(f"{path}: expected one 2D grayscale image, got shape {array.shape}")
     if not np.issubdtype(array.dtype, np.number) or not np.all(np.isfinite(array)):
         raise CertSegError(f"{path}: pixel values must be finite numbers")
-    return array.astype(np.float64)
+    pixels = array.astype(np.float64)
+    if monochrome1:
+        pixels = pixels.max() + pixels.min() - pixels
+    has_geometry = path.name.lower().endswith(GEOMETRY_SUFFIXES)
+    spacing = (float(np.linalg.norm(geometry[:3, 1])), float(np.linalg.norm(geometry[:3, 0])))
+    return ImageFile(pixels, geometry, spacing if has_geometry else None)
+
+
+def _ijk_to_lps(image) -> np.ndarray:
+    """SimpleITK's geometry (LPS) as a 4x4 matrix; 2D images lie in the z = 0 plane."""
+    dimension = image.GetDimension()
+    direction = np.eye(3)
+    direction[:dimension, :dimension] = np.reshape(image.GetDirection(), (dimension, dimension))
+    spacing = np.ones(3)
+    spacing[:dimension] = image.GetSpacing()
+    matrix = np.eye(4)
+    matrix[:3, :3] = direction * spacing
+    matrix[:dimension, 3] = image.GetOrigin()
+    return matrix
 
 
 def _first_line(error: Exception) -> str:

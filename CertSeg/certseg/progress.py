@@ -1,8 +1,15 @@
-"""Progress reporting for terminals (tqdm)."""
+"""Progress reporting: tqdm bars for terminals, one JSON line per step for the Slicer module.
+
+Progress-line protocol (stdout, one line each, flushed):
+    CERTSEG_PROGRESS {"done": <samples done>, "total": <samples in all>}
+The Slicer module (CertSegLib.process) parses these; every other line is log text.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
+import sys
 from typing import Iterator
 
 from tqdm import tqdm
@@ -18,3 +25,18 @@ def sample_bar(total: int, *, disable: bool = False, description: str = "samples
             bar.update(done - bar.n)
 
         yield update
+
+
+PROGRESS_PREFIX = "CERTSEG_PROGRESS "
+
+
+@contextlib.contextmanager
+def progress_lines(stream=None) -> Iterator[Progress]:
+    """Engine progress callback printing the progress-line protocol."""
+    out = stream or sys.stdout
+
+    def report(done: int, total: int) -> None:
+        out.write(PROGRESS_PREFIX + json.dumps({"done": done, "total": total}) + "\n")
+        out.flush()
+
+    yield report

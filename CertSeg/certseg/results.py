@@ -9,6 +9,7 @@ documented in README.md.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,28 @@ def write_dicom_seg(path: Path, radiograph, labels: np.ndarray, models_card: dic
         omit_empty_frames=False,
     )
     segmentation.save_as(path)
+
+
+def write_result_folder(folder: Path, stored: np.ndarray, result, report: dict[str, Any], geometry: np.ndarray,
+                        models_card: dict[str, Any], radiograph=None) -> None:
+    """Every output of one image into `folder`: seg.dcm (DICOM sources only), certseg.seg.nrrd,
+    overlay.png, certificate.npz (model-grid arrays for research) and report.json."""
+    if radiograph is not None:
+        write_dicom_seg(folder / "seg.dcm", radiograph, result.source_labels, models_card)
+    write_seg_nrrd(folder / "certseg.seg.nrrd", result.source_labels, geometry, segment_tags(report))
+    write_overlay(folder / "overlay.png", stored, result.source_labels)
+    np.savez_compressed(folder / "certificate.npz", model_labels=result.certificate.labels,
+                        counts=result.certificate.counts, pixel_radius=result.certificate.pixel_radius)
+    (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+def segment_tags(report: dict[str, Any]) -> dict[str, str]:
+    """Parameters and radius as segment tags, for the Slicer module's panel."""
+    params = report["parameters"]
+    tags = {f"CertSeg.{k}": str(params[k]) for k in ("sigma", "n0", "n", "alpha", "tau", "correction", "seed")}
+    tags.update({f"CertSeg.radius.{k}": f"{v:.6g}" for k, v in report["radius"].items()})
+    tags["CertSeg.denoiser"] = str(report["denoiser"])
+    return tags
 
 
 def write_overlay(path: Path, stored: np.ndarray, labels: np.ndarray, max_side: int = 1024) -> None:
