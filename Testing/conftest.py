@@ -9,8 +9,7 @@ import pytest
 
 from certseg.sample import cr_dataset
 
-DATA = Path(__file__).parent / "Data"
-SAMPLE_CR = DATA / "sample_cr.dcm"
+SAMPLE_CR = Path(__file__).parents[1] / "CertSeg" / "Resources" / "SampleData" / "sample_cr.dcm"
 
 
 def require_tool(name: str) -> str:

@@ -48,7 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     array = commands.add_parser("certify-array", help="certify one image file (.npy, PNG, TIFF, NRRD, NIfTI)")
     array.add_argument("image", type=Path)
     array.add_argument("--out", type=Path, required=True, help="result folder (created atomically)")
-    array.add_argument("--monochrome1", action="store_true", help="the file stores MONOCHROME1 values: invert")
+    array.add_argument("--reference-dicom", type=Path,
+                       help="the DICOM file IMAGE was loaded from: pixel values, photometry and spacing come from "
+                            "it, geometry from IMAGE, and a DICOM SEG is written too (used by the Slicer module)")
     array.add_argument("--progress-lines", action="store_true",
                        help="machine-readable progress on stdout (for the Slicer module) instead of a bar")
     _add_certification_options(array)
@@ -171,7 +173,10 @@ def _run_certify_array(args) -> int:
     from .results import write_result_folder
 
     certification = _certification_parameters(args)
-    image = read_image(args.image, monochrome1=args.monochrome1)
+    image = read_image(args.image)
+    radiograph = None if args.reference_dicom is None else _reference_radiograph(args.reference_dicom, image)
+    if radiograph is not None:
+        image.pixels, image.spacing_mm = radiograph.pixels, radiograph.spacing_mm
     if args.out.exists() and not args.overwrite:
         raise CertSegError(f"{args.out}: already exists (use --overwrite to replace it)")
     models = load_models(args.model_dir, with_denoiser=not args.no_denoiser)
@@ -180,13 +185,29 @@ def _run_certify_array(args) -> int:
         result = certify_stored_image(image.pixels, models, device=args.device, batch_size=args.batch_size,
                                       seed=args.seed, progress=progress, **certification)
     area = None if image.spacing_mm is None else image.spacing_mm[0] * image.spacing_mm[1]
-    report = {"source": {"file": str(args.image), "pixel_spacing_mm": image.spacing_mm,
-                         "monochrome1_inverted": args.monochrome1},
+    report = {"source": {"file": str(args.image), "reference_dicom": str(args.reference_dicom or ""),
+                         "pixel_spacing_mm": image.spacing_mm},
               **result.report(models, pixel_area_mm2=area)}
     with atomic_directory(args.out, overwrite=args.overwrite) as staging:
-        write_result_folder(staging, image.pixels, result, report, image.ijk_to_lps, models.segmenter_card)
+        write_result_folder(staging, image.pixels, result, report, image.ijk_to_lps, models.segmenter_card,
+                            radiograph)
     print(f"{args.image}: {summary_line(report, args.out)}", flush=True)
     return EXIT_OK
+
+
+def _reference_radiograph(path: Path, image):
+    """The DICOM an exported volume came from, checked to hold the same picture (possibly inverted)."""
+    from .io_dicom import Skipped, read_radiograph
+
+    radiograph = read_radiograph(path)
+    if isinstance(radiograph, Skipped):
+        raise CertSegError(f"{path}: {radiograph.reason}")
+    if radiograph.pixels.shape != image.pixels.shape:
+        raise CertSegError(f"{path}: {radiograph.pixels.shape} pixels do not match the image's {image.pixels.shape}")
+    correlation = np.corrcoef(radiograph.pixels.ravel(), image.pixels.ravel())[0, 1]
+    if not abs(correlation) > 0.9:
+        raise CertSegError(f"{path}: its pixels do not match the image (correlation {correlation:.2f})")
+    return radiograph
 
 
 def _run_bench(args) -> int:

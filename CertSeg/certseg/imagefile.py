@@ -20,11 +20,8 @@ class ImageFile:
     spacing_mm: tuple[float, float] | None  # (row, column) spacing; None: pixel units
 
 
-def read_image(path: Path, *, monochrome1: bool = False) -> ImageFile:
-    """One 2D grayscale image from .npy or any format SimpleITK reads (one-slice 3D volumes included).
-
-    `monochrome1`: the file stores MONOCHROME1 values (bright = less attenuating); invert them.
-    """
+def read_image(path: Path) -> ImageFile:
+    """One 2D grayscale image from .npy or any format SimpleITK reads (one-slice 3D volumes included)."""
     if not path.is_file():
         raise CertSegError(f"{path}: no such file")
     try:
@@ -43,8 +40,6 @@ def read_image(path: Path, *, monochrome1: bool = False) -> ImageFile:
     if not np.issubdtype(array.dtype, np.number) or not np.all(np.isfinite(array)):
         raise CertSegError(f"{path}: pixel values must be finite numbers")
     pixels = array.astype(np.float64)
-    if monochrome1:
-        pixels = pixels.max() + pixels.min() - pixels
     has_geometry = path.name.lower().endswith(GEOMETRY_SUFFIXES)
     spacing = (float(np.linalg.norm(geometry[:3, 1])), float(np.linalg.norm(geometry[:3, 0])))
     return ImageFile(pixels, geometry, spacing if has_geometry else None)

@@ -1,0 +1,425 @@
+"""CertSeg: certified chest X-ray segmentation in 3D Slicer.
+
+A thin GUI over the `certseg` backend (in this module's folder): the input volume is
+written to a temporary NRRD, `certseg certify-array` runs in a background process,
+and its `.seg.nrrd` is loaded as a segmentation with one segment per certified
+structure and an "Abstained" segment.  Requires Slicer 5.8 or later.
+"""
+
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated, Optional
+
+import qt
+import slicer
+import vtk
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+from CertSegLib.process import BackendProcess, Progress
+from CertSegLib.summary import BackendParameters, backend_command, panel_summary
+
+MODULE_DIR = Path(__file__).resolve().parent
+SAMPLE_CR = MODULE_DIR / "Resources" / "SampleData" / "sample_cr.dcm"
+# What Slicer does not ship; torch comes from the PyTorch extension, never from here.
+REQUIREMENTS = MODULE_DIR / "Resources" / "requirements.txt"
+
+
+class CertSeg(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("CertSeg")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["CertSeg team"]
+        self.parent.helpText = _(
+            "Certified segmentation of chest X-rays: every pixel is either certified (no L2 perturbation of the "
+            "image below the stated radius can change its label) or abstained. Demonstration and research only; "
+            "not for clinical use."
+        )
+        self.parent.acknowledgementText = _(
+            "Randomized smoothing for segmentation (Fischer et al. 2021) with diffusion denoised smoothing "
+            "(Carlini et al. 2023), after Laousy et al. (MICCAI 2023)."
+        )
+
+
+@parameterNodeWrapper
+class CertSegParameterNode:
+    inputVolume: vtkMRMLScalarVolumeNode
+    outputSegmentation: vtkMRMLSegmentationNode
+    sigma: Annotated[float, WithinRange(0.01, 2.0)] = 0.25
+    n0: Annotated[int, WithinRange(1, 10000)] = 10
+    n: Annotated[int, WithinRange(1, 100000)] = 100
+    alpha: Annotated[float, WithinRange(1e-9, 0.5)] = 0.001
+    tau: Annotated[float, WithinRange(0.51, 0.9999)] = 0.75
+    useDenoiser: bool = True
+    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    modelFolder: str = ""
+
+
+class CertSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/CertSeg.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = CertSegLogic()
+        self.ui.progressBar.hide()
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.initializeParameterNode()
+
+    def cleanup(self):
+        self.logic.cancel()
+        self.removeObservers()
+
+    def enter(self):
+        self.initializeParameterNode()
+
+    def exit(self):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateApplyButton)
+
+    def onSceneStartClose(self, caller, event):
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self):
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+
+    def setParameterNode(self, inputParameterNode: Optional[CertSegParameterNode]):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateApplyButton)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            # Widgets carrying the "SlicerParameterName" property in the .ui are bound here.
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateApplyButton)
+        self._updateApplyButton()
+
+    def _updateApplyButton(self, caller=None, event=None):
+        if self.logic.isRunning:
+            self.ui.applyButton.text = _("Cancel")
+            self.ui.applyButton.enabled = True
+            return
+        self.ui.applyButton.text = _("Apply")
+        ready = bool(self._parameterNode and self._parameterNode.inputVolume)
+        self.ui.applyButton.enabled = ready
+        self.ui.applyButton.toolTip = _("Certify the input radiograph") if ready else _("Select an input volume")
+
+    def onApplyButton(self):
+        if self.logic.isRunning:
+            self.logic.cancel()
+            self._log(_("Cancelled."))
+            self._finish()
+            return
+        with slicer.util.tryWithErrorDisplay(_("CertSeg could not start."), waitCursor=True):
+            self.logic.ensureDependencies()
+            self.ui.logText.clear()
+            self.ui.summaryText.clear()
+            self.ui.progressBar.value = 0
+            self.ui.progressBar.show()
+            self.logic.process(self._parameterNode, wait=False, onProgress=self._onProgress, onLog=self._log,
+                               onFinished=self._onFinished)
+        self._updateApplyButton()
+
+    def _onProgress(self, progress: Progress):
+        self.ui.progressBar.value = int(100 * progress.fraction)
+
+    def _log(self, text: str):
+        self.ui.logText.appendPlainText(text)
+
+    def _onFinished(self, report: Optional[dict], error: Optional[str]):
+        if error:
+            slicer.util.errorDisplay(error)
+        else:
+            self.ui.summaryText.setPlainText(panel_summary(report))
+        self._finish()
+
+    def _finish(self):
+        self.ui.progressBar.hide()
+        self._updateApplyButton()
+
+
+class CertSegLogic(ScriptedLoadableModuleLogic):
+    """Runs the backend for a volume node and loads its result; usable from scripts and tests."""
+
+    def __init__(self):
+        ScriptedLoadableModuleLogic.__init__(self)
+        self._backend: Optional[BackendProcess] = None
+        self._timer: Optional[qt.QTimer] = None
+        self._workDir: Optional[str] = None
+
+    def getParameterNode(self):
+        return CertSegParameterNode(super().getParameterNode())
+
+    @property
+    def isRunning(self) -> bool:
+        return self._backend is not None and not self._backend.finished
+
+    def ensureDependencies(self):
+        """torch from the PyTorch extension, the rest from requirements.txt, after one confirmation."""
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            import PyTorchUtils
+
+            if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True) is None:
+                raise RuntimeError(_("CertSeg needs PyTorch; install it with the PyTorch extension."))
+        if hasattr(slicer, "packaging"):  # Slicer >= 5.12
+            requirements = slicer.packaging.load_requirements(REQUIREMENTS)
+            slicer.packaging.pip_ensure(requirements, requester="CertSeg")
+        else:
+            missing = self._missingRequirements()
+            if missing and slicer.util.confirmOkCancelDisplay(
+                    _("CertSeg will install: ") + ", ".join(missing), windowTitle="CertSeg"):
+                slicer.util.pip_install(missing)
+            elif missing:
+                raise RuntimeError(_("CertSeg cannot run without: ") + ", ".join(missing))
+
+    @staticmethod
+    def _missingRequirements():
+        from importlib.metadata import PackageNotFoundError, version
+
+        from packaging.requirements import Requirement
+
+        missing = []
+        for line in REQUIREMENTS.read_text().splitlines():
+            line = line.split("#")[0].strip()
+            if not line:
+                continue
+            requirement = Requirement(line)
+            try:
+                if version(requirement.name) not in requirement.specifier:
+                    missing.append(line)
+            except PackageNotFoundError:
+                missing.append(line)
+        return missing
+
+    def process(self, parameters: CertSegParameterNode, wait: bool = True, onProgress=None, onLog=None,
+                onFinished=None):
+        """Certify parameters.inputVolume; with wait=False return at once and report through the callbacks."""
+        volume = parameters.inputVolume
+        if volume is None:
+            raise ValueError(_("No input volume"))
+        if parameters.device == "cuda" and not self._cudaAvailable():
+            raise ValueError(_("No CUDA GPU is available to this Slicer; choose 'cpu' or 'auto'."))
+        self._workDir = tempfile.mkdtemp(prefix="CertSeg-")
+        image = Path(self._workDir) / "input.nrrd"
+        if not slicer.util.saveNode(volume, str(image)):
+            raise RuntimeError(_("Could not write the input volume to a temporary file"))
+        out = Path(self._workDir) / "result"
+        backend = BackendParameters(parameters.sigma, parameters.n0, parameters.n, parameters.alpha, parameters.tau,
+                                    parameters.useDenoiser, parameters.device, parameters.modelFolder)
+        args = backend_command(self._python(), image, out, backend, self._sourceDicomFile(volume))
+        env = slicer.util.startupEnvironment()
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(MODULE_DIR), env.get("PYTHONPATH", "")]))
+        if parameters.device == "cpu":
+            env["CUDA_VISIBLE_DEVICES"] = "-1"
+        logging.info("CertSeg: %s", " ".join(args))
+        self._backend = BackendProcess(args, env)
+        self._backend.start()
+        lines = []
+
+        def drain():
+            for event in self._backend.poll():
+                if isinstance(event, Progress):
+                    if onProgress:
+                        onProgress(event)
+                else:
+                    lines.append(event)
+                    if onLog:
+                        onLog(event)
+
+        def complete():
+            drain()
+            code = self._backend.returncode
+            report, error = None, None
+            try:
+                if code == 0:
+                    report = json.loads((out / "report.json").read_text())
+                    self._loadResult(out / "certseg.seg.nrrd", parameters, report)
+                elif not self._backend.cancelled:
+                    error = (lines[-1] if lines else _("CertSeg failed")) + f" (exit code {code})"
+            finally:
+                self._cleanup()
+            if onFinished:
+                onFinished(report, error)
+            return report, error
+
+        if wait:
+            while not self._backend.finished:
+                drain()
+                qt.QThread.msleep(100)
+            report, error = complete()
+            if error:
+                raise RuntimeError(error)
+            return report
+
+        self._timer = qt.QTimer()
+        self._timer.setInterval(200)
+
+        def tick():
+            drain()
+            if self._backend.finished:
+                self._timer.stop()
+                complete()
+
+        self._timer.connect("timeout()", tick)
+        self._timer.start()
+        return None
+
+    def cancel(self):
+        """Kill the backend's whole process tree and remove its temporary files."""
+        if self._backend is not None:
+            self._backend.cancel()
+        if self._timer is not None:
+            self._timer.stop()
+        self._cleanup()
+
+    def _cleanup(self):
+        if self._workDir:
+            shutil.rmtree(self._workDir, ignore_errors=True)
+            self._workDir = None
+
+    @staticmethod
+    def _python() -> str:
+        return shutil.which("PythonSlicer") or sys.executable
+
+    @staticmethod
+    def _cudaAvailable() -> bool:
+        import torch
+
+        return torch.cuda.is_available()
+
+    @staticmethod
+    def _sourceDicomFile(volume) -> Optional[Path]:
+        """The DICOM file a volume was loaded from (its photometry and spacing are authoritative)."""
+        uids = (volume.GetAttribute("DICOM.instanceUIDs") or "").split()
+        if len(uids) != 1 or not slicer.dicomDatabase:
+            return None
+        path = slicer.dicomDatabase.fileForInstance(uids[0])
+        return Path(path) if path else None
+
+    def _loadResult(self, segNrrd: Path, parameters: CertSegParameterNode, report: dict):
+        volume = parameters.inputVolume
+        loaded = slicer.util.loadSegmentation(str(segNrrd))
+        segmentation = parameters.outputSegmentation
+        if segmentation is None:
+            segmentation = loaded
+            segmentation.SetName(slicer.mrmlScene.GenerateUniqueName(f"{volume.GetName()} CertSeg"))
+            parameters.outputSegmentation = segmentation
+        else:
+            segmentation.GetSegmentation().RemoveAllSegments()
+            segmentation.GetSegmentation().DeepCopy(loaded.GetSegmentation())
+            slicer.mrmlScene.RemoveNode(loaded)
+        segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+        segmentation.CreateDefaultDisplayNodes()
+        segmentation.SetAttribute("CertSeg.report", json.dumps(report))
+        hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+        study = hierarchy.GetItemParent(hierarchy.GetItemByDataNode(volume))
+        hierarchy.SetItemParent(hierarchy.GetItemByDataNode(segmentation), study)
+        return segmentation
+
+
+class CertSegTest(ScriptedLoadableModuleTest):
+    """Loads the shipped sample CR, certifies it on the CPU with small n, and checks the segments."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_CertifySampleRadiograph()
+        self.setUp()
+        self.test_CancelLeavesNothingBehind()
+
+    def _loadSample(self):
+        from DICOMLib import DICOMUtils
+
+        self.assertTrue(SAMPLE_CR.is_file(), f"{SAMPLE_CR} is missing")
+        with DICOMUtils.TemporaryDICOMDatabase() as database:
+            DICOMUtils.importDicom(str(SAMPLE_CR.parent), database)
+            loaded = DICOMUtils.loadPatientByUID(database.patients()[0])
+        return slicer.mrmlScene.GetNodeByID(loaded[0])
+
+    def test_CertifySampleRadiograph(self):
+        self.delayDisplay("Loading the sample CR")
+        volume = self._loadSample()
+        logic = CertSegLogic()
+        parameters = logic.getParameterNode()
+        parameters.inputVolume = volume
+        parameters.n0, parameters.n, parameters.device = 2, 20, "cpu"
+        self.delayDisplay("Certifying on the CPU")
+        report = logic.process(parameters, wait=True)
+        segmentation = parameters.outputSegmentation.GetSegmentation()
+        names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+        self.assertIn("Abstained", names)
+        self.assertIn("certified right lung", names)
+        self.assertIn("certified left lung", names)
+        lungs = [s for s in report["structures"] if s["name"].endswith("lung")]
+        self.assertTrue(all(s["certified_pixels"] > 0 for s in lungs), lungs)
+        import numpy as np
+
+        labelmap = slicer.util.arrayFromSegmentBinaryLabelmap(
+            parameters.outputSegmentation, segmentation.GetSegmentIdBySegmentName("Abstained"), volume)
+        self.assertEqual(labelmap.shape, slicer.util.arrayFromVolume(volume).shape)
+        volumeMatrix, segMatrix = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+        volume.GetIJKToRASMatrix(volumeMatrix)
+        geometry = slicer.vtkOrientedImageData()
+        parameters.outputSegmentation.GetBinaryLabelmapInternalRepresentation(
+            segmentation.GetSegmentIdBySegmentName("Abstained"), geometry)
+        geometry.GetImageToWorldMatrix(segMatrix)
+        for row in range(3):
+            for column in range(4):
+                self.assertAlmostEqual(volumeMatrix.GetElement(row, column), segMatrix.GetElement(row, column), 4)
+        self.assertTrue(np.any(labelmap) or report["source_grid"]["abstain_fraction"] == 0)
+        self.delayDisplay("Test passed")
+
+    def test_CancelLeavesNothingBehind(self):
+        volume = self._loadSample()
+        logic = CertSegLogic()
+        parameters = logic.getParameterNode()
+        parameters.inputVolume = volume
+        parameters.device = "cpu"
+        logic.process(parameters, wait=False)
+        workDir = logic._workDir
+        qt.QThread.msleep(2000)
+        pid = logic._backend.pid
+        logic.cancel()
+        self.assertFalse(logic.isRunning)
+        self.assertFalse(Path(workDir).exists())
+        import psutil
+
+        self.assertFalse(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)

@@ -1,0 +1,4 @@
+"""Slicer-side helpers of the CertSeg module: background backend process, results for the panel.
+
+`process` and `summary` import nothing from Slicer so they are tested outside it.
+"""

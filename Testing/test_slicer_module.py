@@ -1,0 +1,150 @@
+"""Everything of the Slicer module that runs without Slicer: process protocol, Cancel, panel, module shape."""
+
+import ast
+import json
+import os
+import sys
+import time
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+MODULE_DIR = Path(__file__).parents[1] / "CertSeg"
+sys.path.insert(0, str(MODULE_DIR))
+
+from CertSegLib.process import EXIT_CANCELLED, BackendProcess, Progress, parse_line  # noqa: E402
+from CertSegLib.summary import BackendParameters, backend_command, panel_summary  # noqa: E402
+from certseg.cli import _parser  # noqa: E402
+from conftest import chest_pixels  # noqa: E402
+
+
+def run_to_end(process: BackendProcess, timeout: float = 120.0):
+    events, deadline = [], time.monotonic() + timeout
+    while not process.finished and time.monotonic() < deadline:
+        events += process.poll()
+        time.sleep(0.05)
+    process.wait(5)
+    time.sleep(0.2)
+    return events + process.poll()
+
+
+def test_progress_lines_parse_and_anything_else_is_log_text():
+    assert parse_line('CERTSEG_PROGRESS {"done": 3, "total": 12}') == Progress(3, 12)
+    assert parse_line("CERTSEG_PROGRESS {broken") == "CERTSEG_PROGRESS {broken"
+    assert parse_line("loading models") == "loading models"
+    assert Progress(3, 12).fraction == 0.25
+
+
+def test_a_real_child_reports_progress_and_log_lines_in_order():
+    script = ("import sys, time\n"
+              "for i in range(1, 4):\n"
+              "    print(f'CERTSEG_PROGRESS {{\"done\": {i}, \"total\": 3}}', flush=True); time.sleep(0.05)\n"
+              "print('done', flush=True)\n")
+    process = BackendProcess([sys.executable, "-c", script])
+    process.start()
+    events = run_to_end(process)
+    assert events == [Progress(1, 3), Progress(2, 3), Progress(3, 3), "done"]
+    assert process.returncode == 0
+
+
+def test_cancel_ends_the_whole_process_tree():
+    script = ("import subprocess, sys, time\n"
+              "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+              "print(child.pid, flush=True)\n"
+              "time.sleep(60)\n")
+    process = BackendProcess([sys.executable, "-c", script])
+    process.start()
+    deadline = time.monotonic() + 20
+    lines = []
+    while not lines and time.monotonic() < deadline:
+        lines = process.poll()
+        time.sleep(0.05)
+    grandchild = int(lines[0])
+    process.cancel()
+    assert process.returncode == EXIT_CANCELLED
+    time.sleep(0.5)
+    assert not _alive(grandchild) and not _alive(process.pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/stat")
+    return not (status.exists() and status.read_text().split()[2] == "Z")  # a zombie is dead
+
+
+def test_the_module_command_runs_the_real_backend(tmp_path, random_models):
+    image = tmp_path / "input.nrrd"
+    volume = sitk.GetImageFromArray(chest_pixels()[None].astype(np.int16))
+    volume.SetSpacing((0.7, 0.7, 1.0))
+    volume.SetOrigin((-12.0, 30.0, 0.0))
+    sitk.WriteImage(volume, str(image))
+    parameters = BackendParameters(n0=2, n=8, useDenoiser=False, device="cpu", modelFolder=str(random_models))
+    process = BackendProcess(backend_command(sys.executable, image, tmp_path / "out", parameters))
+    process.start()
+    events = run_to_end(process)
+    assert process.returncode == 0, events
+    progress = [e for e in events if isinstance(e, Progress)]
+    assert progress[-1] == Progress(10, 10) and all(a.done < b.done for a, b in zip(progress, progress[1:]))
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    text = panel_summary(report)
+    assert "Abstained:" in text and "RMS change per pixel" in text and "right lung" in text
+    assert report["source"]["pixel_spacing_mm"] == [0.7, 0.7]
+
+
+def test_backend_command_is_accepted_by_the_real_parser():
+    parameters = BackendParameters(sigma=0.5, n0=3, n=50, alpha=0.01, tau=0.9, useDenoiser=False,
+                                   device="cuda", modelFolder="/models")
+    args = backend_command("python", Path("in.nrrd"), Path("out"), parameters, Path("x.dcm"))
+    parsed = _parser().parse_args(args[3:])
+    assert (parsed.sigma, parsed.n0, parsed.n, parsed.alpha, parsed.tau) == (0.5, 3, 50, 0.01, 0.9)
+    assert parsed.no_denoiser and parsed.progress_lines and parsed.device == "cuda"
+    assert parsed.model_dir == Path("/models") and parsed.reference_dicom == Path("x.dcm")
+
+
+def _module_tree():
+    return ast.parse((MODULE_DIR / "CertSeg.py").read_text())
+
+
+def test_module_defines_module_widget_logic_test_and_parameter_node():
+    classes = {node.name: node for node in _module_tree().body if isinstance(node, ast.ClassDef)}
+    for name in ("CertSeg", "CertSegParameterNode", "CertSegWidget", "CertSegLogic", "CertSegTest"):
+        assert name in classes, name
+    test_methods = {n.name for n in classes["CertSegTest"].body if isinstance(n, ast.FunctionDef)}
+    assert {"runTest", "test_CertifySampleRadiograph", "test_CancelLeavesNothingBehind"} <= test_methods
+    compile((MODULE_DIR / "CertSeg.py").read_text(), "CertSeg.py", "exec")
+
+
+def test_every_bound_widget_names_a_parameter_and_every_parameter_is_bound():
+    node = next(n for n in _module_tree().body if isinstance(n, ast.ClassDef) and n.name == "CertSegParameterNode")
+    parameters = {item.target.id for item in node.body if isinstance(item, ast.AnnAssign)}
+    ui = ElementTree.parse(MODULE_DIR / "Resources" / "UI" / "CertSeg.ui")
+    bound = {p.find("string").text for p in ui.iter("property") if p.get("name") == "SlicerParameterName"}
+    assert bound == parameters
+
+
+def test_backend_never_imports_slicer():
+    for path in (MODULE_DIR / "certseg").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n.split(".")[0] in {"slicer", "qt", "ctk", "vtk"} for n in names), path
+
+
+@pytest.fixture
+def random_models(tmp_path):
+    """Untrained networks of the shipped architecture in a model folder (fast, for plumbing tests)."""
+    from certseg.labels import label_card
+    from certseg.models import DEFAULT_SEGMENTER_ARCHITECTURE, default_segmenter_network, save_segmenter
+
+    folder = tmp_path / "models"
+    network, _ = default_segmenter_network()
+    save_segmenter(network, {"name": "untrained", "version": "0", "architecture": DEFAULT_SEGMENTER_ARCHITECTURE,
+                             "labels": label_card(), "input": {"size": 256, "percentiles": [0.5, 99.5]}},
+                   folder / "segmenter")
+    return folder
