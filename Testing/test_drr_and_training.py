@@ -74,3 +74,56 @@ def test_tampered_weights_are_refused(tiny_dataset, tmp_path):
     weights.write_bytes(bytes(data))
     with pytest.raises(ModelError, match="sha256"):
         load_models(tmp_path, with_denoiser=False)
+
+
+def _blob(shape, centre, radius):
+    rows, cols = np.indices(shape)
+    return (rows - centre[0]) ** 2 + (cols - centre[1]) ** 2 < radius**2
+
+
+def test_jsrt_and_scr_in_their_native_formats(tmp_path):
+    from PIL import Image
+
+    from certseg.datasets import load_jsrt_scr
+
+    raw = (4095 - np.arange(2048 * 2048) % 4096).astype(">u2")
+    (tmp_path / "JSRT").mkdir()
+    raw.tofile(tmp_path / "JSRT" / "JPCLN001.IMG")
+    # SCR names the lungs by the patient's side, at half resolution: the patient's right is on the image left.
+    masks = {"right lung": (512, 300, 150), "left lung": (512, 724, 150), "heart": (600, 560, 80),
+             "right clavicle": (150, 300, 30), "left clavicle": (150, 724, 30)}
+    for name, (row, col, radius) in masks.items():
+        (tmp_path / "SCR" / name).mkdir(parents=True)
+        Image.fromarray(_blob((1024, 1024), (row, col), radius).astype(np.uint8) * 255).save(
+            tmp_path / "SCR" / name / "JPCLN001.gif")
+    (sample,) = load_jsrt_scr(tmp_path / "JSRT", tmp_path / "SCR")
+    assert sample.stored.shape == sample.labels.shape == (2048, 2048)
+    assert sample.stored.ravel()[5] == 5  # raw values are inverted
+    assert sample.labels[1024, 600] == 1 and sample.labels[1024, 1448] == 2
+    assert sample.labels[1200, 1120] == 3 and sample.labels[300, 600] == 4 and sample.labels[300, 1448] == 5
+
+
+def test_montgomery_and_shenzhen_in_their_native_formats(tmp_path):
+    from PIL import Image
+
+    from certseg.datasets import load_montgomery, load_shenzhen
+
+    shape = (300, 260)
+    image = (np.indices(shape)[1] % 256).astype(np.uint8)
+    right, left = _blob(shape, (150, 70), 40), _blob(shape, (150, 190), 40)
+    for folder in ("CXR_png", "ManualMask/leftMask", "ManualMask/rightMask"):
+        (tmp_path / "mc" / folder).mkdir(parents=True)
+    Image.fromarray(image).save(tmp_path / "mc" / "CXR_png" / "MCUCXR_0001_0.png")
+    # Whatever the folder names mean, laterality follows the image side.
+    Image.fromarray(right.astype(np.uint8) * 255).save(tmp_path / "mc" / "ManualMask" / "leftMask" / "MCUCXR_0001_0.png")
+    Image.fromarray(left.astype(np.uint8) * 255).save(tmp_path / "mc" / "ManualMask" / "rightMask" / "MCUCXR_0001_0.png")
+    (montgomery,) = load_montgomery(tmp_path / "mc")
+    assert montgomery.labels[150, 70] == 1 and montgomery.labels[150, 190] == 2 and montgomery.annotated == (1, 2)
+
+    for folder in ("CXR_png", "mask"):
+        (tmp_path / "sz" / folder).mkdir(parents=True)
+    Image.fromarray(image).convert("RGB").save(tmp_path / "sz" / "CXR_png" / "CHNCXR_0001_0.png")
+    Image.fromarray(image).save(tmp_path / "sz" / "CXR_png" / "CHNCXR_0002_0.png")  # no mask: not used
+    Image.fromarray((right | left).astype(np.uint8) * 255).save(tmp_path / "sz" / "mask" / "CHNCXR_0001_0_mask.png")
+    (shenzhen,) = load_shenzhen(tmp_path / "sz")
+    assert shenzhen.stored.ndim == 2 and shenzhen.labels[150, 70] == 1 and shenzhen.labels[150, 190] == 2

@@ -101,7 +101,11 @@ def _parser() -> argparse.ArgumentParser:
         parser_.set_defaults(run=_run_train)
 
     evaluation = commands.add_parser("evaluate", help="clean and certified Dice on held-out views")
-    evaluation.add_argument("--data", type=Path, required=True, help="a DRR folder of held-out views")
+    evaluation.add_argument("--data", type=Path, required=True, help="held-out data (see --format)")
+    evaluation.add_argument("--format", default="drr", choices=["drr", "jsrt", "montgomery", "shenzhen"],
+                            help="drr: a 'certseg data drr' folder; jsrt: the JSRT .IMG folder (with --masks); "
+                                 "montgomery, shenzhen: the datasets' root folders as distributed")
+    evaluation.add_argument("--masks", type=Path, help="for --format jsrt: SCR's masks folder")
     evaluation.add_argument("--out", type=Path, required=True, help="folder for evaluation.csv/.md/.png")
     evaluation.add_argument("--limit", type=_positive_int, help="evaluate only the first LIMIT views")
     _add_certification_options(evaluation, sigmas=True)
@@ -221,13 +225,12 @@ def _run_bench(args) -> int:
 
 
 def _run_evaluate(args) -> int:
-    from .datasets import load_drr_dataset
     from .evaluate import evaluate, markdown_table, write_outputs
     from .models import load_models
     from .outputs import atomic_directory
 
     _certification_parameters(args)
-    samples = load_drr_dataset(args.data)[: args.limit]
+    samples = _load_samples(args)[: args.limit]
     models = load_models(args.model_dir, with_denoiser=not args.no_denoiser)
     configurations = ["segmenter alone"] + ([] if args.no_denoiser else ["denoiser + segmenter"])
     rows = evaluate(samples, models, sigmas=args.sigma, configurations=configurations, n0=args.n0, n=args.n,
@@ -237,6 +240,18 @@ def _run_evaluate(args) -> int:
         write_outputs(rows, staging, args.tau)
     print(markdown_table(rows), end="")
     return EXIT_OK
+
+
+def _load_samples(args):
+    from . import datasets
+
+    if args.format == "jsrt":
+        if args.masks is None:
+            raise CertSegError("--format jsrt needs --masks (SCR's masks folder)")
+        return datasets.load_jsrt_scr(args.data, args.masks)
+    loader = {"drr": datasets.load_drr_dataset, "montgomery": datasets.load_montgomery,
+              "shenzhen": datasets.load_shenzhen}[args.format]
+    return loader(args.data)
 
 
 def _run_data_drr(args) -> int:

@@ -59,8 +59,10 @@ def evaluate(samples: list[Sample], models: LoadedModels, *, sigmas, configurati
     names = [label["name"] for label in card["labels"][1:]]
     pairs = [to_model_space(s, int(spec["size"]), tuple(spec["percentiles"])) for s in samples]
     plain = CertifiedSegmenter(models.network, models.num_classes, None, device)
-    clean = np.mean([dice_per_structure(plain.segment_clean(x), y, models.num_classes) for x, y in pairs], axis=0)
-    rows = [Row("clean", None, name, float(d), None, None, None) for name, d in zip(names, clean)]
+    annotated = _annotated_mask(samples, len(names))
+    clean = _mean_over_annotated(
+        [dice_per_structure(plain.segment_clean(x), y, models.num_classes) for x, y in pairs], annotated)
+    rows = [Row("clean", None, name, float(d), None, None, None) for name, d in zip(names, clean) if not np.isnan(d)]
     for configuration in configurations:
         denoiser = models.denoiser if configuration == "denoiser + segmenter" else None
         segmenter = CertifiedSegmenter(models.network, models.num_classes, denoiser, device)
@@ -72,12 +74,24 @@ def evaluate(samples: list[Sample], models: LoadedModels, *, sigmas, configurati
                 dice.append(dice_per_structure(cert.labels, y, models.num_classes))
                 abstention.append(np.mean(cert.labels == ABSTAIN))
                 seconds.append(cert.timings["total"])
-            mean_dice = np.mean(dice, axis=0)
+            mean_dice = _mean_over_annotated(dice, annotated)
             rows += [
                 Row(configuration, sigma, name, float(c), float(d), float(np.mean(abstention)), float(np.mean(seconds)))
-                for name, c, d in zip(names, clean, mean_dice)
+                for name, c, d in zip(names, clean, mean_dice) if not np.isnan(d)
             ]
     return rows
+
+
+def _annotated_mask(samples: list[Sample], num_structures: int) -> np.ndarray:
+    """(images, structures) True where the image's dataset labels the structure."""
+    return np.array([[value in s.annotated for value in range(1, num_structures + 1)] for s in samples])
+
+
+def _mean_over_annotated(per_image: list[np.ndarray], annotated: np.ndarray) -> np.ndarray:
+    """Mean Dice per structure over the images that label it (NaN where none does)."""
+    values = np.where(annotated, np.asarray(per_image), np.nan)
+    with np.errstate(invalid="ignore"):
+        return np.nanmean(values, axis=0) if values.size else values
 
 
 def write_outputs(rows: list[Row], out: Path, tau: float) -> None:
