@@ -30,13 +30,14 @@ class Outcome:
 
 def certify_input(source: Path, out: Path, models: LoadedModels, *, certification: dict[str, Any],
                   device: str, batch_size: int, seed: int, overwrite: bool, quiet: bool,
-                  series: str | None = None, study: str | None = None) -> tuple[int, list[Outcome]]:
+                  series: str | None = None, study: str | None = None,
+                  force: bool = False) -> tuple[int, list[Outcome]]:
     """Certify every selected chest radiograph under `source`; returns the exit code and one outcome per file."""
     outcomes: list[Outcome] = []
     with candidate_files(source) as files:
         selected = []
         for path in files:
-            header = check_header(path)
+            header = check_header(path, force)
             if isinstance(header, Skipped):
                 outcomes.append(_skipped(header))
             elif series and header.SeriesInstanceUID != series or study and header.StudyInstanceUID != study:
@@ -48,8 +49,10 @@ def certify_input(source: Path, out: Path, models: LoadedModels, *, certificatio
         for path in tqdm(selected, desc="images", unit="image", disable=quiet):
             try:
                 outcomes.append(_certify_file(path, out, models, certification, device, batch_size, seed,
-                                              overwrite, quiet))
-            except (CertSegError, ValueError, RuntimeError, OSError, MemoryError) as error:
+                                              overwrite, quiet, force))
+            except CertSegError as error:
+                outcomes.append(Outcome(path, f"refused: {error}", "failed"))
+            except (ValueError, RuntimeError, OSError, MemoryError) as error:
                 # One image's failure (bad geometry, out of memory, disk full) never stops the batch.
                 outcomes.append(Outcome(path, f"{type(error).__name__}: {error}", "failed"))
     failed = any(o.status == "failed" for o in outcomes)
@@ -65,9 +68,9 @@ def _reasons(outcomes: list[Outcome]) -> str:
     return f" ({shown}{'; ...' if len(outcomes) > 5 else ''})" if outcomes else ""
 
 
-def _certify_file(path, out, models, certification, device, batch_size, seed, overwrite, quiet) -> Outcome:
+def _certify_file(path, out, models, certification, device, batch_size, seed, overwrite, quiet, force) -> Outcome:
     started = time.perf_counter()
-    radiograph = read_radiograph(path)
+    radiograph = read_radiograph(path, force)
     if isinstance(radiograph, Skipped):
         return _skipped(radiograph)
     target = out.joinpath(*radiograph.uids)
@@ -75,7 +78,7 @@ def _certify_file(path, out, models, certification, device, batch_size, seed, ov
         return Outcome(path, f"result kept: {target} exists (use --overwrite to replace it)", "kept")
     with sample_bar(certification["n0"] + certification["n"], disable=quiet) as progress:
         result = certify_stored_image(radiograph.pixels, models, device=device, batch_size=batch_size, seed=seed,
-                                      progress=progress, **certification)
+                                      progress=progress, force=force, **certification)
     report = _report(radiograph, result, models)
     report["timings_s"]["total_with_decoding"] = time.perf_counter() - started
     with atomic_directory(target, overwrite=overwrite) as staging:

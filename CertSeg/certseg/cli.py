@@ -110,6 +110,12 @@ def _parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--limit", type=_positive_int, help="evaluate only the first LIMIT views")
     _add_certification_options(evaluation, sigmas=True)
     evaluation.set_defaults(run=_run_evaluate)
+    ood = train.add_parser("ood", help="fit the spectral out-of-distribution detector of MODELS/segmenter")
+    ood.add_argument("--data", type=Path, required=True, help="the segmenter's training DRR folder")
+    ood.add_argument("--held-out", type=Path, required=True, help="in-domain DRR views not used for training")
+    ood.add_argument("--out", type=Path, required=True, help="the model folder whose segmenter card gets the detector")
+    ood.add_argument("--false-rejection-rate", type=float, default=0.05)
+    ood.set_defaults(run=_run_train_ood)
     return parser
 
 
@@ -129,6 +135,9 @@ def _add_certification_options(parser: argparse.ArgumentParser, *, sigmas: bool 
     parser.add_argument("--no-denoiser", action="store_true", help="plain smoothing of the segmenter")
     parser.add_argument("--model-dir", type=Path, help="a model folder (default: the shipped models)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing result")
+    parser.add_argument("--force", action="store_true",
+                        help="certify images the metadata gate or the out-of-distribution detector refuses "
+                             "(recorded in the report)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -158,7 +167,8 @@ def _run_certify(args) -> int:
     models = load_models(args.model_dir, with_denoiser=not args.no_denoiser)
     code, outcomes = certify_input(args.input, args.out, models, certification=certification,
                                    device=args.device, batch_size=args.batch_size, seed=args.seed,
-                                   overwrite=args.overwrite, quiet=args.quiet, series=args.series, study=args.study)
+                                   overwrite=args.overwrite, quiet=args.quiet, series=args.series, study=args.study,
+                                   force=args.force)
     for outcome in outcomes:
         stream = sys.stderr if outcome.status == "failed" else sys.stdout
         print(f"{outcome.path}: {outcome.status}: {outcome.message}", file=stream)
@@ -186,8 +196,11 @@ def _run_certify_array(args) -> int:
     models = load_models(args.model_dir, with_denoiser=not args.no_denoiser)
     reporter = progress_lines() if args.progress_lines else sample_bar(args.n0 + args.n, disable=args.quiet)
     with reporter as progress:
-        result = certify_stored_image(image.pixels, models, device=args.device, batch_size=args.batch_size,
-                                      seed=args.seed, progress=progress, **certification)
+        try:
+            result = certify_stored_image(image.pixels, models, device=args.device, batch_size=args.batch_size,
+                                          seed=args.seed, progress=progress, force=args.force, **certification)
+        except CertSegError as error:
+            raise CertSegError(f"{args.image}: {error}") from None
     area = None if image.spacing_mm is None else image.spacing_mm[0] * image.spacing_mm[1]
     report = {"source": {"file": str(args.image), "reference_dicom": str(args.reference_dicom or ""),
                          "pixel_spacing_mm": image.spacing_mm},
@@ -252,6 +265,18 @@ def _load_samples(args):
     loader = {"drr": datasets.load_drr_dataset, "montgomery": datasets.load_montgomery,
               "shenzhen": datasets.load_shenzhen}[args.format]
     return loader(args.data)
+
+
+def _run_train_ood(args) -> int:
+    from .datasets import load_drr_dataset
+    from .train import fit_ood
+
+    held_out = load_drr_dataset(args.held_out)
+    card = fit_ood(args.out, load_drr_dataset(args.data), held_out, args.false_rejection_rate)
+    detector = card["ood_detector"]
+    print(f"{args.out / 'segmenter'}: spectral OOD threshold {detector['threshold']:.2f} "
+          f"(false rejection {detector['false_rejection_rate']:.0%} on {len(held_out)} held-out views)")
+    return EXIT_OK
 
 
 def _run_data_drr(args) -> int:

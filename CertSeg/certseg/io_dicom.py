@@ -95,8 +95,11 @@ def _dicomdir_files(dicomdir: Path) -> list[Path]:
     return [Path(instance.path) for instance in fileset]
 
 
-def check_header(path: Path) -> pydicom.Dataset | Skipped:
-    """The header (no pixels) of a chest radiograph we can process, or why the file is skipped."""
+def check_header(path: Path, force: bool = False) -> pydicom.Dataset | Skipped:
+    """The header (no pixels) of a chest radiograph we can process, or why the file is skipped.
+
+    `force` overrides the metadata gate (modality, body part, view), not what cannot be decoded.
+    """
     try:
         header = pydicom.dcmread(path, stop_before_pixels=True)
     except (InvalidDicomError, EOFError) as error:
@@ -106,7 +109,7 @@ def check_header(path: Path) -> pydicom.Dataset | Skipped:
     if header.get("SOPClassUID") == "1.2.840.10008.1.3.10":
         return Skipped(path, "DICOMDIR (its referenced files are read instead)")
     reason = _not_a_chest_radiograph(header)
-    if reason:
+    if reason and not force:
         return Skipped(path, reason)
     problem = _unsupported_image(header)
     if problem:
@@ -114,9 +117,9 @@ def check_header(path: Path) -> pydicom.Dataset | Skipped:
     return header
 
 
-def read_radiograph(path: Path) -> Radiograph | Skipped:
-    """Check one file and, if it is a chest radiograph we can use, decode its pixels."""
-    header = check_header(path)
+def read_radiograph(path: Path, force: bool = False) -> Radiograph | Skipped:
+    """Check one file and, if it is a chest radiograph we can use (or `force`), decode its pixels."""
+    header = check_header(path, force)
     if isinstance(header, Skipped):
         return header
     try:
@@ -132,6 +135,9 @@ def read_radiograph(path: Path) -> Radiograph | Skipped:
         name = getattr(syntax, "name", str(syntax))
         return Skipped(path, f"cannot decode pixel data ({name}): {_short(error)}", failed=True)
     spacing, notes = _spacing(dataset)
+    overridden = _not_a_chest_radiograph(dataset)
+    if overridden:
+        notes.append(f"metadata gate overridden by --force: {overridden}")
     return Radiograph(path, dataset, pixels, spacing, notes)
 
 

@@ -64,6 +64,14 @@ class LoadedModels:
     def num_classes(self) -> int:
         return len(self.segmenter_card["labels"])
 
+    @property
+    def ood_detector(self):
+        """The spectral out-of-distribution detector fitted for this segmenter, if the card has one."""
+        from .ood import SpectralDetector
+
+        fitted = self.segmenter_card.get("ood_detector")
+        return None if fitted is None else SpectralDetector(**fitted)
+
 
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()

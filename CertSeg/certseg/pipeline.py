@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import CertSegError
 from .models import LoadedModels
 from .preprocess import IntensityWindow, ModelInputMap, radius_in_source_units
 from .segmenter import CertifiedSegmenter
@@ -21,6 +22,7 @@ class ImageResult:
     certificate: Certificate  # on the model grid
     input_map: ModelInputMap
     radii: dict[str, float]
+    ood: dict[str, Any] | None = None  # the out-of-distribution verdict, with "forced" when overridden
 
     def report(self, models: LoadedModels, pixel_area_mm2: float | None = None) -> dict[str, Any]:
         """The JSON-ready report of this image (schema in README.md)."""
@@ -51,6 +53,7 @@ class ImageResult:
             "intensity_window": {"low": self.input_map.window.low, "high": self.input_map.window.high},
             "preprocessing_operator_norm": self.input_map.operator_norm(),
             "structures": structures,
+            "out_of_distribution": self.ood,
             "timings_s": summary["timings_s"],
         }
 
@@ -63,18 +66,41 @@ def certify_stored_image(
     batch_size: int = 16,
     seed: int | None = 0,
     progress: Progress | None = None,
+    force: bool = False,
     **parameters: Any,
 ) -> ImageResult:
-    """Certify one 2D image of stored pixel values with the models' own input spec."""
+    """Certify one 2D image of stored pixel values with the models' own input spec.
+
+    Images the models' out-of-distribution detector rejects get no certificate
+    (CertSegError naming score and threshold) unless `force`, which the verdict records.
+    """
     params = {**DEFAULT_PARAMETERS, **parameters}
     spec = models.segmenter_card["input"]
     window = IntensityWindow.from_percentiles(stored, tuple(spec["percentiles"]))
     input_map = ModelInputMap(tuple(stored.shape), int(spec["size"]), window)
+    model_image = input_map(stored)
     segmenter = CertifiedSegmenter(models.network, models.num_classes, models.denoiser, device)
-    certificate = segmenter.certify(input_map(stored), batch_size=batch_size, seed=seed, progress=progress, **params)
+    verdict = _ood_verdict(models, segmenter, model_image, force)
+    certificate = segmenter.certify(model_image, batch_size=batch_size, seed=seed, progress=progress, **params)
     return ImageResult(
         source_labels=input_map.labels_to_source(certificate.labels),
         certificate=certificate,
         input_map=input_map,
         radii=radius_in_source_units(certificate.radius, input_map),
+        ood=verdict,
     )
+
+
+def _ood_verdict(models: LoadedModels, segmenter: CertifiedSegmenter, model_image: np.ndarray,
+                 force: bool) -> dict[str, Any] | None:
+    detector = models.ood_detector
+    if detector is None:
+        return None
+    verdict = {**detector.verdict(segmenter.network, model_image), "forced": False}
+    if not verdict["in_distribution"]:
+        if not force:
+            raise CertSegError(
+                f"does not look like a chest radiograph the models know (spectral OOD score "
+                f"{verdict['score']:.1f} > threshold {verdict['threshold']:.1f}); use --force to certify anyway")
+        verdict["forced"] = True
+    return verdict

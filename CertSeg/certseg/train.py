@@ -199,3 +199,23 @@ def _load_checkpoint(folder: Path, model, optimizer) -> int:
     optimizer.load_state_dict({"state": optimizer_state, "param_groups": meta["param_groups"]})
     torch.set_rng_state(torch.tensor(meta["torch_rng"], dtype=torch.uint8))
     return int(meta["step"])
+
+
+def fit_ood(model_dir: Path, training: list[Sample], held_out: list[Sample], false_rejection_rate: float) -> dict:
+    """Fit the spectral OOD detector for the segmenter in `model_dir` and store it in its card."""
+    from .models import load_segmenter
+    from .ood import fit_detector
+
+    if not 0 < false_rejection_rate < 1:
+        raise ValueError(f"false rejection rate must lie in (0, 1), got {false_rejection_rate}")
+    network, card = load_segmenter(model_dir / "segmenter")
+    train_images, _ = model_space_arrays(training)
+    held_out_images, _ = model_space_arrays(held_out)
+    detector = fit_detector(network, train_images[:, 0].numpy(), held_out_images[:, 0].numpy(), false_rejection_rate)
+    card = {**card, "ood_detector": detector.__dict__,
+            "ood_training": {"images": len(training), "held_out_images": len(held_out)}}
+    path = model_dir / "segmenter" / "card.json"
+    temporary = path.with_name("card.json.tmp")
+    temporary.write_text(json.dumps(card, indent=2) + "\n")
+    temporary.replace(path)
+    return card
