@@ -302,9 +302,12 @@ def _run_train(args) -> int:
     from .datasets import load_drr_dataset
     from .train import TrainConfig, train_denoiser, train_segmenter
 
+    data_card = json.loads((args.data / "dataset.json").read_text()) if (args.data / "dataset.json").is_file() else {}
+    training_data = {k: data_card[k] for k in ("source", "seed", "count", "size", "independence") if k in data_card}
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
                          seed=args.seed, max_minutes=args.max_minutes, device=args.device,
-                         extra_card={"data": str(args.data), "command": " ".join(sys.argv[1:])})
+                         extra_card={"data": str(args.data), "data_card": training_data,
+                                     "command": "certseg " + " ".join(sys.argv[1:])})
     train = train_segmenter if args.model == "segmenter" else train_denoiser
     card = train(load_drr_dataset(args.data), args.out, config, progress=not args.quiet)
     print(f"{args.out / args.model}: {card['name']} trained {card['training']['steps']} steps, sha256 {card['sha256'][:12]}")

@@ -59,6 +59,7 @@ class LoadedModels:
     segmenter_card: dict[str, Any]
     denoiser: DiffusionDenoiser | None
     denoiser_card: dict[str, Any] | None
+    segmenter_dir: Path | None = None
 
     @property
     def num_classes(self) -> int:
@@ -70,7 +71,12 @@ class LoadedModels:
         from .ood import SpectralDetector
 
         fitted = self.segmenter_card.get("ood_detector")
-        return None if fitted is None else SpectralDetector(**fitted)
+        if fitted is None:
+            return None
+        path = self.segmenter_dir / fitted["file"]
+        if not path.is_file() or sha256_of(path) != fitted["sha256"]:
+            raise ModelError(f"{path}: OOD detector missing or not the one the card names (sha256)")
+        return SpectralDetector.load(path)
 
 
 def sha256_of(path: Path) -> str:
@@ -129,7 +135,8 @@ def load_segmenter(folder: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
 
 def load_denoiser(folder: Path) -> tuple[DiffusionDenoiser, dict[str, Any]]:
     card = _read_card(folder)
-    unet = UNet2DModel.from_pretrained(str(folder / "unet"), local_files_only=True, use_safetensors=True)
+    unet = UNet2DModel.from_pretrained(str(folder / "unet"), local_files_only=True, use_safetensors=True,
+                                       low_cpu_mem_usage=False)  # no `accelerate` needed
     scheduler = DDPMScheduler.from_pretrained(str(folder / "scheduler"), local_files_only=True)
     return DiffusionDenoiser(unet.eval(), scheduler), card
 
@@ -145,7 +152,7 @@ def load_models(model_dir: Path | str | None = None, *, with_denoiser: bool = Tr
         if not (root / "denoiser" / "card.json").is_file():
             raise ModelError(f"{root}: no denoiser/card.json (use --no-denoiser to run without one)")
         denoiser, denoiser_card = load_denoiser(root / "denoiser")
-    return LoadedModels(network, segmenter_card, denoiser, denoiser_card)
+    return LoadedModels(network, segmenter_card, denoiser, denoiser_card, root / "segmenter")
 
 
 def _read_card(folder: Path) -> dict[str, Any]:

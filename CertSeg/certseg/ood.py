@@ -1,10 +1,13 @@
 """Refusing what is not a chest radiograph, from the image itself (METHOD.md section 5).
 
 Spectral signature (after arXiv 2004.06569): the segmenter's encoder feature maps
-are Fourier transformed, their power averaged over channels and over rings of
-equal spatial frequency, and the log ring powers of four encoder levels form one
-vector.  Chest radiographs give vectors that cluster; other anatomy, photographs,
-noise, CT slices or inverted images do not.  The score is the Mahalanobis distance
+are Fourier transformed; per encoder level, the log power averaged over channels in
+rings of equal spatial frequency, and each channel's log total spectral power
+(Parseval: its mean square), form one vector (4 levels: 4 x 8 rings + 240 channels).
+Chest radiographs give vectors that cluster; other anatomy, photographs, noise, CT
+slices or inverted images do not.  The per-channel powers matter: ring powers alone
+barely see an inverted radiograph (measured AUROC 0.63), as spectra are nearly
+unchanged by a sign flip while the channels that respond are not.  The score is the Mahalanobis distance
 to the training images' vectors (mean and a shrunk covariance); the threshold is
 the quantile of held-out in-domain scores that gives the stated false-rejection
 rate.  The baseline compared against is prediction uncertainty: the mean per-pixel
@@ -14,7 +17,7 @@ softmax entropy of the same network.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,11 +50,22 @@ class SpectralDetector:
                 "in_distribution": score <= self.threshold}
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self)) + "\n")
+        """Mean and precision as safetensors; layers, threshold and rate in its metadata."""
+        from safetensors.numpy import save_file
+
+        save_file({"mean": np.asarray(self.mean), "precision": np.asarray(self.precision)}, str(path), metadata={
+            "layers": json.dumps(self.layers), "threshold": repr(self.threshold),
+            "false_rejection_rate": repr(self.false_rejection_rate)})
 
     @classmethod
     def load(cls, path: Path) -> SpectralDetector:
-        return cls(**json.loads(path.read_text()))
+        from safetensors import safe_open
+
+        with safe_open(str(path), "np") as stored:
+            meta = stored.metadata()
+            return cls(json.loads(meta["layers"]), stored.get_tensor("mean").tolist(),
+                       stored.get_tensor("precision").tolist(), float(meta["threshold"]),
+                       float(meta["false_rejection_rate"]))
 
 
 def fit_detector(network: torch.nn.Module, training: np.ndarray, held_out: np.ndarray,
@@ -69,7 +83,7 @@ def fit_detector(network: torch.nn.Module, training: np.ndarray, held_out: np.nd
 
 @torch.no_grad()
 def spectral_signatures(network: torch.nn.Module, images: np.ndarray, layers=DEFAULT_LAYERS) -> np.ndarray:
-    """(N, len(layers) * RINGS) log ring powers of the channel-averaged feature-map spectra."""
+    """(N, features) signature vectors: per level, log ring powers and log channel powers."""
     captured: dict[str, torch.Tensor] = {}
     modules = dict(network.named_modules())
     hooks = [modules[name].register_forward_hook(lambda _m, _i, out, name=name: captured.__setitem__(name, out))
@@ -79,11 +93,16 @@ def spectral_signatures(network: torch.nn.Module, images: np.ndarray, layers=DEF
         vectors = []
         for image in images:
             network(torch.as_tensor(image, dtype=torch.float32, device=device)[None, None])
-            vectors.append(np.concatenate([_ring_powers(captured[name][0]) for name in layers]))
+            vectors.append(np.concatenate([_level_signature(captured[name][0]) for name in layers]))
     finally:
         for hook in hooks:
             hook.remove()
     return np.stack(vectors)
+
+
+def _level_signature(features: torch.Tensor) -> np.ndarray:
+    channel_power = torch.log((features.float() ** 2).mean(dim=(1, 2)) + 1e-8).cpu().numpy()
+    return np.concatenate([_ring_powers(features), channel_power])
 
 
 def _ring_powers(features: torch.Tensor) -> np.ndarray:

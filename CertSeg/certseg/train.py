@@ -203,7 +203,7 @@ def _load_checkpoint(folder: Path, model, optimizer) -> int:
 
 def fit_ood(model_dir: Path, training: list[Sample], held_out: list[Sample], false_rejection_rate: float) -> dict:
     """Fit the spectral OOD detector for the segmenter in `model_dir` and store it in its card."""
-    from .models import load_segmenter
+    from .models import load_segmenter, sha256_of
     from .ood import fit_detector
 
     if not 0 < false_rejection_rate < 1:
@@ -212,8 +212,12 @@ def fit_ood(model_dir: Path, training: list[Sample], held_out: list[Sample], fal
     train_images, _ = model_space_arrays(training)
     held_out_images, _ = model_space_arrays(held_out)
     detector = fit_detector(network, train_images[:, 0].numpy(), held_out_images[:, 0].numpy(), false_rejection_rate)
-    card = {**card, "ood_detector": detector.__dict__,
-            "ood_training": {"images": len(training), "held_out_images": len(held_out)}}
+    detector_path = model_dir / "segmenter" / "ood.safetensors"
+    detector.save(detector_path)
+    card = {**card, "ood_detector": {
+        "file": detector_path.name, "sha256": sha256_of(detector_path), "method": "spectral signature (Mahalanobis)",
+        "threshold": detector.threshold, "false_rejection_rate": detector.false_rejection_rate,
+        "training_images": len(training), "held_out_images": len(held_out)}}
     path = model_dir / "segmenter" / "card.json"
     temporary = path.with_name("card.json.tmp")
     temporary.write_text(json.dumps(card, indent=2) + "\n")
