@@ -128,15 +128,16 @@ def _plot(rows: list[Row], path: Path, tau: float) -> None:
 
     figure, axis = plt.subplots(figsize=(7, 4.5))
     certified = [r for r in rows if r.sigma is not None]
+    structures = list(dict.fromkeys(r.structure for r in certified))
     for configuration in dict.fromkeys(r.configuration for r in certified):
-        for structure in dict.fromkeys(r.structure for r in certified):
+        for index, structure in enumerate(structures):
             points = sorted((r.sigma, r.certified_dice) for r in certified
                             if r.configuration == configuration and r.structure == structure)
             if points:
                 sigmas, dice = zip(*points)
                 style = "-" if configuration.startswith("denoiser") else "--"
                 axis.plot([float(radius_from_probability(s, tau)) for s in sigmas], dice, style, marker="o",
-                          label=f"{structure} ({configuration})")
+                          color=f"C{index}", label=f"{structure} ({configuration})")
     axis.set_xlabel(f"certified L2 radius (model space, tau = {tau})")
     axis.set_ylabel("certified Dice (abstained = error)")
     axis.set_ylim(0, 1)

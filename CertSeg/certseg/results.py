@@ -128,6 +128,9 @@ def write_dicom_seg(path: Path, radiograph, labels: np.ndarray, models_card: dic
         pixel_measures=measures,
         omit_empty_frames=False,
     )
+    if "FrameOfReferenceUID" not in segmentation:
+        # General Image: Patient Orientation is Type 2C without a frame of reference; highdicom leaves it out.
+        segmentation.PatientOrientation = radiograph.dataset.get("PatientOrientation", "")
     segmentation.save_as(path)
 
 
