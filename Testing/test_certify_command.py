@@ -37,6 +37,7 @@ def test_sample_writes_every_output(sample_result):
     assert sorted(p.name for p in folder.iterdir()) == [
         "certificate.npz", "certseg.seg.nrrd", "overlay.png", "report.json", "seg.dcm"]
     assert "certified" in run.stdout and "Traceback" not in run.stderr
+    assert "OOD check: chest radiograph" in run.stdout
 
 
 def test_dicom_seg_reads_back_with_highdicom(sample_result):

@@ -49,6 +49,12 @@ def panel_summary(report: dict[str, Any]) -> str:
     lines.append(f"Certified L2 radius: {radius['model_space']:.3f} (model input, [0, 1] intensities)")
     lines.append(f"  = {radius['stored_values_l2']:.4g} in stored pixel values over the whole image")
     lines.append(f"  = {radius['rms_per_source_pixel']:.4g} RMS change per pixel")
+    verdict = report.get("out_of_distribution")
+    if verdict is not None:
+        decision = "looks like a chest radiograph" if verdict["in_distribution"] else \
+            "does NOT look like a chest radiograph (certified because forced)"
+        lines.append(f"Input check: {decision} (spectral score {verdict['score']:.1f}, "
+                     f"threshold {verdict['threshold']:.1f})")
     params = report["parameters"]
     lines.append(f"sigma {params['sigma']}, n0 {params['n0']}, n {params['n']}, alpha {params['alpha']}, "
                  f"tau {params['tau']}, {params['correction']}, denoiser {'on' if report['denoiser'] else 'off'}, "

@@ -109,5 +109,13 @@ def summary_line(report: dict[str, Any], target: Path) -> str:
     )
     return (f"certified {structures}; abstained {report['source_grid']['abstain_fraction']:.1%}; "
             f"radius {report['radius']['model_space']:.3f} model / {report['radius']['rms_per_source_pixel']:.3g} "
-            f"RMS per pixel -> {target}")
+            f"RMS per pixel; {ood_text(report.get('out_of_distribution'))} -> {target}")
+
+
+def ood_text(verdict: dict[str, Any] | None) -> str:
+    """The out-of-distribution verdict in a few words (CLI summary and Slicer panel)."""
+    if verdict is None:
+        return "no OOD detector in this model folder"
+    decision = "chest radiograph" if verdict["in_distribution"] else "NOT like a chest radiograph (forced)"
+    return f"OOD check: {decision}, score {verdict['score']:.1f} / threshold {verdict['threshold']:.1f}"
 

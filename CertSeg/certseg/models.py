@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from .denoiser import DiffusionDenoiser
 from .labels import NUM_CLASSES
+from .outputs import write_json
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "models"
 SEGMENTER_FILE = "model.safetensors"
@@ -110,7 +111,7 @@ def save_segmenter(network: torch.nn.Module, card: dict[str, Any], folder: Path)
     weights = folder / SEGMENTER_FILE
     save_file({k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}, str(weights))
     card = {**card, "weights": SEGMENTER_FILE, "sha256": sha256_of(weights)}
-    _write_json(folder / "card.json", card)
+    write_json(folder / "card.json", card)
     return card
 
 
@@ -119,7 +120,7 @@ def save_denoiser(unet: UNet2DModel, scheduler: DDPMScheduler, card: dict[str, A
     unet.save_pretrained(folder / "unet", safe_serialization=True)
     scheduler.save_pretrained(folder / "scheduler")
     card = {**card, "weights": str(DENOISER_WEIGHTS), "sha256": sha256_of(folder / DENOISER_WEIGHTS)}
-    _write_json(folder / "card.json", card)
+    write_json(folder / "card.json", card)
     return card
 
 
@@ -166,9 +167,3 @@ def _read_card(folder: Path) -> dict[str, Any]:
     if sha256_of(weights) != card.get("sha256"):
         raise ModelError(f"{weights}: sha256 does not match the model card (corrupt or replaced weights)")
     return card
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    temporary.replace(path)

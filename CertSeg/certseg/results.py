@@ -9,7 +9,6 @@ documented in README.md.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import numpy as np
 
 from . import __version__
 from .labels import ANATOMICAL_STRUCTURE, STRUCTURES
+from .outputs import write_json
 from .smoothing import ABSTAIN
 
 ABSTAINED_CATEGORY = ("CERTOUTCOME", "99CERTSEG", "Certification outcome")
@@ -144,7 +144,7 @@ def write_result_folder(folder: Path, stored: np.ndarray, result, report: dict[s
     write_overlay(folder / "overlay.png", stored, result.source_labels)
     np.savez_compressed(folder / "certificate.npz", model_labels=result.certificate.labels,
                         counts=result.certificate.counts, pixel_radius=result.certificate.pixel_radius)
-    (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json(folder / "report.json", report)
 
 
 def segment_tags(report: dict[str, Any]) -> dict[str, str]:

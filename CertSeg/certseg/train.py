@@ -29,6 +29,7 @@ from .models import (
     save_denoiser,
     save_segmenter,
 )
+from .outputs import write_json
 from .preprocess import DEFAULT_PERCENTILES
 from .smoothing import resolve_device
 
@@ -218,8 +219,5 @@ def fit_ood(model_dir: Path, training: list[Sample], held_out: list[Sample], fal
         "file": detector_path.name, "sha256": sha256_of(detector_path), "method": "spectral signature (Mahalanobis)",
         "threshold": detector.threshold, "false_rejection_rate": detector.false_rejection_rate,
         "training_images": len(training), "held_out_images": len(held_out)}}
-    path = model_dir / "segmenter" / "card.json"
-    temporary = path.with_name("card.json.tmp")
-    temporary.write_text(json.dumps(card, indent=2) + "\n")
-    temporary.replace(path)
+    write_json(model_dir / "segmenter" / "card.json", card)
     return card
