@@ -87,6 +87,8 @@ def test_report_states_parameters_models_areas_and_radii(sample_result):
     lungs = [s for s in report["structures"] if s["name"].endswith("lung")]
     area = float(source.PixelSpacing[0]) * float(source.PixelSpacing[1])
     assert all(s["certified_area_mm2"] == pytest.approx(s["certified_pixels"] * area) for s in lungs)
+    assert report["intensity_window"]["source"].startswith("DICOM VOI")
+    assert (report["intensity_window"]["low"], report["intensity_window"]["high"]) == (0.0, 4096.0)
     radius = report["radius"]
     assert radius["model_space"] == pytest.approx(0.25 * 0.6744897501960817)
     assert radius["rms_per_source_pixel"] == pytest.approx(radius["stored_values_l2"] / np.sqrt(source.Rows * source.Columns))

@@ -51,14 +51,41 @@ def test_pydicom_encoded_files_decode(syntax, small_cr, tmp_path):
     np.testing.assert_array_equal(read_radiograph(tmp_path / "c.dcm").pixels, read_radiograph(small_cr).pixels)
 
 
-def test_monochrome1_is_inverted_and_modality_lut_applied(small_cr, tmp_path):
+def test_monochrome1_is_inverted_within_the_header_range_and_modality_lut_applied(small_cr, tmp_path):
     ds = pydicom.dcmread(small_cr)
     ds.PhotometricInterpretation = "MONOCHROME1"
     ds.RescaleSlope, ds.RescaleIntercept = "2", "-1000"
+    ds.WindowCenter, ds.WindowWidth = "3000", "2000"
     ds.save_as(tmp_path / "m1.dcm")
     stored = ds.pixel_array.astype(float) * 2 - 1000
-    pixels = read_radiograph(tmp_path / "m1.dcm").pixels
-    np.testing.assert_allclose(pixels, stored.max() + stored.min() - stored)
+    # 12 bits stored: the Modality LUT maps [0, 4095] to [-1000, 7190], so the mirror constant is 6190.
+    radiograph = read_radiograph(tmp_path / "m1.dcm")
+    np.testing.assert_allclose(radiograph.pixels, 6190 - stored)
+    assert (radiograph.window.low, radiograph.window.high) == (6190 - 4000, 6190 - 2000)
+
+
+def test_one_changed_pixel_changes_one_decoded_pixel(small_cr, tmp_path):
+    """No image-wide constant may depend on the pixels: an attacker could shift every pixel at once."""
+    ds = pydicom.dcmread(small_cr)
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    ds.save_as(tmp_path / "before.dcm")
+    pixels = ds.pixel_array.copy()
+    pixels[0, 0] = 4095
+    ds.PixelData = pixels.tobytes()
+    ds.save_as(tmp_path / "after.dcm")
+    difference = read_radiograph(tmp_path / "after.dcm").pixels - read_radiograph(tmp_path / "before.dcm").pixels
+    assert np.count_nonzero(difference) == 1
+
+
+def test_voi_window_is_used_and_unusable_ones_are_ignored(small_cr, tmp_path):
+    ds = pydicom.dcmread(small_cr)
+    ds.WindowCenter, ds.WindowWidth = ["1500", "2000"], ["1000", "3000"]
+    ds.save_as(tmp_path / "voi.dcm")
+    window = read_radiograph(tmp_path / "voi.dcm").window
+    assert (window.low, window.high) == (1000, 2000)  # the first pair
+    ds.WindowWidth = "0"
+    ds.save_as(tmp_path / "bad.dcm")
+    assert read_radiograph(tmp_path / "bad.dcm").window is None
 
 
 def test_spacing_choice_and_pixel_units(small_cr, tmp_path):

@@ -78,7 +78,7 @@ def _certify_file(path, out, models, certification, device, batch_size, seed, ov
         return Outcome(path, f"result kept: {target} exists (use --overwrite to replace it)", "kept")
     with sample_bar(certification["n0"] + certification["n"], disable=quiet) as progress:
         result = certify_stored_image(radiograph.pixels, models, device=device, batch_size=batch_size, seed=seed,
-                                      progress=progress, force=force, **certification)
+                                      progress=progress, force=force, window=radiograph.window, **certification)
     report = _report(radiograph, result, models)
     report["timings_s"]["total_with_decoding"] = time.perf_counter() - started
     with atomic_directory(target, overwrite=overwrite) as staging:

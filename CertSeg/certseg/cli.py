@@ -198,7 +198,8 @@ def _run_certify_array(args) -> int:
     with reporter as progress:
         try:
             result = certify_stored_image(image.pixels, models, device=args.device, batch_size=args.batch_size,
-                                          seed=args.seed, progress=progress, force=args.force, **certification)
+                                          seed=args.seed, progress=progress, force=args.force,
+                                          window=None if radiograph is None else radiograph.window, **certification)
         except CertSegError as error:
             raise CertSegError(f"{args.image}: {error}") from None
     area = None if image.spacing_mm is None else image.spacing_mm[0] * image.spacing_mm[1]

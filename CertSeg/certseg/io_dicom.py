@@ -20,6 +20,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut
 
 from .errors import CertSegError
+from .preprocess import IntensityWindow
 
 CHEST_MODALITIES = {"CR", "DX"}
 CHEST_BODY_PARTS = {"", "CHEST", "THORAX", "LUNG", "TORSO"}
@@ -44,6 +45,7 @@ class Radiograph:
     pixels: np.ndarray  # (rows, columns) float64, bright = attenuating
     spacing_mm: tuple[float, float] | None  # (row spacing, column spacing); None: pixel units
     notes: list[str] = field(default_factory=list)
+    window: IntensityWindow | None = None  # from the VOI tags (MONOCHROME2 space); None: none usable
 
     @property
     def uids(self) -> tuple[str, str, str]:
@@ -138,7 +140,7 @@ def read_radiograph(path: Path, force: bool = False) -> Radiograph | Skipped:
     overridden = _not_a_chest_radiograph(dataset)
     if overridden:
         notes.append(f"metadata gate overridden by --force: {overridden}")
-    return Radiograph(path, dataset, pixels, spacing, notes)
+    return Radiograph(path, dataset, pixels, spacing, notes, _voi_window(dataset))
 
 
 def _not_a_chest_radiograph(header: pydicom.Dataset) -> str | None:
@@ -174,9 +176,42 @@ def _monochrome2(dataset: pydicom.Dataset) -> np.ndarray:
     pixels = np.asarray(apply_modality_lut(dataset.pixel_array, dataset), dtype=np.float64)
     if pixels.ndim != 2:
         raise ValueError(f"expected one 2D frame, got shape {pixels.shape}")
-    if str(dataset.PhotometricInterpretation).upper() == "MONOCHROME1":
-        pixels = pixels.max() + pixels.min() - pixels  # an isometry: radii are unchanged
+    if _is_monochrome1(dataset):
+        pixels = _inversion_constant(dataset) - pixels
     return pixels
+
+
+def _is_monochrome1(dataset: pydicom.Dataset) -> bool:
+    return str(dataset.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1"
+
+
+def _inversion_constant(dataset: pydicom.Dataset) -> float:
+    """lowest + highest value the Modality LUT can output: fixed by the header, not by the pixels.
+
+    A constant taken from the pixels (their min + max) would move when an attacker changes a
+    single pixel and shift the whole image, which no L2 certificate could cover.
+    """
+    bits = int(dataset.get("BitsStored", dataset.get("BitsAllocated", 16)))
+    signed = int(dataset.get("PixelRepresentation", 0)) == 1
+    low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    mapped = apply_modality_lut(np.array([low, high]), dataset).astype(np.float64)
+    return float(mapped.min() + mapped.max())
+
+
+def _voi_window(dataset: pydicom.Dataset) -> IntensityWindow | None:
+    """The first WindowCenter/WindowWidth pair as a window on MONOCHROME2 values, if usable."""
+    try:
+        center = float(np.atleast_1d(dataset.WindowCenter)[0])
+        width = float(np.atleast_1d(dataset.WindowWidth)[0])
+    except (AttributeError, TypeError, ValueError, IndexError):
+        return None
+    if not (np.isfinite(center) and np.isfinite(width) and width > 1):
+        return None
+    low, high = center - width / 2, center + width / 2
+    if _is_monochrome1(dataset):
+        constant = _inversion_constant(dataset)
+        low, high = constant - high, constant - low
+    return IntensityWindow(low, high)
 
 
 def _spacing(dataset: pydicom.Dataset) -> tuple[tuple[float, float] | None, list[str]]:

@@ -23,6 +23,7 @@ class ImageResult:
     input_map: ModelInputMap
     radii: dict[str, float]
     ood: dict[str, Any] | None = None  # the out-of-distribution verdict, with "forced" when overridden
+    window_source: str = ""
 
     def report(self, models: LoadedModels, pixel_area_mm2: float | None = None) -> dict[str, Any]:
         """The JSON-ready report of this image (schema in README.md)."""
@@ -50,7 +51,8 @@ class ImageResult:
                 "shape": list(self.input_map.source_shape),
                 "abstain_fraction": float(np.mean(self.source_labels == ABSTAIN)),
             },
-            "intensity_window": {"low": self.input_map.window.low, "high": self.input_map.window.high},
+            "intensity_window": {"low": self.input_map.window.low, "high": self.input_map.window.high,
+                                 "source": self.window_source},
             "preprocessing_operator_norm": self.input_map.operator_norm(),
             "structures": structures,
             "out_of_distribution": self.ood,
@@ -67,16 +69,24 @@ def certify_stored_image(
     seed: int | None = 0,
     progress: Progress | None = None,
     force: bool = False,
+    window: IntensityWindow | None = None,
     **parameters: Any,
 ) -> ImageResult:
     """Certify one 2D image of stored pixel values with the models' own input spec.
 
+    `window`: a fixed intensity window (a DICOM file's VOI tags); without one, the
+    models' percentiles of this image are used, and the stored-value radius then
+    holds only for perturbations that leave that window unchanged (said in the report).
     Images the models' out-of-distribution detector rejects get no certificate
     (CertSegError naming score and threshold) unless `force`, which the verdict records.
     """
     params = {**DEFAULT_PARAMETERS, **parameters}
     spec = models.segmenter_card["input"]
-    window = IntensityWindow.from_percentiles(stored, tuple(spec["percentiles"]))
+    window_source = "DICOM VOI (WindowCenter/WindowWidth): fixed by the header"
+    if window is None:
+        window = IntensityWindow.from_percentiles(stored, tuple(spec["percentiles"]))
+        window_source = (f"percentiles {spec['percentiles']} of this image: the stored-value radius assumes "
+                         f"a perturbation that leaves this window unchanged")
     input_map = ModelInputMap(tuple(stored.shape), int(spec["size"]), window)
     model_image = input_map(stored)
     segmenter = CertifiedSegmenter(models.network, models.num_classes, models.denoiser, device)
@@ -88,6 +98,7 @@ def certify_stored_image(
         input_map=input_map,
         radii=radius_in_source_units(certificate.radius, input_map),
         ood=verdict,
+        window_source=window_source,
     )
 
 
