@@ -241,7 +241,8 @@ class CertSegLogic(ScriptedLoadableModuleLogic):
             raise ValueError(_("No CUDA GPU is available to this Slicer; choose 'cpu' or 'auto'."))
         self._workDir = tempfile.mkdtemp(prefix="CertSeg-")
         image = Path(self._workDir) / "input.nrrd"
-        if not slicer.util.saveNode(volume, str(image)):
+        # exportNode leaves the volume's own storage node alone (saveNode would repoint it at our temp file).
+        if not slicer.util.exportNode(volume, str(image)):
             raise RuntimeError(_("Could not write the input volume to a temporary file"))
         out = Path(self._workDir) / "result"
         backend = BackendParameters(parameters.sigma, parameters.n0, parameters.n, parameters.alpha, parameters.tau,
