@@ -1,4 +1,10 @@
-"""`certseg bench`: time certification of one image at a given size, n, batch size and device."""
+"""`certseg bench`: time certification of one image at a given size, n, batch size and device.
+
+With `reference=True` it also times the way the published research code certifies
+(one noisy sample per forward pass, fp32, counts accumulated on the host) over the
+same models, and reports the speed-up.  FLOPs per sample come from torch's flop
+counter; on a GPU whose bf16 dense peak is known the achieved fraction is reported.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +21,10 @@ from .segmenter import CertifiedSegmenter
 from .smoothing import resolve_device
 
 
+# Dense bf16 tensor-core peaks (FLOP/s) of the GPUs we measure on; fractions are against these.
+BF16_PEAK_FLOPS = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12, "L4": 121e12}
+
+
 @dataclass
 class BenchResult:
     device: str
@@ -28,38 +38,83 @@ class BenchResult:
     seconds_per_image: float
     samples_per_second: float
     peak_memory_mib: float
+    gflops_per_sample: float
+    achieved_tflops: float
+    bf16_peak_fraction: float | None = None
+    reference_seconds_per_image: float | None = None
 
     def line(self) -> str:
-        return (
+        text = (
             f"{self.device} {self.size}x{self.size} n0={self.n0} n={self.n} batch={self.batch_size} "
             f"denoiser={'on' if self.denoiser else 'off'} models={self.models} threads={self.threads}: "
             f"{self.seconds_per_image:.2f} s/image, {self.samples_per_second:.1f} samples/s, "
-            f"peak memory {self.peak_memory_mib:.0f} MiB"
+            f"peak memory {self.peak_memory_mib:.0f} MiB, {self.gflops_per_sample:.2f} GFLOP/sample, "
+            f"{self.achieved_tflops * 1000:.1f} GFLOP/s achieved"
         )
+        if self.bf16_peak_fraction is not None:
+            text += f" ({self.bf16_peak_fraction:.1%} of bf16 peak)"
+        if self.reference_seconds_per_image is not None:
+            text += (f"; reference loop {self.reference_seconds_per_image:.2f} s/image "
+                     f"(engine {self.reference_seconds_per_image / self.seconds_per_image:.1f}x faster)")
+        return text
 
 
-def run_bench(*, size=256, n0=10, n=100, batch_size=16, device="auto", use_denoiser=True, model_dir=None,
-              random_init=False, sigma=0.25, repeats=1, seed=0) -> BenchResult:
+def run_bench(*, size=256, n0=10, n=100, batch_size=None, device="auto", use_denoiser=True, model_dir=None,
+              random_init=False, sigma=0.25, repeats=1, seed=0, reference=False) -> BenchResult:
     """Certify `repeats` synthetic images (after one warm-up) and report the mean timings."""
     device = resolve_device(device)
     segmenter, models = _segmenter(device, use_denoiser, model_dir, random_init)
     image = np.random.default_rng(seed).uniform(0.0, 1.0, size=(size, size)).astype(np.float32)
     kwargs = dict(sigma=sigma, n=n, n0=n0, alpha=0.001, tau=0.75, batch_size=batch_size, seed=seed)
-    segmenter.certify(image, **{**kwargs, "n0": 1, "n": min(n, batch_size)})  # warm-up (allocators, kernels)
+    segmenter.certify(image, **{**kwargs, "n0": 1, "n": 4})  # warm-up (allocators, kernels)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()
     for _ in range(repeats):
-        segmenter.certify(image, **kwargs)
+        certificate = segmenter.certify(image, **kwargs)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = (time.perf_counter() - started) / repeats
+    peak_memory = _peak_memory_mib(device)
+    base = segmenter.base_segmenter(sigma)
+    flops = _flops_per_sample(base, image, device)
+    name = str(device) if device.type != "cuda" else torch.cuda.get_device_name(device)
+    achieved = flops * (n0 + n) / seconds
+    peak = next((value for key, value in BF16_PEAK_FLOPS.items() if key in name), None)
+    reference_seconds = None
+    if reference:
+        started = time.perf_counter()
+        reference_certify_counts(base, image, segmenter.num_classes, sigma, n0 + n, seed, device)
+        reference_seconds = time.perf_counter() - started
     return BenchResult(
-        device=str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
-        size=size, n0=n0, n=n, batch_size=batch_size, denoiser=use_denoiser, models=models,
+        device=name, size=size, n0=n0, n=n, batch_size=certificate.parameters.batch_size, denoiser=use_denoiser, models=models,
         threads=torch.get_num_threads(), seconds_per_image=seconds, samples_per_second=(n0 + n) / seconds,
-        peak_memory_mib=_peak_memory_mib(device),
+        peak_memory_mib=peak_memory, gflops_per_sample=flops / 1e9, achieved_tflops=achieved / 1e12,
+        bf16_peak_fraction=None if peak is None else achieved / peak, reference_seconds_per_image=reference_seconds,
     )
+
+
+@torch.no_grad()
+def reference_certify_counts(base, image: np.ndarray, num_classes: int, sigma: float, samples: int, seed: int,
+                             device: torch.device) -> np.ndarray:
+    """The research code's loop: one noisy copy per forward pass, fp32, votes counted in numpy."""
+    generator = torch.Generator(device=device).manual_seed(seed)
+    x = torch.as_tensor(image, device=device)[None, None]
+    pixels = np.arange(image.size)
+    counts = np.zeros((num_classes, image.size), dtype=np.int64)
+    for _ in range(samples):
+        noisy = x + sigma * torch.randn(x.shape, generator=generator, device=device)
+        counts[base(noisy)[0].cpu().numpy().ravel(), pixels] += 1
+    return counts
+
+
+@torch.no_grad()
+def _flops_per_sample(base, image: np.ndarray, device: torch.device) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        base(torch.as_tensor(image, device=device)[None, None])
+    return float(counter.get_total_flops())
 
 
 def _segmenter(device, use_denoiser, model_dir, random_init) -> tuple[CertifiedSegmenter, str]:

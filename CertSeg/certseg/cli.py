@@ -60,13 +60,15 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--size", type=_positive_int, default=256)
     bench.add_argument("--n0", type=_positive_int, default=10)
     bench.add_argument("--n", type=_positive_int, default=100)
-    bench.add_argument("--batch-size", type=_positive_int, default=16)
+    bench.add_argument("--batch-size", type=_positive_int, help="noisy copies per pass (default: chosen for the device)")
     bench.add_argument("--repeats", type=_positive_int, default=1)
     bench.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     bench.add_argument("--no-denoiser", action="store_true")
     bench.add_argument("--model-dir", type=Path)
     bench.add_argument("--random-init", action="store_true", help="untrained networks of the shipped architecture")
     bench.add_argument("--json", action="store_true", help="print one JSON object instead of a line")
+    bench.add_argument("--reference", action="store_true",
+                       help="also time the research code's loop (one sample per forward pass) on the same models")
     bench.set_defaults(run=_run_bench)
 
     data = commands.add_parser("data", help="make training and evaluation data").add_subparsers(dest="kind", required=True)
@@ -130,7 +132,8 @@ def _add_certification_options(parser: argparse.ArgumentParser, *, sigmas: bool 
     parser.add_argument("--tau", type=float, default=0.75, help="per-pixel probability threshold")
     parser.add_argument("--correction", default="holm", choices=["holm", "bonferroni"])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=_positive_int, default=16)
+    parser.add_argument("--batch-size", type=_positive_int,
+                        help="noisy copies per forward pass (default: 2 on CPU, 64 on CUDA; results do not depend on it)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("--no-denoiser", action="store_true", help="plain smoothing of the segmenter")
     parser.add_argument("--model-dir", type=Path, help="a model folder (default: the shipped models)")
@@ -148,7 +151,7 @@ def _certification_parameters(args) -> dict:
     parameters = dict(sigma=args.sigma, n0=args.n0, n=args.n, alpha=args.alpha, tau=args.tau, correction=args.correction)
     for sigma in np.atleast_1d(args.sigma):
         SmoothingParameters(mode="certify", num_classes=2, **{**parameters, "sigma": float(sigma)}, seed=args.seed,
-                            batch_size=args.batch_size, device=args.device).validate()
+                            batch_size=args.batch_size or 1, device=args.device).validate()
     return parameters
 
 
@@ -233,7 +236,7 @@ def _run_bench(args) -> int:
 
     result = run_bench(size=args.size, n0=args.n0, n=args.n, batch_size=args.batch_size, device=args.device,
                        use_denoiser=not args.no_denoiser, model_dir=args.model_dir, random_init=args.random_init,
-                       repeats=args.repeats)
+                       repeats=args.repeats, reference=args.reference)
     print(bench_json(result) if args.json else result.line())
     return EXIT_OK
 

@@ -65,7 +65,7 @@ def certify_stored_image(
     models: LoadedModels,
     *,
     device: str = "auto",
-    batch_size: int = 16,
+    batch_size: int | None = None,
     seed: int | None = 0,
     progress: Progress | None = None,
     force: bool = False,

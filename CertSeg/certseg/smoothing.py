@@ -124,6 +124,15 @@ class Certificate:
         }
 
 
+def default_batch_size(device: torch.device) -> int:
+    """Noisy copies per forward pass when the caller does not choose.
+
+    Measured with the shipped models at 256 x 256 on 2 CPU cores: batch 2 gives 9.7
+    samples/s, batch 16 only 4.3 (cache-bound); GPUs want large batches.
+    """
+    return {"cpu": 2, "mps": 16}.get(device.type, 64)
+
+
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """'auto' (or None) picks CUDA when present, then Apple MPS, else CPU."""
     if device in (None, "auto"):
@@ -149,7 +158,7 @@ def certify_segmentation(
     alpha: float,
     tau: float,
     correction: str = "holm",
-    batch_size: int = 32,
+    batch_size: int | None = None,
     seed: int | None = None,
     device: str | torch.device | None = "auto",
     progress: Progress | None = None,
@@ -164,6 +173,7 @@ def certify_segmentation(
     alpha  family-wise error level over all pixels, corrected by `correction`.
     seed   fixes the noise; the same seed, device and model give the same certificate
            whatever the batch size.  None draws one, recorded in the parameters.
+    batch_size  noisy copies per forward pass; None picks one for the device.
     """
     params = _parameters("certify", num_classes, sigma, n0, n, alpha, tau, correction, seed, batch_size, device)
     started = time.perf_counter()
@@ -206,7 +216,7 @@ def predict_segmentation(
     n: int,
     alpha: float,
     correction: str = "holm",
-    batch_size: int = 32,
+    batch_size: int | None = None,
     seed: int | None = None,
     device: str | torch.device | None = "auto",
     progress: Progress | None = None,
@@ -240,6 +250,7 @@ def predict_segmentation(
 
 
 def _parameters(mode, num_classes, sigma, n0, n, alpha, tau, correction, seed, batch_size, device) -> SmoothingParameters:
+    resolved = resolve_device(device)
     params = SmoothingParameters(
         mode=mode,
         num_classes=int(num_classes),
@@ -250,8 +261,8 @@ def _parameters(mode, num_classes, sigma, n0, n, alpha, tau, correction, seed, b
         tau=None if tau is None else float(tau),
         correction=correction,
         seed=secrets.randbits(63) if seed is None else int(seed),
-        batch_size=int(batch_size),
-        device=str(resolve_device(device)),
+        batch_size=int(default_batch_size(resolved) if batch_size is None else batch_size),
+        device=str(resolved),
     )
     params.validate()
     return params
