@@ -10,6 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 import slicerio
+import torch
 
 from conftest import SAMPLE_CR, require_tool
 from test_dicom_input import hostile_files
@@ -122,7 +123,7 @@ def test_hostile_export_processes_the_good_image_and_lists_each_bad_file(small_c
     (["--sigma", "0"], "sigma must be > 0"),
     (["--tau", "0.4"], "tau must lie in"),
     (["--alpha", "2"], "alpha must lie in"),
-])
+] + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "no CUDA GPU")]))
 def test_bad_parameters_fail_fast_in_one_line(args, words, tmp_path):
     run = certseg("certify", SAMPLE_CR, "--out", tmp_path / "out", *args)
     assert run.returncode == 2 and words in run.stderr and len(run.stderr.strip().splitlines()) == 1

@@ -146,8 +146,9 @@ def _add_certification_options(parser: argparse.ArgumentParser, *, sigmas: bool 
 
 def _certification_parameters(args) -> dict:
     """The certification options, checked before any file is read."""
-    from .smoothing import SmoothingParameters
+    from .smoothing import SmoothingParameters, resolve_device
 
+    resolve_device(args.device)  # a missing GPU is a bad parameter, not one failure per image
     parameters = dict(sigma=args.sigma, n0=args.n0, n=args.n, alpha=args.alpha, tau=args.tau, correction=args.correction)
     for sigma in np.atleast_1d(args.sigma):
         SmoothingParameters(mode="certify", num_classes=2, **{**parameters, "sigma": float(sigma)}, seed=args.seed,
