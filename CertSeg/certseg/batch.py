@@ -10,15 +10,13 @@ from typing import Any
 from tqdm import tqdm
 
 from . import __version__
-from .errors import CertSegError
+from .errors import EXIT_OK, EXIT_SOME_FAILED, CertSegError
 from .io_dicom import Radiograph, Skipped, candidate_files, check_header, read_radiograph
 from .models import LoadedModels
 from .outputs import atomic_directory
 from .pipeline import certify_stored_image
 from .progress import sample_bar
 from .results import ijk_to_lps, write_result_folder
-
-EXIT_OK, EXIT_SOME_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
 @dataclass

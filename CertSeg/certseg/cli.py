@@ -14,9 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .errors import CertSegError
-
-EXIT_OK, EXIT_SOME_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+from .errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, CertSegError
 
 
 def main(argv: list[str] | None = None) -> int:

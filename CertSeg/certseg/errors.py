@@ -1,4 +1,8 @@
-"""The one exception type the command line turns into a one-line message."""
+"""The one exception type the command line turns into a one-line message, and the exit codes."""
+
+# 0 success; 1 some images failed (the others were processed); 2 bad input or parameters,
+# or nothing to certify; 130 interrupted.
+EXIT_OK, EXIT_SOME_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class CertSegError(Exception):

@@ -17,6 +17,7 @@ an independent check, only approaches ||A|| from below and would overstate radii
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -88,6 +89,12 @@ class ModelInputMap:
 
     def operator_norm(self) -> float:
         """The spectral norm of the linear part A (exact up to float64 rounding)."""
+        return self._operator_norm
+
+    @functools.cached_property
+    def _operator_norm(self) -> float:
+        # Cached: the report and the radius conversion both need it, and for a 2048^2 detector
+        # each computation builds two 2048 x 2048 resampling matrices.
         height, width = self.source_shape
         left, right, top, bottom = self.padding
         vertical = _resampling_matrix(height, top, bottom, self.model_size)
