@@ -95,6 +95,17 @@ def test_report_states_parameters_models_areas_and_radii(sample_result):
     assert radius["rms_per_source_pixel"] == pytest.approx(radius["stored_values_l2"] / np.sqrt(source.Rows * source.Columns))
 
 
+def test_sequential_certification_records_its_looks_and_the_samples_it_drew(tmp_path):
+    run = certseg("certify", SAMPLE_CR, "--out", tmp_path, "--n0", "2", "--n", "400", "--sequential",
+                  "--no-denoiser", "--quiet")
+    assert run.returncode == 0, run.stderr
+    report = json.loads(next(tmp_path.rglob("report.json")).read_text())
+    assert report["parameters"]["looks"] == [100, 200, 400]
+    assert report["parameters"]["stop_tolerance"] > 0
+    assert report["samples_drawn"]["estimation"] in (100, 200, 400)
+    assert sum(s["certified_pixels"] for s in report["structures"]) > 0
+
+
 def test_existing_results_are_kept_unless_overwrite(sample_result, tmp_path):
     _, _, folder = sample_result
     out = folder.parents[2]
@@ -123,6 +134,8 @@ def test_hostile_export_processes_the_good_image_and_lists_each_bad_file(small_c
     (["--sigma", "0"], "sigma must be > 0"),
     (["--tau", "0.4"], "tau must lie in"),
     (["--alpha", "2"], "alpha must lie in"),
+    (["--looks", "50", "90"], "looks must increase and end at n = 100"),
+    (["--sequential", "--stop-tolerance", "-1"], "stop_tolerance must be >= 0"),
 ] + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "no CUDA GPU")]))
 def test_bad_parameters_fail_fast_in_one_line(args, words, tmp_path):
     run = certseg("certify", SAMPLE_CR, "--out", tmp_path / "out", *args)

@@ -32,9 +32,9 @@ def test_abstaining_on_a_structure_costs_its_dice_and_empty_structures_score_one
 
 
 def test_outputs_are_written(tmp_path):
-    rows = [Row("clean", None, "right lung", 0.97, None, None, None),
-            Row("segmenter alone", 0.25, "right lung", 0.97, 0.91, 0.05, 1.2),
-            Row("segmenter alone", 0.5, "right lung", 0.97, 0.85, 0.09, 1.1)]
+    rows = [Row("clean", None, "right lung", 0.97, None, None, None, None),
+            Row("segmenter alone", 0.25, "right lung", 0.97, 0.91, 0.05, 1.2, 110),
+            Row("segmenter alone", 0.5, "right lung", 0.97, 0.85, 0.09, 1.1, 70)]
     write_outputs(rows, tmp_path, 0.75)
     assert (tmp_path / "evaluation.csv").read_text().count("\n") == 4
     assert "| segmenter alone | 0.25 | right lung | 0.970 | 0.910 | 5.0% | 1.2 |" in markdown_table(rows)

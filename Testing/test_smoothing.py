@@ -77,6 +77,51 @@ def test_soundness_by_simulation_with_known_truth(correction):
     assert uncorrected_failures > limit
 
 
+def test_sequential_soundness_by_simulation_with_known_truth():
+    """Several looks keep P(any certified pixel wrong) <= alpha, even when every look is used.
+
+    Never stopping early (stop_tolerance 0) returns the union of all looks' certificates, the
+    largest any stopping rule could return, so it is the worst case.  Testing every look at the
+    full alpha (peeking without splitting alpha) must fail often on the same noise: sample j's
+    noise depends only on the seed and j, so a fixed-n run at n = look sees that look's counts.
+    """
+    rng = np.random.default_rng(7)
+    sigma, tau, alpha, trials = 0.25, 0.75, 0.2, 300
+    looks = tuple(range(10, 121, 10))
+    radius = sigma * stats.norm.ppf(tau)
+    failures = peeking_failures = 0
+    for trial in range(trials):
+        # True probabilities just below tau, as in the fixed-n simulation, but closer to it.
+        image = 0.5 + radius * rng.uniform(0.98, 1.0, size=(4, 4)) * rng.choice([-1, 1], size=(4, 4))
+        label, _, true_radius = true_smoothed(image, sigma)
+        cert = certify(image, sigma=sigma, tau=tau, alpha=alpha, n=looks[-1], looks=looks, seed=trial)
+        wrong = cert.decided & ((cert.labels != label) | (cert.radius > true_radius))
+        wrong |= ~np.isnan(cert.pixel_radius) & ((cert.candidates != label) | (cert.pixel_radius > true_radius))
+        failures += bool(wrong.any())
+        peeking_failures += any(
+            certify(image, sigma=sigma, tau=tau, alpha=alpha, n=look, seed=trial).decided.any() for look in looks
+        )
+    limit = stats.binom.ppf(0.999, trials, alpha)
+    assert failures <= limit, f"{failures} of {trials} certificates wrong, allowed {limit}"
+    assert peeking_failures > limit
+
+
+def test_sequential_certification_stops_early_only_when_little_is_left_to_gain():
+    looks = (125, 250, 500, 1000)
+    far = np.where(np.arange(64).reshape(8, 8) % 2 == 0, 0.0, 1.0)  # every pixel decided at once
+    easy = certify(far, n=1000, looks=looks, stop_tolerance=0.001)
+    assert easy.estimation_samples == 125 and easy.abstain_fraction == 0.0
+
+    # p = 0.85 pixels need about 500 votes to pass tau = 0.75 at this alpha: sampling must go on.
+    near = far.copy()
+    near[:4] = 0.5 + 0.25 * stats.norm.ppf(0.85)
+    hard = certify(near, n=1000, looks=looks, stop_tolerance=0.001)
+    assert hard.estimation_samples > 250
+    full = certify(near, n=1000, looks=looks, stop_tolerance=0.0)
+    assert full.estimation_samples == 1000
+    np.testing.assert_array_equal(full.counts, certify(near, n=1000).counts)  # same noise as fixed n
+
+
 def test_soundness_on_random_images_at_paper_parameters():
     rng = np.random.default_rng(5)
     for trial in range(40):
@@ -160,6 +205,10 @@ def test_multiclass_counts_pick_the_majority_class():
         ({"batch_size": 0}, "batch_size"),
         ({"num_classes": 1}, "num_classes"),
         ({"correction": "none"}, "correction"),
+        ({"looks": [50, 90]}, "looks"),
+        ({"looks": [60, 40, 100]}, "looks"),
+        ({"looks": [0, 100]}, "looks"),
+        ({"looks": [50, 100], "stop_tolerance": -0.1}, "stop_tolerance"),
     ],
 )
 def test_bad_parameters_raise_one_clear_error(override, message):

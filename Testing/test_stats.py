@@ -7,6 +7,8 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint
 
 from certseg.stats import (
+    certification_chance,
+    minimum_certifiable_count,
     binomial_upper_tail_pvalue,
     clopper_pearson_lower,
     radius_from_probability,
@@ -90,3 +92,21 @@ def test_method_md_reference_numbers():
     for n, needed in [(100, 97), (1000, 824)]:
         pvalues = binomial_upper_tail_pvalue(np.array([needed - 1, needed]), n, 0.75)
         assert list(pvalues <= 0.001 / 256**2) == [False, True]
+
+
+@pytest.mark.parametrize("trials, p, level", [(100, 0.75, 0.001 / 256**2), (1000, 0.75, 1.5e-8), (50, 0.9, 0.05),
+                                               (10, 0.75, 1e-9)])
+def test_minimum_certifiable_count_is_the_first_count_scipy_calls_significant(trials, p, level):
+    significant = [k for k in range(trials + 1) if stats.binom.sf(k - 1, trials, p) <= level]
+    assert minimum_certifiable_count(trials, p, level) == (significant[0] if significant else trials + 1)
+
+
+def test_certification_chance_matches_a_simulated_posterior_predictive():
+    """Draw p from the Beta posterior, then the future successes: the frequency must match."""
+    rng = np.random.default_rng(3)
+    successes, trials, remaining, needed = np.array([0, 40, 90, 99, 100]), 100, 300, 330
+    p = rng.beta(successes + 1, trials - successes + 1, size=(200_000, successes.size))
+    simulated = np.mean(successes + rng.binomial(remaining, p) >= needed, axis=0)
+    np.testing.assert_allclose(certification_chance(successes, trials, remaining, needed), simulated, atol=0.005)
+    assert certification_chance(np.array([100]), 100, 0, 100)[0] == 1.0
+    assert certification_chance(np.array([10]), 100, 5, 100)[0] == 0.0

@@ -16,6 +16,10 @@ import numpy as np
 from . import __version__
 from .errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, CertSegError
 
+# Sequential certification stops when going on is expected to add fewer certified pixels than this
+# fraction of any structure (measured: see README, "Sequential certification").
+DEFAULT_STOP_TOLERANCE = 0.002
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
@@ -129,6 +133,14 @@ def _add_certification_options(parser: argparse.ArgumentParser, *, sigmas: bool 
     parser.add_argument("--alpha", type=float, default=0.001, help="family-wise error level")
     parser.add_argument("--tau", type=float, default=0.75, help="per-pixel probability threshold")
     parser.add_argument("--correction", default="holm", choices=["holm", "bonferroni"])
+    parser.add_argument("--sequential", action="store_true",
+                        help="test after n/8, n/4, n/2, n ... samples (alpha split between the looks) and stop "
+                             "once more samples would certify little more")
+    parser.add_argument("--looks", type=_positive_int, nargs="+",
+                        help="explicit cumulative sample counts to test at, the last one --n (implies --sequential)")
+    parser.add_argument("--stop-tolerance", type=float, default=DEFAULT_STOP_TOLERANCE,
+                        help="sequential: stop when the expected further gain is below this fraction of "
+                             "every structure's pixels")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=_positive_int,
                         help="noisy copies per forward pass (default: 2 on CPU, 64 on CUDA; results do not depend on it)")
@@ -147,10 +159,13 @@ def _certification_parameters(args) -> dict:
     from .smoothing import SmoothingParameters, resolve_device
 
     resolve_device(args.device)  # a missing GPU is a bad parameter, not one failure per image
-    parameters = dict(sigma=args.sigma, n0=args.n0, n=args.n, alpha=args.alpha, tau=args.tau, correction=args.correction)
+    looks = args.looks or ("doubling" if args.sequential else None)
+    parameters = dict(sigma=args.sigma, n0=args.n0, n=args.n, alpha=args.alpha, tau=args.tau, correction=args.correction,
+                      looks=looks, stop_tolerance=args.stop_tolerance if looks else 0.0)
     for sigma in np.atleast_1d(args.sigma):
-        SmoothingParameters(mode="certify", num_classes=2, **{**parameters, "sigma": float(sigma)}, seed=args.seed,
-                            batch_size=args.batch_size or 1, device=args.device).validate()
+        checked = {**parameters, "sigma": float(sigma), "looks": tuple(args.looks or ())}
+        SmoothingParameters(mode="certify", num_classes=2, **checked, seed=args.seed, batch_size=args.batch_size or 1,
+                            device=args.device).validate()
     return parameters
 
 
@@ -245,13 +260,13 @@ def _run_evaluate(args) -> int:
     from .models import load_models
     from .outputs import atomic_directory
 
-    _certification_parameters(args)
+    certification = _certification_parameters(args)
+    del certification["sigma"]  # evaluate takes a list of sigmas
     samples = _load_samples(args)[: args.limit]
     models = load_models(args.model_dir, with_denoiser=not args.no_denoiser)
     configurations = ["segmenter alone"] + ([] if args.no_denoiser else ["denoiser + segmenter"])
-    rows = evaluate(samples, models, sigmas=args.sigma, configurations=configurations, n0=args.n0, n=args.n,
-                    alpha=args.alpha, tau=args.tau, batch_size=args.batch_size, seed=args.seed,
-                    device=args.device, progress=not args.quiet)
+    rows = evaluate(samples, models, sigmas=args.sigma, configurations=configurations, **certification,
+                    batch_size=args.batch_size, seed=args.seed, device=args.device, progress=not args.quiet)
     with atomic_directory(args.out, overwrite=args.overwrite) as staging:
         write_outputs(rows, staging, args.tau)
     print(markdown_table(rows), end="")

@@ -35,6 +35,7 @@ class Row:
     certified_dice: float | None
     abstention: float | None
     seconds_per_image: float | None
+    samples_per_image: float | None  # n0 + estimation samples drawn (fewer than n0 + n when sequential stops early)
 
 
 def dice_per_structure(predicted: np.ndarray, truth: np.ndarray, num_classes: int) -> np.ndarray:
@@ -53,7 +54,7 @@ def _onehot(labels: np.ndarray, num_classes: int) -> torch.Tensor:
 
 
 def evaluate(samples: list[Sample], models: LoadedModels, *, sigmas, configurations, n0, n, alpha, tau,
-             batch_size, seed, device, progress=True) -> list[Row]:
+             batch_size, seed, device, correction="holm", looks=None, stop_tolerance=0.0, progress=True) -> list[Row]:
     card = models.segmenter_card
     spec = card["input"]
     names = [label["name"] for label in card["labels"][1:]]
@@ -62,21 +63,24 @@ def evaluate(samples: list[Sample], models: LoadedModels, *, sigmas, configurati
     annotated = _annotated_mask(samples, len(names))
     clean = _mean_over_annotated(
         [dice_per_structure(plain.segment_clean(x), y, models.num_classes) for x, y in pairs], annotated)
-    rows = [Row("clean", None, name, float(d), None, None, None) for name, d in zip(names, clean) if not np.isnan(d)]
+    rows = [Row("clean", None, name, float(d), None, None, None, None) for name, d in zip(names, clean) if not np.isnan(d)]
     for configuration in configurations:
         denoiser = models.denoiser if configuration == "denoiser + segmenter" else None
         segmenter = CertifiedSegmenter(models.network, models.num_classes, denoiser, device)
         for sigma in sigmas:
-            dice, abstention, seconds = [], [], []
+            dice, abstention, seconds, drawn = [], [], [], []
             for index, (x, y) in enumerate(tqdm(pairs, desc=f"{configuration} sigma={sigma}", disable=not progress)):
-                cert = segmenter.certify(x, sigma=sigma, n0=n0, n=n, alpha=alpha, tau=tau,
-                                         batch_size=batch_size, seed=seed + index)
+                cert = segmenter.certify(x, sigma=sigma, n0=n0, n=n, alpha=alpha, tau=tau, correction=correction,
+                                         looks=looks, stop_tolerance=stop_tolerance, batch_size=batch_size,
+                                         seed=seed + index)
                 dice.append(dice_per_structure(cert.labels, y, models.num_classes))
                 abstention.append(np.mean(cert.labels == ABSTAIN))
                 seconds.append(cert.timings["total"])
+                drawn.append(n0 + cert.estimation_samples)
             mean_dice = _mean_over_annotated(dice, annotated)
             rows += [
-                Row(configuration, sigma, name, float(c), float(d), float(np.mean(abstention)), float(np.mean(seconds)))
+                Row(configuration, sigma, name, float(c), float(d), float(np.mean(abstention)), float(np.mean(seconds)),
+                    float(np.mean(drawn)))
                 for name, c, d in zip(names, clean, mean_dice) if not np.isnan(d)
             ]
     return rows
@@ -109,12 +113,12 @@ def markdown_table(rows: list[Row]) -> str:
     def show(value, fmt):
         return "-" if value is None else format(value, fmt)
 
-    lines = ["| configuration | sigma | structure | clean Dice | certified Dice | abstained | s / image |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| configuration | sigma | structure | clean Dice | certified Dice | abstained | s / image | samples / image |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(f"| {row.configuration} | {show(row.sigma, 'g')} | {row.structure} | {row.clean_dice:.3f} | "
                      f"{show(row.certified_dice, '.3f')} | {show(row.abstention, '.1%')} | "
-                     f"{show(row.seconds_per_image, '.1f')} |")
+                     f"{show(row.seconds_per_image, '.1f')} | {show(row.samples_per_image, '.0f')} |")
     return "\n".join(lines) + "\n"
 
 

@@ -39,6 +39,7 @@ class ImageResult:
             })
         return {
             "parameters": summary["parameters"],
+            "samples_drawn": {"selection": summary["parameters"]["n0"], "estimation": summary["estimation_samples"]},
             "denoiser": models.denoiser is not None,
             "models": {
                 kind: {k: card.get(k) for k in ("name", "version", "sha256")}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
@@ -50,13 +52,17 @@ class CertifiedSegmenter:
         alpha: float,
         tau: float,
         correction: str = "holm",
+        looks: Sequence[int] | str | None = None,
+        stop_tolerance: float = 0.0,
         batch_size: int | None = None,
         seed: int | None = None,
         progress: Progress | None = None,
     ) -> Certificate:
+        """certify_segmentation() with this model as the base segmenter."""
         return certify_segmentation(
             self.base_segmenter(sigma), image, num_classes=self.num_classes, sigma=sigma, n0=n0, n=n,
-            alpha=alpha, tau=tau, correction=correction, batch_size=batch_size, seed=seed,
+            alpha=alpha, tau=tau, correction=correction, looks=looks, stop_tolerance=stop_tolerance,
+            batch_size=batch_size, seed=seed,
             device=self.device, progress=progress,
         )
 

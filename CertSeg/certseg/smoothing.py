@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +26,9 @@ import torch
 from .stats import (
     CORRECTIONS,
     binomial_upper_tail_pvalue,
+    certification_chance,
     clopper_pearson_lower,
+    minimum_certifiable_count,
     radius_from_probability,
     reject_hypotheses,
     two_sided_binomial_pvalue,
@@ -59,6 +61,12 @@ class SmoothingParameters:
     seed: int
     batch_size: int
     device: str
+    looks: tuple[int, ...] = ()  # cumulative estimation samples at which CERTIFY tests; () means (n,)
+    stop_tolerance: float = 0.0  # see certify_segmentation
+
+    @property
+    def look_sizes(self) -> tuple[int, ...]:
+        return self.looks or (self.n,)
 
     def validate(self) -> None:
         checks = [
@@ -73,6 +81,10 @@ class SmoothingParameters:
             checks += [
                 (self.n0 >= 1, f"n0 must be >= 1, got {self.n0}"),
                 (self.tau is not None and 0.5 < self.tau < 1, f"tau must lie in (0.5, 1), got {self.tau}"),
+                (all(a < b for a, b in zip((0, *self.look_sizes), self.look_sizes)) and self.look_sizes[-1] == self.n,
+                 f"looks must increase and end at n = {self.n}, got {list(self.look_sizes)}"),
+                (np.isfinite(self.stop_tolerance) and self.stop_tolerance >= 0,
+                 f"stop_tolerance must be >= 0, got {self.stop_tolerance}"),
             ]
         for ok, message in checks:
             if not ok:
@@ -91,7 +103,7 @@ class Certificate:
                   NaN where p_lower <= 1/2.  Never combine it with `radius` into one number.
     candidates    (H, W) int64: the class chosen per pixel (from the n0 selection samples for
                   CERTIFY, from the top count for PREDICT).
-    counts        (H, W) int64: votes for the candidate among the n estimation samples.
+    counts        (H, W) int64: votes for the candidate among the estimation samples drawn.
     """
 
     labels: np.ndarray
@@ -100,6 +112,7 @@ class Certificate:
     candidates: np.ndarray
     counts: np.ndarray
     parameters: SmoothingParameters
+    estimation_samples: int  # drawn; below parameters.n when sequential certification stopped early
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -116,6 +129,7 @@ class Certificate:
         return {
             "parameters": dataclasses.asdict(self.parameters),
             "radius_model_space": self.radius,
+            "estimation_samples": self.estimation_samples,
             "abstain_fraction": self.abstain_fraction,
             "pixels_per_class": {
                 int(c): int(np.sum(self.labels == c)) for c in range(self.parameters.num_classes)
@@ -158,6 +172,8 @@ def certify_segmentation(
     alpha: float,
     tau: float,
     correction: str = "holm",
+    looks: Sequence[int] | str | None = None,
+    stop_tolerance: float = 0.0,
     batch_size: int | None = None,
     seed: int | None = None,
     device: str | torch.device | None = "auto",
@@ -167,29 +183,62 @@ def certify_segmentation(
 
     image  (H, W) float image in the base segmenter's input space ([0, 1]).
     n0     selection samples: pick each pixel's candidate class (never reused for counting).
-    n      estimation samples: count votes for the candidate.
+    n      estimation samples at most: count votes for the candidate.
     tau    per-pixel probability threshold; certified pixels are robust within
            sigma * Phi^-1(tau).
     alpha  family-wise error level over all pixels, corrected by `correction`.
+    looks  cumulative estimation-sample counts at which to test, increasing and ending at n
+           (sequential certification), or "doubling" for doubling_looks().  None tests once,
+           after n samples (SegCertify).  With K
+           looks alpha is split into K equal parts, and sampling stops at the first look after
+           which continuing to n is expected to certify fewer than stop_tolerance x (pixels of
+           that candidate class) more pixels in every class.  `estimation_samples` of the
+           result says how many were drawn.
     seed   fixes the noise; the same seed, device and model give the same certificate
            whatever the batch size.  None draws one, recorded in the parameters.
     batch_size  noisy copies per forward pass; None picks one for the device.
     """
-    params = _parameters("certify", num_classes, sigma, n0, n, alpha, tau, correction, seed, batch_size, device)
+    if looks == "doubling":
+        looks = doubling_looks(n, tau, alpha, int(np.prod(np.shape(image)[-2:])))
+    params = _parameters("certify", num_classes, sigma, n0, n, alpha, tau, correction, seed, batch_size, device,
+                         looks=tuple(int(k) for k in looks) if looks is not None and len(looks) > 1 else (),
+                         stop_tolerance=stop_tolerance)
     started = time.perf_counter()
     x = _image_tensor(image, params.device)
     total = n0 + n
-    selection = _count_votes(base, x, params, n0, _SELECTION_STAGE, _offset_progress(progress, 0, total))
+    selection = _count_votes(base, x, params, _SELECTION_STAGE, 0, n0, _offset_progress(progress, 0, total))
     candidates = selection.argmax(dim=0)  # ties go to the lowest class index
-    selected_s = time.perf_counter()
-    votes = _count_votes(base, x, params, n, _ESTIMATION_STAGE, _offset_progress(progress, n0, total))
-    counts = votes.gather(0, candidates.unsqueeze(0)).squeeze(0)
-    estimated_s = time.perf_counter()
-
-    counts_np = counts.cpu().numpy()
     candidates_np = candidates.cpu().numpy()
-    certified = reject_hypotheses(binomial_upper_tail_pvalue(counts_np, n, tau), alpha, correction)
-    lower = clopper_pearson_lower(counts_np, n, alpha / counts_np.size)
+    selected_s = time.perf_counter()
+
+    # Why several looks keep the alpha guarantee.  Imagine all n estimation samples drawn up front:
+    # sample j's noise depends only on (seed, j), so stopping early merely leaves some unseen.  The
+    # candidates come from the separate n0 selection samples, so at look k each pixel's count is
+    # Binomial(looks[k], p_i), p_i = P(f_i(x + eps) = candidate_i), and Holm (or Bonferroni) at level
+    # alpha_k = alpha / K rejects a true H0_i: "p_i < tau" somewhere in the image with probability
+    # <= alpha_k, whatever the dependence between pixels.  Call that event E_k.  A pixel wrongly in
+    # the returned union of look-wise certificates was wrongly rejected at some look k, so failure
+    # lies inside E_1 u ... u E_K, of probability <= sum_k alpha_k = alpha.  The bound holds for
+    # every stopping rule, since it never looked at when we stop.  Likewise each look's
+    # Clopper-Pearson bounds at level alpha_k / #pixels all hold with probability >= 1 - alpha_k,
+    # so the largest bound over the looks holds for every pixel with probability >= 1 - alpha.
+    look_alpha = alpha / len(params.look_sizes)
+    votes = torch.zeros((num_classes, *x.shape), dtype=torch.int64, device=x.device)
+    certified = np.zeros(candidates_np.shape, dtype=bool)
+    lower = np.zeros(candidates_np.shape)
+    drawn = 0
+    for look in params.look_sizes:
+        votes += _count_votes(base, x, params, _ESTIMATION_STAGE, drawn, look,
+                              _offset_progress(progress, n0 + drawn, total))
+        drawn = look
+        counts_np = votes.gather(0, candidates.unsqueeze(0)).squeeze(0).cpu().numpy()
+        certified |= reject_hypotheses(binomial_upper_tail_pvalue(counts_np, drawn, tau), look_alpha, correction)
+        lower = np.maximum(lower, clopper_pearson_lower(counts_np, drawn, look_alpha / counts_np.size))
+        if drawn < n and _continuing_is_futile(counts_np, drawn, candidates_np, certified, params, look_alpha):
+            break
+    if progress is not None:
+        progress(total, total)
+    estimated_s = time.perf_counter()
     finished = time.perf_counter()
     return Certificate(
         labels=np.where(certified, candidates_np, ABSTAIN).astype(np.int64),
@@ -198,13 +247,48 @@ def certify_segmentation(
         candidates=candidates_np.astype(np.int64),
         counts=counts_np.astype(np.int64),
         parameters=params,
+        estimation_samples=drawn,
         timings={
             "selection": selected_s - started,
             "estimation": estimated_s - selected_s,
-            "statistics": finished - estimated_s,
             "total": finished - started,
         },
     )
+
+
+def doubling_looks(n: int, tau: float, alpha: float, pixels: int) -> tuple[int, ...]:
+    """Looks n / 2^j, ..., n / 2, n, down to the smallest at which unanimous votes can still certify.
+
+    A look earlier than that could certify nothing and would only take its share of alpha.
+    """
+    looks = [n]
+    while (earlier := looks[0] // 2) >= 1:
+        if minimum_certifiable_count(earlier, tau, alpha / ((len(looks) + 1) * pixels)) > earlier:
+            break
+        looks.insert(0, earlier)
+    return tuple(looks)
+
+
+def _continuing_is_futile(counts: np.ndarray, drawn: int, candidates: np.ndarray, certified: np.ndarray,
+                          params: SmoothingParameters, look_alpha: float) -> bool:
+    """True when sampling on to n is expected to certify under stop_tolerance more pixels per class.
+
+    Each uncertified pixel's chance of passing the last look is its posterior predictive
+    probability (uniform prior on p_i, beta-binomial over the samples still to come) of
+    reaching the count Holm would need there, approximated by the threshold
+    look_alpha / #uncertified that Holm gives the uncertified pixels once the certain ones
+    are rejected.  The rule only decides when to stop; the guarantee does not depend on it.
+    """
+    if params.stop_tolerance <= 0:
+        return False
+    open_pixels = ~certified
+    if not open_pixels.any():
+        return True
+    needed = minimum_certifiable_count(params.n, params.tau, look_alpha / open_pixels.sum())
+    chance = certification_chance(counts[open_pixels], drawn, params.n - drawn, needed)
+    expected = np.bincount(candidates[open_pixels], weights=chance, minlength=params.num_classes)
+    class_sizes = np.bincount(candidates.ravel(), minlength=params.num_classes)
+    return bool(np.all(expected < params.stop_tolerance * np.maximum(class_sizes, 1)))
 
 
 def predict_segmentation(
@@ -230,7 +314,7 @@ def predict_segmentation(
     params = _parameters("predict", num_classes, sigma, 0, n, alpha, None, correction, seed, batch_size, device)
     started = time.perf_counter()
     x = _image_tensor(image, params.device)
-    votes = _count_votes(base, x, params, n, _ESTIMATION_STAGE, _offset_progress(progress, 0, n))
+    votes = _count_votes(base, x, params, _ESTIMATION_STAGE, 0, n, _offset_progress(progress, 0, n))
     top_two = votes.topk(2, dim=0)
     estimated_s = time.perf_counter()
 
@@ -245,11 +329,13 @@ def predict_segmentation(
         candidates=top_class.astype(np.int64),
         counts=top_counts.astype(np.int64),
         parameters=params,
+        estimation_samples=n,
         timings={"estimation": estimated_s - started, "statistics": finished - estimated_s, "total": finished - started},
     )
 
 
-def _parameters(mode, num_classes, sigma, n0, n, alpha, tau, correction, seed, batch_size, device) -> SmoothingParameters:
+def _parameters(mode, num_classes, sigma, n0, n, alpha, tau, correction, seed, batch_size, device,
+                looks=(), stop_tolerance=0.0) -> SmoothingParameters:
     resolved = resolve_device(device)
     params = SmoothingParameters(
         mode=mode,
@@ -263,6 +349,8 @@ def _parameters(mode, num_classes, sigma, n0, n, alpha, tau, correction, seed, b
         seed=secrets.randbits(63) if seed is None else int(seed),
         batch_size=int(default_batch_size(resolved) if batch_size is None else batch_size),
         device=str(resolved),
+        looks=looks,
+        stop_tolerance=float(stop_tolerance),
     )
     params.validate()
     return params
@@ -279,23 +367,42 @@ def _image_tensor(image: np.ndarray | torch.Tensor, device: str) -> torch.Tensor
     return x.to(device)
 
 
-def _sample_seed(seed: int, stage: int, index: int) -> int:
-    """An independent 63-bit seed for noise sample `index` of `stage`.
+_NOISE_CHUNK = 64
+"""Noise is drawn in chunks of this many samples, each from its own seed: one kernel per chunk
+instead of one per sample, and still independent of the batch size."""
 
-    Seeding per sample (not per batch) is what makes the noise, and so the
-    certificate, independent of the batch size.
-    """
-    state = np.random.SeedSequence([seed, stage, index]).generate_state(2, np.uint32)
+
+def _chunk_seed(seed: int, stage: int, chunk: int) -> int:
+    """An independent 63-bit seed for noise chunk `chunk` of `stage`."""
+    state = np.random.SeedSequence([seed, stage, chunk]).generate_state(2, np.uint32)
     return (int(state[0]) << 31) ^ int(state[1])
 
 
-def _noise_batch(shape: tuple[int, int], first: int, size: int, params: SmoothingParameters, stage: int) -> torch.Tensor:
-    noise = torch.empty((size, 1, *shape), device=params.device)
-    generator = torch.Generator(device=params.device)
-    for j in range(size):
-        generator.manual_seed(_sample_seed(params.seed, stage, first + j))
-        noise[j].normal_(0.0, params.sigma, generator=generator)
-    return noise
+class _NoiseStream:
+    """N(0, sigma^2 I) noise for the samples of one stage; sample j's noise depends only on (seed, stage, j)."""
+
+    def __init__(self, shape: tuple[int, int], params: SmoothingParameters, stage: int):
+        self._shape, self._params, self._stage = shape, params, stage
+        self._generator = torch.Generator(device=params.device)
+        self._chunk_index, self._chunk = -1, torch.empty(0)
+
+    def take(self, first: int, size: int) -> torch.Tensor:
+        """(size, 1, H, W) noise of samples first .. first + size - 1."""
+        parts, j = [], first
+        while j < first + size:
+            self._load(j // _NOISE_CHUNK)
+            offset = j - self._chunk_index * _NOISE_CHUNK
+            stop = min(_NOISE_CHUNK, first + size - self._chunk_index * _NOISE_CHUNK)
+            parts.append(self._chunk[offset:stop])
+            j += stop - offset
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def _load(self, index: int) -> None:
+        if index != self._chunk_index:
+            self._generator.manual_seed(_chunk_seed(self._params.seed, self._stage, index))
+            self._chunk = torch.randn((_NOISE_CHUNK, 1, *self._shape), generator=self._generator,
+                                      device=self._params.device).mul_(self._params.sigma)
+            self._chunk_index = index
 
 
 @torch.no_grad()
@@ -303,23 +410,34 @@ def _count_votes(
     base: BaseSegmenter,
     image: torch.Tensor,
     params: SmoothingParameters,
-    num_samples: int,
     stage: int,
+    first: int,
+    stop: int,
     progress: Progress | None,
 ) -> torch.Tensor:
-    """(num_classes, H, W) int64 vote counts of `base` over `num_samples` noisy copies."""
+    """(num_classes, H, W) int64 vote counts of `base` over noise samples first .. stop - 1 of `stage`.
+
+    Nothing here waits for the device (counts stay on it, the label range is checked once), so
+    on a GPU the host queues the next batch while the current one runs.
+    """
     height, width = image.shape
     votes = torch.zeros((params.num_classes, height * width), dtype=torch.int64, device=image.device)
-    for first in range(0, num_samples, params.batch_size):
-        size = min(params.batch_size, num_samples - first)
-        noisy = image.expand(size, 1, height, width) + _noise_batch((height, width), first, size, params, stage)
-        labels = base(noisy).reshape(size, height * width).to(torch.int64)
-        if labels.numel() and (labels.min() < 0 or labels.max() >= params.num_classes):
-            raise ValueError(f"base segmenter returned labels outside [0, {params.num_classes})")
+    noise = _NoiseStream((height, width), params, stage)
+    for start in range(first, stop, params.batch_size):
+        size = min(params.batch_size, stop - start)
+        labels = base(image.expand(size, 1, height, width) + noise.take(start, size))
+        labels = labels.reshape(size, height * width).to(torch.int64)
+        if start == first:
+            _check_label_range(labels, params.num_classes)
         votes.scatter_add_(0, labels, torch.ones_like(labels))
         if progress is not None:
-            progress(first + size, num_samples)
+            progress(start + size - first, stop - first)
     return votes.reshape(params.num_classes, height, width)
+
+
+def _check_label_range(labels: torch.Tensor, num_classes: int) -> None:
+    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"base segmenter returned labels outside [0, {num_classes})")
 
 
 def _offset_progress(progress: Progress | None, offset: int, total: int) -> Progress | None:

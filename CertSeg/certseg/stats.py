@@ -78,6 +78,27 @@ def reject_hypotheses(pvalues: np.ndarray, alpha: float, correction: str) -> np.
     return rejected.reshape(np.shape(pvalues))
 
 
+def minimum_certifiable_count(trials: int, p: float, level: float) -> int:
+    """The fewest successes out of `trials` whose upper-tail p-value under p is <= level.
+
+    trials + 1 when even `trials` successes are not enough.
+    """
+    pvalues = binomial_upper_tail_pvalue(np.arange(trials + 1), trials, p)
+    passing = np.flatnonzero(pvalues <= level)
+    return int(passing[0]) if passing.size else trials + 1
+
+
+def certification_chance(successes: np.ndarray, trials: int, remaining: int, needed: int) -> np.ndarray:
+    """Posterior predictive P(successes + future >= needed), elementwise.
+
+    `future` counts successes among `remaining` further trials; with a uniform prior on the
+    success probability and `successes` out of `trials` seen, it is
+    BetaBinomial(remaining, successes + 1, trials - successes + 1).
+    """
+    k = np.asarray(successes, dtype=np.float64)
+    return stats.betabinom.sf(needed - k - 1, remaining, k + 1, trials - k + 1)
+
+
 def radius_from_probability(sigma: float, probability: np.ndarray | float) -> np.ndarray:
     """Certified L2 radius sigma * Phi^-1(p) (Cohen et al.); NaN where p <= 1/2."""
     p = np.asarray(probability, dtype=np.float64)
