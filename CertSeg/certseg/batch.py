@@ -10,6 +10,7 @@ from typing import Any
 from tqdm import tqdm
 
 from . import __version__
+from .acceleration import Execution
 from .errors import EXIT_OK, EXIT_SOME_FAILED, CertSegError
 from .io_dicom import Radiograph, Skipped, candidate_files, check_header, read_radiograph
 from .models import LoadedModels
@@ -17,6 +18,7 @@ from .outputs import atomic_directory
 from .pipeline import certify_stored_image
 from .progress import sample_bar
 from .results import ijk_to_lps, write_result_folder
+from .segmenter import CertifiedSegmenter
 
 
 @dataclass
@@ -29,9 +31,10 @@ class Outcome:
 def certify_input(source: Path, out: Path, models: LoadedModels, *, certification: dict[str, Any],
                   device: str, batch_size: int, seed: int, overwrite: bool, quiet: bool,
                   series: str | None = None, study: str | None = None,
-                  force: bool = False) -> tuple[int, list[Outcome]]:
+                  force: bool = False, execution: Execution | None = None) -> tuple[int, list[Outcome]]:
     """Certify every selected chest radiograph under `source`; returns the exit code and one outcome per file."""
     outcomes: list[Outcome] = []
+    segmenter = CertifiedSegmenter(models.network, models.num_classes, models.denoiser, device, execution)
     with candidate_files(source) as files:
         selected = []
         for path in files:
@@ -46,7 +49,7 @@ def certify_input(source: Path, out: Path, models: LoadedModels, *, certificatio
             raise CertSegError(f"{source}: no chest radiograph (CR or DX) to certify" + _reasons(outcomes))
         for path in tqdm(selected, desc="images", unit="image", disable=quiet):
             try:
-                outcomes.append(_certify_file(path, out, models, certification, device, batch_size, seed,
+                outcomes.append(_certify_file(path, out, models, segmenter, certification, batch_size, seed,
                                               overwrite, quiet, force))
             except CertSegError as error:
                 outcomes.append(Outcome(path, f"refused: {error}", "failed"))
@@ -66,7 +69,7 @@ def _reasons(outcomes: list[Outcome]) -> str:
     return f" ({shown}{'; ...' if len(outcomes) > 5 else ''})" if outcomes else ""
 
 
-def _certify_file(path, out, models, certification, device, batch_size, seed, overwrite, quiet, force) -> Outcome:
+def _certify_file(path, out, models, segmenter, certification, batch_size, seed, overwrite, quiet, force) -> Outcome:
     started = time.perf_counter()
     radiograph = read_radiograph(path, force)
     if isinstance(radiograph, Skipped):
@@ -75,7 +78,7 @@ def _certify_file(path, out, models, certification, device, batch_size, seed, ov
     if target.exists() and not overwrite:
         return Outcome(path, f"result kept: {target} exists (use --overwrite to replace it)", "kept")
     with sample_bar(certification["n0"] + certification["n"], disable=quiet) as progress:
-        result = certify_stored_image(radiograph.pixels, models, device=device, batch_size=batch_size, seed=seed,
+        result = certify_stored_image(radiograph.pixels, models, segmenter=segmenter, batch_size=batch_size, seed=seed,
                                       progress=progress, force=force, window=radiograph.window, **certification)
     report = _report(radiograph, result, models)
     report["timings_s"]["total_with_decoding"] = time.perf_counter() - started

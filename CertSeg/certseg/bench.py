@@ -4,18 +4,24 @@ With `reference=True` it also times the way the published research code certifie
 (one noisy sample per forward pass, fp32, counts accumulated on the host) over the
 same models, and reports the speed-up.  FLOPs per sample come from torch's flop
 counter; on a GPU whose bf16 dense peak is known the achieved fraction is reported.
+With a reduced precision it also measures what that costs: the fraction of pixel labels
+of noisy samples that differ from fp32 on the same noise, and of certificate labels
+that differ from an fp32 certificate with the same seed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import resource
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from .acceleration import Execution
 from .models import DEFAULT_MODEL_DIR, default_denoiser, default_segmenter_network, load_models
 from .segmenter import CertifiedSegmenter
 from .smoothing import resolve_device
@@ -40,13 +46,17 @@ class BenchResult:
     peak_memory_mib: float
     gflops_per_sample: float
     achieved_tflops: float
+    execution: dict | None = None
     bf16_peak_fraction: float | None = None
     reference_seconds_per_image: float | None = None
+    sample_label_flips: float | None = None  # vs fp32 on the same noisy copies
+    certificate_label_changes: float | None = None  # vs an fp32 certificate with the same seed
 
     def line(self) -> str:
         text = (
             f"{self.device} {self.size}x{self.size} n0={self.n0} n={self.n} batch={self.batch_size} "
-            f"denoiser={'on' if self.denoiser else 'off'} models={self.models} threads={self.threads}: "
+            f"denoiser={'on' if self.denoiser else 'off'} models={self.models} threads={self.threads} "
+            f"execution={self.execution}: "
             f"{self.seconds_per_image:.2f} s/image, {self.samples_per_second:.1f} samples/s, "
             f"peak memory {self.peak_memory_mib:.0f} MiB, {self.gflops_per_sample:.2f} GFLOP/sample, "
             f"{self.achieved_tflops * 1000:.1f} GFLOP/s achieved"
@@ -56,17 +66,25 @@ class BenchResult:
         if self.reference_seconds_per_image is not None:
             text += (f"; reference loop {self.reference_seconds_per_image:.2f} s/image "
                      f"(engine {self.reference_seconds_per_image / self.seconds_per_image:.1f}x faster)")
+        if self.sample_label_flips is not None:
+            text += (f"; vs fp32: {self.sample_label_flips:.4%} of sample labels flip, "
+                     f"{self.certificate_label_changes:.4%} of certificate labels change")
         return text
 
 
 def run_bench(*, size=256, n0=10, n=100, batch_size=None, device="auto", use_denoiser=True, model_dir=None,
-              random_init=False, sigma=0.25, repeats=1, seed=0, reference=False) -> BenchResult:
-    """Certify `repeats` synthetic images (after one warm-up) and report the mean timings."""
+              random_init=False, sigma=0.25, repeats=1, seed=0, reference=False, execution=None,
+              image=None) -> BenchResult:
+    """Certify `image` (a model-space array; default the sample CR, else noise) `repeats` times after
+    a warm-up, and report the mean timings.  The warm-up is a whole certification when compiling,
+    so that every batch shape is compiled before the clock starts."""
     device = resolve_device(device)
-    segmenter, models = _segmenter(device, use_denoiser, model_dir, random_init)
-    image = np.random.default_rng(seed).uniform(0.0, 1.0, size=(size, size)).astype(np.float32)
+    segmenter, models = _segmenter(device, use_denoiser, model_dir, random_init, execution)
+    image = _bench_image(size, seed) if image is None else np.asarray(image, dtype=np.float32)
+    size = image.shape[0]
     kwargs = dict(sigma=sigma, n=n, n0=n0, alpha=0.001, tau=0.75, batch_size=batch_size, seed=seed)
-    segmenter.certify(image, **{**kwargs, "n0": 1, "n": 4})  # warm-up (allocators, kernels)
+    compiling = segmenter.execution.compile != "off"
+    segmenter.certify(image, **(kwargs if compiling else {**kwargs, "n0": 1, "n": 4}))  # allocators, kernels
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()
@@ -76,22 +94,57 @@ def run_bench(*, size=256, n0=10, n=100, batch_size=None, device="auto", use_den
         torch.cuda.synchronize(device)
     seconds = (time.perf_counter() - started) / repeats
     peak_memory = _peak_memory_mib(device)
-    base = segmenter.base_segmenter(sigma)
-    flops = _flops_per_sample(base, image, device)
+    reference_base = _fp32_base(device, use_denoiser, model_dir, random_init, sigma)
+    flops = _flops_per_sample(reference_base, image, device)  # the same arithmetic in any precision
     name = str(device) if device.type != "cuda" else torch.cuda.get_device_name(device)
     achieved = flops * (n0 + n) / seconds
     peak = next((value for key, value in BF16_PEAK_FLOPS.items() if key in name), None)
     reference_seconds = None
     if reference:
         started = time.perf_counter()
-        reference_certify_counts(base, image, segmenter.num_classes, sigma, n0 + n, seed, device)
+        reference_certify_counts(reference_base, image, segmenter.num_classes, sigma, n0 + n, seed, device)
         reference_seconds = time.perf_counter() - started
+    flips = changes = None
+    if segmenter.execution.precision != "fp32":
+        flips, changes = _precision_cost(segmenter, image, kwargs, device, use_denoiser, model_dir, random_init)
     return BenchResult(
         device=name, size=size, n0=n0, n=n, batch_size=certificate.parameters.batch_size, denoiser=use_denoiser, models=models,
         threads=torch.get_num_threads(), seconds_per_image=seconds, samples_per_second=(n0 + n) / seconds,
         peak_memory_mib=peak_memory, gflops_per_sample=flops / 1e9, achieved_tflops=achieved / 1e12,
+        execution=dataclasses.asdict(segmenter.execution),
         bf16_peak_fraction=None if peak is None else achieved / peak, reference_seconds_per_image=reference_seconds,
+        sample_label_flips=flips, certificate_label_changes=changes,
     )
+
+
+def _bench_image(size: int, seed: int) -> np.ndarray:
+    """The sample CR on the model grid when this is a source checkout at 256 px, else uniform noise."""
+    sample = Path(__file__).parents[1] / "Resources" / "SampleData" / "sample_cr.dcm"
+    if size == 256 and sample.is_file():
+        from .io_dicom import read_radiograph
+        from .preprocess import ModelInputMap
+
+        radiograph = read_radiograph(sample)
+        return ModelInputMap(tuple(radiograph.pixels.shape), size, radiograph.window)(radiograph.pixels)
+    return np.random.default_rng(seed).uniform(0.0, 1.0, size=(size, size)).astype(np.float32)
+
+
+def _fp32_base(device, use_denoiser, model_dir, random_init, sigma):
+    """The base segmenter as the research code runs it: fp32, contiguous, eager, on fresh model copies."""
+    segmenter, _ = _segmenter(device, use_denoiser, model_dir, random_init, Execution())
+    return segmenter.base_segmenter(sigma)
+
+
+def _precision_cost(segmenter, image, kwargs, device, use_denoiser, model_dir, random_init) -> tuple[float, float]:
+    """Fractions of sample labels and of certificate labels that differ from fp32 on the same noise."""
+    reference, _ = _segmenter(device, use_denoiser, model_dir, random_init, Execution())
+    generator = torch.Generator(device=device).manual_seed(kwargs["seed"])
+    x = torch.as_tensor(image, device=device)[None, None]
+    noisy = x + kwargs["sigma"] * torch.randn((8, *x.shape[1:]), generator=generator, device=device)
+    sigma = kwargs["sigma"]
+    flips = (segmenter.base_segmenter(sigma)(noisy) != reference.base_segmenter(sigma)(noisy)).float().mean().item()
+    changes = np.mean(segmenter.certify(image, **kwargs).labels != reference.certify(image, **kwargs).labels)
+    return flips, float(changes)
 
 
 @torch.no_grad()
@@ -117,13 +170,16 @@ def _flops_per_sample(base, image: np.ndarray, device: torch.device) -> float:
     return float(counter.get_total_flops())
 
 
-def _segmenter(device, use_denoiser, model_dir, random_init) -> tuple[CertifiedSegmenter, str]:
+def _segmenter(device, use_denoiser, model_dir, random_init, execution=None) -> tuple[CertifiedSegmenter, str]:
+    """Freshly loaded models (NHWC rewrites weights in place, so runs never share them)."""
     if not random_init and (model_dir is not None or (DEFAULT_MODEL_DIR / "segmenter").is_dir()):
         loaded = load_models(model_dir, with_denoiser=use_denoiser)
         name = loaded.segmenter_card.get("name", "custom")
-        return CertifiedSegmenter(loaded.network, loaded.num_classes, loaded.denoiser, device), name
+        return CertifiedSegmenter(loaded.network, loaded.num_classes, loaded.denoiser, device, execution), name
+    torch.manual_seed(0)  # the same untrained weights in every copy
     network, num_classes = default_segmenter_network()
-    return CertifiedSegmenter(network, num_classes, default_denoiser() if use_denoiser else None, device), "random-init"
+    denoiser = default_denoiser() if use_denoiser else None
+    return CertifiedSegmenter(network, num_classes, denoiser, device, execution), "random-init"
 
 
 def _peak_memory_mib(device: torch.device) -> float:

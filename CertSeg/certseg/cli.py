@@ -65,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch-size", type=_positive_int, help="noisy copies per pass (default: chosen for the device)")
     bench.add_argument("--repeats", type=_positive_int, default=1)
     bench.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    _add_execution_options(bench)
     bench.add_argument("--no-denoiser", action="store_true")
     bench.add_argument("--model-dir", type=Path)
     bench.add_argument("--random-init", action="store_true", help="untrained networks of the shipped architecture")
@@ -145,6 +146,7 @@ def _add_certification_options(parser: argparse.ArgumentParser, *, sigmas: bool 
     parser.add_argument("--batch-size", type=_positive_int,
                         help="noisy copies per forward pass (default: 2 on CPU, 64 on CUDA; results do not depend on it)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    _add_execution_options(parser)
     parser.add_argument("--no-denoiser", action="store_true", help="plain smoothing of the segmenter")
     parser.add_argument("--model-dir", type=Path, help="a model folder (default: the shipped models)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing result")
@@ -152,6 +154,23 @@ def _add_certification_options(parser: argparse.ArgumentParser, *, sigmas: bool 
                         help="certify images the metadata gate or the out-of-distribution detector refuses "
                              "(recorded in the report)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_execution_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                        help="network arithmetic (auto: bf16 on CUDA, fp32 elsewhere); recorded in the report")
+    parser.add_argument("--compile", default="off", choices=["off", "default", "max-autotune", "reduce-overhead"],
+                        help="torch.compile mode (reduce-overhead: CUDA graphs); pays off over many images")
+
+
+def _execution(args):
+    """The Execution the options ask for; precision "auto" keeps the device's default (NHWC on CUDA)."""
+    from .acceleration import Execution
+    from .smoothing import resolve_device
+
+    default = Execution.default_for(resolve_device(args.device))
+    precision = default.precision if args.precision == "auto" else args.precision
+    return Execution(precision, default.channels_last, args.compile)
 
 
 def _certification_parameters(args) -> dict:
@@ -185,7 +204,7 @@ def _run_certify(args) -> int:
     code, outcomes = certify_input(args.input, args.out, models, certification=certification,
                                    device=args.device, batch_size=args.batch_size, seed=args.seed,
                                    overwrite=args.overwrite, quiet=args.quiet, series=args.series, study=args.study,
-                                   force=args.force)
+                                   force=args.force, execution=_execution(args))
     for outcome in outcomes:
         stream = sys.stderr if outcome.status == "failed" else sys.stdout
         print(f"{outcome.path}: {outcome.status}: {outcome.message}", file=stream)
@@ -202,6 +221,7 @@ def _run_certify_array(args) -> int:
     from .pipeline import certify_stored_image
     from .progress import progress_lines, sample_bar
     from .results import write_result_folder
+    from .segmenter import CertifiedSegmenter
 
     certification = _certification_parameters(args)
     image = read_image(args.image)
@@ -214,7 +234,9 @@ def _run_certify_array(args) -> int:
     reporter = progress_lines() if args.progress_lines else sample_bar(args.n0 + args.n, disable=args.quiet)
     with reporter as progress:
         try:
-            result = certify_stored_image(image.pixels, models, device=args.device, batch_size=args.batch_size,
+            segmenter = CertifiedSegmenter(models.network, models.num_classes, models.denoiser, args.device,
+                                           _execution(args))
+            result = certify_stored_image(image.pixels, models, segmenter=segmenter, batch_size=args.batch_size,
                                           seed=args.seed, progress=progress, force=args.force,
                                           window=None if radiograph is None else radiograph.window, **certification)
         except CertSegError as error:
@@ -250,7 +272,7 @@ def _run_bench(args) -> int:
 
     result = run_bench(size=args.size, n0=args.n0, n=args.n, batch_size=args.batch_size, device=args.device,
                        use_denoiser=not args.no_denoiser, model_dir=args.model_dir, random_init=args.random_init,
-                       repeats=args.repeats, reference=args.reference)
+                       repeats=args.repeats, reference=args.reference, execution=_execution(args))
     print(bench_json(result) if args.json else result.line())
     return EXIT_OK
 
@@ -266,7 +288,8 @@ def _run_evaluate(args) -> int:
     models = load_models(args.model_dir, with_denoiser=not args.no_denoiser)
     configurations = ["segmenter alone"] + ([] if args.no_denoiser else ["denoiser + segmenter"])
     rows = evaluate(samples, models, sigmas=args.sigma, configurations=configurations, **certification,
-                    batch_size=args.batch_size, seed=args.seed, device=args.device, progress=not args.quiet)
+                    batch_size=args.batch_size, seed=args.seed, device=args.device, execution=_execution(args),
+                    progress=not args.quiet)
     with atomic_directory(args.out, overwrite=args.overwrite) as staging:
         write_outputs(rows, staging, args.tau)
     print(markdown_table(rows), end="")

@@ -54,7 +54,8 @@ def _onehot(labels: np.ndarray, num_classes: int) -> torch.Tensor:
 
 
 def evaluate(samples: list[Sample], models: LoadedModels, *, sigmas, configurations, n0, n, alpha, tau,
-             batch_size, seed, device, correction="holm", looks=None, stop_tolerance=0.0, progress=True) -> list[Row]:
+             batch_size, seed, device, correction="holm", looks=None, stop_tolerance=0.0, execution=None,
+             progress=True) -> list[Row]:
     card = models.segmenter_card
     spec = card["input"]
     names = [label["name"] for label in card["labels"][1:]]
@@ -66,7 +67,7 @@ def evaluate(samples: list[Sample], models: LoadedModels, *, sigmas, configurati
     rows = [Row("clean", None, name, float(d), None, None, None, None) for name, d in zip(names, clean) if not np.isnan(d)]
     for configuration in configurations:
         denoiser = models.denoiser if configuration == "denoiser + segmenter" else None
-        segmenter = CertifiedSegmenter(models.network, models.num_classes, denoiser, device)
+        segmenter = CertifiedSegmenter(models.network, models.num_classes, denoiser, device, execution)
         for sigma in sigmas:
             dice, abstention, seconds, drawn = [], [], [], []
             for index, (x, y) in enumerate(tqdm(pairs, desc=f"{configuration} sigma={sigma}", disable=not progress)):

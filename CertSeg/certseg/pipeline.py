@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,7 @@ class ImageResult:
     radii: dict[str, float]
     ood: dict[str, Any] | None = None  # the out-of-distribution verdict, with "forced" when overridden
     window_source: str = ""
+    execution: dict[str, Any] | None = None  # how the base segmenter ran (precision, layout, compilation)
 
     def report(self, models: LoadedModels, pixel_area_mm2: float | None = None) -> dict[str, Any]:
         """The JSON-ready report of this image (schema in README.md)."""
@@ -41,6 +43,7 @@ class ImageResult:
             "parameters": summary["parameters"],
             "samples_drawn": {"selection": summary["parameters"]["n0"], "estimation": summary["estimation_samples"]},
             "denoiser": models.denoiser is not None,
+            "execution": self.execution,
             "models": {
                 kind: {k: card.get(k) for k in ("name", "version", "sha256")}
                 for kind, card in (("segmenter", models.segmenter_card), ("denoiser", models.denoiser_card))
@@ -65,6 +68,7 @@ def certify_stored_image(
     stored: np.ndarray,
     models: LoadedModels,
     *,
+    segmenter: CertifiedSegmenter | None = None,
     device: str = "auto",
     batch_size: int | None = None,
     seed: int | None = 0,
@@ -80,6 +84,8 @@ def certify_stored_image(
     holds only for perturbations that leave that window unchanged (said in the report).
     Images the models' out-of-distribution detector rejects get no certificate
     (CertSegError naming score and threshold) unless `force`, which the verdict records.
+    `segmenter`: the models as they run (precision, compilation); build it once for many
+    images so compiled code and the fitted batch size are reused.  Default: `device`'s defaults.
     """
     params = {**DEFAULT_PARAMETERS, **parameters}
     spec = models.segmenter_card["input"]
@@ -90,7 +96,7 @@ def certify_stored_image(
                          f"a perturbation that leaves this window unchanged")
     input_map = ModelInputMap(tuple(stored.shape), int(spec["size"]), window)
     model_image = input_map(stored)
-    segmenter = CertifiedSegmenter(models.network, models.num_classes, models.denoiser, device)
+    segmenter = segmenter or CertifiedSegmenter(models.network, models.num_classes, models.denoiser, device)
     verdict = _ood_verdict(models, segmenter, model_image, force)
     certificate = segmenter.certify(model_image, batch_size=batch_size, seed=seed, progress=progress, **params)
     return ImageResult(
@@ -100,6 +106,7 @@ def certify_stored_image(
         radii=radius_in_source_units(certificate.radius, input_map),
         ood=verdict,
         window_source=window_source,
+        execution=dataclasses.asdict(segmenter.execution),
     )
 
 

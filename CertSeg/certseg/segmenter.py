@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .acceleration import BaseSegmenterModule, Execution, fit_batch_size, prepare
 from .denoiser import DiffusionDenoiser
 from .smoothing import BaseSegmenter, Certificate, Progress, certify_segmentation, predict_segmentation, resolve_device
 
@@ -25,22 +26,35 @@ class CertifiedSegmenter:
         num_classes: int,
         denoiser: DiffusionDenoiser | None = None,
         device: str | torch.device | None = "auto",
+        execution: Execution | None = None,
     ):
         self.device = resolve_device(device)
         self.network = network.to(self.device).eval()
         self.denoiser = None if denoiser is None else denoiser.to(self.device).eval()
         self.num_classes = num_classes
+        self.execution = execution or Execution.default_for(self.device)
+        self.execution.validate()
+        self._bases: dict[float, tuple[BaseSegmenterModule, BaseSegmenter]] = {}
+        self._fitted_batch_sizes: dict[tuple, int] = {}
 
     def base_segmenter(self, sigma: float) -> BaseSegmenter:
-        """f: noisy batch -> labels, the function randomized smoothing is applied to."""
+        """f: noisy batch -> labels, the function randomized smoothing is applied to (prepared once per sigma)."""
+        return self._base(sigma)[1]
 
-        @torch.no_grad()
-        def segment(noisy: torch.Tensor) -> torch.Tensor:
-            images = noisy if self.denoiser is None else self.denoiser(noisy, sigma)
-            # max().indices, not argmax(): same first-maximum tie rule, ~14x faster on CPU over the class axis.
-            return self.network(images).max(dim=1).indices
+    def _base(self, sigma: float) -> tuple[BaseSegmenterModule, BaseSegmenter]:
+        if sigma not in self._bases:
+            module = BaseSegmenterModule(self.network, self.denoiser, sigma, self.execution, self.device)
+            self._bases[sigma] = (module, prepare(module, self.execution))
+        return self._bases[sigma]
 
-        return segment
+    def batch_size(self, sigma: float, shape: tuple[int, int]) -> int | None:
+        """On CUDA, the batch that fits free memory (measured once per sigma and shape); else the engine's default."""
+        if self.device.type != "cuda":
+            return None
+        key = (sigma, tuple(shape))
+        if key not in self._fitted_batch_sizes:
+            self._fitted_batch_sizes[key] = fit_batch_size(self._base(sigma)[0], tuple(shape), self.device)
+        return self._fitted_batch_sizes[key]
 
     def certify(
         self,
@@ -62,7 +76,7 @@ class CertifiedSegmenter:
         return certify_segmentation(
             self.base_segmenter(sigma), image, num_classes=self.num_classes, sigma=sigma, n0=n0, n=n,
             alpha=alpha, tau=tau, correction=correction, looks=looks, stop_tolerance=stop_tolerance,
-            batch_size=batch_size, seed=seed,
+            batch_size=batch_size or self.batch_size(sigma, np.shape(image)[-2:]), seed=seed,
             device=self.device, progress=progress,
         )
 
@@ -80,7 +94,8 @@ class CertifiedSegmenter:
     ) -> Certificate:
         return predict_segmentation(
             self.base_segmenter(sigma), image, num_classes=self.num_classes, sigma=sigma, n=n, alpha=alpha,
-            correction=correction, batch_size=batch_size, seed=seed, device=self.device, progress=progress,
+            correction=correction, batch_size=batch_size or self.batch_size(sigma, np.shape(image)[-2:]), seed=seed,
+            device=self.device, progress=progress,
         )
 
     @torch.no_grad()

@@ -1,0 +1,98 @@
+"""Execution choices (precision, NHWC, compilation, batch size) on the shipped models and the sample CR.
+
+On this CPU-only machine these run through the same code the GPU path uses; what they must keep
+is the base segmenter's labels, within the tolerance measured for reduced precision.
+"""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from certseg import load_models
+from certseg.acceleration import Execution, batch_size_for_memory
+from certseg.io_dicom import read_radiograph
+from certseg.preprocess import ModelInputMap
+from certseg.segmenter import CertifiedSegmenter
+from conftest import SAMPLE_CR
+
+
+@pytest.fixture(scope="module")
+def chest_image() -> np.ndarray:
+    radiograph = read_radiograph(SAMPLE_CR)
+    return ModelInputMap(tuple(radiograph.pixels.shape), 256, radiograph.window)(radiograph.pixels)
+
+
+def noisy_copies(image: np.ndarray, sigma: float, count: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    return torch.as_tensor(image)[None, None] + sigma * torch.randn((count, 1, *image.shape), generator=generator)
+
+
+def test_fp32_base_is_the_network_on_the_one_step_denoised_image(chest_image):
+    models = load_models(with_denoiser=True)
+    noisy = noisy_copies(chest_image, 0.5, 2)
+    with torch.no_grad():
+        expected = models.network(models.denoiser(noisy, 0.5)).argmax(dim=1)
+    segmenter = CertifiedSegmenter(models.network, models.num_classes, models.denoiser, "cpu", Execution())
+    assert torch.equal(segmenter.base_segmenter(0.5)(noisy), expected)
+
+
+def test_bf16_in_nhwc_changes_few_labels_of_samples_and_certificates(chest_image):
+    """Measured on the sample CR: bf16 autocast flips ~0.05% of a noisy sample's pixel labels."""
+    models = load_models(with_denoiser=True)
+    fp32 = CertifiedSegmenter(models.network, models.num_classes, models.denoiser, "cpu", Execution())
+    noisy = noisy_copies(chest_image, 0.25, 4)
+    reference = fp32.base_segmenter(0.25)(noisy)
+    fast_models = load_models(with_denoiser=True)  # NHWC rewrites the weights' layout in place
+    fast = CertifiedSegmenter(fast_models.network, models.num_classes, fast_models.denoiser, "cpu",
+                              Execution("bf16", channels_last=True))
+    flipped = (fast.base_segmenter(0.25)(noisy) != reference).float().mean().item()
+    assert flipped < 0.005
+
+    plain = CertifiedSegmenter(models.network, models.num_classes, None, "cpu", Execution())
+    plain_fast = CertifiedSegmenter(fast_models.network, models.num_classes, None, "cpu", Execution("bf16", True))
+    settings = dict(sigma=0.25, n0=10, n=100, alpha=0.001, tau=0.75, seed=3)
+    certificate, fast_certificate = plain.certify(chest_image, **settings), plain_fast.certify(chest_image, **settings)
+    assert certificate.abstain_fraction < 0.2
+    assert np.mean(certificate.labels != fast_certificate.labels) < 0.005
+
+
+def test_compiled_base_gives_the_eager_labels(chest_image):
+    models = load_models(with_denoiser=False)
+    noisy = noisy_copies(chest_image[::4, ::4].copy(), 0.25, 2)
+    eager = CertifiedSegmenter(models.network, models.num_classes, None, "cpu", Execution())
+    compiled = CertifiedSegmenter(models.network, models.num_classes, None, "cpu", Execution(compile="default"))
+    assert torch.equal(compiled.base_segmenter(0.25)(noisy), eager.base_segmenter(0.25)(noisy))
+
+
+@pytest.mark.parametrize("free, per_sample, expected", [
+    (80e9, 30e6, 1024),  # capped
+    (80e9, 100e6, 512),  # 0.8 * 80e9 / 100e6 = 640 -> 512
+    (1e9, 100e6, 8),  # 8 fit exactly
+    (1e9, 2e9, 1),  # nothing fits: one at a time
+])
+def test_batch_size_is_the_largest_power_of_two_that_fits(free, per_sample, expected):
+    assert batch_size_for_memory(free, per_sample) == expected
+
+
+@pytest.mark.parametrize("execution, words", [(Execution(precision="int8"), "precision"),
+                                              (Execution(compile="fast"), "compile")])
+def test_unknown_execution_choices_are_refused(execution, words):
+    models = load_models(with_denoiser=False)
+    with pytest.raises(ValueError, match=words):
+        CertifiedSegmenter(models.network, models.num_classes, None, "cpu", execution)
+
+
+def test_bench_reports_speed_reference_and_the_cost_of_bf16():
+    run = subprocess.run([sys.executable, "-m", "certseg", "bench", "--size", "64", "--n0", "2", "--n", "8",
+                          "--no-denoiser", "--precision", "bf16", "--reference", "--json"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["execution"] == {"precision": "bf16", "channels_last": False, "compile": "off"}
+    assert result["samples_per_second"] > 0 and result["reference_seconds_per_image"] > 0
+    assert result["gflops_per_sample"] > 0
+    assert 0 <= result["sample_label_flips"] < 0.05 and 0 <= result["certificate_label_changes"] < 0.05
