@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from certseg import IntensityWindow, ModelInputMap, radius_in_source_units
+from certseg.preprocess import PercentileSensitivity
 
 
 def dense_matrix(linear, shape):
@@ -84,3 +85,62 @@ def test_window_from_percentiles_and_bad_windows():
     assert IntensityWindow.from_percentiles(np.full((4, 4), 7.0)).high > 7.0
     with pytest.raises(ValueError, match="window"):
         IntensityWindow(5.0, 5.0)
+
+
+PERCENTILES = (0.5, 99.5)
+
+
+def move_values_near_percentile(values: np.ndarray, percentile: float, budget: float, count: int,
+                                direction: int) -> np.ndarray:
+    """An attack on np.percentile: spend `budget` (L2) moving the `count` values next to it one way."""
+    flat = values.ravel().copy()
+    order = np.argsort(flat, kind="stable")
+    rank = int(np.floor(percentile / 100 * (flat.size - 1)))
+    chosen = order[rank + 1 : rank + 1 + count] if direction > 0 else order[max(rank - count + 1, 0) : rank + 1]
+    step = np.zeros_like(flat)
+    step[chosen] = direction
+    return (flat + step * budget / np.linalg.norm(step)).reshape(values.shape)
+
+
+@pytest.mark.parametrize("kind", ["evenly spaced", "normal", "integers with ties"])
+def test_percentile_shift_bound_holds_against_attacks(kind):
+    rng = np.random.default_rng(1)
+    values = {"evenly spaced": np.arange(2000.0), "normal": rng.normal(0, 100, 2000),
+              "integers with ties": rng.integers(0, 50, 2000).astype(float)}[kind]
+    sensitivity = PercentileSensitivity(values)
+    for percentile in PERCENTILES:
+        for budget in (0.5, 5.0, 50.0):
+            bound = sensitivity.shift_bound(percentile, budget)
+            shifts = [abs(np.percentile(move_values_near_percentile(values, percentile, budget, k, d), percentile)
+                          - np.percentile(values, percentile)) for k in (1, 2, 5, 20, 200) for d in (-1, 1)]
+            for _ in range(20):
+                noise = rng.standard_normal(values.shape)
+                moved = values + noise * budget / np.linalg.norm(noise)
+                shifts.append(abs(np.percentile(moved, percentile) - np.percentile(values, percentile)))
+            assert max(shifts) <= bound + 1e-9
+            assert bound <= 20 * max(max(shifts), 1e-3)  # an upper bound, not a vacuous one
+
+
+def test_movable_window_radius_withstands_window_attacks_that_break_the_fixed_window_radius():
+    """A percentile window moves with the pixels: R / ||A|| is then unsound, the movable-window radius is not."""
+    rng = np.random.default_rng(0)
+    model_radius, broken_fixed = 0.169, 0
+    for _ in range(3):
+        stored = np.clip(rng.normal(2000, 600, size=(200, 160)), 0, 4095).round()
+        input_map = ModelInputMap(stored.shape, 64, IntensityWindow.from_percentiles(stored, PERCENTILES))
+        sound = radius_in_source_units(model_radius, input_map, (stored, PERCENTILES))["stored_values_l2"]
+        fixed = radius_in_source_units(model_radius, input_map)["stored_values_l2"]
+        assert 0 < sound < fixed
+        original = input_map(stored)
+
+        def worst_move(budget: float) -> float:
+            attacks = [move_values_near_percentile(stored, p, budget, k, d)
+                       for p in PERCENTILES for k in (5, 40, 400) for d in (-1, 1)]
+            noise = rng.standard_normal(stored.shape)
+            attacks.append(stored + noise * budget / np.linalg.norm(noise))
+            return max(np.linalg.norm(ModelInputMap(stored.shape, 64, IntensityWindow.from_percentiles(a, PERCENTILES))(a)
+                                      - original) for a in attacks)
+
+        assert worst_move(0.999 * sound) < model_radius
+        broken_fixed += worst_move(0.999 * fixed) > model_radius
+    assert broken_fixed == 3

@@ -80,8 +80,8 @@ def certify_stored_image(
     """Certify one 2D image of stored pixel values with the models' own input spec.
 
     `window`: a fixed intensity window (a DICOM file's VOI tags); without one, the
-    models' percentiles of this image are used, and the stored-value radius then
-    holds only for perturbations that leave that window unchanged (said in the report).
+    models' percentiles of this image are used, and the stored-value radius then also
+    bounds how far a perturbation can move them (movable_window_radius; much smaller).
     Images the models' out-of-distribution detector rejects get no certificate
     (CertSegError naming score and threshold) unless `force`, which the verdict records.
     `segmenter`: the models as they run (precision, compilation); build it once for many
@@ -90,10 +90,13 @@ def certify_stored_image(
     params = {**DEFAULT_PARAMETERS, **parameters}
     spec = models.segmenter_card["input"]
     window_source = "DICOM VOI (WindowCenter/WindowWidth): fixed by the header"
+    window_from = None
     if window is None:
-        window = IntensityWindow.from_percentiles(stored, tuple(spec["percentiles"]))
-        window_source = (f"percentiles {spec['percentiles']} of this image: the stored-value radius assumes "
-                         f"a perturbation that leaves this window unchanged")
+        percentiles = tuple(spec["percentiles"])
+        window = IntensityWindow.from_percentiles(stored, percentiles)
+        window_from = (stored, percentiles)
+        window_source = (f"percentiles {list(percentiles)} of this image: the stored-value radius also covers "
+                         f"how far a perturbation can move them")
     input_map = ModelInputMap(tuple(stored.shape), int(spec["size"]), window)
     model_image = input_map(stored)
     segmenter = segmenter or CertifiedSegmenter(models.network, models.num_classes, models.denoiser, device)
@@ -103,7 +106,7 @@ def certify_stored_image(
         source_labels=input_map.labels_to_source(certificate.labels),
         certificate=certificate,
         input_map=input_map,
-        radii=radius_in_source_units(certificate.radius, input_map),
+        radii=radius_in_source_units(certificate.radius, input_map, window_from),
         ood=verdict,
         window_source=window_source,
         execution=dataclasses.asdict(segmenter.execution),
