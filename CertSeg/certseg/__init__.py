@@ -3,6 +3,7 @@
 The public API; see README.md for its use.
 """
 
+from .acceleration import Execution
 from .denoiser import DiffusionDenoiser, timestep_for_sigma
 from .models import DEFAULT_MODEL_DIR, LoadedModels, ModelError, load_models
 from .preprocess import IntensityWindow, ModelInputMap, radius_in_source_units
@@ -12,11 +13,12 @@ from .smoothing import (
     Certificate,
     SmoothingParameters,
     certify_segmentation,
+    doubling_looks,
     predict_segmentation,
     resolve_device,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "ABSTAIN",
@@ -24,12 +26,14 @@ __all__ = [
     "CertifiedSegmenter",
     "DEFAULT_MODEL_DIR",
     "DiffusionDenoiser",
+    "Execution",
     "IntensityWindow",
     "LoadedModels",
     "ModelError",
     "ModelInputMap",
     "SmoothingParameters",
     "certify_segmentation",
+    "doubling_looks",
     "load_models",
     "predict_segmentation",
     "radius_in_source_units",
