@@ -92,7 +92,7 @@ def test_bench_reports_speed_reference_and_the_cost_of_bf16():
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout.strip().splitlines()[-1])
-    assert result["execution"] == {"precision": "bf16", "channels_last": False, "compile": "off"}
+    assert result["execution"]["precision"] == "bf16" and result["execution"]["compile"] == "off"
     assert result["samples_per_second"] > 0 and result["reference_seconds_per_image"] > 0
     assert result["gflops_per_sample"] > 0
     assert 0 <= result["sample_label_flips"] < 0.05 and 0 <= result["certificate_label_changes"] < 0.05

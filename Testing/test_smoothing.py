@@ -162,7 +162,16 @@ def test_progress_reports_every_sample_once():
     calls = []
     certify(np.zeros((4, 4)), n0=10, n=25, batch_size=8, progress=lambda done, total: calls.append((done, total)))
     assert calls[-1] == (35, 35)
-    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+    assert all(a[0] < b[0] for a, b in zip(calls, calls[1:]))
+
+
+def test_progress_ends_at_the_total_once_when_sequential_certification_stops_early():
+    calls = []
+    cert = certify(np.zeros((4, 4)), n0=10, n=400, looks=(100, 200, 400), stop_tolerance=0.01, batch_size=32,
+                   progress=lambda done, total: calls.append((done, total)))
+    assert cert.estimation_samples == 100
+    assert calls[-1] == (410, 410)
+    assert all(a[0] < b[0] for a, b in zip(calls, calls[1:]))
 
 
 def test_seed_is_drawn_and_recorded_when_not_given():

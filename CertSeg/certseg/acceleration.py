@@ -28,18 +28,29 @@ class Execution:
 
     @classmethod
     def default_for(cls, device: torch.device) -> Execution:
-        """CUDA: bf16 autocast in NHWC (tensor cores); elsewhere fp32 as trained.
+        """bf16 autocast in NHWC where the hardware computes in bf16 natively, else fp32 as trained.
 
-        Compilation stays opt-in: it costs tens of seconds per batch shape and pays only
-        over many images (a batch job), never for one image in Slicer.
+        CUDA (tensor cores) and CPUs with AVX512-BF16 or AMX: on the 2-core AVX512-BF16 dev machine
+        this certifies 2.5x faster with the denoiser (1.6x without) and changes 0.07% of the sample
+        CR's certificate labels; a CPU without native bf16 would emulate it, slower than fp32.
+        Compilation stays opt-in: it costs tens of seconds per batch shape and pays only over many
+        images (a batch job), never for one image in Slicer.
         """
-        return cls("bf16", True) if device.type == "cuda" else cls()
+        if device.type == "cuda" or (device.type == "cpu" and _native_cpu_bf16()):
+            return cls("bf16", True)
+        return cls()
 
     def validate(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {self.precision!r}")
         if self.compile not in COMPILE_MODES:
             raise ValueError(f"compile must be one of {COMPILE_MODES}, got {self.compile!r}")
+
+
+def _native_cpu_bf16() -> bool:
+    # torch.cpu's capability probes are private; a torch without them gets the safe fp32 default.
+    probes = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
+    return any(probe is not None and probe() for probe in probes)
 
 
 class BaseSegmenterModule(torch.nn.Module):

@@ -158,19 +158,21 @@ def _add_certification_options(parser: argparse.ArgumentParser, *, sigmas: bool 
 
 def _add_execution_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                        help="network arithmetic (auto: bf16 on CUDA, fp32 elsewhere); recorded in the report")
+                        help="network arithmetic (auto: bf16 in channels-last on CUDA and on CPUs with native bf16, "
+                             "else fp32); recorded in the report")
     parser.add_argument("--compile", default="off", choices=["off", "default", "max-autotune", "reduce-overhead"],
                         help="torch.compile mode (reduce-overhead: CUDA graphs); pays off over many images")
 
 
 def _execution(args):
-    """The Execution the options ask for; precision "auto" keeps the device's default (NHWC on CUDA)."""
+    """The Execution the options ask for: precision "auto" keeps the device's default; NHWC goes with
+    reduced precision where the device's default uses it."""
     from .acceleration import Execution
     from .smoothing import resolve_device
 
     default = Execution.default_for(resolve_device(args.device))
     precision = default.precision if args.precision == "auto" else args.precision
-    return Execution(precision, default.channels_last, args.compile)
+    return Execution(precision, default.channels_last and precision != "fp32", args.compile)
 
 
 def _certification_parameters(args) -> dict:

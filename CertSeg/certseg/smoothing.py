@@ -236,8 +236,8 @@ def certify_segmentation(
         lower = np.maximum(lower, clopper_pearson_lower(counts_np, drawn, look_alpha / counts_np.size))
         if drawn < n and _continuing_is_futile(counts_np, drawn, candidates_np, certified, params, look_alpha):
             break
-    if progress is not None:
-        progress(total, total)
+    if progress is not None and drawn < n:
+        progress(total, total)  # stopped early: the samples not drawn are done too
     finished = time.perf_counter()
     return Certificate(
         labels=np.where(certified, candidates_np, ABSTAIN).astype(np.int64),
