@@ -27,8 +27,8 @@ from .segmenter import CertifiedSegmenter
 from .smoothing import resolve_device
 
 
-# Dense bf16 tensor-core peaks (FLOP/s) of the GPUs we measure on; fractions are against these.
-BF16_PEAK_FLOPS = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12, "L4": 121e12}
+# Dense bf16 tensor-core peaks (FLOP/s, no sparsity) by device-name fragment, most specific first.
+BF16_PEAK_FLOPS = {"H100 PCIe": 756e12, "H100": 989.4e12, "H200": 989.4e12, "A100": 312e12, "L4": 121e12}
 
 
 @dataclass
