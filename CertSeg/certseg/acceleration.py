@@ -78,10 +78,7 @@ class BaseSegmenterModule(torch.nn.Module):
 
 
 def prepare(module: BaseSegmenterModule, execution: Execution):
-    """The module as it will run: NHWC weights when asked, compiled when asked."""
-    execution.validate()
-    if execution.channels_last:
-        module.to(memory_format=torch.channels_last)
+    """The module as it will run: compiled when asked (its weights are already in their layout)."""
     if execution.compile == "off":
         return module
     return torch.compile(module, mode=execution.compile, dynamic=False)

@@ -29,11 +29,14 @@ class CertifiedSegmenter:
         execution: Execution | None = None,
     ):
         self.device = resolve_device(device)
-        self.network = network.to(self.device).eval()
-        self.denoiser = None if denoiser is None else denoiser.to(self.device).eval()
-        self.num_classes = num_classes
         self.execution = execution or Execution.default_for(self.device)
         self.execution.validate()
+        # NHWC is set here, before anything runs, so every use of the network (the OOD check
+        # too) sees the same layout; it rewrites the weights of the modules passed in.
+        layout = torch.channels_last if self.execution.channels_last else torch.contiguous_format
+        self.network = network.to(self.device, memory_format=layout).eval()
+        self.denoiser = None if denoiser is None else denoiser.to(self.device, memory_format=layout).eval()
+        self.num_classes = num_classes
         self._bases: dict[float, tuple[BaseSegmenterModule, BaseSegmenter]] = {}
         self._fitted_batch_sizes: dict[tuple, int] = {}
 
