@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
-from certseg import load_models  # noqa: E402
+from certseg import Execution, load_models, resolve_device  # noqa: E402
 from certseg.datasets import load_drr_dataset  # noqa: E402
 from certseg.evaluate import evaluate  # noqa: E402
 
@@ -36,8 +36,9 @@ def main() -> None:
     designs = [(f"fixed n={n}", dict(n=n)) for n in args.fixed]
     designs += [(f"sequential n<={args.max_n} tol={t:g}", dict(n=args.max_n, looks="doubling", stop_tolerance=t))
                 for t in args.tolerance]
+    execution = Execution.default_for(resolve_device("auto"))
     print(f"{len(samples)} views of {args.data}, {configuration}, sigma {args.sigma}, n0 10, alpha 0.001, "
-          f"tau 0.75, Holm", flush=True)
+          f"tau 0.75, Holm, {execution}", flush=True)
     header = None
     for name, design in designs:
         rows = [r for r in evaluate(samples, models, sigmas=[args.sigma], configurations=[configuration], n0=10,
