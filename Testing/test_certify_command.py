@@ -136,6 +136,8 @@ def test_hostile_export_processes_the_good_image_and_lists_each_bad_file(small_c
     (["--alpha", "2"], "alpha must lie in"),
     (["--looks", "50", "90"], "looks must increase and end at n = 100"),
     (["--sequential", "--stop-tolerance", "-1"], "stop_tolerance must be >= 0"),
+    (["--precision", "int8"], "invalid choice: 'int8'"),
+    (["--n", "0"], "must be >= 1"),
 ] + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "no CUDA GPU")]))
 def test_bad_parameters_fail_fast_in_one_line(args, words, tmp_path):
     run = certseg("certify", SAMPLE_CR, "--out", tmp_path / "out", *args)

@@ -34,8 +34,15 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """A bad option is one line and exit 2, like every other bad parameter (`--help` shows usage)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="certseg", description="Certified chest X-ray segmentation.")
+    parser = _OneLineErrorParser(prog="certseg", description="Certified chest X-ray segmentation.")
     parser.add_argument("--version", action="version", version=f"certseg {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
