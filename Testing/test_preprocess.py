@@ -144,3 +144,6 @@ def test_movable_window_radius_withstands_window_attacks_that_break_the_fixed_wi
         assert worst_move(0.999 * sound) < model_radius
         broken_fixed += worst_move(0.999 * fixed) > model_radius
     assert broken_fixed == 3
+    flat = np.full((20, 20), 100.0)
+    flat_map = ModelInputMap(flat.shape, 16, IntensityWindow.from_percentiles(flat, PERCENTILES))
+    assert radius_in_source_units(model_radius, flat_map, (flat, PERCENTILES))["stored_values_l2"] == 0.0

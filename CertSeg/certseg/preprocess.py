@@ -156,6 +156,8 @@ def movable_window_radius(model_radius: float, input_map: ModelInputMap, stored:
     """
     sensitivity = PercentileSensitivity(stored)
     low, high = input_map.window.low, input_map.window.high
+    if np.percentile(sensitivity.values, percentiles[1]) <= low:
+        return 0.0  # a flat image got an arbitrary window (from_percentiles): nothing to promise
     width = high - low
     resample_norm = input_map.operator_norm() * width
     shifted = input_map.linear(torch.as_tensor(np.asarray(stored, np.float64) - low)).numpy() * width
