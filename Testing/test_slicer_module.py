@@ -94,6 +94,7 @@ def test_the_module_command_runs_the_real_backend(tmp_path, random_models):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     text = panel_summary(report)
     assert "Abstained:" in text and "RMS change per pixel" in text and "right lung" in text
+    assert f"cpu in {report['execution']['precision']}" in text
     assert report["out_of_distribution"] is None  # the untrained test model folder has no detector
     report["out_of_distribution"] = {"score": 30.0, "threshold": 18.0, "in_distribution": False, "forced": True}
     assert "does NOT look like a chest radiograph" in panel_summary(report)

@@ -58,5 +58,5 @@ def panel_summary(report: dict[str, Any]) -> str:
     params = report["parameters"]
     lines.append(f"sigma {params['sigma']}, n0 {params['n0']}, n {params['n']}, alpha {params['alpha']}, "
                  f"tau {params['tau']}, {params['correction']}, denoiser {'on' if report['denoiser'] else 'off'}, "
-                 f"{params['device']}")
+                 f"{params['device']} in {report['execution']['precision']}")
     return "\n".join(lines)
