@@ -32,7 +32,7 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from CertSegLib.process import BackendProcess, Progress
-from CertSegLib.summary import BackendParameters, backend_command, panel_summary
+from CertSegLib.summary import SELF_TEST_PARAMETERS, BackendParameters, backend_command, panel_summary
 
 MODULE_DIR = Path(__file__).resolve().parent
 SAMPLE_CR = MODULE_DIR / "Resources" / "SampleData" / "sample_cr.dcm"
@@ -387,7 +387,8 @@ class CertSegTest(ScriptedLoadableModuleTest):
         logic = CertSegLogic()
         parameters = logic.getParameterNode()
         parameters.inputVolume = volume
-        parameters.n0, parameters.n, parameters.device = 2, 20, "cpu"
+        parameters.n0, parameters.n = SELF_TEST_PARAMETERS.n0, SELF_TEST_PARAMETERS.n
+        parameters.device = SELF_TEST_PARAMETERS.device
         self.delayDisplay("Certifying on the CPU")
         report = logic.process(parameters, wait=True)
         segmentation = parameters.outputSegmentation.GetSegmentation()

@@ -16,9 +16,9 @@ MODULE_DIR = Path(__file__).parents[1] / "CertSeg"
 sys.path.insert(0, str(MODULE_DIR))
 
 from CertSegLib.process import EXIT_CANCELLED, BackendProcess, Progress, parse_line  # noqa: E402
-from CertSegLib.summary import BackendParameters, backend_command, panel_summary  # noqa: E402
+from CertSegLib.summary import SELF_TEST_PARAMETERS, BackendParameters, backend_command, panel_summary  # noqa: E402
 from certseg.cli import _parser  # noqa: E402
-from conftest import chest_pixels  # noqa: E402
+from conftest import SAMPLE_CR, chest_pixels  # noqa: E402
 
 
 def run_to_end(process: BackendProcess, timeout: float = 120.0):
@@ -76,6 +76,22 @@ def _alive(pid: int) -> bool:
         return False
     status = Path(f"/proc/{pid}/stat")
     return not (status.exists() and status.read_text().split()[2] == "Z")  # a zombie is dead
+
+
+def test_the_self_test_parameters_certify_the_sample_lungs_through_the_module_command(tmp_path):
+    """CertSegTest's backend call, minus Slicer: the exported sample volume with its DICOM as reference."""
+    from certseg.io_dicom import read_radiograph
+
+    image = tmp_path / "exported.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(read_radiograph(SAMPLE_CR).pixels[None].astype(np.int16)), str(image))
+    process = BackendProcess(backend_command(sys.executable, image, tmp_path / "out", SELF_TEST_PARAMETERS,
+                                             reference_dicom=SAMPLE_CR))
+    process.start()
+    events = run_to_end(process, timeout=300)
+    assert process.returncode == 0, events
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    lungs = [s for s in report["structures"] if s["name"].endswith("lung")]
+    assert len(lungs) == 2 and all(s["certified_pixels"] > 0 for s in lungs)
 
 
 def test_the_module_command_runs_the_real_backend(tmp_path, random_models):

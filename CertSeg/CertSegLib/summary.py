@@ -20,6 +20,11 @@ class BackendParameters:
     seed: int = 0
 
 
+# The module's self-test certifies the sample CR with these (CI runs the same backend call):
+# n = 80, because below about 63 unanimous votes no pixel of 256^2 can pass Holm at alpha 0.001.
+SELF_TEST_PARAMETERS = BackendParameters(n0=2, n=80, device="cpu")
+
+
 def backend_command(python: str, image: Path, out: Path, parameters: BackendParameters,
                     reference_dicom: Path | None = None) -> list[str]:
     """The `certseg certify-array` command line the module runs in its child process."""
