@@ -94,7 +94,9 @@ def run_bench(*, size=256, n0=10, n=100, batch_size=None, device="auto", use_den
         torch.cuda.synchronize(device)
     seconds = (time.perf_counter() - started) / repeats
     peak_memory = _peak_memory_mib(device)
-    reference_base = _fp32_base(device, use_denoiser, model_dir, random_init, sigma)
+    # The research code's way to run the same models: fp32, contiguous, eager, on fresh copies.
+    reference_segmenter, _ = _segmenter(device, use_denoiser, model_dir, random_init, Execution())
+    reference_base = reference_segmenter.base_segmenter(sigma)
     flops = _flops_per_sample(reference_base, image, device)  # the same arithmetic in any precision
     name = str(device) if device.type != "cuda" else torch.cuda.get_device_name(device)
     achieved = flops * (n0 + n) / seconds
@@ -106,7 +108,7 @@ def run_bench(*, size=256, n0=10, n=100, batch_size=None, device="auto", use_den
         reference_seconds = time.perf_counter() - started
     flips = changes = None
     if segmenter.execution.precision != "fp32":
-        flips, changes = _precision_cost(segmenter, image, kwargs, device, use_denoiser, model_dir, random_init)
+        flips, changes = _precision_cost(segmenter, reference_segmenter, image, kwargs)
     return BenchResult(
         device=name, size=size, n0=n0, n=n, batch_size=certificate.parameters.batch_size, denoiser=use_denoiser, models=models,
         threads=torch.get_num_threads(), seconds_per_image=seconds, samples_per_second=(n0 + n) / seconds,
@@ -129,19 +131,12 @@ def _bench_image(size: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).uniform(0.0, 1.0, size=(size, size)).astype(np.float32)
 
 
-def _fp32_base(device, use_denoiser, model_dir, random_init, sigma):
-    """The base segmenter as the research code runs it: fp32, contiguous, eager, on fresh model copies."""
-    segmenter, _ = _segmenter(device, use_denoiser, model_dir, random_init, Execution())
-    return segmenter.base_segmenter(sigma)
-
-
-def _precision_cost(segmenter, image, kwargs, device, use_denoiser, model_dir, random_init) -> tuple[float, float]:
+def _precision_cost(segmenter, reference, image, kwargs) -> tuple[float, float]:
     """Fractions of sample labels and of certificate labels that differ from fp32 on the same noise."""
-    reference, _ = _segmenter(device, use_denoiser, model_dir, random_init, Execution())
+    sigma, device = kwargs["sigma"], segmenter.device
     generator = torch.Generator(device=device).manual_seed(kwargs["seed"])
     x = torch.as_tensor(image, device=device)[None, None]
-    noisy = x + kwargs["sigma"] * torch.randn((8, *x.shape[1:]), generator=generator, device=device)
-    sigma = kwargs["sigma"]
+    noisy = x + sigma * torch.randn((8, *x.shape[1:]), generator=generator, device=device)
     flips = (segmenter.base_segmenter(sigma)(noisy) != reference.base_segmenter(sigma)(noisy)).float().mean().item()
     changes = np.mean(segmenter.certify(image, **kwargs).labels != reference.certify(image, **kwargs).labels)
     return flips, float(changes)

@@ -151,7 +151,8 @@ def _add_certification_options(parser: argparse.ArgumentParser, *, sigmas: bool 
                              "every structure's pixels")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=_positive_int,
-                        help="noisy copies per forward pass (default: 2 on CPU, 64 on CUDA; results do not depend on it)")
+                        help="noisy copies per forward pass (default: 2 on CPU, fitted to free memory on CUDA; results "
+                             "do not depend on it)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     _add_execution_options(parser)
     parser.add_argument("--no-denoiser", action="store_true", help="plain smoothing of the segmenter")
