@@ -50,13 +50,14 @@ class CertifiedSegmenter:
             self._bases[sigma] = (module, prepare(module, self.execution))
         return self._bases[sigma]
 
-    def batch_size(self, sigma: float, shape: tuple[int, int]) -> int | None:
-        """On CUDA, the batch that fits free memory (measured once per sigma and shape); else the engine's default."""
-        if self.device.type != "cuda":
-            return None
-        key = (sigma, tuple(shape))
+    def _batch_size(self, requested: int | None, sigma: float, image) -> int | None:
+        """The caller's batch size; else on CUDA the batch that fits free memory (measured once per sigma and
+        shape); else None, the engine's default for the device."""
+        if requested is not None or self.device.type != "cuda":
+            return requested
+        key = (sigma, tuple(np.shape(image)[-2:]))
         if key not in self._fitted_batch_sizes:
-            self._fitted_batch_sizes[key] = fit_batch_size(self._base(sigma)[0], tuple(shape), self.device)
+            self._fitted_batch_sizes[key] = fit_batch_size(self._base(sigma)[0], key[1], self.device)
         return self._fitted_batch_sizes[key]
 
     def certify(
@@ -79,7 +80,7 @@ class CertifiedSegmenter:
         return certify_segmentation(
             self.base_segmenter(sigma), image, num_classes=self.num_classes, sigma=sigma, n0=n0, n=n,
             alpha=alpha, tau=tau, correction=correction, looks=looks, stop_tolerance=stop_tolerance,
-            batch_size=batch_size or self.batch_size(sigma, np.shape(image)[-2:]), seed=seed,
+            batch_size=self._batch_size(batch_size, sigma, image), seed=seed,
             device=self.device, progress=progress,
         )
 
@@ -97,7 +98,7 @@ class CertifiedSegmenter:
     ) -> Certificate:
         return predict_segmentation(
             self.base_segmenter(sigma), image, num_classes=self.num_classes, sigma=sigma, n=n, alpha=alpha,
-            correction=correction, batch_size=batch_size or self.batch_size(sigma, np.shape(image)[-2:]), seed=seed,
+            correction=correction, batch_size=self._batch_size(batch_size, sigma, image), seed=seed,
             device=self.device, progress=progress,
         )
 
