@@ -7,7 +7,7 @@ textures (1/f noise with edges), pure noise, an axial CT slice, and inverted rad
 
 import numpy as np
 
-from certseg.datasets import to_model_space
+from certseg.data import to_model_space
 from certseg.drr import ViewParameters, load_phantom, render_view
 from certseg.preprocess import DEFAULT_PERCENTILES
 
@@ -15,7 +15,7 @@ SIZE = 256
 
 
 def model_space(stored: np.ndarray) -> np.ndarray:
-    from certseg.datasets import Sample
+    from certseg.data import Sample
 
     return to_model_space(Sample("x", stored.astype(np.float64), np.zeros(stored.shape, np.uint8)), SIZE,
                           DEFAULT_PERCENTILES)[0]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from certseg import load_models
-from certseg.datasets import load_drr_dataset, to_model_space, write_drr_dataset
+from certseg.data import load_drr_dataset, to_model_space, write_drr_dataset
 from certseg.drr import ViewParameters, load_phantom, render_view
 from certseg.models import ModelError
 from certseg.train import TrainConfig, train_denoiser, train_segmenter
@@ -84,7 +84,7 @@ def _blob(shape, centre, radius):
 def test_jsrt_and_scr_in_their_native_formats(tmp_path):
     from PIL import Image
 
-    from certseg.datasets import load_jsrt_scr
+    from certseg.data.public import read_jsrt_scr
 
     raw = (4095 - np.arange(2048 * 2048) % 4096).astype(">u2")
     (tmp_path / "JSRT").mkdir()
@@ -96,7 +96,7 @@ def test_jsrt_and_scr_in_their_native_formats(tmp_path):
         (tmp_path / "SCR" / name).mkdir(parents=True)
         Image.fromarray(_blob((1024, 1024), (row, col), radius).astype(np.uint8) * 255).save(
             tmp_path / "SCR" / name / "JPCLN001.gif")
-    (sample,) = load_jsrt_scr(tmp_path / "JSRT", tmp_path / "SCR")
+    (sample,) = read_jsrt_scr(tmp_path / "JSRT", tmp_path / "SCR")
     assert sample.stored.shape == sample.labels.shape == (2048, 2048)
     assert sample.stored.ravel()[5] == 5  # raw values are inverted
     assert sample.labels[1024, 600] == 1 and sample.labels[1024, 1448] == 2
@@ -106,7 +106,7 @@ def test_jsrt_and_scr_in_their_native_formats(tmp_path):
 def test_montgomery_and_shenzhen_in_their_native_formats(tmp_path):
     from PIL import Image
 
-    from certseg.datasets import load_montgomery, load_shenzhen
+    from certseg.data.public import read_montgomery, read_shenzhen
 
     shape = (300, 260)
     image = (np.indices(shape)[1] % 256).astype(np.uint8)
@@ -117,7 +117,7 @@ def test_montgomery_and_shenzhen_in_their_native_formats(tmp_path):
     # Whatever the folder names mean, laterality follows the image side.
     Image.fromarray(right.astype(np.uint8) * 255).save(tmp_path / "mc" / "ManualMask" / "leftMask" / "MCUCXR_0001_0.png")
     Image.fromarray(left.astype(np.uint8) * 255).save(tmp_path / "mc" / "ManualMask" / "rightMask" / "MCUCXR_0001_0.png")
-    (montgomery,) = load_montgomery(tmp_path / "mc")
+    (montgomery,) = read_montgomery(tmp_path / "mc")
     assert montgomery.labels[150, 70] == 1 and montgomery.labels[150, 190] == 2 and montgomery.annotated == (1, 2)
 
     for folder in ("CXR_png", "mask"):
@@ -125,5 +125,5 @@ def test_montgomery_and_shenzhen_in_their_native_formats(tmp_path):
     Image.fromarray(image).convert("RGB").save(tmp_path / "sz" / "CXR_png" / "CHNCXR_0001_0.png")
     Image.fromarray(image).save(tmp_path / "sz" / "CXR_png" / "CHNCXR_0002_0.png")  # no mask: not used
     Image.fromarray((right | left).astype(np.uint8) * 255).save(tmp_path / "sz" / "mask" / "CHNCXR_0001_0_mask.png")
-    (shenzhen,) = load_shenzhen(tmp_path / "sz")
+    (shenzhen,) = read_shenzhen(tmp_path / "sz")
     assert shenzhen.stored.ndim == 2 and shenzhen.labels[150, 70] == 1 and shenzhen.labels[150, 190] == 2

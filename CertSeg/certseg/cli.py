@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .data.public import LAYOUTS
 from .errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, CertSegError
 
 # Sequential certification stops when going on is expected to add fewer certified pixels than this
@@ -98,11 +99,24 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--uncompressed", action="store_true", help="Explicit VR Little Endian, not JPEG 2000")
     sample.set_defaults(run=_run_data_sample)
 
+    importer = data.add_parser("import", help="import a public chest X-ray dataset into a CertSeg dataset folder")
+    importer.add_argument("layout", choices=sorted(LAYOUTS), help="the layout SOURCE is in (README: Data)")
+    importer.add_argument("source", type=Path, help="the dataset's folder as distributed or copied")
+    importer.add_argument("--out", type=Path, required=True, help="the CertSeg dataset folder to write")
+    importer.add_argument("--masks", type=Path, help="jsrt: SCR's masks folder; others: a masks folder elsewhere")
+    importer.add_argument("--origin", default="", help="where the copy came from, for the data card")
+    importer.add_argument("--overwrite", action="store_true")
+    importer.add_argument("--quiet", action="store_true")
+    importer.set_defaults(run=_run_data_import)
+
     train = commands.add_parser("train", help="train the segmenter or the denoiser").add_subparsers(dest="model", required=True)
     for model in ("segmenter", "denoiser"):
         parser_ = train.add_parser(model, help=f"train the {model} into OUT/{model}")
-        parser_.add_argument("--data", type=Path, required=True, help="a DRR folder")
+        parser_.add_argument("--data", type=Path, nargs="+", required=True,
+                             help="CertSeg dataset folders (their train split; validation split for checkpoints) "
+                                  "and DRR folders (used whole)")
         parser_.add_argument("--out", type=Path, required=True, help="model folder (checkpoints in OUT/checkpoints)")
+        parser_.add_argument("--init", type=Path, help="start from the weights of this model folder's " + model)
         parser_.add_argument("--steps", type=_positive_int, required=True)
         parser_.add_argument("--batch-size", type=_positive_int, default=16)
         parser_.add_argument("--learning-rate", type=float, default=1e-3 if model == "segmenter" else 5e-4)
@@ -111,20 +125,24 @@ def _parser() -> argparse.ArgumentParser:
         parser_.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
         parser_.add_argument("--quiet", action="store_true")
         parser_.set_defaults(run=_run_train)
+    train.choices["segmenter"].add_argument("--channels", type=_positive_int, nargs="+",
+                                            help="U-Net channels per level (default: the shipped architecture's)")
+    train.choices["segmenter"].add_argument("--validate-every", type=_positive_int, default=100,
+                                            help="steps between validation Dice checks (the best weights are kept)")
 
     evaluation = commands.add_parser("evaluate", help="clean and certified Dice on held-out views")
-    evaluation.add_argument("--data", type=Path, required=True, help="held-out data (see --format)")
-    evaluation.add_argument("--format", default="drr", choices=["drr", "jsrt", "montgomery", "shenzhen"],
-                            help="drr: a 'certseg data drr' folder; jsrt: the JSRT .IMG folder (with --masks); "
-                                 "montgomery, shenzhen: the datasets' root folders as distributed")
-    evaluation.add_argument("--masks", type=Path, help="for --format jsrt: SCR's masks folder")
+    evaluation.add_argument("--data", type=Path, nargs="+", required=True,
+                            help="CertSeg dataset folders (see --split) or DRR folders (used whole)")
+    evaluation.add_argument("--split", default="test", choices=["train", "validation", "test"],
+                            help="which split of CertSeg dataset folders to evaluate")
     evaluation.add_argument("--out", type=Path, required=True, help="folder for evaluation.csv/.md/.png")
     evaluation.add_argument("--limit", type=_positive_int, help="evaluate only the first LIMIT views")
     _add_certification_options(evaluation, sigmas=True)
     evaluation.set_defaults(run=_run_evaluate)
     ood = train.add_parser("ood", help="fit the spectral out-of-distribution detector of MODELS/segmenter")
-    ood.add_argument("--data", type=Path, required=True, help="the segmenter's training DRR folder")
-    ood.add_argument("--held-out", type=Path, required=True, help="in-domain DRR views not used for training")
+    ood.add_argument("--data", type=Path, nargs="+", required=True,
+                     help="CertSeg dataset folders (fit on train, threshold on validation) or a training DRR folder")
+    ood.add_argument("--held-out", type=Path, nargs="+", help="DRR folders of in-domain views not used for training")
     ood.add_argument("--out", type=Path, required=True, help="the model folder whose segmenter card gets the detector")
     ood.add_argument("--false-rejection-rate", type=float, default=0.05)
     ood.set_defaults(run=_run_train_ood)
@@ -288,13 +306,14 @@ def _run_bench(args) -> int:
 
 
 def _run_evaluate(args) -> int:
+    from .data import load_datasets
     from .evaluate import evaluate, markdown_table, write_outputs
     from .models import load_models
     from .outputs import atomic_directory
 
     certification = _certification_parameters(args)
     del certification["sigma"]  # evaluate takes a list of sigmas
-    samples = _load_samples(args)[: args.limit]
+    samples = load_datasets(args.data, (args.split,))[: args.limit]
     models = load_models(args.model_dir, with_denoiser=not args.no_denoiser)
     configurations = ["segmenter alone"] + ([] if args.no_denoiser else ["denoiser + segmenter"])
     rows = evaluate(samples, models, sigmas=args.sigma, configurations=configurations, **certification,
@@ -306,32 +325,37 @@ def _run_evaluate(args) -> int:
     return EXIT_OK
 
 
-def _load_samples(args):
-    from . import datasets
-
-    if args.format == "jsrt":
-        if args.masks is None:
-            raise CertSegError("--format jsrt needs --masks (SCR's masks folder)")
-        return datasets.load_jsrt_scr(args.data, args.masks)
-    loader = {"drr": datasets.load_drr_dataset, "montgomery": datasets.load_montgomery,
-              "shenzhen": datasets.load_shenzhen}[args.format]
-    return loader(args.data)
-
-
 def _run_train_ood(args) -> int:
-    from .datasets import load_drr_dataset
+    from .data import load_datasets
     from .train import fit_ood
 
-    held_out = load_drr_dataset(args.held_out)
-    card = fit_ood(args.out, load_drr_dataset(args.data), held_out, args.false_rejection_rate)
+    if args.held_out:
+        training, held_out = load_datasets(args.data, ("train",)), load_datasets(args.held_out, ("validation",))
+    else:
+        training = load_datasets(args.data, ("train",), with_drr=False)
+        held_out = load_datasets(args.data, ("validation",), with_drr=False)
+    if not training or not held_out:
+        raise CertSegError("the OOD detector needs training images and held-out validation images "
+                           "(CertSeg dataset folders, or DRR folders with --held-out)")
+    card = fit_ood(args.out, training, held_out, args.false_rejection_rate)
     detector = card["ood_detector"]
     print(f"{args.out / 'segmenter'}: spectral OOD threshold {detector['threshold']:.2f} "
-          f"(false rejection {detector['false_rejection_rate']:.0%} on {len(held_out)} held-out views)")
+          f"(false rejection {detector['false_rejection_rate']:.0%} on {len(held_out)} held-out images)")
+    return EXIT_OK
+
+
+def _run_data_import(args) -> int:
+    from .data import import_dataset
+
+    card = import_dataset(args.layout, args.source, args.out, masks=args.masks, origin=args.origin,
+                          overwrite=args.overwrite, progress=not args.quiet)
+    counts = ", ".join(f"{count} {split}" for split, count in card["counts"].items())
+    print(f"{args.out}: {card['dataset']} from {args.source} ({counts})")
     return EXIT_OK
 
 
 def _run_data_drr(args) -> int:
-    from .datasets import write_drr_dataset
+    from .data import write_drr_dataset
 
     write_drr_dataset(args.out, count=args.count, seed=args.seed, size=args.size, overwrite=args.overwrite,
                       progress=not args.quiet)
@@ -350,17 +374,21 @@ def _run_data_sample(args) -> int:
 
 
 def _run_train(args) -> int:
-    from .datasets import load_drr_dataset
+    from .data import describe, load_datasets
     from .train import TrainConfig, train_denoiser, train_segmenter
 
-    data_card = json.loads((args.data / "dataset.json").read_text()) if (args.data / "dataset.json").is_file() else {}
-    training_data = {k: data_card[k] for k in ("source", "seed", "count", "size", "independence") if k in data_card}
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                         seed=args.seed, max_minutes=args.max_minutes, device=args.device,
-                         extra_card={"data": str(args.data), "data_card": training_data,
-                                     "command": "certseg " + " ".join(sys.argv[1:])})
-    train = train_segmenter if args.model == "segmenter" else train_denoiser
-    card = train(load_drr_dataset(args.data), args.out, config, progress=not args.quiet)
+                         seed=args.seed, max_minutes=args.max_minutes, device=args.device, init=args.init,
+                         extra_card={"data": describe(args.data), "command": "certseg " + " ".join(sys.argv[1:])})
+    samples = load_datasets(args.data, ("train",))
+    if args.model == "segmenter":
+        config.channels = tuple(args.channels) if args.channels else None
+        config.validate_every = args.validate_every
+        card = train_segmenter(samples, args.out, config, validation=load_datasets(args.data, ("validation",),
+                                                                                   with_drr=False),
+                               progress=not args.quiet)
+    else:
+        card = train_denoiser(samples, args.out, config, progress=not args.quiet)
     print(f"{args.out / args.model}: {card['name']} trained {card['training']['steps']} steps, sha256 {card['sha256'][:12]}")
     return EXIT_OK
 

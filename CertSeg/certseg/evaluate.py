@@ -20,7 +20,7 @@ import torch
 from monai.metrics import compute_dice
 from tqdm import tqdm
 
-from .datasets import Sample, to_model_space
+from .data import Sample, to_model_space
 from .models import LoadedModels
 from .segmenter import CertifiedSegmenter
 from .smoothing import ABSTAIN

@@ -16,16 +16,19 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from .datasets import Sample, to_model_space
+from .data import Sample, to_model_space
 from .denoiser import timestep_for_sigma
 from .labels import NUM_CLASSES, label_card
 from .models import (
     DEFAULT_DENOISER_CONFIG,
     DEFAULT_SEGMENTER_ARCHITECTURE,
     build_segmenter_network,
+    load_denoiser,
+    load_segmenter,
     save_denoiser,
     save_segmenter,
 )
@@ -51,6 +54,9 @@ class TrainConfig:
     # denoiser: train only the timesteps that serve these sigmas, on random crops of this size
     denoiser_sigma: tuple[float, float] = (0.05, 1.2)
     crop: int = 128
+    init: Path | None = None  # a model folder whose weights training starts from
+    channels: tuple[int, ...] | None = None  # segmenter U-Net channels; None: the shipped architecture's
+    validate_every: int = 100  # segmenter: steps between validation checks (the best weights are kept)
     extra_card: dict[str, Any] = field(default_factory=dict)
 
 
@@ -61,49 +67,133 @@ def model_space_arrays(samples: list[Sample]) -> tuple[torch.Tensor, torch.Tenso
     return images, labels
 
 
-def train_segmenter(samples: list[Sample], out: Path, config: TrainConfig, progress: bool = True) -> dict:
-    """MONAI U-Net, Dice + cross-entropy, Gaussian noise augmentation at the smoothing sigmas."""
-    from monai.losses import DiceCELoss
-    from monai.transforms import Compose, RandAffined, RandGaussianSmoothd
+def annotated_classes(samples: list[Sample]) -> torch.Tensor:
+    """(N, C) bool: the classes each image's dataset labels; background only where every structure is."""
+    structures = torch.tensor([[c in s.annotated for c in range(1, NUM_CLASSES)] for s in samples], dtype=torch.bool)
+    return torch.cat([structures.all(dim=1, keepdim=True), structures], dim=1)
+
+
+def partial_label_loss(logits: torch.Tensor, labels: torch.Tensor, annotated: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against the set of classes a pixel may have, plus soft Dice of annotated classes.
+
+    On a lung-only image a pixel outside the lungs may be background, heart or clavicle, and
+    a lung pixel may lie under a clavicle: every class the dataset does not annotate stays
+    possible everywhere.  The cross-entropy term is -log P(true class in that set), so the
+    network is never taught that an unannotated heart is background; Dice is taken only over
+    the classes the image annotates.  With every structure annotated this is Dice + CE.
+    """
+    onehot = F.one_hot(labels[:, 0], logits.shape[1]).permute(0, 3, 1, 2).bool()
+    allowed = onehot | ~annotated[:, :, None, None]
+    log_probabilities = logits.float().log_softmax(dim=1)
+    cross_entropy = -torch.logsumexp(log_probabilities.masked_fill(~allowed, -torch.inf), dim=1).mean()
+    probabilities, target = log_probabilities.exp(), onehot.float()
+    overlap = (probabilities * target).sum(dim=(2, 3))
+    dice = 1 - (2 * overlap + 1) / (probabilities.sum(dim=(2, 3)) + target.sum(dim=(2, 3)) + 1)
+    weights = annotated.float()
+    return cross_entropy + (dice * weights).sum() / weights.sum()
+
+
+def segmenter_architecture(channels: tuple[int, ...] | None) -> dict[str, Any]:
+    if channels is None:
+        return DEFAULT_SEGMENTER_ARCHITECTURE
+    kwargs = {**DEFAULT_SEGMENTER_ARCHITECTURE["kwargs"], "channels": list(channels), "strides": [2] * (len(channels) - 1)}
+    return {**DEFAULT_SEGMENTER_ARCHITECTURE, "kwargs": kwargs}
+
+
+def train_segmenter(samples: list[Sample], out: Path, config: TrainConfig, progress: bool = True,
+                    validation: list[Sample] | None = None) -> dict:
+    """MONAI U-Net, partial-label CE + Dice, real-export augmentation and noise at the smoothing sigmas.
+
+    With `validation` images, clean validation Dice is measured every `validate_every` steps and the
+    weights with the best mean Dice are the ones saved (the checkpoint keeps the latest for resuming).
+    """
+    from .data.augment import augment_batch
 
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     images, labels = model_space_arrays(samples)
-    network = build_segmenter_network(DEFAULT_SEGMENTER_ARCHITECTURE).to(device)
+    annotated = annotated_classes(samples)
+    architecture = segmenter_architecture(config.channels)
+    network = build_segmenter_network(architecture)
+    if config.init is not None:
+        network.load_state_dict(load_segmenter(Path(config.init) / "segmenter")[0].state_dict())
+    network = network.to(device)
     optimizer = torch.optim.Adam(network.parameters(), lr=config.learning_rate)
-    loss_function = DiceCELoss(to_onehot_y=True, softmax=True)
-    augment = Compose([
-        RandAffined(keys=("image", "label"), prob=0.8, rotate_range=0.08, scale_range=0.1,
-                    translate_range=(12, 12), mode=("bilinear", "nearest"), padding_mode="zeros"),
-        RandGaussianSmoothd(keys="image", prob=0.3, sigma_x=(0.25, 1.0), sigma_y=(0.25, 1.0)),
-    ])
-    augment.set_random_state(config.seed)
     rng = np.random.default_rng(config.seed)
+    checkpoint = out / "checkpoints" / "segmenter"
+    tracker = _ValidationTracker(validation, checkpoint / "best.safetensors") if validation else None
 
     def step_loss() -> torch.Tensor:
-        batch = [augment({"image": images[i], "label": labels[i]})
-                 for i in rng.integers(len(images), size=config.batch_size)]
-        x = torch.stack([torch.as_tensor(b["image"]) for b in batch]).to(device)
-        y = torch.stack([torch.as_tensor(b["label"]) for b in batch]).to(device)
-        sigma = torch.as_tensor(rng.uniform(*config.noise_sigma, size=(len(x), 1, 1, 1)), dtype=x.dtype, device=device)
-        return loss_function(network(x + sigma * torch.randn_like(x)), y)
+        index = rng.integers(len(images), size=config.batch_size)
+        x, y = augment_batch(images[index], labels[index], rng)
+        sigma = torch.as_tensor(rng.uniform(*config.noise_sigma, size=(len(x), 1, 1, 1)), dtype=x.dtype)
+        x, y = x.to(device), y.to(device)
+        return partial_label_loss(network(x + sigma.to(device) * torch.randn_like(x)), y, annotated[index].to(device))
 
-    steps = _run(network, optimizer, step_loss, out / "checkpoints" / "segmenter", config, progress, "segmenter")
+    def after_step(step: int) -> None:
+        if tracker is not None and (step % config.validate_every == 0 or step == config.steps):
+            tracker.check(network, step)
+
+    steps = _run(network, optimizer, step_loss, checkpoint, config, progress, "segmenter", after_step)
+    if tracker is not None and tracker.best_step is not None:
+        network.load_state_dict(load_file(str(tracker.path)))
     card = {
         "name": "certseg-cxr-unet",
-        "version": "0.1.0",
+        "version": "0.2.0",
         "task": "chest X-ray multi-class segmentation (JSRT/SCR structure set)",
-        "architecture": DEFAULT_SEGMENTER_ARCHITECTURE,
+        "architecture": architecture,
         "labels": label_card(),
         "input": {"size": MODEL_SIZE, "channels": 1, "percentiles": list(DEFAULT_PERCENTILES),
                   "mapping": "stored values, MONOCHROME2, percentile window -> [0, 1], zero-pad to square, "
                              "antialiased bilinear resize"},
         "training": {"steps": steps, "batch_size": config.batch_size, "learning_rate": config.learning_rate,
-                     "loss": "DiceCE", "noise_sigma_uniform": list(config.noise_sigma), "seed": config.seed,
-                     "images": len(samples), **config.extra_card},
+                     "loss": "partial-label cross-entropy + Dice of annotated classes",
+                     "augmentation": "certseg.data.augment (geometry, window, gamma, detail, collimation, markers)",
+                     "noise_sigma_uniform": list(config.noise_sigma), "seed": config.seed, "images": len(samples),
+                     "init": str(config.init) if config.init else None,
+                     "validation": tracker.summary() if tracker else None, **config.extra_card},
         "intended_use": INTENDED_USE,
     }
     return save_segmenter(network.cpu(), card, out / "segmenter")
+
+
+class _ValidationTracker:
+    """Clean Dice of the network on validation images; keeps the best weights in `path`."""
+
+    def __init__(self, validation: list[Sample], path: Path):
+        self.images, self.labels = model_space_arrays(validation)
+        self.annotated = annotated_classes(validation)[:, 1:].numpy()
+        self.path, self.names = path, [s.name for s in validation]
+        self.best_step, self.best_dice, self.history = None, -1.0, []
+        if (path.with_suffix(".json")).is_file():
+            state = json.loads(path.with_suffix(".json").read_text())
+            self.best_step, self.best_dice, self.history = state["best_step"], state["best_dice"], state["history"]
+
+    @torch.no_grad()
+    def check(self, network: torch.nn.Module, step: int) -> None:
+        from .evaluate import dice_per_structure
+
+        network.eval()
+        device = next(network.parameters()).device
+        per_image = [dice_per_structure(network(x[None].to(device)).argmax(1)[0].cpu().numpy(), y[0].numpy(),
+                                        NUM_CLASSES) for x, y in zip(self.images, self.labels)]
+        network.train()
+        values = np.where(self.annotated, np.asarray(per_image), np.nan)
+        per_structure = np.nanmean(values, axis=0)
+        mean = float(np.nanmean(per_structure))
+        self.history.append({"step": step, "mean_dice": mean, "per_structure": per_structure.round(4).tolist()})
+        if mean > self.best_dice:
+            self.best_step, self.best_dice = step, mean
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            save_file({k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}, str(self.path))
+        write_json(self.path.with_suffix(".json"), {"best_step": self.best_step, "best_dice": self.best_dice,
+                                                     "history": self.history})
+        tqdm.write(f"step {step}: validation Dice {mean:.4f} {per_structure.round(3).tolist()} "
+                   f"(best {self.best_dice:.4f} at {self.best_step})")
+
+    def summary(self) -> dict:
+        return {"images": self.names, "best_step": self.best_step, "best_mean_clean_dice": self.best_dice,
+                "history": self.history}
 
 
 def train_denoiser(samples: list[Sample], out: Path, config: TrainConfig, progress: bool = True) -> dict:
@@ -114,7 +204,8 @@ def train_denoiser(samples: list[Sample], out: Path, config: TrainConfig, progre
     torch.manual_seed(config.seed)
     images, _ = model_space_arrays(samples)
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
-    unet = UNet2DModel(**DEFAULT_DENOISER_CONFIG).to(device)
+    unet = (load_denoiser(Path(config.init) / "denoiser")[0].unet if config.init is not None
+            else UNet2DModel(**DEFAULT_DENOISER_CONFIG)).to(device)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=config.learning_rate)
     abar = scheduler.alphas_cumprod
     t_low, t_high = (timestep_for_sigma(abar, s) for s in config.denoiser_sigma)
@@ -144,7 +235,8 @@ def train_denoiser(samples: list[Sample], out: Path, config: TrainConfig, progre
     return save_denoiser(unet.cpu(), scheduler, card, out / "denoiser")
 
 
-def _run(model, optimizer, step_loss, checkpoint: Path, config: TrainConfig, progress: bool, name: str) -> int:
+def _run(model, optimizer, step_loss, checkpoint: Path, config: TrainConfig, progress: bool, name: str,
+         after_step=None) -> int:
     """The training loop shared by both models: resume, step, checkpoint, stop on steps or time."""
     step = _load_checkpoint(checkpoint, model, optimizer) if checkpoint.exists() else 0
     model.train()
@@ -159,6 +251,8 @@ def _run(model, optimizer, step_loss, checkpoint: Path, config: TrainConfig, pro
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}")
             out_of_time = config.max_minutes is not None and time.monotonic() - started > 60 * config.max_minutes
+            if after_step is not None:
+                after_step(step)
             if step % config.checkpoint_every == 0 or step == config.steps or out_of_time:
                 _save_checkpoint(checkpoint, model, optimizer, step)
             if out_of_time:

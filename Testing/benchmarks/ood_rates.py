@@ -16,7 +16,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
 from certseg import load_models  # noqa: E402
-from certseg.datasets import load_drr_dataset, to_model_space  # noqa: E402
+from certseg.data import load_drr_dataset, to_model_space  # noqa: E402
 from certseg.ood import mean_entropy  # noqa: E402
 from certseg.preprocess import DEFAULT_PERCENTILES  # noqa: E402
 from ood_corpus import OUT_OF_DOMAIN, inverted  # noqa: E402

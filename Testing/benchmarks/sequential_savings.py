@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
 from certseg import Execution, load_models, resolve_device  # noqa: E402
-from certseg.datasets import load_drr_dataset  # noqa: E402
+from certseg.data import load_drr_dataset  # noqa: E402
 from certseg.evaluate import evaluate  # noqa: E402
 
 

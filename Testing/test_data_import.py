@@ -1,0 +1,141 @@
+"""Public datasets in the layout of their public copies, the import into CertSeg's dataset folder,
+its fixed split, the partial-label loss and the training augmentation (tiny files the tests write)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from certseg.cli import main
+from certseg.data import Sample, import_dataset, load_dataset, split_of
+from certseg.data.augment import augment_batch, geometry
+from certseg.train import TrainConfig, annotated_classes, partial_label_loss, train_segmenter
+
+SIZE = 128  # image side of the fake copy; its masks are stored at half resolution, as in the copy
+STRUCTURES = {"right_lung": (64, 40, 22), "left_lung": (64, 88, 22), "heart": (80, 64, 12),
+              "right_clavicle": (20, 40, 6), "left_clavicle": (20, 88, 6)}
+
+
+def _disc(shape, centre, radius):
+    rows, cols = np.indices(shape)
+    return (rows - centre[0]) ** 2 + (cols - centre[1]) ** 2 < radius**2
+
+
+def write_jsrt_png_copy(root, names):
+    """The github:AnishHota/JSRT-Segmentation layout: inverted-palette PNGs, half-size GIF (or PNG) masks."""
+    images = root / "JSRT" / "jsrt_images" / "images"
+    images.mkdir(parents=True)
+    palette = [v for level in range(255, -1, -1) for v in (level, level, level)]  # index 0 shows white
+    for number, name in enumerate(names):
+        index = np.tile(np.arange(SIZE, dtype=np.uint8), (SIZE, 1))  # index = column: bright bone on the left
+        picture = Image.fromarray(index, mode="P")
+        picture.putpalette(palette)
+        picture.save(images / f"{name}.IMG.png")
+        for structure, (row, col, radius) in STRUCTURES.items():
+            mask = Image.fromarray(_disc((SIZE // 2, SIZE // 2), (row // 2, col // 2), radius // 2).astype(np.uint8) * 255)
+            as_png = number % 2 == 1 and structure == "heart"  # the copy has both; read whichever is there
+            folder = root / "JSRT" / "masks" / "masks" / (f"{structure}_png" if as_png else structure)
+            folder.mkdir(parents=True, exist_ok=True)
+            mask.save(folder / (f"{name}.png" if as_png else f"{name}.gif"))
+
+
+def test_split_is_fixed_by_the_image_number():
+    assert [split_of(n) for n in ("JPCLN001", "JPCLN002", "JPCLN003", "JPCNN011", "JPCNN154")] == \
+        ["validation", "test", "train", "validation", "test"]
+    assert split_of("MCUCXR_0004_0") == "test" and split_of("CHNCXR_0013_1") == "train"
+
+
+def test_public_png_copy_imports_with_its_split_laterality_and_card(tmp_path):
+    write_jsrt_png_copy(tmp_path / "copy", ["JPCLN001", "JPCLN002", "JPCLN003"])
+    card = import_dataset("jsrt-png", tmp_path / "copy", tmp_path / "jsrt", origin="test copy", progress=False)
+    assert card["counts"] == {"train": 1, "validation": 1, "test": 1}
+    assert "redistribution" in card["terms"] and card["origin"] == "test copy"
+    written = json.loads((tmp_path / "jsrt" / "dataset.json").read_text())
+    assert [(e["name"], e["split"]) for e in written["images"]] == \
+        [("JPCLN001", "validation"), ("JPCLN002", "test"), ("JPCLN003", "train")]
+
+    (train,) = load_dataset(tmp_path / "jsrt", ("train",))
+    assert train.name == "JPCLN003" and train.stored.shape == train.labels.shape == (SIZE, SIZE)
+    assert train.stored[0, 0] == 255 and train.stored[0, -1] == 255 - (SIZE - 1)  # read through the palette
+    # Masks at half resolution land on the image grid; the patient's right is on the viewer's left.
+    assert train.labels[64, 30] == 1 and train.labels[64, 98] == 2 and train.labels[80, 64] == 3
+    assert train.labels[20, 40] == 4 and train.labels[20, 88] == 5 and train.labels[120, 5] == 0
+    assert load_dataset(tmp_path / "jsrt", ("test",))[0].labels[80, 64] == 3  # heart read from heart_png
+
+
+def test_import_refuses_what_it_cannot_read_in_one_line(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["data", "import", "jsrt-png", str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "no images found" in error and len(error.splitlines()) == 1 and not (tmp_path / "out").exists()
+    write_jsrt_png_copy(tmp_path / "copy", ["JPCLN001"])
+    (tmp_path / "copy" / "JSRT" / "masks" / "masks" / "heart" / "JPCLN001.gif").unlink()
+    assert main(["data", "import", "jsrt-png", str(tmp_path / "copy"), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert "mask missing" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_existing_dataset_folder_is_kept_unless_overwrite(tmp_path):
+    write_jsrt_png_copy(tmp_path / "copy", ["JPCLN001"])
+    (tmp_path / "jsrt").mkdir()
+    (tmp_path / "jsrt" / "mine.txt").write_text("keep")
+    assert main(["data", "import", "jsrt-png", str(tmp_path / "copy"), "--out", str(tmp_path / "jsrt"), "--quiet"]) == 2
+    assert (tmp_path / "jsrt" / "mine.txt").read_text() == "keep"
+
+
+def _logits_favouring(labels: np.ndarray, num_classes: int = 6) -> torch.Tensor:
+    return 8.0 * F.one_hot(torch.as_tensor(labels), num_classes).permute(2, 0, 1)[None].float()
+
+
+def test_partial_label_loss_treats_unannotated_structures_as_unknown():
+    truth = np.zeros((32, 32), np.int64)
+    truth[8:24, 4:14], truth[8:24, 18:28] = 1, 2  # lungs
+    with_heart = truth.copy()
+    with_heart[20:30, 14:18] = 3  # the network also draws a heart where the lung-only truth says 0
+    labels = torch.as_tensor(truth)[None, None]
+    lung_only = annotated_classes([Sample("mc", np.zeros((1, 1)), np.zeros((1, 1), np.uint8), (1, 2))])
+    everything = annotated_classes([Sample("jsrt", np.zeros((1, 1)), np.zeros((1, 1), np.uint8))])
+    assert lung_only.tolist() == [[False, True, True, False, False, False]]
+
+    plain = partial_label_loss(_logits_favouring(truth), labels, lung_only)
+    assert partial_label_loss(_logits_favouring(with_heart), labels, lung_only) == pytest.approx(float(plain), abs=1e-4)
+    assert partial_label_loss(_logits_favouring(with_heart), labels, everything) > plain + 0.01
+    # With every structure annotated the cross-entropy term is the ordinary one.
+    logits = torch.randn(1, 6, 32, 32, generator=torch.Generator().manual_seed(0))
+    onehot = F.one_hot(labels[:, 0], 6).permute(0, 3, 1, 2).float()
+    probabilities = logits.softmax(1)
+    dice = 1 - (2 * (probabilities * onehot).sum((2, 3)) + 1) / (probabilities.sum((2, 3)) + onehot.sum((2, 3)) + 1)
+    expected = F.cross_entropy(logits, labels[:, 0]) + dice.mean()
+    assert float(partial_label_loss(logits, labels, everything)) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_geometry_moves_labels_with_the_image():
+    labels = torch.zeros(4, 1, 64, 64, dtype=torch.int64)
+    labels[:, :, 16:48, 10:30], labels[:, :, 20:44, 36:56] = 1, 2
+    images = labels.float() / 2
+    moved, moved_labels = geometry(images, labels, np.random.default_rng(0), probability=1.0)
+    assert not torch.equal(moved_labels, labels)
+    agree = (moved * 2).round().long() == moved_labels
+    assert agree.float().mean() > 0.97  # bilinear and nearest differ only along edges
+
+
+def test_augmented_batches_stay_in_range_and_shape():
+    images = torch.rand(6, 1, 64, 64)
+    labels = torch.randint(0, 6, (6, 1, 64, 64))
+    out, out_labels = augment_batch(images, labels, np.random.default_rng(1))
+    assert out.shape == images.shape and out_labels.shape == labels.shape and out_labels.dtype == labels.dtype
+    assert 0.0 <= float(out.min()) and float(out.max()) <= 1.0 and not torch.equal(out, images)
+
+
+def test_segmenter_training_keeps_the_best_validation_weights(tmp_path):
+    write_jsrt_png_copy(tmp_path / "copy", ["JPCLN001", "JPCLN003", "JPCLN005"])
+    import_dataset("jsrt-png", tmp_path / "copy", tmp_path / "jsrt", progress=False)
+    config = TrainConfig(steps=3, batch_size=2, checkpoint_every=1, device="cpu", validate_every=1, channels=(8, 16))
+    card = train_segmenter(load_dataset(tmp_path / "jsrt", ("train",)), tmp_path / "models", config, progress=False,
+                           validation=load_dataset(tmp_path / "jsrt", ("validation",)))
+    validation = card["training"]["validation"]
+    assert validation["images"] == ["JPCLN001"] and [h["step"] for h in validation["history"]] == [1, 2, 3]
+    best = max(validation["history"], key=lambda h: h["mean_dice"])
+    assert validation["best_step"] == best["step"] and card["architecture"]["kwargs"]["channels"] == [8, 16]
