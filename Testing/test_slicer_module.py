@@ -168,3 +168,13 @@ def random_models(tmp_path):
                              "labels": label_card(), "input": {"size": 256, "percentiles": [0.5, 99.5]}},
                    folder / "segmenter")
     return folder
+
+
+def test_the_extension_build_ships_every_backend_module():
+    """CMake's file(GLOB_RECURSE ... certseg/*.py) must cover the package tree, subpackages included."""
+    module = Path(__file__).parents[1] / "CertSeg"
+    globs = [line.split() for line in (module / "CMakeLists.txt").read_text().splitlines()
+             if line.startswith("file(GLOB") and "CERTSEG_BACKEND_SCRIPTS" in line]
+    assert len(globs) == 1 and globs[0][0] == "file(GLOB_RECURSE" and globs[0][-1] == "certseg/*.py)"
+    nested = [p.relative_to(module) for p in (module / "certseg").rglob("*.py") if p.parent != module / "certseg"]
+    assert Path("certseg/data/folder.py") in nested  # what a non-recursive glob silently left out
