@@ -41,6 +41,27 @@ def test_sample_writes_every_output(sample_result):
     assert "OOD check: chest radiograph" in run.stdout
 
 
+def test_fresh_noise_and_every_array_states_its_guarantee(sample_result):
+    _, source, folder = sample_result
+    report = json.loads((folder / "report.json").read_text())
+    noise = report["noise"]
+    assert noise["source"].startswith("os-entropy") and noise["image_key"] == source.SOPInstanceUID
+    assert noise["reproduce_with"] == f"--seed {noise['run_seed']}"
+    assert report["parameters"]["seed"] != noise["run_seed"]  # the noise seed is derived per image
+    radius = report["radius"]
+    slope = abs(float(source.get("RescaleSlope", 1)))
+    assert "Modality LUT output" in radius["stored_values_units"]
+    assert radius["raw_pixel_values_l2"] == pytest.approx(radius["stored_values_l2"] / slope)
+    arrays = np.load(folder / "certificate.npz")
+    guarantees = json.loads(str(arrays["guarantees"]))
+    assert set(guarantees) >= {"model_labels", "candidates", "counts", "pixel_radius", "alpha"}
+    certified = arrays["model_labels"] >= 0
+    assert np.array_equal(arrays["candidates"][certified], arrays["model_labels"][certified])
+    assert np.isnan(arrays["pixel_radius"][~certified]).all()
+    per_pixel_stored = arrays["pixel_radius_stored_values"][certified]
+    assert np.allclose(per_pixel_stored, arrays["pixel_radius"][certified] / report["preprocessing_operator_norm"])
+
+
 def test_dicom_seg_reads_back_with_highdicom(sample_result):
     _, source, folder = sample_result
     seg = hd.seg.segread(folder / "seg.dcm")

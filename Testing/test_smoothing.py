@@ -235,3 +235,88 @@ def test_base_model_returning_invalid_labels_is_refused():
     with pytest.raises(ValueError, match="labels outside"):
         certify_segmentation(lambda b: threshold_model(b) + 5, np.zeros((2, 2)), num_classes=2, sigma=0.25,
                              n0=1, n=1, alpha=0.1, tau=0.75, device="cpu")
+
+
+SIDE = 64  # a 64 x 64 image: 4,096 dimensions, enough for the attacker to align with every known draw
+
+
+def _noise_of_seed(seed: int, n0: int, n: int, sigma: float) -> torch.Tensor:
+    """The exact noise draws a certification with `seed` uses: record what the base model sees on a zero image."""
+    seen = []
+
+    def recorder(batch):
+        seen.append(batch[:, 0].clone())
+        return torch.zeros(batch.shape[0], SIDE, SIDE, dtype=torch.long)
+
+    certify_segmentation(recorder, np.zeros((SIDE, SIDE)), num_classes=2, sigma=sigma, n0=n0, n=n, alpha=0.001,
+                         tau=0.75, seed=seed, device="cpu")
+    return torch.cat(seen)
+
+
+def test_a_seed_known_in_advance_lets_an_attacker_certify_what_fresh_noise_refuses():
+    """The break the default seed 0 allowed, with a fixed, harmless base model: a ball classifier.
+
+    f(z) = 1 at every pixel iff ||z - a|| < r, with r set so that fresh noise votes 1 with probability
+    0.25 at the crafted image, far below tau = 0.75.  Knowing seed 0's 110 draws, the attacker moves
+    the image against their sum, so each known draw lands inside the ball; fresh draws do not.
+    """
+    sigma, n0, n = 0.25, 10, 100
+    known = _noise_of_seed(0, n0, n, sigma).reshape(n0 + n, -1).double()
+    direction = -known.sum(dim=0) / known.sum(dim=0).norm()
+    offset = 20.0 * direction  # x - a
+    rng = np.random.default_rng(7)
+    fresh = torch.as_tensor(rng.normal(0, sigma, (20000, SIDE * SIDE)))
+    squared = lambda eps: ((offset + eps) ** 2).sum(dim=1)  # noqa: E731  ||x + eps - a||^2
+    radius_squared = float(torch.quantile(squared(fresh), 0.25))
+    centre = torch.full((SIDE * SIDE,), 0.5, dtype=torch.float64)
+    crafted = (centre + offset).reshape(SIDE, SIDE).numpy()
+
+    def ball(batch):
+        inside = ((batch.reshape(len(batch), -1).double() - centre) ** 2).sum(dim=1) < radius_squared
+        return inside.long()[:, None, None].expand(-1, SIDE, SIDE)
+
+    run = lambda seed: certify_segmentation(ball, crafted, num_classes=2, sigma=sigma, n0=n0, n=n,  # noqa: E731
+                                            alpha=0.001, tau=0.75, seed=seed, device="cpu")
+    attacked = run(0)
+    assert attacked.counts[0, 0] == n and (attacked.labels == 1).all()  # certified, though p = 0.25
+    honest = run(None)  # the default: fresh OS entropy
+    votes_for_one = honest.counts[0, 0] if honest.candidates[0, 0] == 1 else n - honest.counts[0, 0]
+    assert honest.parameters.seed != 0 and votes_for_one < 50 and (honest.labels == ABSTAIN).all()
+
+
+def test_seeds_that_differ_above_bit_32_draw_different_noise():
+    low = 12345
+    for high in (low + (1 << 32), low + (1 << 40), low + (1 << 62)):
+        assert not torch.equal(_noise_of_seed(low, 1, 2, 1.0), _noise_of_seed(high, 1, 2, 1.0))
+
+
+def test_images_of_one_run_never_share_noise_and_the_run_seed_reproduces_each():
+    from certseg.smoothing import fresh_seed, image_noise_seed
+
+    run = fresh_seed()
+    seeds = {image_noise_seed(run, f"1.2.3.{index}") for index in range(1000)}
+    assert len(seeds) == 1000 and all(0 <= s < 2**63 for s in seeds)
+    assert image_noise_seed(run, "1.2.3.4") == image_noise_seed(run, "1.2.3.4")
+    assert fresh_seed() != fresh_seed()
+
+
+def test_predict_uses_bonferroni_and_keeps_the_family_wise_error_below_alpha():
+    """Pixels whose smoothed label is 0 with probability only 0.53: a wrong 1 anywhere is a family-wise error."""
+    alpha, trials = 0.1, 200
+    image = np.full((5, 10), 0.5 - 0.25 * stats.norm.ppf(0.53))
+    errors = 0
+    for trial in range(trials):
+        result = predict_segmentation(threshold_model, image, num_classes=2, sigma=0.25, n=100, alpha=alpha,
+                                      seed=trial, device="cpu")
+        errors += bool((result.labels == 1).any())
+    assert result.parameters.correction == "bonferroni"
+    assert errors / trials <= alpha + 3 * np.sqrt(alpha * (1 - alpha) / trials)
+
+
+def test_pixel_radius_is_stated_only_where_the_certificate_certifies():
+    """Counts of 78-95 of 100 pass the Clopper-Pearson bound > 1/2 but not tau: no radius there."""
+    image = np.linspace(0.55, 1.2, 64).reshape(8, 8)
+    cert = certify(image, n=100)
+    assert np.isnan(cert.pixel_radius[~cert.decided]).all()
+    assert np.isfinite(cert.pixel_radius[cert.decided]).all() and cert.decided.any() and (~cert.decided).any()
+    assert (cert.counts[~cert.decided] > 60).any()  # abstained pixels that once received a radius

@@ -17,7 +17,7 @@ class BackendParameters:
     useDenoiser: bool = True
     device: str = "auto"
     modelFolder: str = ""
-    seed: int = 0
+    seed: int | None = None  # None: fresh noise per run, which the guarantee needs; a seed only reproduces
 
 
 # The module's self-test certifies the sample CR with these (CI runs the same backend call):
@@ -30,8 +30,9 @@ def backend_command(python: str, image: Path, out: Path, parameters: BackendPara
     """The `certseg certify-array` command line the module runs in its child process."""
     args = [python, "-m", "certseg", "certify-array", str(image), "--out", str(out), "--progress-lines",
             "--sigma", repr(parameters.sigma), "--n0", str(parameters.n0), "--n", str(parameters.n),
-            "--alpha", repr(parameters.alpha), "--tau", repr(parameters.tau), "--seed", str(parameters.seed),
-            "--device", parameters.device]
+            "--alpha", repr(parameters.alpha), "--tau", repr(parameters.tau), "--device", parameters.device]
+    if parameters.seed is not None:
+        args += ["--seed", str(parameters.seed)]
     if not parameters.useDenoiser:
         args.append("--no-denoiser")
     if parameters.modelFolder:

@@ -12,7 +12,7 @@ from tqdm import tqdm
 from . import __version__
 from .acceleration import Execution
 from .errors import EXIT_OK, EXIT_SOME_FAILED, CertSegError
-from .io_dicom import Radiograph, Skipped, candidate_files, check_header, read_radiograph
+from .io_dicom import Radiograph, Skipped, candidate_files, check_header, raw_value_radius, read_radiograph
 from .models import LoadedModels
 from .outputs import atomic_directory
 from .pipeline import certify_stored_image
@@ -29,7 +29,7 @@ class Outcome:
 
 
 def certify_input(source: Path, out: Path, models: LoadedModels, *, certification: dict[str, Any],
-                  device: str, batch_size: int, seed: int, overwrite: bool, quiet: bool,
+                  device: str, batch_size: int, seed: int | None, overwrite: bool, quiet: bool,
                   series: str | None = None, study: str | None = None,
                   force: bool = False, execution: Execution | None = None) -> tuple[int, list[Outcome]]:
     """Certify every selected chest radiograph under `source`; returns the exit code and one outcome per file."""
@@ -79,7 +79,7 @@ def _certify_file(path, out, models, segmenter, certification, batch_size, seed,
         return Outcome(path, f"result kept: {target} exists (use --overwrite to replace it)", "kept")
     with sample_bar(certification["n0"] + certification["n"], disable=quiet) as progress:
         result = certify_stored_image(radiograph.pixels, models, segmenter=segmenter, batch_size=batch_size, seed=seed,
-                                      progress=progress, force=force, window=radiograph.window, **certification)
+                                      image_key=radiograph.uids[2], progress=progress, force=force, window=radiograph.window, **certification)
     report = _report(radiograph, result, models)
     report["timings_s"]["total_with_decoding"] = time.perf_counter() - started
     with atomic_directory(target, overwrite=overwrite) as staging:
@@ -99,7 +99,14 @@ def _report(radiograph: Radiograph, result, models: LoadedModels) -> dict[str, A
                    "pixel_spacing_mm": list(radiograph.spacing_mm) if radiograph.spacing_mm else None,
                    "notes": radiograph.notes},
         **result.report(models, pixel_area_mm2=area),
-    }
+    } | {"radius": _radius_with_units(result.radii, radiograph)}
+
+
+def _radius_with_units(radii: dict[str, Any], radiograph: Radiograph) -> dict[str, Any]:
+    raw, meaning = raw_value_radius(radii["stored_values_l2"], radiograph.dataset)
+    return {**radii, "stored_values_units": "DICOM Modality LUT output (RescaleSlope/Intercept or LUT Sequence "
+                                            "applied, MONOCHROME1 mirrored), L2 over the source grid",
+            "raw_pixel_values_l2": raw, "raw_pixel_values_note": meaning}
 
 
 def summary_line(report: dict[str, Any], target: Path) -> str:

@@ -144,7 +144,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="CertSeg dataset folders (fit on train, threshold on validation) or a training DRR folder")
     ood.add_argument("--held-out", type=Path, nargs="+", help="DRR folders of in-domain views not used for training")
     ood.add_argument("--out", type=Path, required=True, help="the model folder whose segmenter card gets the detector")
-    ood.add_argument("--false-rejection-rate", type=float, default=0.05)
+    ood.add_argument("--false-rejection-rate", type=float, default=0.01,
+                     help="share of held-out views (with their augmented copies) the threshold refuses")
+    ood.add_argument("--augmented-copies", type=int, default=0,
+                     help="augmented copies of each image in the fit and the threshold (real-export variety)")
     ood.set_defaults(run=_run_train_ood)
     return parser
 
@@ -167,7 +170,9 @@ def _add_certification_options(parser: argparse.ArgumentParser, *, sigmas: bool 
     parser.add_argument("--stop-tolerance", type=float, default=DEFAULT_STOP_TOLERANCE,
                         help="sequential: stop when the expected further gain is below this fraction of "
                              "every structure's pixels")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int,
+                        help="reproduce a run (its report's noise.run_seed). Default: fresh OS entropy per image, "
+                             "which the guarantee needs: a seed known before the image is fixed voids it")
     parser.add_argument("--batch-size", type=_positive_int,
                         help="noisy copies per forward pass (default: 2 on CPU, fitted to free memory on CUDA; results "
                              "do not depend on it)")
@@ -211,7 +216,7 @@ def _certification_parameters(args) -> dict:
                       looks=looks, stop_tolerance=args.stop_tolerance if looks else 0.0)
     for sigma in np.atleast_1d(args.sigma):
         checked = {**parameters, "sigma": float(sigma), "looks": tuple(args.looks or ())}
-        SmoothingParameters(mode="certify", num_classes=2, **checked, seed=args.seed, batch_size=args.batch_size or 1,
+        SmoothingParameters(mode="certify", num_classes=2, **checked, seed=0, batch_size=args.batch_size or 1,
                             device=args.device).validate()
     return parameters
 
@@ -265,7 +270,8 @@ def _run_certify_array(args) -> int:
             segmenter = CertifiedSegmenter(models.network, models.num_classes, models.denoiser, args.device,
                                            _execution(args))
             result = certify_stored_image(image.pixels, models, segmenter=segmenter, batch_size=args.batch_size,
-                                          seed=args.seed, progress=progress, force=args.force,
+                                          seed=args.seed, image_key=args.image.name, progress=progress,
+                                          force=args.force,
                                           window=None if radiograph is None else radiograph.window, **certification)
         except CertSegError as error:
             raise CertSegError(f"{args.image}: {error}") from None
@@ -273,6 +279,9 @@ def _run_certify_array(args) -> int:
     report = {"source": {"file": str(args.image), "reference_dicom": str(args.reference_dicom or ""),
                          "pixel_spacing_mm": image.spacing_mm},
               **result.report(models, pixel_area_mm2=area)}
+    report["radius"]["stored_values_units"] = (
+        "the image file's own values, L2 over its grid" if radiograph is None else
+        "DICOM Modality LUT output of --reference-dicom (MONOCHROME1 mirrored), L2 over the source grid")
     with atomic_directory(args.out, overwrite=args.overwrite) as staging:
         write_result_folder(staging, image.pixels, result, report, image.ijk_to_lps, models.segmenter_card,
                             radiograph)
@@ -337,7 +346,7 @@ def _run_train_ood(args) -> int:
     if not training or not held_out:
         raise CertSegError("the OOD detector needs training images and held-out validation images "
                            "(CertSeg dataset folders, or DRR folders with --held-out)")
-    card = fit_ood(args.out, training, held_out, args.false_rejection_rate)
+    card = fit_ood(args.out, training, held_out, args.false_rejection_rate, args.augmented_copies)
     detector = card["ood_detector"]
     print(f"{args.out / 'segmenter'}: spectral OOD threshold {detector['threshold']:.2f} "
           f"(false rejection {detector['false_rejection_rate']:.0%} on {len(held_out)} held-out images)")

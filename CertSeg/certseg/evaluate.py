@@ -23,7 +23,7 @@ from tqdm import tqdm
 from .data import Sample, to_model_space
 from .models import LoadedModels
 from .segmenter import CertifiedSegmenter
-from .smoothing import ABSTAIN
+from .smoothing import ABSTAIN, fresh_seed, image_noise_seed
 
 
 @dataclass
@@ -58,6 +58,7 @@ def evaluate(samples: list[Sample], models: LoadedModels, *, sigmas, configurati
              progress=True) -> list[Row]:
     card = models.segmenter_card
     spec = card["input"]
+    seed = fresh_seed() if seed is None else seed
     names = [label["name"] for label in card["labels"][1:]]
     pairs = [to_model_space(s, int(spec["size"]), tuple(spec["percentiles"])) for s in samples]
     plain = CertifiedSegmenter(models.network, models.num_classes, None, device)
@@ -73,7 +74,7 @@ def evaluate(samples: list[Sample], models: LoadedModels, *, sigmas, configurati
             for index, (x, y) in enumerate(tqdm(pairs, desc=f"{configuration} sigma={sigma}", disable=not progress)):
                 cert = segmenter.certify(x, sigma=sigma, n0=n0, n=n, alpha=alpha, tau=tau, correction=correction,
                                          looks=looks, stop_tolerance=stop_tolerance, batch_size=batch_size,
-                                         seed=seed + index)
+                                         seed=image_noise_seed(seed, samples[index].name))
                 dice.append(dice_per_structure(cert.labels, y, models.num_classes))
                 abstention.append(np.mean(cert.labels == ABSTAIN))
                 seconds.append(cert.timings["total"])

@@ -181,6 +181,19 @@ def _monochrome2(dataset: pydicom.Dataset) -> np.ndarray:
     return pixels
 
 
+def raw_value_radius(radius_in_lut_output: float, dataset: pydicom.Dataset) -> tuple[float | None, str]:
+    """The stored-value radius in the file's raw pixel values, and what it means.
+
+    A linear Modality LUT maps a raw perturbation d to s d (s = RescaleSlope), so a radius R in its
+    output is R / |s| in raw values; a Modality LUT Sequence is a table, possibly non-linear, and
+    gives no raw-value bound at all.
+    """
+    if "ModalityLUTSequence" in dataset:
+        return None, "a Modality LUT Sequence maps raw values non-linearly: no raw-value radius holds"
+    slope = abs(float(dataset.get("RescaleSlope", 1) or 1))
+    return radius_in_lut_output / slope, f"Modality LUT output radius / |RescaleSlope| ({slope:g})"
+
+
 def _is_monochrome1(dataset: pydicom.Dataset) -> bool:
     return str(dataset.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1"
 

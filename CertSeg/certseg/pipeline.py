@@ -12,7 +12,7 @@ from .errors import CertSegError
 from .models import LoadedModels
 from .preprocess import IntensityWindow, ModelInputMap, radius_in_source_units
 from .segmenter import CertifiedSegmenter
-from .smoothing import ABSTAIN, Certificate, Progress
+from .smoothing import ABSTAIN, Certificate, Progress, fresh_seed, image_noise_seed
 
 DEFAULT_PARAMETERS = {"sigma": 0.25, "n0": 10, "n": 100, "alpha": 0.001, "tau": 0.75, "correction": "holm"}
 
@@ -26,6 +26,7 @@ class ImageResult:
     ood: dict[str, Any] | None = None  # the out-of-distribution verdict, with "forced" when overridden
     window_source: str = ""
     execution: dict[str, Any] | None = None  # how the base segmenter ran (precision, layout, compilation)
+    noise: dict[str, Any] | None = None  # where the noise came from: run seed, image key, fresh or given
 
     def report(self, models: LoadedModels, pixel_area_mm2: float | None = None) -> dict[str, Any]:
         """The JSON-ready report of this image (schema in README.md)."""
@@ -44,6 +45,7 @@ class ImageResult:
             "samples_drawn": {"selection": summary["parameters"]["n0"], "estimation": summary["estimation_samples"]},
             "denoiser": models.denoiser is not None,
             "execution": self.execution,
+            "noise": self.noise,
             "models": {
                 kind: {k: card.get(k) for k in ("name", "version", "sha256")}
                 for kind, card in (("segmenter", models.segmenter_card), ("denoiser", models.denoiser_card))
@@ -71,7 +73,8 @@ def certify_stored_image(
     segmenter: CertifiedSegmenter | None = None,
     device: str = "auto",
     batch_size: int | None = None,
-    seed: int | None = 0,
+    seed: int | None = None,
+    image_key: str = "",
     progress: Progress | None = None,
     force: bool = False,
     window: IntensityWindow | None = None,
@@ -86,6 +89,9 @@ def certify_stored_image(
     (CertSegError naming score and threshold) unless `force`, which the verdict records.
     `segmenter`: the models as they run (precision, compilation); build it once for many
     images so compiled code and the fitted batch size are reused.  Default: `device`'s defaults.
+    `seed`: None (the default) draws fresh OS entropy, which the guarantee needs; a given seed
+    reproduces a run but voids the guarantee against anyone who knew it before the image was
+    fixed.  The noise seed is derived from it and `image_key`, so images never share noise.
     """
     params = {**DEFAULT_PARAMETERS, **parameters}
     spec = models.segmenter_card["input"]
@@ -101,7 +107,13 @@ def certify_stored_image(
     model_image = input_map(stored)
     segmenter = segmenter or CertifiedSegmenter(models.network, models.num_classes, models.denoiser, device)
     verdict = _ood_verdict(models, segmenter, model_image, force)
-    certificate = segmenter.certify(model_image, batch_size=batch_size, seed=seed, progress=progress, **params)
+    run_seed = fresh_seed() if seed is None else int(seed)
+    noise = {"run_seed": run_seed, "image_key": image_key,
+             "source": "os-entropy (unknown before the image existed)" if seed is None else
+                       "given (--seed): no guarantee against whoever knew it before the image was fixed",
+             "reproduce_with": f"--seed {run_seed}"}
+    certificate = segmenter.certify(model_image, batch_size=batch_size, seed=image_noise_seed(run_seed, image_key),
+                                    progress=progress, **params)
     return ImageResult(
         source_labels=input_map.labels_to_source(certificate.labels),
         certificate=certificate,
@@ -110,6 +122,7 @@ def certify_stored_image(
         ood=verdict,
         window_source=window_source,
         execution=dataclasses.asdict(segmenter.execution),
+        noise=noise,
     )
 
 

@@ -125,6 +125,10 @@ def radius_in_source_units(model_radius: float, input_map: ModelInputMap,
                            was computed from the image, and the radius also covers how far the
                            perturbation moves it (movable_window_radius)
     rms_per_source_pixel   stored_values_l2 / sqrt(#source pixels): the uniform per-pixel change
+
+    "Stored values" are the values the map receives: for DICOM the Modality LUT's output (after
+    RescaleSlope/Intercept or a Modality LUT Sequence, MONOCHROME1 mirrored), not the raw pixel
+    data; the caller converts to raw values where the Modality LUT is linear.
     """
     if window_from is None:
         stored = model_radius / input_map.operator_norm()
@@ -135,6 +139,7 @@ def radius_in_source_units(model_radius: float, input_map: ModelInputMap,
         "model_space": model_radius,
         "stored_values_l2": stored,
         "rms_per_source_pixel": stored / math.sqrt(height * width),
+        "window_fixed_by_header": window_from is None,
     }
 
 

@@ -3,12 +3,13 @@
 Segments: one per structure with certified pixels, and "Abstained" for every pixel
 without a certificate.  Anatomy is coded in SNOMED CT; abstention has no standard
 code, so it carries the private code ("ABSTAINED", "99CERTSEG", "Certification
-abstained") in category ("SPATIAL", "99CERTSEG", "Certification outcome"),
+abstained") in category ("CERTOUTCOME", "99CERTSEG", "Certification outcome"),
 documented in README.md.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -142,16 +143,45 @@ def write_result_folder(folder: Path, stored: np.ndarray, result, report: dict[s
         write_dicom_seg(folder / "seg.dcm", radiograph, result.source_labels, models_card)
     write_seg_nrrd(folder / "certseg.seg.nrrd", result.source_labels, geometry, segment_tags(report))
     write_overlay(folder / "overlay.png", stored, result.source_labels)
-    np.savez_compressed(folder / "certificate.npz", model_labels=result.certificate.labels,
-                        counts=result.certificate.counts, pixel_radius=result.certificate.pixel_radius)
+    write_certificate_arrays(folder / "certificate.npz", result, report)
     write_json(folder / "report.json", report)
+
+
+CERTIFICATE_ARRAYS = {
+    "model_labels": "certified class per model-grid pixel, -1 = abstained. Guarantee (probability >= 1 - alpha "
+                    "over the sampling): every certified pixel carries the smoothed segmenter's label, unchanged "
+                    "under any L2 perturbation of the model input below radius.model_space",
+    "candidates": "class tested per pixel (from the n0 selection samples); certified or not",
+    "counts": "votes for the candidate among the estimation samples drawn",
+    "pixel_radius": "model-input L2 radius per certified pixel (NaN elsewhere) for its candidate, from a "
+                    "Clopper-Pearson bound at alpha / (looks x pixels): holds with probability >= 1 - alpha on its "
+                    "own, together with model_labels with probability >= 1 - 2 alpha",
+    "pixel_radius_stored_values": "pixel_radius / ||A||, L2 over the source grid in the units of "
+                                  "radius.stored_values_units; all NaN when the intensity window came from the "
+                                  "image itself (no per-pixel bound is computed for a movable window)",
+}
+
+
+def write_certificate_arrays(path: Path, result, report: dict[str, Any]) -> None:
+    """certificate.npz: the model-grid arrays and, as `guarantees` (a JSON string), what each one promises."""
+    certificate = result.certificate
+    fixed_window = report["radius"]["window_fixed_by_header"]
+    per_pixel_stored = (certificate.pixel_radius / result.input_map.operator_norm() if fixed_window
+                        else np.full_like(certificate.pixel_radius, np.nan))
+    guarantees = {**CERTIFICATE_ARRAYS, "alpha": certificate.parameters.alpha,
+                  "radius_model_space": certificate.radius}
+    np.savez_compressed(path, model_labels=certificate.labels, candidates=certificate.candidates,
+                        counts=certificate.counts, pixel_radius=certificate.pixel_radius,
+                        pixel_radius_stored_values=per_pixel_stored, guarantees=np.array(json.dumps(guarantees)))
 
 
 def segment_tags(report: dict[str, Any]) -> dict[str, str]:
     """Parameters and radius as segment tags, for the Slicer module's panel."""
     params = report["parameters"]
-    tags = {f"CertSeg.{k}": str(params[k]) for k in ("sigma", "n0", "n", "alpha", "tau", "correction", "seed")}
-    tags.update({f"CertSeg.radius.{k}": f"{v:.6g}" for k, v in report["radius"].items()})
+    tags = {f"CertSeg.{k}": str(params[k]) for k in ("sigma", "n0", "n", "alpha", "tau", "correction")}
+    tags["CertSeg.seed"] = str(report["noise"]["run_seed"])  # what --seed takes to reproduce this run
+    tags.update({f"CertSeg.radius.{k}": f"{report['radius'][k]:.6g}"
+                 for k in ("model_space", "stored_values_l2", "rms_per_source_pixel")})
     tags["CertSeg.denoiser"] = str(report["denoiser"])
     return tags
 

@@ -91,14 +91,13 @@ class CertifiedSegmenter:
         sigma: float,
         n: int,
         alpha: float,
-        correction: str = "holm",
         batch_size: int | None = None,
         seed: int | None = None,
         progress: Progress | None = None,
     ) -> Certificate:
         return predict_segmentation(
             self.base_segmenter(sigma), image, num_classes=self.num_classes, sigma=sigma, n=n, alpha=alpha,
-            correction=correction, batch_size=self._batch_size(batch_size, sigma, image), seed=seed,
+            batch_size=self._batch_size(batch_size, sigma, image), seed=seed,
             device=self.device, progress=progress,
         )
 

@@ -15,6 +15,7 @@ sequentially, after growing numbers of samples, and stop early (certify_segmenta
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -99,9 +100,12 @@ class Certificate:
     labels        (H, W) int64: the certified (or predicted) class, ABSTAIN elsewhere.
     radius        sigma * Phi^-1(tau): the L2 radius, in model-input units, that holds for
                   every certified pixel (None for PREDICT, which certifies nothing).
-    pixel_radius  (H, W) float64 or None: a separate per-pixel guarantee, sigma * Phi^-1(p_lower)
-                  with p_lower the Clopper-Pearson bound at level alpha / #pixels (Bonferroni);
-                  NaN where p_lower <= 1/2.  Never combine it with `radius` into one number.
+    pixel_radius  (H, W) float64 or None: finite only on certified pixels, sigma * Phi^-1(p_lower)
+                  for the candidate class, p_lower the Clopper-Pearson bound at level
+                  alpha / (looks x #pixels) (Bonferroni), the largest over the looks.  It is a second
+                  event of its own: with probability >= 1 - alpha every finite entry is a radius
+                  within which g keeps the candidate; the certificate and this map hold together
+                  with probability >= 1 - 2 alpha.  Never combine it with `radius` into one number.
     candidates    (H, W) int64: the class chosen per pixel (from the n0 selection samples for
                   CERTIFY, from the top count for PREDICT).
     counts        (H, W) int64: votes for the candidate among the estimation samples drawn.
@@ -137,6 +141,22 @@ class Certificate:
             },
             "timings_s": dict(self.timings),
         }
+
+
+def fresh_seed() -> int:
+    """A 63-bit seed from the operating system's entropy: noise nobody can know before the image is fixed."""
+    return secrets.randbits(63)
+
+
+def image_noise_seed(run_seed: int, image_key: str) -> int:
+    """The noise seed of one image of a run (image_key: its SOPInstanceUID, a file name, ...).
+
+    Distinct images of one run never share noise, and the run seed alone reproduces each image.
+    The guarantee needs the run seed to be unknown to whoever prepared the image (fresh_seed());
+    a seed chosen in advance lets an attacker tune the image to the exact draws.
+    """
+    digest = hashlib.sha256(f"certseg-noise:{int(run_seed)}:{image_key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
 
 
 def default_batch_size(device: torch.device) -> int:
@@ -190,13 +210,17 @@ def certify_segmentation(
     alpha  family-wise error level over all pixels, corrected by `correction`.
     looks  cumulative estimation-sample counts at which to test, increasing and ending at n
            (sequential certification), or "doubling" for doubling_looks().  None tests once,
-           after n samples (SegCertify).  With K
-           looks alpha is split into K equal parts, and sampling stops at the first look after
+           after n samples (SegCertify).  With several looks alpha is split in proportion to each
+           look's sample count (n / 8, n / 4, n / 2, n get 1/15, 2/15, 4/15, 8/15), and sampling stops at the first look after
            which continuing to n is expected to certify fewer than stop_tolerance x (pixels of
            that candidate class) more pixels in every class.  `estimation_samples` of the
            result says how many were drawn.
-    seed   fixes the noise; the same seed, device and model give the same certificate
-           whatever the batch size.  None draws one, recorded in the parameters.
+    seed   fixes the noise; None (the default) draws fresh OS entropy, recorded in the parameters.
+           A seed known before the image is fixed voids the guarantee (an attacker can tune the
+           image to the exact draws).  The noise of sample j depends only on (seed, j), never on
+           the batch size; the certificate then also equals on the same device in fp32 eager
+           mode.  Reduced precision and compiled kernels may depend on the batch shape, so their
+           certificates are reproducible only with the same batch size, device and software.
     batch_size  noisy copies per forward pass; None picks one for the device.
     """
     if looks == "doubling":
@@ -216,26 +240,28 @@ def certify_segmentation(
     # sample j's noise depends only on (seed, j), so stopping early merely leaves some unseen.  The
     # candidates come from the separate n0 selection samples, so at look k each pixel's count is
     # Binomial(looks[k], p_i), p_i = P(f_i(x + eps) = candidate_i), and Holm (or Bonferroni) at level
-    # alpha_k = alpha / K rejects a true H0_i: "p_i < tau" somewhere in the image with probability
-    # <= alpha_k, whatever the dependence between pixels.  Call that event E_k.  A pixel wrongly in
-    # the returned union of look-wise certificates was wrongly rejected at some look k, so failure
-    # lies inside E_1 u ... u E_K, of probability <= sum_k alpha_k = alpha.  The bound holds for
-    # every stopping rule, since it never looked at when we stop.  Likewise each look's
-    # Clopper-Pearson bounds at level alpha_k / #pixels all hold with probability >= 1 - alpha_k,
-    # so the largest bound over the looks holds for every pixel with probability >= 1 - alpha.
-    look_alpha = alpha / len(params.look_sizes)
+    # alpha_k rejects a true H0_i: "p_i < tau" somewhere in the image with probability <= alpha_k,
+    # whatever the dependence between pixels.  Call that event E_k.  A pixel wrongly in the returned
+    # union of look-wise certificates was wrongly rejected at some look k, so failure lies inside
+    # E_1 u ... u E_K, of probability <= sum_k alpha_k = alpha, for ANY fixed split of alpha.  We
+    # split it in proportion to each look's sample count (look_alphas), so the last look, which
+    # certifies most, keeps most of alpha instead of paying 1/K.  The bound holds for every stopping
+    # rule, since it never looked at when we stop.  Likewise each look's Clopper-Pearson bounds at
+    # level alpha_k / #pixels all hold with probability >= 1 - alpha_k, so the largest bound over the
+    # looks holds for every pixel with probability >= 1 - alpha.
+    look_alphas = _look_alphas(alpha, params.look_sizes)
     votes = torch.zeros((num_classes, *x.shape), dtype=torch.int64, device=x.device)
     certified = np.zeros(candidates_np.shape, dtype=bool)
     lower = np.zeros(candidates_np.shape)
     drawn = 0
-    for look in params.look_sizes:
+    for look, look_alpha in zip(params.look_sizes, look_alphas):
         votes += _count_votes(base, x, params, _ESTIMATION_STAGE, drawn, look,
                               _offset_progress(progress, n0 + drawn, total))
         drawn = look
         counts_np = votes.gather(0, candidates.unsqueeze(0)).squeeze(0).cpu().numpy()
         certified |= reject_hypotheses(binomial_upper_tail_pvalue(counts_np, drawn, tau), look_alpha, correction)
         lower = np.maximum(lower, clopper_pearson_lower(counts_np, drawn, look_alpha / counts_np.size))
-        if drawn < n and _continuing_is_futile(counts_np, drawn, candidates_np, certified, params, look_alpha):
+        if drawn < n and _continuing_is_futile(counts_np, drawn, candidates_np, certified, params, look_alphas[-1]):
             break
     if progress is not None and drawn < n:
         progress(total, total)  # stopped early: the samples not drawn are done too
@@ -243,7 +269,7 @@ def certify_segmentation(
     return Certificate(
         labels=np.where(certified, candidates_np, ABSTAIN).astype(np.int64),
         radius=float(radius_from_probability(sigma, tau)),
-        pixel_radius=radius_from_probability(sigma, lower),
+        pixel_radius=np.where(certified, radius_from_probability(sigma, lower), np.nan),
         candidates=candidates_np.astype(np.int64),
         counts=counts_np.astype(np.int64),
         parameters=params,
@@ -263,10 +289,17 @@ def doubling_looks(n: int, tau: float, alpha: float, pixels: int) -> tuple[int, 
     """
     looks = [n]
     while (earlier := looks[0] // 2) >= 1:
-        if minimum_certifiable_count(earlier, tau, alpha / ((len(looks) + 1) * pixels)) > earlier:
+        share = _look_alphas(alpha, (earlier, *looks))[0]
+        if minimum_certifiable_count(earlier, tau, share / pixels) > earlier:
             break
         looks.insert(0, earlier)
     return tuple(looks)
+
+
+def _look_alphas(alpha: float, looks: Sequence[int]) -> np.ndarray:
+    """alpha split between the looks in proportion to their cumulative sample counts (sums to alpha)."""
+    sizes = np.asarray(looks, dtype=np.float64)
+    return alpha * sizes / sizes.sum()
 
 
 def _continuing_is_futile(counts: np.ndarray, drawn: int, candidates: np.ndarray, certified: np.ndarray,
@@ -299,19 +332,22 @@ def predict_segmentation(
     sigma: float,
     n: int,
     alpha: float,
-    correction: str = "holm",
     batch_size: int | None = None,
     seed: int | None = None,
     device: str | torch.device | None = "auto",
     progress: Progress | None = None,
 ) -> Certificate:
-    """PREDICT (Cohen et al. 2019) per pixel: the smoothed label, or ABSTAIN.
+    """PREDICT (Cohen et al. 2019) per pixel with Bonferroni over the pixels: the smoothed label, or ABSTAIN.
 
-    Each pixel's top class is returned when a two-sided binomial test between the
-    top two counts is significant; the tests are corrected over all pixels, so with
-    probability >= 1 - alpha no returned label differs from g's.  No radius is claimed.
+    Guarantee: with probability >= 1 - alpha over the sampling, no returned label differs from g's.
+    Proof: Cohen et al.'s Theorem 2 bounds, for one pixel, the probability that PREDICT at level
+    alpha' returns a class other than g's by alpha' -- although the hypothesis tested (top class
+    against runner-up) is chosen from the same samples.  With alpha' = alpha / #pixels, a union
+    bound over the pixels gives alpha, whatever the dependence between pixels.  Holm is not used:
+    its step-down needs valid p-values for hypotheses fixed in advance, which the data-chosen
+    "top against runner-up" comparisons are not.  No radius is claimed.
     """
-    params = _parameters("predict", num_classes, sigma, 0, n, alpha, None, correction, seed, batch_size, device)
+    params = _parameters("predict", num_classes, sigma, 0, n, alpha, None, "bonferroni", seed, batch_size, device)
     started = time.perf_counter()
     x = _image_tensor(image, params.device)
     votes = _count_votes(base, x, params, _ESTIMATION_STAGE, 0, n, _offset_progress(progress, 0, n))
@@ -320,7 +356,7 @@ def predict_segmentation(
 
     top_counts, runner_up = (c.cpu().numpy() for c in top_two.values)
     top_class = top_two.indices[0].cpu().numpy()
-    significant = reject_hypotheses(two_sided_binomial_pvalue(top_counts, runner_up), alpha, correction)
+    significant = reject_hypotheses(two_sided_binomial_pvalue(top_counts, runner_up), alpha, "bonferroni")
     finished = time.perf_counter()
     return Certificate(
         labels=np.where(significant, top_class, ABSTAIN).astype(np.int64),
@@ -346,7 +382,7 @@ def _parameters(mode, num_classes, sigma, n0, n, alpha, tau, correction, seed, b
         alpha=float(alpha),
         tau=None if tau is None else float(tau),
         correction=correction,
-        seed=secrets.randbits(63) if seed is None else int(seed),
+        seed=fresh_seed() if seed is None else int(seed),
         batch_size=int(default_batch_size(resolved) if batch_size is None else batch_size),
         device=str(resolved),
         looks=looks,
@@ -372,18 +408,24 @@ _NOISE_CHUNK = 64
 instead of one per sample, and still independent of the batch size."""
 
 
-def _chunk_seed(seed: int, stage: int, chunk: int) -> int:
-    """An independent 63-bit seed for noise chunk `chunk` of `stage`."""
-    state = np.random.SeedSequence([seed, stage, chunk]).generate_state(2, np.uint32)
-    return (int(state[0]) << 31) ^ int(state[1])
+def _chunk_entropy(seed: int, stage: int, chunk: int) -> list[int]:
+    """The full entropy of noise chunk `chunk` of `stage`: the 63-bit seed is never cut to 32 bits."""
+    return [seed & 0xFFFFFFFF, seed >> 32, stage, chunk]
 
 
 class _NoiseStream:
-    """N(0, sigma^2 I) noise for the samples of one stage; sample j's noise depends only on (seed, stage, j)."""
+    """N(0, sigma^2 I) noise for the samples of one stage; sample j's noise depends only on (seed, stage, j).
+
+    On the CPU each chunk comes from numpy's PCG64 seeded with the whole (seed, stage, chunk): torch's
+    CPU generator (mt19937) keeps only the low 32 bits of a seed, so seeds differing above bit 32
+    would give identical noise.  Other devices draw on the device with torch's Philox generator,
+    whose 64-bit seed is a SeedSequence hash of the same entropy.
+    """
 
     def __init__(self, shape: tuple[int, int], params: SmoothingParameters, stage: int):
         self._shape, self._params, self._stage = shape, params, stage
-        self._generator = torch.Generator(device=params.device)
+        self._on_cpu = torch.device(params.device).type == "cpu"
+        self._generator = None if self._on_cpu else torch.Generator(device=params.device)
         self._chunk_index, self._chunk = -1, torch.empty(0)
 
     def take(self, first: int, size: int) -> torch.Tensor:
@@ -398,11 +440,18 @@ class _NoiseStream:
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def _load(self, index: int) -> None:
-        if index != self._chunk_index:
-            self._generator.manual_seed(_chunk_seed(self._params.seed, self._stage, index))
-            self._chunk = torch.randn((_NOISE_CHUNK, 1, *self._shape), generator=self._generator,
-                                      device=self._params.device).mul_(self._params.sigma)
-            self._chunk_index = index
+        if index == self._chunk_index:
+            return
+        entropy = np.random.SeedSequence(_chunk_entropy(self._params.seed, self._stage, index))
+        shape = (_NOISE_CHUNK, 1, *self._shape)
+        if self._on_cpu:
+            draws = np.random.Generator(np.random.PCG64(entropy)).standard_normal(shape, dtype=np.float32)
+            self._chunk = torch.from_numpy(draws).mul_(self._params.sigma)
+        else:
+            self._generator.manual_seed(int(entropy.generate_state(1, np.uint64)[0]) >> 1)
+            self._chunk = torch.randn(shape, generator=self._generator, device=self._params.device
+                                      ).mul_(self._params.sigma)
+        self._chunk_index = index
 
 
 @torch.no_grad()
