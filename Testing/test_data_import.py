@@ -102,6 +102,9 @@ def test_partial_label_loss_treats_unannotated_structures_as_unknown():
     plain = partial_label_loss(_logits_favouring(truth), labels, lung_only)
     assert partial_label_loss(_logits_favouring(with_heart), labels, lung_only) == pytest.approx(float(plain), abs=1e-4)
     assert partial_label_loss(_logits_favouring(with_heart), labels, everything) > plain + 0.01
+    lungs_missed = truth.copy()
+    lungs_missed[8:24, 4:14] = 0  # background where the lung-only truth marks the right lung
+    assert partial_label_loss(_logits_favouring(lungs_missed), labels, lung_only) > plain + 1.0  # Dice alone: +0.5
     # With every structure annotated the cross-entropy term is the ordinary one.
     logits = torch.randn(1, 6, 32, 32, generator=torch.Generator().manual_seed(0))
     onehot = F.one_hot(labels[:, 0], 6).permute(0, 3, 1, 2).float()
@@ -139,3 +142,23 @@ def test_segmenter_training_keeps_the_best_validation_weights(tmp_path):
     assert validation["images"] == ["JPCLN001"] and [h["step"] for h in validation["history"]] == [1, 2, 3]
     best = max(validation["history"], key=lambda h: h["mean_dice"])
     assert validation["best_step"] == best["step"] and card["architecture"]["kwargs"]["channels"] == [8, 16]
+
+
+def test_ood_fit_names_its_images_and_hooks_every_encoder_level(tmp_path):
+    from certseg import load_models
+    from certseg.models import build_segmenter_network
+    from certseg.ood import DEFAULT_LAYERS, encoder_layers
+    from certseg.train import fit_ood, segmenter_architecture
+
+    assert encoder_layers(build_segmenter_network(segmenter_architecture(None))) == DEFAULT_LAYERS
+    assert len(encoder_layers(build_segmenter_network(segmenter_architecture((8, 16, 32, 64, 128))))) == 5
+    write_jsrt_png_copy(tmp_path / "copy", ["JPCLN001", "JPCLN003", "JPCLN005", "JPCLN011", "JPCLN007"])
+    import_dataset("jsrt-png", tmp_path / "copy", tmp_path / "jsrt", progress=False)
+    config = TrainConfig(steps=1, batch_size=2, device="cpu", channels=(4, 8, 16))
+    train_segmenter(load_dataset(tmp_path / "jsrt", ("train",)), tmp_path / "models", config, progress=False)
+    card = fit_ood(tmp_path / "models", load_dataset(tmp_path / "jsrt", ("train",)),
+                   load_dataset(tmp_path / "jsrt", ("validation",)), 0.05, augmented_copies=3)
+    detector = card["ood_detector"]
+    assert detector["training_images"] == ["JPCLN003", "JPCLN005", "JPCLN007"] and detector["augmented_copies"] == 3
+    models = load_models(tmp_path / "models", with_denoiser=False)
+    assert len(models.ood_detector.layers) == 3  # two levels and the bottom of the 3-level network

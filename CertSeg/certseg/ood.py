@@ -23,9 +23,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-# Encoder levels of the shipped MONAI U-Net (16, 32, 64 and 128 channels).
+# Encoder levels of a 4-level MONAI U-Net (the first shipped architecture); encoder_layers() finds any depth.
 DEFAULT_LAYERS = ("model.0", "model.1.submodule.0", "model.1.submodule.1.submodule.0",
                   "model.1.submodule.1.submodule.1.submodule")
+
+
+def encoder_layers(network: torch.nn.Module) -> tuple[str, ...]:
+    """The down-sampling block of every level of a MONAI UNet, then its bottom block."""
+    names = set(dict(network.named_modules()))
+    layers, prefix = [], "model"
+    while f"{prefix}.1.submodule" in names and f"{prefix}.0" in names:
+        layers.append(f"{prefix}.0")
+        prefix += ".1.submodule"
+    return (*layers, prefix) if layers else DEFAULT_LAYERS
 RINGS = 8
 SHRINKAGE = 0.05
 

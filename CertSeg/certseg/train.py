@@ -83,7 +83,9 @@ def partial_label_loss(logits: torch.Tensor, labels: torch.Tensor, annotated: to
     the classes the image annotates.  With every structure annotated this is Dice + CE.
     """
     onehot = F.one_hot(labels[:, 0], logits.shape[1]).permute(0, 3, 1, 2).bool()
-    allowed = onehot | ~annotated[:, :, None, None]
+    unknown = ~annotated
+    unknown[:, 0] = False  # background is never unknown: an annotated lung pixel is not background
+    allowed = onehot | unknown[:, :, None, None]
     log_probabilities = logits.float().log_softmax(dim=1)
     cross_entropy = -torch.logsumexp(log_probabilities.masked_fill(~allowed, -torch.inf), dim=1).mean()
     probabilities, target = log_probabilities.exp(), onehot.float()
@@ -296,22 +298,38 @@ def _load_checkpoint(folder: Path, model, optimizer) -> int:
     return int(meta["step"])
 
 
-def fit_ood(model_dir: Path, training: list[Sample], held_out: list[Sample], false_rejection_rate: float) -> dict:
-    """Fit the spectral OOD detector for the segmenter in `model_dir` and store it in its card."""
+def fit_ood(model_dir: Path, training: list[Sample], held_out: list[Sample], false_rejection_rate: float,
+            augmented_copies: int = 0, seed: int = 0) -> dict:
+    """Fit the spectral OOD detector for the segmenter in `model_dir` and store it in its card.
+
+    With `augmented_copies`, each training and held-out image also enters as that many copies
+    through the training augmentation (window, gamma, edge enhancement, magnification, collimation,
+    markers): the detector then learns the variety of real exports from the same anatomy, and the
+    threshold is the (1 - rate) quantile over many held-out views instead of a handful.
+    """
+    from .data.augment import augment_batch
     from .models import load_segmenter, sha256_of
-    from .ood import fit_detector
+    from .ood import encoder_layers, fit_detector
 
     if not 0 < false_rejection_rate < 1:
         raise ValueError(f"false rejection rate must lie in (0, 1), got {false_rejection_rate}")
     network, card = load_segmenter(model_dir / "segmenter")
-    train_images, _ = model_space_arrays(training)
-    held_out_images, _ = model_space_arrays(held_out)
-    detector = fit_detector(network, train_images[:, 0].numpy(), held_out_images[:, 0].numpy(), false_rejection_rate)
+    rng = np.random.default_rng(seed)
+
+    def with_copies(samples: list[Sample]) -> np.ndarray:
+        images, labels = model_space_arrays(samples)
+        copies = [images] + [augment_batch(images, labels, rng)[0] for _ in range(augmented_copies)]
+        return torch.cat(copies)[:, 0].numpy()
+
+    train_images, held_out_images = with_copies(training), with_copies(held_out)
+    detector = fit_detector(network, train_images, held_out_images, false_rejection_rate,
+                            layers=encoder_layers(network))
     detector_path = model_dir / "segmenter" / "ood.safetensors"
     detector.save(detector_path)
     card = {**card, "ood_detector": {
         "file": detector_path.name, "sha256": sha256_of(detector_path), "method": "spectral signature (Mahalanobis)",
         "threshold": detector.threshold, "false_rejection_rate": detector.false_rejection_rate,
-        "training_images": len(training), "held_out_images": len(held_out)}}
+        "training_images": [s.name for s in training], "held_out_images": [s.name for s in held_out],
+        "augmented_copies": augmented_copies}}
     write_json(model_dir / "segmenter" / "card.json", card)
     return card

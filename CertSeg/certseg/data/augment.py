@@ -5,7 +5,8 @@ and a numpy Generator, and draws its parameters per image:
 
     geometry      rotation (+-6 degrees), scale 0.85-1.2 (AP magnification, field of view,
                   pixel spacing), shift (+-8% of the grid); labels move with the image
-    window        a different intensity window than the percentile one (header VOI windows)
+    window        a different intensity window than the percentile one (header VOI windows,
+                  from 0.45x to 1.8x the contrast, shifted)
     gamma         the display curve, gamma 0.6-1.7
     detail        unsharp masking (CR/DX edge enhancement) or blur (lower resolution)
     collimation   constant bands at the borders (shutters, black or white)
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 def augment_batch(images: torch.Tensor, labels: torch.Tensor, rng: np.random.Generator
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     images, labels = geometry(images, labels, rng)
-    images = window(images, rng, probability=0.7)
+    images = window(images, rng, probability=0.8)
     images = gamma(images, rng, probability=0.7)
     images = detail(images, rng, probability=0.6)
     images = collimation(images, rng, probability=0.3)
@@ -55,8 +56,8 @@ def geometry(images: torch.Tensor, labels: torch.Tensor, rng: np.random.Generato
 def window(images: torch.Tensor, rng: np.random.Generator, probability: float) -> torch.Tensor:
     count = len(images)
     apply = rng.random(count) < probability
-    low = np.where(apply, rng.uniform(-0.15, 0.2, count), 0.0)
-    high = np.where(apply, rng.uniform(0.75, 1.15, count), 1.0)
+    low = np.where(apply, rng.uniform(-0.6, 0.2, count), 0.0)
+    high = np.where(apply, rng.uniform(0.75, 1.6, count), 1.0)
     low, high = (torch.as_tensor(v, dtype=images.dtype)[:, None, None, None] for v in (low, high))
     return ((images - low) / (high - low)).clamp(0, 1)
 
