@@ -201,9 +201,13 @@ class CertSegLogic(ScriptedLoadableModuleLogic):
 
             if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True) is None:
                 raise RuntimeError(_("CertSeg needs PyTorch; install it with the PyTorch extension."))
-        if hasattr(slicer, "packaging"):  # Slicer >= 5.12
-            requirements = slicer.packaging.load_requirements(REQUIREMENTS)
-            slicer.packaging.pip_ensure(requirements, requester="CertSeg")
+        try:  # Slicer >= 5.12; slicer/__init__.py does not import it, so hasattr() alone would miss it
+            import slicer.packaging as slicer_packaging
+        except ImportError:
+            slicer_packaging = None
+        if slicer_packaging is not None:
+            requirements = slicer_packaging.load_requirements(REQUIREMENTS)
+            slicer_packaging.pip_ensure(requirements, requester="CertSeg")
         else:
             missing = self._missingRequirements()
             if missing and slicer.util.confirmOkCancelDisplay(
@@ -406,7 +410,9 @@ class CertSegTest(ScriptedLoadableModuleTest):
         volumeMatrix, segMatrix = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
         volume.GetIJKToRASMatrix(volumeMatrix)
         geometry = slicer.vtkOrientedImageData()
-        parameters.outputSegmentation.GetBinaryLabelmapInternalRepresentation(
+        # The two-argument form copies into `geometry` (vtkMRMLSegmentationNode.h, Slicer 5.10); the
+        # Internal variant takes only the segment ID.
+        parameters.outputSegmentation.GetBinaryLabelmapRepresentation(
             segmentation.GetSegmentIdBySegmentName("Abstained"), geometry)
         geometry.GetImageToWorldMatrix(segMatrix)
         for row in range(3):
