@@ -225,13 +225,13 @@ def train_denoiser(samples: list[Sample], out: Path, config: TrainConfig, progre
     steps = _run(unet, optimizer, step_loss, out / "checkpoints" / "denoiser", config, progress, "denoiser")
     card = {
         "name": "certseg-cxr-ddpm",
-        "version": "0.1.0",
+        "version": "0.2.0",
         "task": "one-shot denoising of chest X-rays for diffusion denoised smoothing",
         "input": {"size": MODEL_SIZE, "range": "[0, 1] model space, scaled to [-1, 1] inside"},
         "training": {"steps": steps, "batch_size": config.batch_size, "learning_rate": config.learning_rate,
                      "crop": config.crop, "timesteps": [t_low, t_high],
                      "sigma_range": list(config.denoiser_sigma), "seed": config.seed, "images": len(samples),
-                     **config.extra_card},
+                     "init": str(config.init) if config.init else None, **config.extra_card},
         "intended_use": INTENDED_USE,
     }
     return save_denoiser(unet.cpu(), scheduler, card, out / "denoiser")
