@@ -35,7 +35,8 @@ def write_jsrt_png_copy(root, names):
         picture.putpalette(palette)
         picture.save(images / f"{name}.IMG.png")
         for structure, (row, col, radius) in STRUCTURES.items():
-            mask = Image.fromarray(_disc((SIZE // 2, SIZE // 2), (row // 2, col // 2), radius // 2).astype(np.uint8) * 255)
+            disc = _disc((SIZE // 2, SIZE // 2), (row // 2, col // 2), radius // 2)
+            mask = Image.fromarray(disc.astype(np.uint8) * 255)
             as_png = number % 2 == 1 and structure == "heart"  # the copy has both; read whichever is there
             folder = root / "JSRT" / "masks" / "masks" / (f"{structure}_png" if as_png else structure)
             folder.mkdir(parents=True, exist_ok=True)

@@ -79,7 +79,8 @@ def _certify_file(path, out, models, segmenter, certification, batch_size, seed,
         return Outcome(path, f"result kept: {target} exists (use --overwrite to replace it)", "kept")
     with sample_bar(certification["n0"] + certification["n"], disable=quiet) as progress:
         result = certify_stored_image(radiograph.pixels, models, segmenter=segmenter, batch_size=batch_size, seed=seed,
-                                      image_key=radiograph.uids[2], progress=progress, force=force, window=radiograph.window, **certification)
+                                      image_key=radiograph.uids[2], progress=progress, force=force,
+                                      window=radiograph.window, **certification)
     report = _report(radiograph, result, models)
     report["timings_s"]["total_with_decoding"] = time.perf_counter() - started
     with atomic_directory(target, overwrite=overwrite) as staging:

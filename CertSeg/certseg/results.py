@@ -154,8 +154,8 @@ CERTIFICATE_ARRAYS = {
     "candidates": "class tested per pixel (from the n0 selection samples); certified or not",
     "counts": "votes for the candidate among the estimation samples drawn",
     "pixel_radius": "model-input L2 radius per certified pixel (NaN elsewhere) for its candidate, from a "
-                    "Clopper-Pearson bound at alpha / (looks x pixels): holds with probability >= 1 - alpha on its "
-                    "own, together with model_labels with probability >= 1 - 2 alpha",
+                    "Clopper-Pearson bound at each look's share of alpha / pixels: holds with probability "
+                    ">= 1 - alpha on its own, together with model_labels with probability >= 1 - 2 alpha",
     "pixel_radius_stored_values": "pixel_radius / ||A||, L2 over the source grid in the units of "
                                   "radius.stored_values_units; all NaN when the intensity window came from the "
                                   "image itself (no per-pixel bound is computed for a movable window)",

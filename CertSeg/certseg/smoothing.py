@@ -102,7 +102,8 @@ class Certificate:
                   every certified pixel (None for PREDICT, which certifies nothing).
     pixel_radius  (H, W) float64 or None: finite only on certified pixels, sigma * Phi^-1(p_lower)
                   for the candidate class, p_lower the Clopper-Pearson bound at level
-                  alpha / (looks x #pixels) (Bonferroni), the largest over the looks.  It is a second
+                  alpha_k / #pixels (Bonferroni; alpha_k the look's share of alpha, alpha itself
+                  with one look), the largest over the looks.  It is a second
                   event of its own: with probability >= 1 - alpha every finite entry is a radius
                   within which g keeps the candidate; the certificate and this map hold together
                   with probability >= 1 - 2 alpha.  Never combine it with `radius` into one number.
@@ -210,8 +211,9 @@ def certify_segmentation(
     alpha  family-wise error level over all pixels, corrected by `correction`.
     looks  cumulative estimation-sample counts at which to test, increasing and ending at n
            (sequential certification), or "doubling" for doubling_looks().  None tests once,
-           after n samples (SegCertify).  With several looks alpha is split in proportion to each
-           look's sample count (n / 8, n / 4, n / 2, n get 1/15, 2/15, 4/15, 8/15), and sampling stops at the first look after
+           after n samples (SegCertify).  With several looks alpha is split in proportion to
+           each look's sample count (n / 8, n / 4, n / 2, n get 1/15, 2/15, 4/15, 8/15), and
+           sampling stops at the first look after
            which continuing to n is expected to certify fewer than stop_tolerance x (pixels of
            that candidate class) more pixels in every class.  `estimation_samples` of the
            result says how many were drawn.
@@ -408,11 +410,6 @@ _NOISE_CHUNK = 64
 instead of one per sample, and still independent of the batch size."""
 
 
-def _chunk_entropy(seed: int, stage: int, chunk: int) -> list[int]:
-    """The full entropy of noise chunk `chunk` of `stage`: the 63-bit seed is never cut to 32 bits."""
-    return [seed & 0xFFFFFFFF, seed >> 32, stage, chunk]
-
-
 class _NoiseStream:
     """N(0, sigma^2 I) noise for the samples of one stage; sample j's noise depends only on (seed, stage, j).
 
@@ -442,7 +439,7 @@ class _NoiseStream:
     def _load(self, index: int) -> None:
         if index == self._chunk_index:
             return
-        entropy = np.random.SeedSequence(_chunk_entropy(self._params.seed, self._stage, index))
+        entropy = np.random.SeedSequence([self._params.seed, self._stage, index])  # all 63 bits of the seed
         shape = (_NOISE_CHUNK, 1, *self._shape)
         if self._on_cpu:
             draws = np.random.Generator(np.random.PCG64(entropy)).standard_normal(shape, dtype=np.float32)

@@ -98,7 +98,8 @@ def partial_label_loss(logits: torch.Tensor, labels: torch.Tensor, annotated: to
 def segmenter_architecture(channels: tuple[int, ...] | None) -> dict[str, Any]:
     if channels is None:
         return DEFAULT_SEGMENTER_ARCHITECTURE
-    kwargs = {**DEFAULT_SEGMENTER_ARCHITECTURE["kwargs"], "channels": list(channels), "strides": [2] * (len(channels) - 1)}
+    kwargs = {**DEFAULT_SEGMENTER_ARCHITECTURE["kwargs"], "channels": list(channels),
+              "strides": [2] * (len(channels) - 1)}
     return {**DEFAULT_SEGMENTER_ARCHITECTURE, "kwargs": kwargs}
 
 
