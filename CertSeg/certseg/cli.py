@@ -139,6 +139,23 @@ def _parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--limit", type=_positive_int, help="evaluate only the first LIMIT views")
     _add_certification_options(evaluation, sigmas=True)
     evaluation.set_defaults(run=_run_evaluate)
+    attack = commands.add_parser("attack", help="L2 PGD against the certificate and the bare network")
+    attack.add_argument("dicom", type=Path, nargs="*", help="chest radiograph DICOM files")
+    attack.add_argument("--data", type=Path, nargs="+", default=[],
+                        help="CertSeg dataset folders (see --split) or DRR folders (used whole)")
+    attack.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    attack.add_argument("--limit", type=_positive_int, help="attack only the first LIMIT views of --data")
+    attack.add_argument("--out", type=Path, required=True, help="folder for attack.json/.md/.png")
+    attack.add_argument("--space", nargs="+", default=["model", "pixels"], choices=["model", "pixels"],
+                        help="attack the model input, the image's stored values through the preprocessing, or both")
+    attack.add_argument("--fractions", type=float, nargs="+", default=[0.0, 0.1, 0.25, 0.5, 1.0],
+                        help="attack budgets as fractions of the certified radius (0: the clean image certified "
+                             "again, the churn of fresh noise alone)")
+    attack.add_argument("--steps", type=_positive_int, default=20, help="PGD steps")
+    attack.add_argument("--noise-draws", type=_positive_int, default=8,
+                        help="noise samples the smoothed attack averages over (SmoothAdv's m)")
+    _add_certification_options(attack)
+    attack.set_defaults(run=_run_attack)
     ood = train.add_parser("ood", help="fit the spectral out-of-distribution detector of MODELS/segmenter")
     ood.add_argument("--data", type=Path, nargs="+", required=True,
                      help="CertSeg dataset folders (fit on train, threshold on validation) or a training DRR folder")
@@ -332,6 +349,52 @@ def _run_evaluate(args) -> int:
         write_outputs(rows, staging, args.tau)
     print(markdown_table(rows), end="")
     return EXIT_OK
+
+
+def _run_attack(args) -> int:
+    from .attack import AttackSettings, markdown_table, run_attacks, write_outputs
+    from .models import load_models
+    from .outputs import atomic_directory
+    from .segmenter import CertifiedSegmenter
+
+    certification = _certification_parameters(args)
+    if certification.pop("looks"):
+        raise CertSegError("attack: sequential certification is not supported here (use a fixed --n)")
+    del certification["stop_tolerance"]
+    settings = AttackSettings(steps=args.steps, noise_draws=args.noise_draws, fractions=tuple(args.fractions))
+    settings.validate()
+    if args.out.exists() and not args.overwrite:
+        raise CertSegError(f"{args.out}: already exists (use --overwrite to replace it)")
+    images = _attack_images(args)
+    models = load_models(args.model_dir, with_denoiser=not args.no_denoiser)
+    segmenter = CertifiedSegmenter(models.network, models.num_classes, models.denoiser, args.device, _execution(args))
+    trials, summary = run_attacks(images, models, segmenter, certification, settings, tuple(args.space),
+                                  seed=args.seed, log=None if args.quiet else print)
+    recorded = {**certification, "denoiser": models.denoiser is not None, "attack": settings.__dict__,
+                "spaces": args.space, "images": [name for name, _, _ in images],
+                "command": "certseg " + " ".join(sys.argv[1:])}
+    with atomic_directory(args.out, overwrite=args.overwrite) as staging:
+        write_outputs(trials, summary, recorded, staging)
+    print(markdown_table(summary), end="")
+    return EXIT_OK
+
+
+def _attack_images(args) -> list[tuple[str, np.ndarray, object]]:
+    """(name, stored values, fixed window or None) of every DICOM file and dataset view to attack."""
+    from .data import load_datasets
+    from .io_dicom import Skipped, read_radiograph
+
+    images = []
+    for path in args.dicom:
+        radiograph = read_radiograph(path, args.force)
+        if isinstance(radiograph, Skipped):
+            raise CertSegError(f"{path}: {radiograph.reason}")
+        images.append((path.name, radiograph.pixels, radiograph.window))
+    if args.data:
+        images += [(s.name, s.stored, None) for s in load_datasets(args.data, (args.split,))[: args.limit]]
+    if not images:
+        raise CertSegError("attack: no image given (DICOM files and/or --data)")
+    return images
 
 
 def _run_train_ood(args) -> int:

@@ -43,9 +43,10 @@ class DiffusionDenoiser(torch.nn.Module):
         """Denoise a (B, 1, H, W) batch of [0, 1] images carrying N(0, sigma^2) noise; returns [0, 1]."""
         return self.denoise(noisy, self.timestep(sigma))
 
-    @torch.no_grad()
     def denoise(self, noisy: torch.Tensor, t: int) -> torch.Tensor:
-        """forward() at a timestep found once (timestep() waits for the device; compiled code must not)."""
+        """forward() at a timestep found once (timestep() waits for the device; compiled code must not).
+
+        Differentiable (`certseg attack` backpropagates through it); certification calls it without gradients."""
         abar = self.alphas_cumprod[t].to(noisy.device)
         x_t = abar.sqrt() * (2.0 * noisy - 1.0)
         timesteps = torch.full((noisy.shape[0],), t, device=noisy.device, dtype=torch.long)
