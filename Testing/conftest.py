@@ -40,3 +40,27 @@ def small_cr(tmp_path) -> Path:
     cr_dataset(chest_pixels(), imager_spacing_mm=1.5, source_to_detector_mm=1800.0, magnification=1.1,
                seed=7).save_as(path, enforce_file_format=True)
     return path
+
+
+# Pixel spacings real chest exports carry: (PixelSpacing, ImagerPixelSpacing, PixelSpacingCalibrationType)
+ODD_SPACINGS = {
+    "zero": ([0, 0], [0.15, 0.15], None),
+    "missing": (None, None, None),
+    "imager-only": (None, [0.15, 0.15], None),
+    "calibrated": ([0.139, 0.139], [0.15, 0.15], "GEOMETRY"),
+}
+
+
+def write_cr_with_spacing(path: Path, variant: str, seed: int = 7) -> Path:
+    """A small chest CR whose spacing tags are those of ODD_SPACINGS[variant]."""
+    pixel, imager, calibration = ODD_SPACINGS[variant]
+    dataset = cr_dataset(chest_pixels(seed=seed), imager_spacing_mm=1.5, source_to_detector_mm=1800.0,
+                         magnification=1.1, seed=seed)
+    for keyword, value in (("PixelSpacing", pixel), ("ImagerPixelSpacing", imager),
+                           ("PixelSpacingCalibrationType", calibration)):
+        if value is None:
+            dataset.pop(keyword, None)
+        else:
+            setattr(dataset, keyword, value)
+    dataset.save_as(path, enforce_file_format=True)
+    return path

@@ -12,7 +12,7 @@ import pytest
 import slicerio
 import torch
 
-from conftest import SAMPLE_CR, require_tool
+from conftest import ODD_SPACINGS, SAMPLE_CR, require_tool, write_cr_with_spacing
 from test_dicom_input import hostile_files
 
 # n = 80: below about 63 unanimous votes no pixel of 256^2 can pass Holm at alpha = 0.001.
@@ -83,6 +83,22 @@ def test_dicom_seg_passes_dciodvfy(sample_result):
     check = subprocess.run([require_tool("dciodvfy"), str(folder / "seg.dcm")], capture_output=True, text=True)
     errors = [line for line in (check.stdout + check.stderr).splitlines() if line.startswith("Error")]
     assert not errors, errors
+
+
+@pytest.mark.parametrize("variant", list(ODD_SPACINGS))
+def test_seg_states_only_valid_spacing_whatever_the_source_carries(variant, tmp_path):
+    """Zero, missing, detector-only or calibrated spacing: the SEG passes dciodvfy and states the report's spacing."""
+    source = write_cr_with_spacing(tmp_path / f"{variant}.dcm", variant)
+    run = certseg("certify", source, "--out", tmp_path / "out", "--no-denoiser", "--force", *FAST)
+    assert run.returncode == 0, run.stderr
+    seg_path = next((tmp_path / "out").rglob("seg.dcm"))
+    check = subprocess.run([require_tool("dciodvfy"), str(seg_path)], capture_output=True, text=True)
+    assert not [line for line in (check.stdout + check.stderr).splitlines() if line.startswith("Error")]
+    report = json.loads((seg_path.parent / "report.json").read_text())
+    measures = pydicom.dcmread(seg_path).SharedFunctionalGroupsSequence[0].get("PixelMeasuresSequence")
+    stated = None if measures is None else [float(v) for v in measures[0].PixelSpacing]
+    assert stated == report["source"]["pixel_spacing_mm"]
+    assert (stated is None) == (variant in ("zero", "missing"))
 
 
 def test_seg_nrrd_reads_back_with_slicerio_on_the_source_geometry(sample_result):

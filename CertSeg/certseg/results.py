@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
 
 from . import __version__
 from .labels import ANATOMICAL_STRUCTURE, STRUCTURES
@@ -107,11 +108,17 @@ def write_dicom_seg(path: Path, radiograph, labels: np.ndarray, models_card: dic
         masks.append(spec["mask"])
     # Projection images have no Frame of Reference, so Slice Thickness is not required; dcmqi (Slicer's
     # DICOM SEG reader) and highdicom's reader still need it, so we state the nominal 1 mm.
-    measures = None
+    measures, source = None, radiograph.dataset
     if radiograph.spacing_mm is not None:
         measures = hd.PixelMeasuresSequence(pixel_spacing=list(radiograph.spacing_mm), slice_thickness=1.0)
+    elif "PixelSpacing" in source:
+        # Without measures highdicom copies the source's Pixel Spacing, which we found unusable (0\0 on a
+        # real CR, which dciodvfy rejects): the SEG then states no spacing, as the report does.
+        source = pydicom.Dataset(source)
+        source.file_meta = radiograph.dataset.file_meta
+        del source.PixelSpacing
     segmentation = hd.seg.Segmentation(
-        source_images=[radiograph.dataset],
+        source_images=[source],
         pixel_array=np.stack(masks, axis=-1)[None],
         segmentation_type="BINARY",
         segment_descriptions=descriptions,
