@@ -26,6 +26,7 @@ class Outcome:
     path: Path
     message: str
     status: str  # "certified", "kept" (result exists), "skipped" (not ours), "failed"
+    result: Path | None = None  # the result folder (certified or kept)
 
 
 def certify_input(source: Path, out: Path, models: LoadedModels, *, certification: dict[str, Any],
@@ -76,7 +77,7 @@ def _certify_file(path, out, models, segmenter, certification, batch_size, seed,
         return _skipped(radiograph)
     target = out.joinpath(*radiograph.uids)
     if target.exists() and not overwrite:
-        return Outcome(path, f"result kept: {target} exists (use --overwrite to replace it)", "kept")
+        return Outcome(path, f"result kept: {target} exists (use --overwrite to replace it)", "kept", target)
     with sample_bar(certification["n0"] + certification["n"], disable=quiet) as progress:
         result = certify_stored_image(radiograph.pixels, models, segmenter=segmenter, batch_size=batch_size, seed=seed,
                                       image_key=radiograph.uids[2], progress=progress, force=force,
@@ -86,7 +87,7 @@ def _certify_file(path, out, models, segmenter, certification, batch_size, seed,
     with atomic_directory(target, overwrite=overwrite) as staging:
         write_result_folder(staging, radiograph.pixels, result, report,
                             ijk_to_lps(radiograph.dataset, radiograph.spacing_mm), models.segmenter_card, radiograph)
-    return Outcome(path, summary_line(report, target), "certified")
+    return Outcome(path, summary_line(report, target), "certified", target)
 
 
 def _report(radiograph: Radiograph, result, models: LoadedModels) -> dict[str, Any]:

@@ -139,6 +139,20 @@ def _parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--limit", type=_positive_int, help="evaluate only the first LIMIT views")
     _add_certification_options(evaluation, sigmas=True)
     evaluation.set_defaults(run=_run_evaluate)
+    pacs = commands.add_parser("pacs", help="pull chest radiographs from a PACS, certify them, send the SEGs back")
+    pacs.add_argument("--server", required=True, help="a server named in the PACS config file")
+    pacs.add_argument("--config", type=Path, help="PACS config file (default: $CERTSEG_PACS_CONFIG, else "
+                                                  "~/.config/certseg/pacs.json); secrets from the environment")
+    pacs.add_argument("--study", help="StudyInstanceUID")
+    pacs.add_argument("--accession", help="AccessionNumber")
+    pacs.add_argument("--patient-id", help="PatientID")
+    pacs.add_argument("--date-from", help="first StudyDate, YYYYMMDD")
+    pacs.add_argument("--date-to", help="last StudyDate, YYYYMMDD")
+    pacs.add_argument("--out", type=Path, required=True, help="results in OUT/<study>/<series>/<instance>/")
+    pacs.add_argument("--no-send", action="store_true", help="certify but send nothing back")
+    _add_certification_options(pacs)
+    pacs.set_defaults(run=_run_pacs)
+
     attack = commands.add_parser("attack", help="L2 PGD against the certificate and the bare network")
     attack.add_argument("dicom", type=Path, nargs="*", help="chest radiograph DICOM files")
     attack.add_argument("--data", type=Path, nargs="+", default=[],
@@ -349,6 +363,36 @@ def _run_evaluate(args) -> int:
         write_outputs(rows, staging, args.tau)
     print(markdown_table(rows), end="")
     return EXIT_OK
+
+
+def _run_pacs(args) -> int:
+    from .batch import certify_input
+    from .models import load_models
+    from .pacs.config import load_server
+    from .pacs.query import StudyQuery
+    from .pacs.workflow import connect, exit_code, pull_certify_push
+
+    certification = _certification_parameters(args)
+    query = StudyQuery(args.study, args.accession, args.patient_id, args.date_from, args.date_to)
+    query.validate()
+    server = load_server(args.server, args.config)
+    models = load_models(args.model_dir, with_denoiser=not args.no_denoiser)
+
+    def certify(folder: Path):
+        return certify_input(folder, args.out, models, certification=certification, device=args.device,
+                             batch_size=args.batch_size, seed=args.seed, overwrite=args.overwrite, quiet=args.quiet,
+                             force=args.force, execution=_execution(args))
+
+    outcomes = pull_certify_push(connect(server), query, args.out, certify, send=not args.no_send)
+    for study in outcomes:
+        for image in study.images:
+            stream = sys.stderr if image.status == "failed" else sys.stdout
+            print(f"  {image.status}: {image.message}", file=stream)
+        print(f"study {study.study_uid}: {study.status}: {study.message}",
+              file=sys.stderr if study.status == "failed" else sys.stdout)
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "failed")}
+    print(f"certseg pacs ({server.name}, {server.protocol}): " + ", ".join(f"{v} studies {k}" for k, v in counts.items()))
+    return exit_code(outcomes)
 
 
 def _run_attack(args) -> int:

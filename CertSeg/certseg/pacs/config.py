@@ -1,0 +1,91 @@
+"""Where the PACS is and how to log in: a config file and the environment, never the command line.
+
+Config file (JSON; `--config`, else $CERTSEG_PACS_CONFIG, else ~/.config/certseg/pacs.json):
+
+    {"servers": {"orthanc": {"dicomweb": "https://pacs.example.org/dicom-web",
+                             "ca_bundle": "/etc/ssl/hospital-ca.pem"},
+                 "archive": {"dimse": {"host": "10.0.0.5", "port": 104, "called_aet": "ARCHIVE"},
+                             "calling_aet": "CERTSEG"}}}
+
+Secrets: $CERTSEG_PACS_USERNAME and $CERTSEG_PACS_PASSWORD (HTTP basic) or $CERTSEG_PACS_TOKEN
+(bearer), or "username"/"password"/"token" in the file, which must then be readable by its owner
+only.  TLS certificates are verified unless the server's entry says "verify": false.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import CertSegError
+
+SECRET_FIELDS = ("username", "password", "token")
+DEFAULT_CONFIG = Path.home() / ".config" / "certseg" / "pacs.json"
+
+
+@dataclass(frozen=True)
+class DimseAddress:
+    host: str
+    port: int
+    called_aet: str
+
+
+@dataclass(frozen=True)
+class PacsServer:
+    name: str
+    dicomweb: str | None = None  # base URL of the DICOMweb service
+    dimse: DimseAddress | None = None
+    calling_aet: str = "CERTSEG"
+    username: str | None = None
+    password: str | None = None
+    token: str | None = None
+    verify: bool = True
+    ca_bundle: str | None = None
+
+    @property
+    def protocol(self) -> str:
+        return "dicomweb" if self.dicomweb else "dimse"
+
+
+def load_server(name: str, config_path: Path | None = None, environ=os.environ) -> PacsServer:
+    """The named server of the config file, with secrets from the environment taking precedence."""
+    path = Path(config_path or environ.get("CERTSEG_PACS_CONFIG") or DEFAULT_CONFIG)
+    try:
+        servers = json.loads(path.read_text()).get("servers", {})
+    except FileNotFoundError:
+        raise CertSegError(f"{path}: no PACS config file (see `certseg pacs --help`)") from None
+    except (OSError, ValueError, AttributeError) as error:
+        raise CertSegError(f"{path}: unreadable PACS config ({error})") from None
+    if name not in servers:
+        raise CertSegError(f"{path}: no server named {name!r} (known: {', '.join(servers) or 'none'})")
+    entry = dict(servers[name])
+    if any(entry.get(field) for field in SECRET_FIELDS) and path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise CertSegError(f"{path}: holds a password or token but others may read it (chmod 600 {path})")
+    for field in SECRET_FIELDS:
+        entry[field] = environ.get(f"CERTSEG_PACS_{field.upper()}") or entry.get(field)
+    return _server(name, entry, path)
+
+
+def _server(name: str, entry: dict, path: Path) -> PacsServer:
+    known = {"dicomweb", "dimse", "calling_aet", "verify", "ca_bundle", *SECRET_FIELDS}
+    unknown = set(entry) - known
+    if unknown:
+        raise CertSegError(f"{path}: server {name!r} has unknown settings {sorted(unknown)}")
+    if bool(entry.get("dicomweb")) == bool(entry.get("dimse")):
+        raise CertSegError(f"{path}: server {name!r} needs exactly one of 'dicomweb' (a URL) and 'dimse'")
+    dimse = None
+    if entry.get("dimse"):
+        try:
+            dimse = DimseAddress(str(entry["dimse"]["host"]), int(entry["dimse"]["port"]),
+                                 str(entry["dimse"]["called_aet"]))
+        except (KeyError, TypeError, ValueError):
+            raise CertSegError(f"{path}: server {name!r}: 'dimse' needs host, port and called_aet") from None
+    elif not str(entry["dicomweb"]).startswith(("http://", "https://")):
+        raise CertSegError(f"{path}: server {name!r}: 'dicomweb' must be an http:// or https:// URL")
+    return PacsServer(name, dicomweb=entry.get("dicomweb"), dimse=dimse,
+                      calling_aet=str(entry.get("calling_aet", "CERTSEG")), username=entry.get("username"),
+                      password=entry.get("password"), token=entry.get("token"),
+                      verify=bool(entry.get("verify", True)), ca_bundle=entry.get("ca_bundle"))

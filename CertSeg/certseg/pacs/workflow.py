@@ -1,0 +1,101 @@
+"""`certseg pacs`: query, retrieve as stored, certify as `certseg certify` does, send the SEGs back."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+from ..batch import Outcome, certify_input
+from ..errors import EXIT_OK, EXIT_SOME_FAILED, CertSegError
+from .config import PacsServer
+from .query import SeriesRef, StudyQuery
+
+
+@dataclass
+class StudyOutcome:
+    study_uid: str
+    status: str  # "done" (every radiograph certified or kept, its SEG sent) or "failed"
+    message: str
+    images: list[Outcome] = field(default_factory=list)
+    sent: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)  # retrieve, certify, send
+
+
+def connect(server: PacsServer):
+    """The client for the server's protocol."""
+    if server.protocol == "dicomweb":
+        from .dicomweb import DicomWebPacs
+
+        return DicomWebPacs(server)
+    from .dimse import DimsePacs
+
+    return DimsePacs(server)
+
+
+def pull_certify_push(pacs, query: StudyQuery, out: Path, certify: Callable[[Path], tuple[int, list[Outcome]]],
+                      send: bool = True) -> list[StudyOutcome]:
+    """Every matching study in turn; one study's failure (network, refusal, a bad image) never stops the others.
+
+    `certify(folder)`: certify_input on a folder of retrieved files, with the run's models and parameters.
+    """
+    try:
+        series = pacs.find_series(query)
+    except (requests.RequestException, OSError) as error:
+        raise CertSegError(f"query failed: {_short(error)}") from None
+    if not series:
+        raise CertSegError(f"no CR or DX series matches {query.matching_keys()}")
+    studies: dict[str, list[SeriesRef]] = {}
+    for ref in series:
+        studies.setdefault(ref.study_uid, []).append(ref)
+    return [_one_study(pacs, study_uid, refs, certify, send) for study_uid, refs in studies.items()]
+
+
+def _one_study(pacs, study_uid: str, refs: list[SeriesRef], certify, send: bool) -> StudyOutcome:
+    outcome = StudyOutcome(study_uid, "failed", "")
+    try:
+        with tempfile.TemporaryDirectory(prefix="certseg-pacs-") as folder:
+            started = time.perf_counter()
+            retrieved = [path for index, ref in enumerate(refs) for path in _retrieve(pacs, ref, Path(folder), index)]
+            outcome.seconds["retrieve"] = time.perf_counter() - started
+            if not retrieved:
+                raise CertSegError("the server sent no image")
+            started = time.perf_counter()
+            _, outcome.images = certify(Path(folder))
+            outcome.seconds["certify"] = time.perf_counter() - started
+        segs = [o.result / "seg.dcm" for o in outcome.images if o.result is not None]
+        if send and segs:
+            started = time.perf_counter()
+            pacs.store(segs, study_uid)
+            outcome.seconds["send"] = time.perf_counter() - started
+            outcome.sent = len(segs)
+        failed = [o for o in outcome.images if o.status == "failed"]
+        outcome.status = "failed" if failed else "done"
+        outcome.message = (f"{len(retrieved)} retrieved, {len(segs)} certified, {outcome.sent} SEG sent"
+                           + (f", {len(failed)} failed" if failed else "") + "; " + _timings(outcome.seconds))
+    except (CertSegError, requests.RequestException, OSError, ValueError, RuntimeError) as error:
+        outcome.message = _short(error)
+    return outcome
+
+
+def _retrieve(pacs, ref: SeriesRef, folder: Path, index: int) -> list[Path]:
+    series_folder = folder / f"series{index:04d}"  # never a name the server chose
+    series_folder.mkdir()
+    return pacs.retrieve_series(ref, series_folder)
+
+
+def exit_code(outcomes: list[StudyOutcome]) -> int:
+    return EXIT_SOME_FAILED if any(o.status == "failed" for o in outcomes) else EXIT_OK
+
+
+def _timings(seconds: dict[str, float]) -> str:
+    return ", ".join(f"{step} {value:.1f} s" for step, value in seconds.items())
+
+
+def _short(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return (lines[0] if lines else type(error).__name__)[:300]

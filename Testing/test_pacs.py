@@ -1,0 +1,105 @@
+"""`certseg pacs` against a real Orthanc: pull, certify and push over DICOMweb and DIMSE, TLS, refusals."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pydicom
+import pytest
+
+from conftest import SAMPLE_CR, write_cr_with_spacing
+from orthanc_server import PASSWORD, USER, running_orthanc, tls_proxy
+
+FAST = ["--no-denoiser", "--n0", "2", "--n", "80", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("orthanc")
+    with running_orthanc(folder) as server:
+        server.upload(SAMPLE_CR)  # JPEG 2000, as a real archive holds it
+        server.upload(write_cr_with_spacing(folder / "zero_spacing.dcm", "zero", seed=11))
+        yield server
+
+
+def pacs(config: dict, folder, *args, env=None):
+    config_path = folder / "pacs.json"
+    config_path.write_text(json.dumps({"servers": config}))
+    environment = {**os.environ, "CERTSEG_PACS_CONFIG": str(config_path), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "certseg", "pacs", *map(str, args)], capture_output=True, text=True,
+                          env=environment)
+
+
+CREDENTIALS = {"CERTSEG_PACS_USERNAME": USER, "CERTSEG_PACS_PASSWORD": PASSWORD}
+
+
+def test_dicomweb_pull_certify_push_keeps_jpeg2000_and_puts_the_seg_in_the_study(orthanc, tmp_path):
+    source = pydicom.dcmread(SAMPLE_CR, stop_before_pixels=True)
+    run = pacs({"web": {"dicomweb": orthanc.dicomweb_url}}, tmp_path, "--server", "web",
+               "--study", source.StudyInstanceUID, "--out", tmp_path / "out", *FAST, env=CREDENTIALS)
+    assert run.returncode == 0, run.stderr
+    assert "1 SEG sent" in run.stdout and "1 studies done, 0 studies failed" in run.stdout
+    report = json.loads(next((tmp_path / "out").rglob("report.json")).read_text())
+    assert report["source"]["transfer_syntax"] == str(source.file_meta.TransferSyntaxUID)  # never transcoded
+    assert orthanc.series_modalities(source.StudyInstanceUID) == ["CR", "SEG"]
+
+
+def test_dimse_find_get_store_with_odd_spacing_ends_with_a_valid_seg_in_the_study(orthanc, tmp_path):
+    config = {"archive": {"dimse": {"host": "127.0.0.1", "port": orthanc.dicom_port, "called_aet": orthanc.aet},
+                          "calling_aet": "CERTSEG"}}
+    source = pydicom.dcmread(orthanc.folder / "zero_spacing.dcm")
+    run = pacs(config, tmp_path, "--server", "archive", "--accession", source.AccessionNumber,
+               "--out", tmp_path / "out", "--force", *FAST)
+    assert run.returncode == 0, run.stderr
+    assert orthanc.series_modalities(source.StudyInstanceUID) == ["CR", "SEG"]  # Orthanc accepted the SEG
+
+
+def test_a_wrong_password_is_one_clear_line(orthanc, tmp_path):
+    run = pacs({"web": {"dicomweb": orthanc.dicomweb_url}}, tmp_path, "--server", "web", "--patient-id", "X",
+               "--out", tmp_path / "out", *FAST, env={"CERTSEG_PACS_USERNAME": USER, "CERTSEG_PACS_PASSWORD": "wrong"})
+    assert run.returncode == 2 and "401" in run.stderr and "Traceback" not in run.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unreachable_dimse_peer_is_one_clear_line(tmp_path):
+    from orthanc_server import free_port
+
+    config = {"gone": {"dimse": {"host": "127.0.0.1", "port": free_port(), "called_aet": "NOBODY"}}}
+    run = pacs(config, tmp_path, "--server", "gone", "--study", "1.2.3", "--out", tmp_path / "out", *FAST)
+    assert run.returncode == 2 and "association refused or no answer" in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args, words", [
+    ([], "give a study UID"),
+    (["--date-from", "2026-01-01"], "dates are YYYYMMDD"),
+    (["--study", "1.2", "--server", "nowhere"], "no server named 'nowhere'"),
+])
+def test_bad_queries_and_servers_fail_in_one_line(args, words, tmp_path):
+    run = pacs({"web": {"dicomweb": "http://127.0.0.1:9/dicom-web"}}, tmp_path, "--server", "web", *args,
+               "--out", tmp_path / "out")
+    assert run.returncode == 2 and words in run.stderr and len(run.stderr.strip().splitlines()) == 1
+
+
+def test_a_password_in_a_config_file_others_can_read_is_refused(tmp_path):
+    config = tmp_path / "pacs.json"
+    config.write_text(json.dumps({"servers": {"web": {"dicomweb": "http://127.0.0.1:9/dicom-web", "password": "x"}}}))
+    config.chmod(0o644)
+    run = subprocess.run([sys.executable, "-m", "certseg", "pacs", "--config", str(tmp_path / "pacs.json"),
+                          "--server", "web", "--study", "1.2", "--out", str(tmp_path / "out")],
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and "chmod 600" in run.stderr
+
+
+def test_tls_verifies_the_certificate_by_default_and_trusts_a_given_ca_bundle(orthanc, tmp_path):
+    with tls_proxy(tmp_path, orthanc.http_url) as (https_url, certificate):
+        source = pydicom.dcmread(SAMPLE_CR, stop_before_pixels=True)
+        args = ["--server", "web", "--study", source.StudyInstanceUID, "--no-send", *FAST]
+        refused = pacs({"web": {"dicomweb": f"{https_url}/dicom-web"}}, tmp_path, *args, "--out", tmp_path / "a",
+                       env=CREDENTIALS)
+        assert refused.returncode == 2 and "certificate verify failed" in refused.stderr.lower()
+        trusted = pacs({"web": {"dicomweb": f"{https_url}/dicom-web", "ca_bundle": str(certificate)}}, tmp_path,
+                       *args, "--out", tmp_path / "b", env=CREDENTIALS)
+        assert trusted.returncode == 0, trusted.stderr
+        assert "1 retrieved, 1 certified, 0 SEG sent" in trusted.stdout
