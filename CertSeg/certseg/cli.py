@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -152,6 +153,29 @@ def _parser() -> argparse.ArgumentParser:
     pacs.add_argument("--no-send", action="store_true", help="certify but send nothing back")
     _add_certification_options(pacs)
     pacs.set_defaults(run=_run_pacs)
+
+    listen = commands.add_parser("listen", help="a DICOM node (C-STORE SCP) that certifies what it receives")
+    listen.add_argument("--aet", default="CERTSEG", help="this node's AE title")
+    listen.add_argument("--port", type=int, default=11112)
+    listen.add_argument("--spool", type=Path, required=True, help="on-disk queue and results (resumed on restart)")
+    listen.add_argument("--allow", nargs="+", default=[], metavar="AET",
+                        help="calling AE titles allowed to send (default: any)")
+    listen.add_argument("--sop-class", nargs="+", default=[], metavar="UID",
+                        help="storage SOP classes accepted (default: every storage class; only CR/DX chest "
+                             "radiographs are certified, the rest acknowledged and logged)")
+    listen.add_argument("--idle", type=float, default=30.0, help="seconds without a new object before a study "
+                                                                 "is certified")
+    listen.add_argument("--send-to", required=True,
+                        help="where results go: a server named in the PACS config file, or 'sender' (the calling "
+                             "AE at its address, port --sender-port)")
+    listen.add_argument("--sender-port", type=int, default=104)
+    listen.add_argument("--config", type=Path, help="PACS config file (see certseg pacs)")
+    listen.add_argument("--max-object-mb", type=float, default=200.0)
+    listen.add_argument("--max-queue-mb", type=float, default=20480.0)
+    listen.add_argument("--send-attempts", type=_positive_int, default=5,
+                        help="tries per study (backoff 2, 4, 8 ... s) before it is reported failed")
+    _add_certification_options(listen)
+    listen.set_defaults(run=_run_listen)
 
     attack = commands.add_parser("attack", help="L2 PGD against the certificate and the bare network")
     attack.add_argument("dicom", type=Path, nargs="*", help="chest radiograph DICOM files")
@@ -393,6 +417,47 @@ def _run_pacs(args) -> int:
     counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "failed")}
     print(f"certseg pacs ({server.name}, {server.protocol}): " + ", ".join(f"{v} studies {k}" for k, v in counts.items()))
     return exit_code(outcomes)
+
+
+def _run_listen(args) -> int:
+    import datetime
+
+    from .batch import certify_input
+    from .models import load_models
+    from .pacs.config import DimseAddress, PacsServer, load_server
+    from .pacs.listener import Listener, ListenerSettings
+    from .pacs.workflow import connect
+
+    certification = _certification_parameters(args)
+    settings = ListenerSettings(args.aet, args.port, args.spool, tuple(args.allow), tuple(args.sop_class), args.idle,
+                                int(args.max_object_mb * 2**20), int(args.max_queue_mb * 2**20), args.send_attempts)
+    settings.validate()
+    destination = None if args.send_to == "sender" else load_server(args.send_to, args.config)
+    models = load_models(args.model_dir, with_denoiser=not args.no_denoiser)
+
+    def certify(objects: Path, results: Path) -> list[Path]:
+        _, outcomes = certify_input(objects, results, models, certification=certification, device=args.device,
+                                    batch_size=args.batch_size, seed=args.seed, overwrite=False, quiet=True,
+                                    force=args.force, execution=_execution(args))
+        return [o.result for o in outcomes if o.result is not None]
+
+    def send(segs: list[Path], state: dict) -> None:
+        server = destination or PacsServer("sender", dimse=DimseAddress(state["sender"]["address"], args.sender_port,
+                                                                        state["sender"]["aet"]), calling_aet=args.aet)
+        connect(server).store(segs, state["study_uid"])
+
+    def log(record: dict) -> None:
+        stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        print(json.dumps({"time": stamp, **record}), flush=True)
+
+    listener = Listener(settings, certify, send, log)
+    signal.signal(signal.SIGTERM, lambda *_: listener.stopping.set())  # finish the current step, then stop
+    try:
+        listener.run_forever()
+    except KeyboardInterrupt:
+        pass
+    log({"event": "stopped"})
+    return EXIT_OK
 
 
 def _run_attack(args) -> int:
