@@ -103,3 +103,27 @@ def test_tls_verifies_the_certificate_by_default_and_trusts_a_given_ca_bundle(or
                        *args, "--out", tmp_path / "b", env=CREDENTIALS)
         assert trusted.returncode == 0, trusted.stderr
         assert "1 retrieved, 1 certified, 0 SEG sent" in trusted.stdout
+
+
+def test_the_orthanc_plugin_certifies_a_new_study_exactly_once(tmp_path):
+    import time
+
+    import certseg.pacs
+    from orthanc_server import DICOMWEB_PLUGIN, PYTHON_PLUGIN
+
+    script = os.path.join(os.path.dirname(certseg.pacs.__file__), "orthanc_plugin.py")
+    settings = {"PythonScript": script,
+                "CertSeg": {"Command": [sys.executable, "-m", "certseg"], "Arguments": [*FAST, "--force"]}}
+    with running_orthanc(tmp_path / "orthanc", plugins=(DICOMWEB_PLUGIN, PYTHON_PLUGIN), extra=settings) as server:
+        source = write_cr_with_spacing(tmp_path / "cr.dcm", "calibrated", seed=31)
+        study = str(pydicom.dcmread(source).StudyInstanceUID)
+        server.upload(source)
+        deadline = time.monotonic() + 120
+        while server.series_modalities(study) != ["CR", "SEG"] and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert server.series_modalities(study) == ["CR", "SEG"], (server.folder / "orthanc.log").read_text()[-3000:]
+        log = server.folder / "orthanc.log"
+        while "already holds a CertSeg SEG" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.5)  # the stored SEG made the study change and become stable again (StableAge 2 s)
+        assert "already holds a CertSeg SEG; skipped" in log.read_text()
+        assert server.series_modalities(study) == ["CR", "SEG"]
