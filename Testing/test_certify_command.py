@@ -125,6 +125,12 @@ def test_report_states_parameters_models_areas_and_radii(sample_result):
     lungs = [s for s in report["structures"] if s["name"].endswith("lung")]
     area = float(source.PixelSpacing[0]) * float(source.PixelSpacing[1])
     assert all(s["certified_area_mm2"] == pytest.approx(s["certified_pixels"] * area) for s in lungs)
+    intervals = {m["name"]: m for m in report["measurements"]["structures"]}
+    for structure in report["structures"]:
+        bounds = intervals[structure["name"]]["area_pixels"]
+        assert bounds["low"] == structure["certified_pixels"] <= bounds["high"]
+    ratio = report["measurements"]["cardiothoracic_ratio"]
+    assert 0.3 < ratio["low"] <= ratio["clean"] <= ratio["high"]  # a normal heart (abstentions widen "high")
     assert report["intensity_window"]["source"].startswith("DICOM VOI")
     assert (report["intensity_window"]["low"], report["intensity_window"]["high"]) == (0.0, 4096.0)
     radius = report["radius"]

@@ -117,6 +117,9 @@ def summary_line(report: dict[str, Any], target: Path) -> str:
         else f"{s['name']} {s['certified_pixels']} px"
         for s in report["structures"]
     )
+    ratio = report["measurements"]["cardiothoracic_ratio"]
+    if ratio is not None and ratio["low"] is not None and ratio["high"] is not None:
+        structures += f"; cardiothoracic ratio {ratio['low']:.2f}-{ratio['high']:.2f}"
     return (f"certified {structures}; abstained {report['source_grid']['abstain_fraction']:.1%}; "
             f"radius {report['radius']['model_space']:.3f} model / {report['radius']['rms_per_source_pixel']:.3g} "
             f"RMS per pixel; {ood_text(report.get('out_of_distribution'))} -> {target}")

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from .errors import CertSegError
+from .measurements import certified_measurements
 from .models import LoadedModels
 from .preprocess import IntensityWindow, ModelInputMap, radius_in_source_units
 from .segmenter import CertifiedSegmenter
@@ -27,6 +28,7 @@ class ImageResult:
     window_source: str = ""
     execution: dict[str, Any] | None = None  # how the base segmenter ran (precision, layout, compilation)
     noise: dict[str, Any] | None = None  # where the noise came from: run seed, image key, fresh or given
+    clean_labels: np.ndarray | None = None  # (H, W) the network's own labels on the noise-free image, source grid
 
     def report(self, models: LoadedModels, pixel_area_mm2: float | None = None) -> dict[str, Any]:
         """The JSON-ready report of this image (schema in README.md)."""
@@ -61,6 +63,8 @@ class ImageResult:
                                  "source": self.window_source},
             "preprocessing_operator_norm": self.input_map.operator_norm(),
             "structures": structures,
+            "measurements": certified_measurements(self.source_labels, self.clean_labels,
+                                                   models.segmenter_card["labels"], pixel_area_mm2),
             "out_of_distribution": self.ood,
             "timings_s": summary["timings_s"],
         }
@@ -123,6 +127,7 @@ def certify_stored_image(
         window_source=window_source,
         execution=dataclasses.asdict(segmenter.execution),
         noise=noise,
+        clean_labels=input_map.labels_to_source(segmenter.segment_clean(model_image)),
     )
 
 
