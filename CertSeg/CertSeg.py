@@ -32,7 +32,13 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from CertSegLib.process import BackendProcess, Progress
-from CertSegLib.summary import SELF_TEST_PARAMETERS, BackendParameters, backend_command, panel_summary
+from CertSegLib.summary import (
+    SELF_TEST_PARAMETERS,
+    BackendParameters,
+    backend_command,
+    input_problem,
+    panel_summary,
+)
 
 MODULE_DIR = Path(__file__).resolve().parent
 SAMPLE_CR = MODULE_DIR / "Resources" / "SampleData" / "sample_cr.dcm"
@@ -65,7 +71,7 @@ class CertSegParameterNode:
     sigma: Annotated[float, WithinRange(0.01, 2.0)] = 0.25
     n0: Annotated[int, WithinRange(1, 10000)] = 10
     n: Annotated[int, WithinRange(1, 100000)] = 100
-    alpha: Annotated[float, WithinRange(1e-9, 0.5)] = 0.001
+    alpha: Annotated[float, WithinRange(1e-6, 0.5)] = 0.001  # the spin box shows 6 decimals
     tau: Annotated[float, WithinRange(0.51, 0.9999)] = 0.75
     useDenoiser: bool = True
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
@@ -107,6 +113,9 @@ class CertSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateApplyButton)
 
     def onSceneStartClose(self, caller, event):
+        if self.logic.isRunning:  # its nodes are about to go
+            self.logic.cancel()
+            self._finish()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):
@@ -130,14 +139,17 @@ class CertSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateApplyButton()
 
     def _updateApplyButton(self, caller=None, event=None):
-        if self.logic.isRunning:
+        running = self.logic.isRunning
+        self.ui.inputsCollapsibleButton.enabled = not running  # a run's nodes and parameters are fixed
+        self.ui.certificationCollapsibleButton.enabled = not running
+        if running:
             self.ui.applyButton.text = _("Cancel")
             self.ui.applyButton.enabled = True
             return
         self.ui.applyButton.text = _("Apply")
-        ready = bool(self._parameterNode and self._parameterNode.inputVolume)
-        self.ui.applyButton.enabled = ready
-        self.ui.applyButton.toolTip = _("Certify the input radiograph") if ready else _("Select an input volume")
+        problem = inputProblem(self._parameterNode.inputVolume if self._parameterNode else None)
+        self.ui.applyButton.enabled = not problem
+        self.ui.applyButton.toolTip = problem or _("Certify the input radiograph")
 
     def onApplyButton(self):
         if self.logic.isRunning:
@@ -171,6 +183,16 @@ class CertSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _finish(self):
         self.ui.progressBar.hide()
         self._updateApplyButton()
+
+
+def inputProblem(volume) -> Optional[str]:
+    """Why `volume` cannot be certified (None: it can): CertSeg takes one grayscale radiograph."""
+    if volume is None:
+        return _("Select an input volume")
+    image = volume.GetImageData()
+    if image is None:
+        return _("The input volume has no image data")
+    return input_problem(volume.GetClassName(), image.GetDimensions(), image.GetNumberOfScalarComponents())
 
 
 class CertSegLogic(ScriptedLoadableModuleLogic):
@@ -237,16 +259,21 @@ class CertSegLogic(ScriptedLoadableModuleLogic):
 
     def process(self, parameters: CertSegParameterNode, wait: bool = True, onProgress=None, onLog=None,
                 onFinished=None):
-        """Certify parameters.inputVolume; with wait=False return at once and report through the callbacks."""
-        volume = parameters.inputVolume
-        if volume is None:
-            raise ValueError(_("No input volume"))
+        """Certify parameters.inputVolume; with wait=False return at once and report through the callbacks.
+
+        The input and output nodes are captured now: the result goes where the run was asked to put it,
+        whatever the selectors show when it ends."""
+        volume, output = parameters.inputVolume, parameters.outputSegmentation
+        problem = inputProblem(volume)
+        if problem:
+            raise ValueError(problem)
         if parameters.device == "cuda" and not self._cudaAvailable():
             raise ValueError(_("No CUDA GPU is available to this Slicer; choose 'cpu' or 'auto'."))
         self._workDir = tempfile.mkdtemp(prefix="CertSeg-")
         image = Path(self._workDir) / "input.nrrd"
         # exportNode leaves the volume's own storage node alone (saveNode would repoint it at our temp file).
-        if not slicer.util.exportNode(volume, str(image)):
+        # Our own properties dict: its default {} is shared and it writes "fileFormat" into it (util.py, 5.10).
+        if not slicer.util.exportNode(volume, str(image), properties={}):
             raise RuntimeError(_("Could not write the input volume to a temporary file"))
         out = Path(self._workDir) / "result"
         backend = BackendParameters(parameters.sigma, parameters.n0, parameters.n, parameters.alpha, parameters.tau,
@@ -278,7 +305,9 @@ class CertSegLogic(ScriptedLoadableModuleLogic):
             try:
                 if code == 0:
                     report = json.loads((out / "report.json").read_text())
-                    self._loadResult(out / "certseg.seg.nrrd", parameters, report)
+                    segmentation = self._loadResult(out / "certseg.seg.nrrd", volume, output, report)
+                    if output is None and parameters.inputVolume is volume:
+                        parameters.outputSegmentation = segmentation
                 elif not self._backend.cancelled:
                     error = (lines[-1] if lines else _("CertSeg failed")) + f" (exit code {code})"
             except Exception as exception:  # a result that cannot be loaded is reported, never left hanging
@@ -343,14 +372,15 @@ class CertSegLogic(ScriptedLoadableModuleLogic):
         path = slicer.dicomDatabase.fileForInstance(uids[0])
         return Path(path) if path else None
 
-    def _loadResult(self, segNrrd: Path, parameters: CertSegParameterNode, report: dict):
-        volume = parameters.inputVolume
+    def _loadResult(self, segNrrd: Path, volume, segmentation, report: dict):
         loaded = slicer.util.loadSegmentation(str(segNrrd))
-        segmentation = parameters.outputSegmentation
         if segmentation is None:
             segmentation = loaded
             segmentation.SetName(slicer.mrmlScene.GenerateUniqueName(f"{volume.GetName()} CertSeg"))
-            parameters.outputSegmentation = segmentation
+            # Its storage node points into the temporary folder, deleted next: Save must propose a new file.
+            storage = segmentation.GetStorageNode()
+            if storage is not None:
+                slicer.mrmlScene.RemoveNode(storage)
         else:
             segmentation.GetSegmentation().RemoveAllSegments()
             segmentation.GetSegmentation().DeepCopy(loaded.GetSegmentation())

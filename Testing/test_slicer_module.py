@@ -16,7 +16,13 @@ MODULE_DIR = Path(__file__).parents[1] / "CertSeg"
 sys.path.insert(0, str(MODULE_DIR))
 
 from CertSegLib.process import EXIT_CANCELLED, BackendProcess, Progress, parse_line  # noqa: E402
-from CertSegLib.summary import SELF_TEST_PARAMETERS, BackendParameters, backend_command, panel_summary  # noqa: E402
+from CertSegLib.summary import (  # noqa: E402
+    SELF_TEST_PARAMETERS,
+    BackendParameters,
+    backend_command,
+    input_problem,
+    panel_summary,
+)
 from certseg.cli import _parser  # noqa: E402
 from conftest import SAMPLE_CR, chest_pixels  # noqa: E402
 
@@ -48,6 +54,29 @@ def test_a_real_child_reports_progress_and_log_lines_in_order():
     events = run_to_end(process)
     assert events == [Progress(1, 3), Progress(2, 3), Progress(3, 3), "done"]
     assert process.returncode == 0
+
+
+def test_undecodable_output_never_stalls_the_reader():
+    """A byte that is not UTF-8, then more output than a pipe holds: every line arrives, the child ends."""
+    script = ("import sys\n"
+              "sys.stdout.buffer.write(b'bad \\xff\\xfe byte\\n')\n"
+              "for i in range(20000): print(f'line {i}')\n")
+    process = BackendProcess([sys.executable, "-c", script])
+    process.start()
+    events = run_to_end(process, timeout=60)
+    assert process.returncode == 0
+    assert events[0] == "bad \ufffd\ufffd byte" and events[-1] == "line 19999" and len(events) == 20001
+
+
+@pytest.mark.parametrize("class_name, dimensions, components, words", [
+    ("vtkMRMLScalarVolumeNode", (2048, 2048, 1), 1, None),
+    ("vtkMRMLLabelMapVolumeNode", (256, 256, 1), 1, "not a LabelMapVolumeNode"),
+    ("vtkMRMLScalarVolumeNode", (512, 512, 120), 1, "3D volume (512 x 512 x 120)"),
+    ("vtkMRMLScalarVolumeNode", (640, 480, 1), 3, "3 components per pixel"),
+])
+def test_only_one_grayscale_radiograph_enables_apply_and_the_reason_is_said(class_name, dimensions, components, words):
+    problem = input_problem(class_name, dimensions, components)
+    assert problem is None if words is None else words in problem
 
 
 def test_cancel_ends_the_whole_process_tree():
@@ -110,6 +139,9 @@ def test_the_module_command_runs_the_real_backend(tmp_path, random_models):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     text = panel_summary(report)
     assert "Abstained:" in text and "RMS change per pixel" in text and "right lung" in text
+    assert "Area (cm²)" in text and "certified range" in text
+    report["source"]["notes"] = ["spacing from ImagerPixelSpacing (detector plane, not corrected for magnification)"]
+    assert panel_summary(report).startswith("Note: spacing from ImagerPixelSpacing")
     assert f"cpu in {report['execution']['precision']}" in text
     assert report["out_of_distribution"] is None  # the untrained test model folder has no detector
     report["out_of_distribution"] = {"score": 30.0, "threshold": 18.0, "in_distribution": False, "forced": True}
@@ -125,6 +157,16 @@ def test_backend_command_is_accepted_by_the_real_parser():
     assert (parsed.sigma, parsed.n0, parsed.n, parsed.alpha, parsed.tau) == (0.5, 3, 50, 0.01, 0.9)
     assert parsed.no_denoiser and parsed.progress_lines and parsed.device == "cuda"
     assert parsed.model_dir == Path("/models") and parsed.reference_dicom == Path("x.dcm")
+
+
+def test_the_alpha_range_is_what_the_spin_box_can_show():
+    node = next(n for n in _module_tree().body if isinstance(n, ast.ClassDef) and n.name == "CertSegParameterNode")
+    alpha = next(item for item in node.body if isinstance(item, ast.AnnAssign) and item.target.id == "alpha")
+    low = ast.literal_eval(alpha.annotation.slice.elts[1].args[0])
+    ui = ElementTree.parse(MODULE_DIR / "Resources" / "UI" / "CertSeg.ui")
+    box = next(w for w in ui.iter("widget") if w.get("name") == "alphaSpinBox")
+    properties = {p.get("name"): p[0].text for p in box.iter("property")}
+    assert float(properties["minimum"]) == low and 10 ** -int(properties["decimals"]) <= low
 
 
 def _module_tree():

@@ -53,11 +53,15 @@ class BackendProcess:
         self._lines: queue.Queue[str | None] = queue.Queue()
 
     def start(self) -> None:
-        options = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if sys.platform == "win32" \
-            else {"start_new_session": True}
+        # Windows: no console window, and a process group of its own for cancel().
+        options = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW} \
+            if sys.platform == "win32" else {"start_new_session": True}
+        # UTF-8 with replacement, never the locale's codec: one undecodable byte would kill the reader
+        # thread and leave the child blocked on a full pipe.  Unbuffered, so progress arrives as it happens.
+        env = {**(self.env if self.env is not None else os.environ), "PYTHONUNBUFFERED": "1", "PYTHONUTF8": "1"}
         self._process = subprocess.Popen(
-            self.args, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, bufsize=1, **options,
+            self.args, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            encoding="utf-8", errors="replace", bufsize=1, **options,
         )
         threading.Thread(target=self._read, daemon=True).start()
 

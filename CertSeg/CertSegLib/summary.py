@@ -42,14 +42,22 @@ def backend_command(python: str, image: Path, out: Path, parameters: BackendPara
     return args
 
 
+def input_problem(class_name: str, dimensions: tuple[int, int, int], components: int) -> str | None:
+    """Why a volume is not one grayscale radiograph (None when it is); the Apply button's tooltip says it."""
+    if class_name != "vtkMRMLScalarVolumeNode":
+        return f"CertSeg certifies grayscale radiographs, not a {class_name.removeprefix('vtkMRML')}"
+    if components != 1:
+        return f"The input has {components} components per pixel (colour?); CertSeg needs one grayscale value"
+    if sorted(dimensions)[0] != 1:
+        return f"The input is a 3D volume ({' x '.join(map(str, dimensions))}); CertSeg needs one radiograph (one slice)"
+    return None
+
+
 def panel_summary(report: dict[str, Any]) -> str:
-    """Certified area per structure, abstained share and the radius three ways, as plain text lines."""
-    lines = []
-    for structure in report["structures"]:
-        if structure["certified_area_mm2"] is not None:
-            lines.append(f"{structure['name']}: {structure['certified_area_mm2'] / 100:.1f} cm² certified")
-        else:
-            lines.append(f"{structure['name']}: {structure['certified_pixels']} pixels certified")
+    """Certified area intervals per structure, the cardiothoracic ratio, abstained share, the radius three
+    ways and every caveat the backend noted, as plain text lines."""
+    lines = [f"Note: {note}" for note in report.get("source", {}).get("notes", [])]
+    lines += _measurement_lines(report)
     lines.append(f"Abstained: {report['source_grid']['abstain_fraction']:.1%} of the image")
     radius = report["radius"]
     lines.append(f"Certified L2 radius: {radius['model_space']:.3f} (model input, [0, 1] intensities)")
@@ -66,3 +74,21 @@ def panel_summary(report: dict[str, Any]) -> str:
                  f"tau {params['tau']}, {params['correction']}, denoiser {'on' if report['denoiser'] else 'off'}, "
                  f"{params['device']} in {report['execution']['precision']}")
     return "\n".join(lines)
+
+
+def _measurement_lines(report: dict[str, Any]) -> list[str]:
+    """A small table: certified lower and upper bound of each area, and the clean network's value."""
+    measurements = report["measurements"]
+    in_mm2 = all(s["area_mm2"] is not None for s in measurements["structures"])
+    unit, key, scale = ("cm²", "area_mm2", 0.01) if in_mm2 else ("pixels", "area_pixels", 1.0)
+    lines = [f"Area ({unit})          certified range      clean"]
+    for structure in measurements["structures"]:
+        area = {k: v * scale for k, v in structure[key].items()}
+        lines.append(f"  {structure['name']:<16} {area['low']:>8.1f} - {area['high']:<8.1f} {area['clean']:>8.1f}")
+    ratio = measurements["cardiothoracic_ratio"]
+    if ratio is not None and ratio["low"] is not None:
+        high = "unbounded" if ratio["high"] is None else f"{ratio['high']:.2f}"
+        clean = "-" if ratio["clean"] is None else f"{ratio['clean']:.2f}"
+        lines.append(f"Cardiothoracic ratio: {ratio['low']:.2f} - {high} (clean {clean})")
+    lines.append("Ranges hold for the smoothed segmenter with the certificate's probability, within its radius.")
+    return lines
