@@ -7,6 +7,7 @@ structure and an "Abstained" segment.  Requires a Slicer whose Python is 3.11 or
 later (Slicer 5.10 and newer); `slicer.packaging` is used where present (5.12+).
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -219,8 +220,11 @@ class CertSegLogic(ScriptedLoadableModuleLogic):
         try:
             import torch  # noqa: F401
         except ImportError:
-            import PyTorchUtils
-
+            try:
+                import PyTorchUtils
+            except ImportError:
+                raise RuntimeError(_("CertSeg needs the PyTorch extension: install \"PyTorch\" from the Extensions "
+                                     "Manager and restart Slicer.")) from None
             if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True) is None:
                 raise RuntimeError(_("CertSeg needs PyTorch; install it with the PyTorch extension."))
         try:  # Slicer >= 5.12; slicer/__init__.py does not import it, so hasattr() alone would miss it
@@ -401,23 +405,42 @@ class CertSegTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
+        self._requireDependencies()
         self.setUp()
         self.test_CertifySampleRadiograph()
         self.setUp()
         self.test_CancelLeavesNothingBehind()
 
-    def _loadSample(self):
+    def _requireDependencies(self):
+        """Fail saying so when the backend's packages are missing: under --testing nothing installs them
+        (Slicer 5.12's pip_ensure skips installing in testing mode), so the test would fail obscurely."""
+        missing = CertSegLogic._missingRequirements()
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            missing.append("torch (PyTorch extension)")
+        self.assertFalse(missing, "install CertSeg's dependencies in this Slicer before the self-test (open the "
+                                  "module and press Apply once): missing " + ", ".join(missing))
+
+    @contextlib.contextmanager
+    def _sampleInTemporaryDatabase(self):
+        """The sample CR loaded through a temporary DICOM database that stays open while the test runs: closing
+        it empties fileForInstance, and the run would lose its --reference-dicom."""
         from DICOMLib import DICOMUtils
 
         self.assertTrue(SAMPLE_CR.is_file(), f"{SAMPLE_CR} is missing")
         with DICOMUtils.TemporaryDICOMDatabase() as database:
             DICOMUtils.importDicom(str(SAMPLE_CR.parent), database)
             loaded = DICOMUtils.loadPatientByUID(database.patients()[0])
-        return slicer.mrmlScene.GetNodeByID(loaded[0])
+            yield slicer.mrmlScene.GetNodeByID(loaded[0])
 
     def test_CertifySampleRadiograph(self):
         self.delayDisplay("Loading the sample CR")
-        volume = self._loadSample()
+        with self._sampleInTemporaryDatabase() as volume:
+            self._certifySample(volume)
+
+    def _certifySample(self, volume):
+        self.assertIsNotNone(CertSegLogic._sourceDicomFile(volume), "the sample's DICOM file is not found")
         logic = CertSegLogic()
         parameters = logic.getParameterNode()
         parameters.inputVolume = volume
@@ -425,6 +448,7 @@ class CertSegTest(ScriptedLoadableModuleTest):
         parameters.device = SELF_TEST_PARAMETERS.device
         self.delayDisplay("Certifying on the CPU")
         report = logic.process(parameters, wait=True)
+        self.assertTrue(report["source"]["reference_dicom"], "the backend did not get the source DICOM file")
         segmentation = parameters.outputSegmentation.GetSegmentation()
         names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
         self.assertIn("Abstained", names)
@@ -452,7 +476,10 @@ class CertSegTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Test passed")
 
     def test_CancelLeavesNothingBehind(self):
-        volume = self._loadSample()
+        with self._sampleInTemporaryDatabase() as volume:
+            self._cancelSample(volume)
+
+    def _cancelSample(self, volume):
         logic = CertSegLogic()
         parameters = logic.getParameterNode()
         parameters.inputVolume = volume
