@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -39,6 +40,7 @@ from CertSegLib.summary import (
     backend_command,
     input_problem,
     panel_summary,
+    progress_text,
 )
 
 MODULE_DIR = Path(__file__).resolve().parent
@@ -86,6 +88,7 @@ class CertSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
+        self._started = 0.0
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -163,13 +166,16 @@ class CertSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.logText.clear()
             self.ui.summaryText.clear()
             self.ui.progressBar.value = 0
+            self.ui.progressBar.format = progress_text(0.0, 0.0)
             self.ui.progressBar.show()
+            self._started = time.monotonic()
             self.logic.process(self._parameterNode, wait=False, onProgress=self._onProgress, onLog=self._log,
                                onFinished=self._onFinished)
         self._updateApplyButton()
 
     def _onProgress(self, progress: Progress):
         self.ui.progressBar.value = int(100 * progress.fraction)
+        self.ui.progressBar.format = progress_text(progress.fraction, time.monotonic() - self._started)
 
     def _log(self, text: str):
         self.ui.logText.appendPlainText(text)

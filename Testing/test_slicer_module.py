@@ -22,6 +22,7 @@ from CertSegLib.summary import (  # noqa: E402
     backend_command,
     input_problem,
     panel_summary,
+    progress_text,
 )
 from certseg.cli import _parser  # noqa: E402
 from conftest import SAMPLE_CR, chest_pixels  # noqa: E402
@@ -77,6 +78,12 @@ def test_undecodable_output_never_stalls_the_reader():
 def test_only_one_grayscale_radiograph_enables_apply_and_the_reason_is_said(class_name, dimensions, components, words):
     problem = input_problem(class_name, dimensions, components)
     assert problem is None if words is None else words in problem
+
+
+def test_progress_text_estimates_what_remains_once_it_can():
+    assert progress_text(0.0, 0.0) == "0% - 0 s elapsed"
+    assert progress_text(0.25, 30.0) == "25% - 30 s elapsed, about 1 min 30 s left"
+    assert progress_text(1.0, 125.0) == "100% - 2 min 05 s elapsed"
 
 
 def test_cancel_ends_the_whole_process_tree():

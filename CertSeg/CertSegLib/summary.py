@@ -42,6 +42,19 @@ def backend_command(python: str, image: Path, out: Path, parameters: BackendPara
     return args
 
 
+def progress_text(fraction: float, elapsed_s: float) -> str:
+    """The progress bar's text: percent, elapsed time and, once there is a basis for it, what remains."""
+    text = f"{fraction:.0%} - {_duration(elapsed_s)} elapsed"
+    if 0.05 <= fraction < 1:
+        text += f", about {_duration(elapsed_s * (1 - fraction) / fraction)} left"
+    return text
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
+
+
 def input_problem(class_name: str, dimensions: tuple[int, int, int], components: int) -> str | None:
     """Why a volume is not one grayscale radiograph (None when it is); the Apply button's tooltip says it."""
     if class_name != "vtkMRMLScalarVolumeNode":
