@@ -39,6 +39,7 @@ from CertSegLib.summary import (
     BackendParameters,
     backend_command,
     input_problem,
+    ood_refusal,
     panel_summary,
     progress_text,
 )
@@ -161,6 +162,9 @@ class CertSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._log(_("Cancelled."))
             self._finish()
             return
+        self._start(force=False)
+
+    def _start(self, force: bool):
         with slicer.util.tryWithErrorDisplay(_("CertSeg could not start."), waitCursor=True):
             self.logic.ensureDependencies()
             self.ui.logText.clear()
@@ -170,7 +174,7 @@ class CertSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.progressBar.show()
             self._started = time.monotonic()
             self.logic.process(self._parameterNode, wait=False, onProgress=self._onProgress, onLog=self._log,
-                               onFinished=self._onFinished)
+                               onFinished=self._onFinished, force=force)
         self._updateApplyButton()
 
     def _onProgress(self, progress: Progress):
@@ -181,6 +185,11 @@ class CertSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.logText.appendPlainText(text)
 
     def _onFinished(self, report: Optional[dict], error: Optional[str]):
+        question = ood_refusal(error) if error else None
+        if question and slicer.util.confirmYesNoDisplay(question, windowTitle="CertSeg"):
+            self._finish()
+            self._start(force=True)
+            return
         if error:
             slicer.util.errorDisplay(error)
         else:
@@ -268,7 +277,7 @@ class CertSegLogic(ScriptedLoadableModuleLogic):
         return missing
 
     def process(self, parameters: CertSegParameterNode, wait: bool = True, onProgress=None, onLog=None,
-                onFinished=None):
+                onFinished=None, force: bool = False):
         """Certify parameters.inputVolume; with wait=False return at once and report through the callbacks.
 
         The input and output nodes are captured now: the result goes where the run was asked to put it,
@@ -287,7 +296,7 @@ class CertSegLogic(ScriptedLoadableModuleLogic):
             raise RuntimeError(_("Could not write the input volume to a temporary file"))
         out = Path(self._workDir) / "result"
         backend = BackendParameters(parameters.sigma, parameters.n0, parameters.n, parameters.alpha, parameters.tau,
-                                    parameters.useDenoiser, parameters.device, parameters.modelFolder)
+                                    parameters.useDenoiser, parameters.device, parameters.modelFolder, force=force)
         args = backend_command(self._python(), image, out, backend, self._sourceDicomFile(volume))
         env = slicer.util.startupEnvironment()
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(MODULE_DIR), env.get("PYTHONPATH", "")]))
@@ -398,6 +407,10 @@ class CertSegLogic(ScriptedLoadableModuleLogic):
         segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
         segmentation.CreateDefaultDisplayNodes()
         segmentation.SetAttribute("CertSeg.report", json.dumps(report))
+        if (report.get("out_of_distribution") or {}).get("forced"):
+            segmentation.SetAttribute("CertSeg.forced", "out-of-distribution check overridden by the user")
+            if not segmentation.GetName().endswith(_(" (OOD override)")):
+                segmentation.SetName(segmentation.GetName() + _(" (OOD override)"))
         hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
         study = hierarchy.GetItemParent(hierarchy.GetItemByDataNode(volume))
         hierarchy.SetItemParent(hierarchy.GetItemByDataNode(segmentation), study)

@@ -21,6 +21,7 @@ from CertSegLib.summary import (  # noqa: E402
     BackendParameters,
     backend_command,
     input_problem,
+    ood_refusal,
     panel_summary,
     progress_text,
 )
@@ -154,6 +155,29 @@ def test_the_module_command_runs_the_real_backend(tmp_path, random_models):
     report["out_of_distribution"] = {"score": 30.0, "threshold": 18.0, "in_distribution": False, "forced": True}
     assert "does NOT look like a chest radiograph" in panel_summary(report)
     assert report["source"]["pixel_spacing_mm"] == [0.7, 0.7]
+
+
+def test_an_out_of_distribution_refusal_becomes_a_question_and_the_override_is_recorded(tmp_path):
+    """A texture, not a radiograph: the shipped detector refuses it; the panel asks; --force certifies and records."""
+    image = tmp_path / "texture.nrrd"
+    texture = np.random.default_rng(3).integers(0, 4096, (256, 256)).astype(np.int16)
+    sitk.WriteImage(sitk.GetImageFromArray(texture[None]), str(image))
+    refused = BackendProcess(backend_command(sys.executable, image, tmp_path / "a",
+                                             BackendParameters(n0=2, n=8, useDenoiser=False, device="cpu")))
+    refused.start()
+    events = run_to_end(refused)
+    assert refused.returncode == 2
+    question = ood_refusal(events[-1])
+    assert question.startswith("CertSeg refused this image: does not look like a chest radiograph")
+    assert "--force" not in question and "Certify it anyway?" in question
+    forced = BackendProcess(backend_command(sys.executable, image, tmp_path / "b",
+                                            BackendParameters(n0=2, n=8, useDenoiser=False, device="cpu", force=True)))
+    forced.start()
+    assert run_to_end(forced) and forced.returncode == 0
+    report = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert report["out_of_distribution"]["forced"] is True
+    assert "certified because forced" in panel_summary(report)
+    assert ood_refusal("certseg: error: in.nrrd: unreadable image") is None
 
 
 def test_backend_command_is_accepted_by_the_real_parser():

@@ -18,6 +18,7 @@ class BackendParameters:
     device: str = "auto"
     modelFolder: str = ""
     seed: int | None = None  # None: fresh noise per run, which the guarantee needs; a seed only reproduces
+    force: bool = False  # certify although the out-of-distribution check refuses (the user confirmed; recorded)
 
 
 # The module's self-test certifies the sample CR with these (CI runs the same backend call):
@@ -33,6 +34,8 @@ def backend_command(python: str, image: Path, out: Path, parameters: BackendPara
             "--alpha", repr(parameters.alpha), "--tau", repr(parameters.tau), "--device", parameters.device]
     if parameters.seed is not None:
         args += ["--seed", str(parameters.seed)]
+    if parameters.force:
+        args.append("--force")
     if not parameters.useDenoiser:
         args.append("--no-denoiser")
     if parameters.modelFolder:
@@ -40,6 +43,20 @@ def backend_command(python: str, image: Path, out: Path, parameters: BackendPara
     if reference_dicom is not None:
         args += ["--reference-dicom", str(reference_dicom)]
     return args
+
+
+OOD_REFUSAL = "spectral OOD score"  # in the backend's one-line refusal (certseg.pipeline)
+
+
+def ood_refusal(error: str) -> str | None:
+    """The panel's question when the backend refused the image as unlike a chest radiograph, else None."""
+    if OOD_REFUSAL not in error:
+        return None
+    start = error.rfind(": ", 0, error.index(OOD_REFUSAL)) + 2  # after "certseg: error: FILE: "
+    reason = error[start:].split("; use --force")[0]
+    return (f"CertSeg refused this image: {reason}.\n\nCertify it anyway? The override is recorded in the "
+            f"report and shown in the segmentation's name; the certificate still holds, but the model may not "
+            f"know such images.")
 
 
 def progress_text(fraction: float, elapsed_s: float) -> str:
