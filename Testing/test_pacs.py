@@ -127,3 +127,30 @@ def test_the_orthanc_plugin_certifies_a_new_study_exactly_once(tmp_path):
             time.sleep(0.5)  # the stored SEG made the study change and become stable again (StableAge 2 s)
         assert "already holds a CertSeg SEG; skipped" in log.read_text()
         assert server.series_modalities(study) == ["CR", "SEG"]
+
+
+def test_environment_secrets_win_over_the_file_and_a_token_becomes_a_bearer_header(tmp_path):
+    from certseg.pacs.config import load_server
+    from certseg.pacs.dicomweb import DicomWebPacs
+
+    config = tmp_path / "pacs.json"
+    config.write_text(json.dumps({"servers": {"web": {"dicomweb": "https://pacs.example/dicom-web",
+                                                      "username": "file-user", "password": "file-secret"}}}))
+    config.chmod(0o600)
+    server = load_server("web", config, environ={"CERTSEG_PACS_PASSWORD": "env-secret", "CERTSEG_PACS_TOKEN": "t0k"})
+    assert (server.username, server.password, server.token, server.verify) == ("file-user", "env-secret", "t0k", True)
+    session = DicomWebPacs(server).client._session
+    assert session.headers["Authorization"] == "Bearer t0k" and session.auth is None
+
+
+def test_one_failing_study_never_stops_the_others(orthanc, tmp_path):
+    """A date range matching the good studies and one whose pixel data is cut short: exit 1, the rest done."""
+    broken = pydicom.dcmread(write_cr_with_spacing(tmp_path / "broken.dcm", "calibrated", seed=41))
+    broken.PixelData = broken.PixelData[: len(broken.PixelData) // 2]
+    broken.save_as(tmp_path / "broken.dcm", enforce_file_format=True)
+    orthanc.upload(tmp_path / "broken.dcm")
+    run = pacs({"web": {"dicomweb": orthanc.dicomweb_url}}, tmp_path, "--server", "web", "--date-from", "20260101",
+               "--date-to", "20260131", "--out", tmp_path / "out", "--no-send", "--force", *FAST, env=CREDENTIALS)
+    assert run.returncode == 1, run.stderr
+    assert "studies done, 1 studies failed" in run.stdout and "Traceback" not in run.stderr
+    assert f"study {broken.StudyInstanceUID}: failed" in run.stderr
