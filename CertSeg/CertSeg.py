@@ -325,6 +325,7 @@ class CertSegLogic(ScriptedLoadableModuleLogic):
                 if code == 0:
                     report = json.loads((out / "report.json").read_text())
                     segmentation = self._loadResult(out / "certseg.seg.nrrd", volume, output, report)
+                    self._loadRadiusMap(out / "pixel_radius.nrrd", volume)
                     if output is None and parameters.inputVolume is volume:
                         parameters.outputSegmentation = segmentation
                 elif not self._backend.cancelled:
@@ -417,6 +418,27 @@ class CertSegLogic(ScriptedLoadableModuleLogic):
         return segmentation
 
 
+    @staticmethod
+    def _loadRadiusMap(path: Path, volume):
+        """The per-pixel radius as a Viridis foreground layer with a colour legend: where the certificate is strong."""
+        # loadVolume's properties default is shared and written into, as exportNode's: pass our own dict.
+        radiusMap = slicer.util.loadVolume(str(path), properties={
+            "name": slicer.mrmlScene.GenerateUniqueName(f"{volume.GetName()} CertSeg radius"), "show": False,
+            "colorNodeID": "vtkMRMLColorTableNodeFileViridis.txt"})
+        storage = radiusMap.GetStorageNode()
+        if storage is not None:  # it points into the temporary folder, deleted next
+            slicer.mrmlScene.RemoveNode(storage)
+        display = radiusMap.GetDisplayNode()
+        display.AutoWindowLevelOff()
+        display.SetWindowLevelMinMax(0.0, float(slicer.util.arrayFromVolume(radiusMap).max()) or 1.0)
+        slicer.modules.colors.logic().AddDefaultColorLegendDisplayNode(radiusMap)
+        hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+        hierarchy.SetItemParent(hierarchy.GetItemByDataNode(radiusMap),
+                                hierarchy.GetItemParent(hierarchy.GetItemByDataNode(volume)))
+        slicer.util.setSliceViewerLayers(background=volume, foreground=radiusMap, foregroundOpacity=0.35)
+        return radiusMap
+
+
 class CertSegTest(ScriptedLoadableModuleTest):
     """Loads the shipped sample CR, certifies it on the CPU with small n, and checks the segments."""
 
@@ -468,6 +490,9 @@ class CertSegTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Certifying on the CPU")
         report = logic.process(parameters, wait=True)
         self.assertTrue(report["source"]["reference_dicom"], "the backend did not get the source DICOM file")
+        radiusMaps = [n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode") if "CertSeg radius" in n.GetName()]
+        self.assertEqual(len(radiusMaps), 1)
+        self.assertEqual(slicer.util.arrayFromVolume(radiusMaps[0]).shape, slicer.util.arrayFromVolume(volume).shape)
         segmentation = parameters.outputSegmentation.GetSegmentation()
         names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
         self.assertIn("Abstained", names)

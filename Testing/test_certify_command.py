@@ -36,7 +36,7 @@ def sample_result(tmp_path_factory):
 def test_sample_writes_every_output(sample_result):
     run, _, folder = sample_result
     assert sorted(p.name for p in folder.iterdir()) == [
-        "certificate.npz", "certseg.seg.nrrd", "overlay.png", "report.json", "seg.dcm"]
+        "certificate.npz", "certseg.seg.nrrd", "overlay.png", "pixel_radius.nrrd", "report.json", "seg.dcm"]
     assert "certified" in run.stdout and "Traceback" not in run.stderr
     assert "OOD check: chest radiograph" in run.stdout
 
@@ -114,6 +114,22 @@ def test_seg_nrrd_reads_back_with_slicerio_on_the_source_geometry(sample_result)
     lung = next(s for s in segmentation["segments"] if s["name"] == "certified left lung")
     assert lung["terminology"]["type"][1] == "39607008" and lung["terminology"]["typeModifier"][2] == "Left"
     assert float(lung["tags"]["CertSeg.sigma"]) == 0.25
+
+
+def test_radius_map_lies_on_the_source_geometry_and_is_positive_exactly_where_certified(sample_result):
+    import SimpleITK as sitk
+
+    _, source, folder = sample_result
+    radius_map = sitk.ReadImage(str(folder / "pixel_radius.nrrd"))
+    segmentation = slicerio.read_segmentation(str(folder / "certseg.seg.nrrd"))
+    np.testing.assert_allclose(radius_map.GetSpacing()[:2], np.linalg.norm(segmentation["ijkToLPS"][:3, :2], axis=0))
+    np.testing.assert_allclose(radius_map.GetOrigin(), segmentation["ijkToLPS"][:3, 3])
+    values = sitk.GetArrayFromImage(radius_map)[0]
+    assert values.shape == (source.Rows, source.Columns)
+    abstained = next(s for s in segmentation["segments"] if s["name"] == "Abstained")
+    abstained_mask = segmentation["voxels"][:, :, 0].T == abstained["labelValue"]
+    assert (values[abstained_mask] == 0).all() and (values[~abstained_mask] > 0).all()
+    assert "second event" in radius_map.GetMetaData("CertSeg.meaning")
 
 
 def test_report_states_parameters_models_areas_and_radii(sample_result):

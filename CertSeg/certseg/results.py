@@ -151,6 +151,7 @@ def write_result_folder(folder: Path, stored: np.ndarray, result, report: dict[s
     write_seg_nrrd(folder / "certseg.seg.nrrd", result.source_labels, geometry, segment_tags(report))
     write_overlay(folder / "overlay.png", stored, result.source_labels)
     write_certificate_arrays(folder / "certificate.npz", result, report)
+    write_radius_map(folder / "pixel_radius.nrrd", result, geometry)
     write_json(folder / "report.json", report)
 
 
@@ -167,6 +168,27 @@ CERTIFICATE_ARRAYS = {
                                   "radius.stored_values_units; all NaN when the intensity window came from the "
                                   "image itself (no per-pixel bound is computed for a movable window)",
 }
+
+
+RADIUS_MAP_MEANING = ("per-pixel certified L2 radius of the model input (certificate.npz pixel_radius) on the source "
+                      "grid; 0 where no pixel is certified. A second event: it holds with probability >= 1 - alpha "
+                      "on its own; the segmentation's radius is the one every certified pixel shares")
+
+
+def write_radius_map(path: Path, result, geometry: np.ndarray) -> None:
+    """pixel_radius.nrrd: the per-pixel radius as a volume on the source geometry, for a viewer's colour map."""
+    import SimpleITK as sitk
+
+    radius = result.input_map.labels_to_source(np.nan_to_num(result.certificate.pixel_radius, nan=0.0))
+    image = sitk.GetImageFromArray(radius.astype(np.float32)[None])
+    axes = geometry[:3, :3]
+    spacing = np.linalg.norm(axes, axis=0)
+    image.SetSpacing([float(v) for v in spacing])
+    image.SetDirection([float(v) for v in (axes / spacing).ravel()])
+    image.SetOrigin([float(v) for v in geometry[:3, 3]])
+    image.SetMetaData("CertSeg.meaning", RADIUS_MAP_MEANING)
+    image.SetMetaData("CertSeg.units", "model-input L2 ([0, 1] intensities on the model grid)")
+    sitk.WriteImage(image, str(path), useCompression=True)
 
 
 def write_certificate_arrays(path: Path, result, report: dict[str, Any]) -> None:
