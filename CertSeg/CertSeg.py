@@ -66,6 +66,16 @@ class CertSeg(ScriptedLoadableModule):
             "Randomized smoothing for segmentation (Fischer et al. 2021) with diffusion denoised smoothing "
             "(Carlini et al. 2023), after Laousy et al. (MICCAI 2023)."
         )
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData():
+    """The shipped sample CR in the Sample Data module (a local file: urllib reads file:// URIs)."""
+    import SampleData
+
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category="CertSeg", sampleName="CertSegSampleCR", uris=SAMPLE_CR.as_uri(), fileNames=SAMPLE_CR.name,
+        nodeNames="CertSegSampleCR", thumbnailFileName=str(MODULE_DIR / "Resources" / "Icons" / "CertSeg.png"))
 
 
 @parameterNodeWrapper
