@@ -251,3 +251,50 @@ def test_the_extension_build_ships_every_backend_module():
     assert len(globs) == 1 and globs[0][0] == "file(GLOB_RECURSE" and globs[0][-1] == "certseg/*.py)"
     nested = [p.relative_to(module) for p in (module / "certseg").rglob("*.py") if p.parent != module / "certseg"]
     assert Path("certseg/data/folder.py") in nested  # what a non-recursive glob silently left out
+
+
+def test_the_extension_build_ships_every_module_file():
+    module = Path(__file__).parents[1] / "CertSeg"
+    cmake = (module / "CMakeLists.txt").read_text()
+    for path in [*module.glob("CertSegLib/*.py"), *module.glob("*.py")]:
+        assert str(path.relative_to(module)).replace("${MODULE_NAME}", "CertSeg") in cmake.replace(
+            "${MODULE_NAME}", "CertSeg"), path
+
+
+def test_the_dicom_plugin_reads_back_the_seg_the_backend_wrote(tmp_path):
+    """The plugin's reading half, outside Slicer: every segment's mask, colour and terminology, and the
+    radiograph it lies on, from a SEG `certseg certify` wrote."""
+    import ast as ast_module
+    import subprocess
+
+    import pydicom
+    import slicerio
+
+    from CertSegLib.seg_reader import read_certseg_seg, referenced_instance_uid
+    from conftest import write_cr_with_spacing
+
+    source = write_cr_with_spacing(tmp_path / "cr.dcm", "calibrated", seed=51)
+    run = subprocess.run([sys.executable, "-m", "certseg", "certify", str(source), "--out", str(tmp_path / "out"),
+                          "--no-denoiser", "--n0", "2", "--n", "80", "--quiet", "--force"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    seg_path = next((tmp_path / "out").rglob("seg.dcm"))
+    seg = read_certseg_seg(seg_path)
+    assert seg.referenced_sop_instance_uid == referenced_instance_uid(seg_path) == pydicom.dcmread(source).SOPInstanceUID
+    nrrd = slicerio.read_segmentation(str(seg_path.parent / "certseg.seg.nrrd"))
+    labelmap = nrrd["voxels"][:, :, 0].T  # (rows, columns)
+    by_name = {s["name"]: s for s in nrrd["segments"]}
+    assert [layer.name for layer in seg.segments] == [s["name"] for s in nrrd["segments"]]
+    for layer in seg.segments:
+        np.testing.assert_array_equal(layer.mask, labelmap == by_name[layer.name]["labelValue"])
+        np.testing.assert_allclose(layer.color, by_name[layer.name]["color"], atol=0.02)
+    lung = next(layer for layer in seg.segments if layer.name == "certified right lung")
+    assert lung.terminology == ("Segmentation category and type - DICOM master list~SCT^91723000^Anatomical Structure"
+                                "~SCT^39607008^Lung~SCT^24028007^Right~Anatomic codes - DICOM master list~^^~^^")
+    dataset = pydicom.dcmread(seg_path)
+    dataset.Manufacturer = "Someone else"
+    dataset.save_as(tmp_path / "other.dcm")
+    with pytest.raises(ValueError, match="not a DICOM SEG written by CertSeg"):
+        read_certseg_seg(tmp_path / "other.dcm")
+    plugin = ast_module.parse((Path(__file__).parents[1] / "CertSeg" / "CertSegDICOMPlugin.py").read_text())
+    assert {"CertSegDICOMPluginClass", "CertSegDICOMPlugin"} <= {n.name for n in plugin.body
+                                                                 if isinstance(n, ast_module.ClassDef)}

@@ -102,8 +102,10 @@ def write_dicom_seg(path: Path, radiograph, labels: np.ndarray, models_card: dic
             segmented_property_type=hd.sr.CodedConcept(*spec["type"]), algorithm_type="AUTOMATIC",
             algorithm_identification=algorithm, display_color=hd.color.CIELabColor.from_rgb(*spec["color"]),
         )
-        if spec["modifier"]:  # laterality: Segmented Property Type Modifier (highdicom has no argument for it)
-            description.SegmentedPropertyTypeModifierCodeSequence = [hd.sr.CodedConcept(*spec["modifier"])]
+        if spec["modifier"]:  # laterality, nested in the type's item as PS3.3 C.8.20.4 places it (highdicom has no
+            # argument for it)
+            description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
+                hd.sr.CodedConcept(*spec["modifier"])]
         descriptions.append(description)
         masks.append(spec["mask"])
     # Projection images have no Frame of Reference, so Slice Thickness is not required; dcmqi (Slicer's
