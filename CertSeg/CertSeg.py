@@ -336,6 +336,8 @@ class CertSegLogic(ScriptedLoadableModuleLogic):
                     report = json.loads((out / "report.json").read_text())
                     segmentation = self._loadResult(out / "certseg.seg.nrrd", volume, output, report)
                     self._loadRadiusMap(out / "pixel_radius.nrrd", volume)
+                    self._statisticsTable(segmentation, volume)
+                    self._keepDicomSeg(out / "seg.dcm")
                     if output is None and parameters.inputVolume is volume:
                         parameters.outputSegmentation = segmentation
                 elif not self._backend.cancelled:
@@ -429,6 +431,28 @@ class CertSegLogic(ScriptedLoadableModuleLogic):
 
 
     @staticmethod
+    def _keepDicomSeg(path: Path):
+        """The backend's DICOM SEG (highdicom-built, valid on CR) into Slicer's DICOM database, ready to send to the
+        PACS from the DICOM browser; copied there, since the temporary folder goes next."""
+        if path.is_file() and slicer.dicomDatabase is not None and slicer.dicomDatabase.isOpen:
+            from DICOMLib import DICOMUtils
+
+            DICOMUtils.importDicom(str(path.parent), slicer.dicomDatabase, copyFiles=True)
+
+    @staticmethod
+    def _statisticsTable(segmentation, volume):
+        """Segment Statistics (areas, intensities) of the certified segments, as a table node beside the result."""
+        import SegmentStatistics
+
+        logic = SegmentStatistics.SegmentStatisticsLogic()
+        logic.getParameterNode().SetParameter("Segmentation", segmentation.GetID())
+        logic.getParameterNode().SetParameter("ScalarVolume", volume.GetID())
+        logic.computeStatistics()
+        table = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", f"{segmentation.GetName()} statistics")
+        logic.exportToTable(table)
+        return table
+
+    @staticmethod
     def _loadRadiusMap(path: Path, volume):
         """The per-pixel radius as a Viridis foreground layer with a colour legend: where the certificate is strong."""
         # loadVolume's properties default is shared and written into, as exportNode's: pass our own dict.
@@ -500,6 +524,10 @@ class CertSegTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Certifying on the CPU")
         report = logic.process(parameters, wait=True)
         self.assertTrue(report["source"]["reference_dicom"], "the backend did not get the source DICOM file")
+        database = slicer.dicomDatabase
+        series = database.seriesForStudy(database.studiesForPatient(database.patients()[0])[0])
+        self.assertEqual(len(series), 2, "the SEG did not reach the DICOM database beside the radiograph")
+        self.assertEqual(len(slicer.util.getNodesByClass("vtkMRMLTableNode")), 1)  # segment statistics
         radiusMaps = [n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode") if "CertSeg radius" in n.GetName()]
         self.assertEqual(len(radiusMaps), 1)
         self.assertEqual(slicer.util.arrayFromVolume(radiusMaps[0]).shape, slicer.util.arrayFromVolume(volume).shape)
