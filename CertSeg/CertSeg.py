@@ -3,8 +3,9 @@
 A thin GUI over the `certseg` backend (in this module's folder): the input volume is
 written to a temporary NRRD, `certseg certify-array` runs in a background process,
 and its `.seg.nrrd` is loaded as a segmentation with one segment per certified
-structure and an "Abstained" segment.  Requires a Slicer whose Python is 3.11 or
-later (Slicer 5.10 and newer); `slicer.packaging` is used where present (5.12+).
+structure and an "Abstained" segment.  Requires Slicer 5.12 or later (pydicom 3, highdicom
+and slicer.packaging; see CertSegLib/dependencies.py).  Calls into Slicer were checked against
+5.10's and 5.12's sources.
 """
 
 import contextlib
@@ -33,6 +34,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+from CertSegLib.dependencies import installed_version, protected_constraints
 from CertSegLib.process import BackendProcess, Progress
 from CertSegLib.summary import (
     SELF_TEST_PARAMETERS,
@@ -239,9 +241,6 @@ class CertSegLogic(ScriptedLoadableModuleLogic):
 
     def ensureDependencies(self):
         """torch from the PyTorch extension, the rest from requirements.txt, after one confirmation."""
-        if sys.version_info < (3, 11):
-            raise RuntimeError(_("CertSeg needs Slicer 5.10 or later (Python 3.11+); this Slicer has Python ")
-                               + sys.version.split()[0])
         try:
             import torch  # noqa: F401
         except ImportError:
@@ -255,17 +254,16 @@ class CertSegLogic(ScriptedLoadableModuleLogic):
         try:  # Slicer >= 5.12; slicer/__init__.py does not import it, so hasattr() alone would miss it
             import slicer.packaging as slicer_packaging
         except ImportError:
-            slicer_packaging = None
-        if slicer_packaging is not None:
-            requirements = slicer_packaging.load_requirements(REQUIREMENTS)
-            slicer_packaging.pip_ensure(requirements, requester="CertSeg")
-        else:
-            missing = self._missingRequirements()
-            if missing and slicer.util.confirmOkCancelDisplay(
-                    _("CertSeg will install: ") + ", ".join(missing), windowTitle="CertSeg"):
-                slicer.util.pip_install(missing)
-            elif missing:
-                raise RuntimeError(_("CertSeg cannot run without: ") + ", ".join(missing))
+            raise RuntimeError(_("CertSeg needs Slicer {version} or later (it ships pydicom 3 and highdicom, which "
+                                 "the backend needs).").format(version="5.12")) from None
+        # Pinned: pip refuses to replace anything Slicer or the PyTorch extension ships (CertSegLib.dependencies).
+        constraints = Path(tempfile.mkdtemp(prefix="CertSeg-pip-")) / "constraints.txt"
+        constraints.write_text(protected_constraints(installed_version))
+        try:
+            slicer_packaging.pip_ensure(slicer_packaging.load_requirements(REQUIREMENTS), constraints=constraints,
+                                        requester="CertSeg")
+        finally:
+            shutil.rmtree(constraints.parent, ignore_errors=True)
 
     @staticmethod
     def _missingRequirements():

@@ -298,3 +298,25 @@ def test_the_dicom_plugin_reads_back_the_seg_the_backend_wrote(tmp_path):
     plugin = ast_module.parse((Path(__file__).parents[1] / "CertSeg" / "CertSegDICOMPlugin.py").read_text())
     assert {"CertSegDICOMPluginClass", "CertSegDICOMPlugin"} <= {n.name for n in plugin.body
                                                                  if isinstance(n, ast_module.ClassDef)}
+
+
+def test_the_pip_constraints_pin_what_slicer_ships_and_pip_then_refuses_to_replace_it(tmp_path):
+    """Real pip, no index: pinned, a request for another numpy is a resolution conflict (refused); unpinned it
+    would only be 'not found' here, and fetched from PyPI on a user's machine."""
+    import subprocess
+
+    from CertSegLib.dependencies import PROTECTED_PACKAGES, installed_version, protected_constraints
+
+    text = protected_constraints(installed_version)
+    pinned = dict(line.split("==") for line in text.split())
+    assert {"torch", "numpy", "pydicom"} <= set(pinned) <= set(PROTECTED_PACKAGES)
+    assert pinned["numpy"] == np.__version__
+    assert protected_constraints(lambda name: None) == "\n"
+    constraints = tmp_path / "constraints.txt"
+    constraints.write_text(text)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PIP_")}
+    attempt = lambda *extra: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--no-index", "--isolated", *extra,
+         f"numpy!={np.__version__}"], capture_output=True, text=True, env=env)
+    assert "ResolutionImpossible" in attempt("-c", str(constraints)).stderr
+    assert "ResolutionImpossible" not in attempt().stderr
