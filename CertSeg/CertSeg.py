@@ -430,8 +430,8 @@ class CertSegLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def _keepDicomSeg(path: Path):
-        """The backend's DICOM SEG (highdicom-built, valid on CR) into Slicer's DICOM database, ready to send to the
-        PACS from the DICOM browser; copied there, since the temporary folder goes next."""
+        """The backend's DICOM SEG (highdicom-built, valid on CR) and its measurement SR into Slicer's DICOM database,
+        ready to send to the PACS from the DICOM browser; copied there, since the temporary folder goes next."""
         if path.is_file() and slicer.dicomDatabase is not None and slicer.dicomDatabase.isOpen:
             from DICOMLib import DICOMUtils
 
@@ -524,7 +524,7 @@ class CertSegTest(ScriptedLoadableModuleTest):
         self.assertTrue(report["source"]["reference_dicom"], "the backend did not get the source DICOM file")
         database = slicer.dicomDatabase
         series = database.seriesForStudy(database.studiesForPatient(database.patients()[0])[0])
-        self.assertEqual(len(series), 2, "the SEG did not reach the DICOM database beside the radiograph")
+        self.assertEqual(len(series), 3, "the SEG and the measurement SR did not reach the DICOM database")
         self.assertEqual(len(slicer.util.getNodesByClass("vtkMRMLTableNode")), 1)  # segment statistics
         radiusMaps = [n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode") if "CertSeg radius" in n.GetName()]
         self.assertEqual(len(radiusMaps), 1)

@@ -36,7 +36,8 @@ def sample_result(tmp_path_factory):
 def test_sample_writes_every_output(sample_result):
     run, _, folder = sample_result
     assert sorted(p.name for p in folder.iterdir()) == [
-        "certificate.npz", "certseg.seg.nrrd", "overlay.png", "pixel_radius.nrrd", "report.json", "seg.dcm"]
+        "certificate.npz", "certseg.seg.nrrd", "measurements.dcm", "overlay.png", "pixel_radius.nrrd", "report.json",
+        "seg.dcm"]
     assert "certified" in run.stdout and "Traceback" not in run.stderr
     assert "OOD check: chest radiograph" in run.stdout
 
@@ -101,6 +102,28 @@ def test_seg_states_only_valid_spacing_whatever_the_source_carries(variant, tmp_
     stated = None if measures is None else [float(v) for v in measures[0].PixelSpacing]
     assert stated == report["source"]["pixel_spacing_mm"]
     assert (stated is None) == (variant in ("zero", "missing"))
+
+
+def test_measurement_sr_validates_and_states_the_reports_intervals_against_the_segs_segments(sample_result):
+    _, source, folder = sample_result
+    check = subprocess.run([require_tool("dciodvfy"), str(folder / "measurements.dcm")], capture_output=True, text=True)
+    assert not [line for line in (check.stdout + check.stderr).splitlines() if line.startswith("Error")]
+    report = json.loads((folder / "report.json").read_text())
+    sr = hd.sr.srread(folder / "measurements.dcm")
+    seg = pydicom.dcmread(folder / "seg.dcm")
+    labels = {int(d.SegmentNumber): d.SegmentLabel for d in seg.SegmentSequence}
+    expected = {f"certified {m['name']}": m["area_mm2"] for m in report["measurements"]["structures"]}
+    groups = sr.content.get_planar_roi_measurement_groups()
+    assert len(groups) == sum(label in expected for label in labels.values())
+    for group in groups:
+        reference = group.referenced_segmentation_frame
+        assert reference.referenced_sop_instance_uid == seg.SOPInstanceUID
+        interval = expected[labels[int(reference.referenced_segment_numbers[0])]]
+        values = {m.derivation.meaning: m.value for m in group.get_measurements()}
+        assert values == pytest.approx({"Minimum": interval["low"], "Maximum": interval["high"]})
+    ratio = sr.content.get_image_measurement_groups()[0].get_measurements()
+    assert ratio[0].value == pytest.approx(report["measurements"]["cardiothoracic_ratio"]["low"])
+    assert sr.StudyInstanceUID == source.StudyInstanceUID
 
 
 def test_seg_nrrd_reads_back_with_slicerio_on_the_source_geometry(sample_result):

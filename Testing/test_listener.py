@@ -102,7 +102,7 @@ def test_storescu_in_seg_out_in_the_destination_pacs(orthanc, tmp_path):
         assert storescu(listener.port, source).returncode == 0
         study = str(pydicom.dcmread(source).StudyInstanceUID)
         listener.wait_for(lambda r: r["event"] == "sent" and r["study"] == study)
-        assert orthanc.series_modalities(study) == ["SEG"]  # the SEG went to the PACS (the CR never did)
+        assert orthanc.series_modalities(study) == ["SEG", "SR"]  # SEG and measurement SR went to the PACS (the CR never did)
         events = [r["event"] for r in listener.records() if r.get("study") == study]
         assert events == ["received", "certified", "sent"]
         assert not list((tmp_path / "spool" / "studies").rglob("*.dcm"))  # sent: the queue is freed
@@ -123,7 +123,7 @@ def test_a_restart_in_the_middle_of_a_study_loses_nothing(orthanc, tmp_path):
         certified = listener.wait_for(lambda r: r["event"] == "certified" and r["study"] == study)
         listener.wait_for(lambda r: r["event"] == "sent" and r["study"] == study)
         assert certified["radiographs"] == 2
-        assert orthanc.series_modalities(study) == ["SEG", "SEG"]
+        assert orthanc.series_modalities(study) == ["SEG", "SEG", "SR", "SR"]
     finally:
         listener.stop()
 

@@ -441,10 +441,10 @@ def _run_listen(args) -> int:
                                     force=args.force, execution=_execution(args))
         return [o.result for o in outcomes if o.result is not None]
 
-    def send(segs: list[Path], state: dict) -> None:
+    def send(paths: list[Path], state: dict) -> None:
         server = destination or PacsServer("sender", dimse=DimseAddress(state["sender"]["address"], args.sender_port,
                                                                         state["sender"]["aet"]), calling_aet=args.aet)
-        connect(server).store(segs, state["study_uid"])
+        connect(server).store(paths, state["study_uid"])
 
     def log(record: dict) -> None:
         stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

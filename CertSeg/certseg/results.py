@@ -146,10 +146,13 @@ def write_dicom_seg(path: Path, radiograph, labels: np.ndarray, models_card: dic
 
 def write_result_folder(folder: Path, stored: np.ndarray, result, report: dict[str, Any], geometry: np.ndarray,
                         models_card: dict[str, Any], radiograph=None) -> None:
-    """Every output of one image into `folder`: seg.dcm (DICOM sources only), certseg.seg.nrrd,
+    """Every output of one image into `folder`: seg.dcm and measurements.dcm (DICOM sources only), certseg.seg.nrrd,
     overlay.png, certificate.npz (model-grid arrays for research) and report.json."""
     if radiograph is not None:
+        from .sr import write_measurement_sr
+
         write_dicom_seg(folder / "seg.dcm", radiograph, result.source_labels, models_card)
+        write_measurement_sr(folder / "measurements.dcm", radiograph, folder / "seg.dcm", report, models_card)
     write_seg_nrrd(folder / "certseg.seg.nrrd", result.source_labels, geometry, segment_tags(report))
     write_overlay(folder / "overlay.png", stored, result.source_labels)
     write_certificate_arrays(folder / "certificate.npz", result, report)

@@ -109,7 +109,7 @@ class Listener:
     """The SCP and the worker that certifies idle studies and sends their results.
 
     `certify(objects_folder, results_folder)` -> result folders of certified radiographs;
-    `send(seg_paths, state)` raises on failure (the state names the study and its sender).
+    `send(paths, state)` raises on failure (the state names the study and its sender).
     """
 
     def __init__(self, settings: ListenerSettings, certify: Callable[[Path, Path], list[Path]],
@@ -173,17 +173,18 @@ class Listener:
         latest = self.spool.state(key)
         if latest["last_received"] > state["last_received"]:  # more arrived meanwhile: certify again when idle
             return latest
-        segs = [str(folder / "seg.dcm") for folder in results]
-        if not segs:
+        outputs = [str(folder / "seg.dcm") for folder in results]  # each SEG, and its SR of certified measurements
+        outputs += [str(folder / "measurements.dcm") for folder in results if (folder / "measurements.dcm").is_file()]
+        if not outputs:
             self.log({"event": "failed", "study": state["study_uid"], "key": key,
                       "reason": reason or "no chest radiograph certified"})
             return self.spool.set_state(key, state="failed", reason=reason or "no chest radiograph certified")
-        self.log({"event": "certified", "study": state["study_uid"], "key": key, "radiographs": len(segs)})
-        return self.spool.set_state(key, state="certified", segs=segs, attempts=0, next_send=0)
+        self.log({"event": "certified", "study": state["study_uid"], "key": key, "radiographs": len(results)})
+        return self.spool.set_state(key, state="certified", outputs=outputs, attempts=0, next_send=0)
 
     def _send(self, key: str, state: dict, now: float) -> None:
         try:
-            self.send([Path(p) for p in state["segs"]], state)
+            self.send([Path(p) for p in state["outputs"]], state)
         except Exception as error:  # noqa: BLE001 - any send failure is retried, then reported
             attempts = state.get("attempts", 0) + 1
             if attempts >= self.settings.send_attempts:
@@ -194,7 +195,7 @@ class Listener:
                 delay = self.settings.first_retry_s * 2 ** (attempts - 1)
                 self.spool.set_state(key, attempts=attempts, next_send=now + delay)
             return
-        self.log({"event": "sent", "study": state["study_uid"], "key": key, "segs": len(state["segs"])})
+        self.log({"event": "sent", "study": state["study_uid"], "key": key, "objects": len(state["outputs"])})
         self.spool.set_state(key, state="sent")
         shutil.rmtree(self.spool.objects(key), ignore_errors=True)  # frees the queue
 

@@ -64,10 +64,13 @@ def certify_study(study_id, command, arguments):
                               capture_output=True, text=True, errors="replace")
         stored = 0
         for root, _, files in os.walk(results):
-            if "seg.dcm" in files:
-                with open(os.path.join(root, "seg.dcm"), "rb") as stream:
-                    orthanc.RestApiPost("/instances", stream.read())
-                stored += 1
+            if "seg.dcm" not in files:
+                continue
+            for name in ("seg.dcm", "measurements.dcm"):  # the SEG, then the SR of certified measurements
+                if name in files:
+                    with open(os.path.join(root, name), "rb") as stream:
+                        orthanc.RestApiPost("/instances", stream.read())
+            stored += 1
     message = f"CertSeg: study {study_id}: {stored} SEG stored (exit {done.returncode})"
     if done.returncode != 0:
         orthanc.LogWarning(f"{message}: {done.stderr.strip().splitlines()[-1:] or ''}")

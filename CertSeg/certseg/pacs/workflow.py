@@ -15,6 +15,8 @@ from ..errors import EXIT_OK, EXIT_SOME_FAILED, CertSegError
 from .config import PacsServer
 from .query import SeriesRef, StudyQuery
 
+MEASUREMENT_SR = "measurements.dcm"  # sent beside each SEG
+
 
 @dataclass
 class StudyOutcome:
@@ -68,9 +70,11 @@ def _one_study(pacs, study_uid: str, refs: list[SeriesRef], certify, send: bool)
             _, outcome.images = certify(Path(folder))
             outcome.seconds["certify"] = time.perf_counter() - started
         segs = [o.result / "seg.dcm" for o in outcome.images if o.result is not None]
+        reports = [o.result / MEASUREMENT_SR for o in outcome.images
+                   if o.result is not None and (o.result / MEASUREMENT_SR).is_file()]
         if send and segs:
             started = time.perf_counter()
-            pacs.store(segs, study_uid)
+            pacs.store(segs + reports, study_uid)
             outcome.seconds["send"] = time.perf_counter() - started
             outcome.sent = len(segs)
         failed = [o for o in outcome.images if o.status == "failed"]
