@@ -10,7 +10,7 @@ from pydicom.fileset import FileSet
 
 from certseg.errors import CertSegError
 from certseg.io_dicom import Radiograph, Skipped, candidate_files, read_radiograph
-from conftest import chest_pixels, run_tool
+from conftest import run_tool
 
 # (DCMTK command and options, lossless?)  Together: every transfer syntax CertSeg promises to read.
 TRANSFER_SYNTAXES = {

@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from certseg import load_models
 from certseg.data import load_drr_dataset, to_model_space, write_drr_dataset

@@ -1,7 +1,6 @@
 """`certseg listen` as a DICOM node: storescu in, SEG out to a real Orthanc, restarts and hostile peers."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -407,7 +407,7 @@ def _run_pacs(args) -> int:
                              batch_size=args.batch_size, seed=args.seed, overwrite=args.overwrite, quiet=args.quiet,
                              force=args.force, execution=_execution(args))
 
-    outcomes = pull_certify_push(connect(server), query, args.out, certify, send=not args.no_send)
+    outcomes = pull_certify_push(connect(server), query, certify, send=not args.no_send)
     for study in outcomes:
         for image in study.images:
             stream = sys.stderr if image.status == "failed" else sys.stdout

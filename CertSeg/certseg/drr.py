@@ -25,9 +25,8 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 
 import numpy as np
 import torch

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import requests
 
-from ..batch import Outcome, certify_input
+from ..batch import Outcome
 from ..errors import EXIT_OK, EXIT_SOME_FAILED, CertSegError
 from .config import PacsServer
 from .query import SeriesRef, StudyQuery
@@ -39,7 +39,7 @@ def connect(server: PacsServer):
     return DimsePacs(server)
 
 
-def pull_certify_push(pacs, query: StudyQuery, out: Path, certify: Callable[[Path], tuple[int, list[Outcome]]],
+def pull_certify_push(pacs, query: StudyQuery, certify: Callable[[Path], tuple[int, list[Outcome]]],
                       send: bool = True) -> list[StudyOutcome]:
     """Every matching study in turn; one study's failure (network, refusal, a bad image) never stops the others.
 
