@@ -70,9 +70,8 @@ class Spool:
         (root / "studies").mkdir(parents=True, exist_ok=True)
         (root / "results").mkdir(parents=True, exist_ok=True)
         self.lock = threading.Lock()
-
-    def size_bytes(self) -> int:
-        return sum(p.stat().st_size for p in (self.root / "studies").rglob("*.dcm"))
+        # Counted once here and kept up to date, not re-scanned on every C-STORE of a busy node.
+        self.size_bytes = sum(p.stat().st_size for p in (root / "studies").rglob("*.dcm"))
 
     def add(self, study_uid: str, sop_uid: str, encoded: bytes, sender: dict) -> str:
         key = study_key(study_uid)
@@ -82,7 +81,9 @@ class Spool:
             target = folder / "objects" / f"{hashlib.sha256(sop_uid.encode()).hexdigest()[:32]}.dcm"
             partial = target.with_suffix(".partial")
             partial.write_bytes(encoded)
+            replaced = target.stat().st_size if target.exists() else 0  # a peer may send an instance again
             os.replace(partial, target)
+            self.size_bytes += len(encoded) - replaced
             state = self.state(key) or {"study_uid": study_uid, "sender": sender, "state": "receiving"}
             state.update(state="receiving", last_received=time.time())
             write_json(folder / "study.json", state)
@@ -103,6 +104,13 @@ class Spool:
 
     def objects(self, key: str) -> Path:
         return self.root / "studies" / key / "objects"
+
+    def discard_objects(self, key: str) -> None:
+        """A sent study's received objects leave the queue (its results stay)."""
+        with self.lock:
+            folder = self.objects(key)
+            self.size_bytes -= sum(p.stat().st_size for p in folder.glob("*.dcm"))
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 class Listener:
@@ -139,7 +147,7 @@ class Listener:
             return self._refuse(sender, study_uid[:80], CANNOT_UNDERSTAND, f"malformed dataset ({incomplete})")
         if not (UID_SYNTAX.match(study_uid) and UID_SYNTAX.match(sop_uid)) or max(map(len, (study_uid, sop_uid))) > 64:
             return self._refuse(sender, study_uid[:80], CANNOT_UNDERSTAND, "invalid Study or SOP Instance UID")
-        if self.spool.size_bytes() + len(encoded) > self.settings.max_queue_bytes:
+        if self.spool.size_bytes + len(encoded) > self.settings.max_queue_bytes:
             return self._refuse(sender, study_uid, OUT_OF_RESOURCES, "queue full")
         key = self.spool.add(study_uid, sop_uid, encoded, sender)
         self.log({"event": "received", "study": study_uid, "key": key, "sop_class": str(dataset.SOPClassUID),
@@ -197,7 +205,7 @@ class Listener:
             return
         self.log({"event": "sent", "study": state["study_uid"], "key": key, "objects": len(state["outputs"])})
         self.spool.set_state(key, state="sent")
-        shutil.rmtree(self.spool.objects(key), ignore_errors=True)  # frees the queue
+        self.spool.discard_objects(key)
 
     # -- running -----------------------------------------------------------------------------
     def start(self) -> None:
