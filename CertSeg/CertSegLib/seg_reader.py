@@ -11,15 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from pydicom.uid import SegmentationStorage
 
-SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 CERTSEG_MANUFACTURER = "CertSeg"
 SLICER_CONTEXT = "Segmentation category and type - DICOM master list"
 ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
 
 
 def is_certseg_seg(sop_class_uid: str, manufacturer: str) -> bool:
-    return sop_class_uid.strip() == SEGMENTATION_STORAGE and manufacturer.strip() == CERTSEG_MANUFACTURER
+    return sop_class_uid.strip() == SegmentationStorage and manufacturer.strip() == CERTSEG_MANUFACTURER
 
 
 @dataclass

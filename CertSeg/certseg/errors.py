@@ -7,3 +7,9 @@ EXIT_OK, EXIT_SOME_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 class CertSegError(Exception):
     """A problem with the user's input or parameters, stated as `file: reason`."""
+
+
+def first_line(error: Exception, limit: int | None = None) -> str:
+    """The first line of an exception's message (its type's name when empty), at most `limit` characters."""
+    lines = str(error).strip().splitlines()
+    return (lines[0] if lines else type(error).__name__)[:limit]

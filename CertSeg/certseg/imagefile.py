@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CertSegError
+from .errors import CertSegError, first_line
 
 # Formats that carry physical geometry; the others (PNG, TIFF, JPEG, .npy) are in pixel units.
 GEOMETRY_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
@@ -33,7 +33,7 @@ def read_image(path: Path) -> ImageFile:
             image = sitk.ReadImage(str(path))
             array, geometry = sitk.GetArrayFromImage(image), _ijk_to_lps(image)
     except Exception as error:  # every reader failure is a bad input, reported in one line
-        raise CertSegError(f"{path}: not a readable image ({_first_line(error)})") from None
+        raise CertSegError(f"{path}: not a readable image ({first_line(error)})") from None
     array = np.squeeze(np.asarray(array))
     if array.ndim != 2:
         raise CertSegError(f"{path}: expected one 2D grayscale image, got shape {array.shape}")
@@ -56,8 +56,3 @@ def _ijk_to_lps(image) -> np.ndarray:
     matrix[:3, :3] = direction * spacing
     matrix[:dimension, 3] = image.GetOrigin()
     return matrix
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__

@@ -19,7 +19,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut
 
-from .errors import CertSegError
+from .errors import CertSegError, first_line
 from .preprocess import IntensityWindow
 
 CHEST_MODALITIES = {"CR", "DX"}
@@ -105,9 +105,9 @@ def check_header(path: Path, force: bool = False) -> pydicom.Dataset | Skipped:
     try:
         header = pydicom.dcmread(path, stop_before_pixels=True)
     except (InvalidDicomError, EOFError) as error:
-        return Skipped(path, f"not a DICOM file ({_short(error)})")
+        return Skipped(path, f"not a DICOM file ({first_line(error, 200)})")
     except Exception as error:  # pydicom raises many types on damaged headers
-        return Skipped(path, f"unreadable DICOM header ({_short(error)})", failed=True)
+        return Skipped(path, f"unreadable DICOM header ({first_line(error, 200)})", failed=True)
     if header.get("SOPClassUID") == "1.2.840.10008.1.3.10":
         return Skipped(path, "DICOMDIR (its referenced files are read instead)")
     reason = _not_a_chest_radiograph(header)
@@ -127,7 +127,7 @@ def read_radiograph(path: Path, force: bool = False) -> Radiograph | Skipped:
     try:
         dataset = pydicom.dcmread(path)
     except Exception as error:
-        return Skipped(path, f"unreadable DICOM file ({_short(error)})", failed=True)
+        return Skipped(path, f"unreadable DICOM file ({first_line(error, 200)})", failed=True)
     if "PixelData" not in dataset:
         return Skipped(path, "no pixel data", failed=True)
     try:
@@ -135,7 +135,7 @@ def read_radiograph(path: Path, force: bool = False) -> Radiograph | Skipped:
     except Exception as error:  # every codec failure becomes one line naming the transfer syntax
         syntax = dataset.file_meta.get("TransferSyntaxUID", "unknown transfer syntax")
         name = getattr(syntax, "name", str(syntax))
-        return Skipped(path, f"cannot decode pixel data ({name}): {_short(error)}", failed=True)
+        return Skipped(path, f"cannot decode pixel data ({name}): {first_line(error, 200)}", failed=True)
     spacing, notes = _spacing(dataset)
     overridden = _not_a_chest_radiograph(dataset)
     if overridden:
@@ -241,8 +241,3 @@ def _spacing(dataset: pydicom.Dataset) -> tuple[tuple[float, float] | None, list
             return None, [f"{keyword} {list(spacing)} mm is implausible: results are in pixel units"]
         return spacing, [] if keyword == "PixelSpacing" else ["spacing from ImagerPixelSpacing (detector plane, not corrected for magnification)"]
     return None, ["no PixelSpacing or ImagerPixelSpacing: results are in pixel units"]
-
-
-def _short(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return (text[0] if text else type(error).__name__)[:200]

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pydicom
 
-from ..errors import CertSegError
+from ..errors import CertSegError, first_line
 from ..outputs import write_json
 
 UID_SYNTAX = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
@@ -134,7 +134,7 @@ class Listener:
         try:
             encoded = event.encoded_dataset()
         except Exception as error:  # noqa: BLE001 - any peer bytes pydicom cannot read are a refusal
-            return self._refuse(sender, None, CANNOT_UNDERSTAND, f"malformed dataset ({_first_line(error)})")
+            return self._refuse(sender, None, CANNOT_UNDERSTAND, f"malformed dataset ({first_line(error, 300)})")
         if len(encoded) > self.settings.max_object_bytes:
             return self._refuse(sender, None, OUT_OF_RESOURCES, f"object of {len(encoded)} bytes over the limit")
         try:
@@ -142,7 +142,7 @@ class Listener:
             study_uid, sop_uid = str(dataset.StudyInstanceUID), str(dataset.SOPInstanceUID)
             incomplete = _incomplete(dataset, pydicom.uid.UID(event.context.transfer_syntax))
         except Exception as error:  # noqa: BLE001
-            return self._refuse(sender, None, CANNOT_UNDERSTAND, f"malformed dataset ({_first_line(error)})")
+            return self._refuse(sender, None, CANNOT_UNDERSTAND, f"malformed dataset ({first_line(error, 300)})")
         if incomplete:
             return self._refuse(sender, study_uid[:80], CANNOT_UNDERSTAND, f"malformed dataset ({incomplete})")
         if not (UID_SYNTAX.match(study_uid) and UID_SYNTAX.match(sop_uid)) or max(map(len, (study_uid, sop_uid))) > 64:
@@ -197,8 +197,8 @@ class Listener:
             attempts = state.get("attempts", 0) + 1
             if attempts >= self.settings.send_attempts:
                 self.log({"event": "failed", "study": state["study_uid"], "key": key,
-                          "reason": f"send failed {attempts} times: {_first_line(error)}"})
-                self.spool.set_state(key, state="failed", attempts=attempts, reason=_first_line(error))
+                          "reason": f"send failed {attempts} times: {first_line(error, 300)}"})
+                self.spool.set_state(key, state="failed", attempts=attempts, reason=first_line(error, 300))
             else:
                 delay = self.settings.first_retry_s * 2 ** (attempts - 1)
                 self.spool.set_state(key, attempts=attempts, next_send=now + delay)
@@ -244,8 +244,3 @@ def _incomplete(dataset: pydicom.Dataset, transfer_syntax: pydicom.uid.UID) -> s
     if len(dataset.PixelData) < expected:
         return f"truncated pixel data ({len(dataset.PixelData)} of {expected} bytes)"
     return None
-
-
-def _first_line(error: Exception) -> str:
-    lines = str(error).strip().splitlines()
-    return (lines[0] if lines else type(error).__name__)[:300]

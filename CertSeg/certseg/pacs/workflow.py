@@ -11,7 +11,7 @@ from pathlib import Path
 import requests
 
 from ..batch import Outcome
-from ..errors import EXIT_OK, EXIT_SOME_FAILED, CertSegError
+from ..errors import EXIT_OK, EXIT_SOME_FAILED, CertSegError, first_line
 from .config import PacsServer
 from .query import SeriesRef, StudyQuery
 
@@ -48,7 +48,7 @@ def pull_certify_push(pacs, query: StudyQuery, certify: Callable[[Path], tuple[i
     try:
         series = pacs.find_series(query)
     except (requests.RequestException, OSError) as error:
-        raise CertSegError(f"query failed: {_short(error)}") from None
+        raise CertSegError(f"query failed: {first_line(error, 300)}") from None
     if not series:
         raise CertSegError(f"no CR or DX series matches {query.matching_keys()}")
     studies: dict[str, list[SeriesRef]] = {}
@@ -82,7 +82,7 @@ def _one_study(pacs, study_uid: str, refs: list[SeriesRef], certify, send: bool)
         outcome.message = (f"{len(retrieved)} retrieved, {len(segs)} certified, {outcome.sent} SEG sent"
                            + (f", {len(failed)} failed" if failed else "") + "; " + _timings(outcome.seconds))
     except (CertSegError, requests.RequestException, OSError, ValueError, RuntimeError) as error:
-        outcome.message = _short(error)
+        outcome.message = first_line(error, 300)
     return outcome
 
 
@@ -98,8 +98,3 @@ def exit_code(outcomes: list[StudyOutcome]) -> int:
 
 def _timings(seconds: dict[str, float]) -> str:
     return ", ".join(f"{step} {value:.1f} s" for step, value in seconds.items())
-
-
-def _short(error: Exception) -> str:
-    lines = str(error).strip().splitlines()
-    return (lines[0] if lines else type(error).__name__)[:300]
