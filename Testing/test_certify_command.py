@@ -3,7 +3,6 @@
 import json
 import shutil
 import subprocess
-import sys
 
 import highdicom as hd
 import numpy as np
@@ -12,15 +11,15 @@ import pytest
 import slicerio
 import torch
 
-from conftest import ODD_SPACINGS, SAMPLE_CR, require_tool, write_cr_with_spacing
-from test_dicom_input import hostile_files
+from support.cli import run_certseg
+from support.dicom_files import ODD_SPACINGS, SAMPLE_CR, hostile_files, write_cr_with_spacing
+from support.tools import require_tool
 
 # n = 80: below about 63 unanimous votes no pixel of 256^2 can pass Holm at alpha = 0.001.
 FAST = ["--n0", "2", "--n", "80", "--quiet"]
 
 
-def certseg(*args):
-    return subprocess.run([sys.executable, "-m", "certseg", *map(str, args)], capture_output=True, text=True)
+certseg = run_certseg
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from certseg.cli import main
-from certseg.data import Sample, import_dataset, load_dataset, split_of
-from certseg.data.augment import augment_batch, geometry
-from certseg.train import TrainConfig, annotated_classes, partial_label_loss, train_segmenter
+from certseg.commands import main
+from certseg.research.data import Sample, import_dataset, load_dataset, split_of
+from certseg.research.data.augment import augment_batch, geometry
+from certseg.research.train import TrainConfig, annotated_classes, partial_label_loss, train_segmenter
 
 SIZE = 128  # image side of the fake copy; its masks are stored at half resolution, as in the copy
 STRUCTURES = {"right_lung": (64, 40, 22), "left_lung": (64, 88, 22), "heart": (80, 64, 12),
@@ -146,10 +146,10 @@ def test_segmenter_training_keeps_the_best_validation_weights(tmp_path):
 
 
 def test_ood_fit_names_its_images_and_hooks_every_encoder_level(tmp_path):
-    from certseg import load_models
-    from certseg.models import build_segmenter_network
-    from certseg.ood import DEFAULT_LAYERS, encoder_layers
-    from certseg.train import fit_ood, segmenter_architecture
+    from certseg.model.folder import load_models
+    from certseg.model.networks import build_segmenter_network
+    from certseg.model.ood import DEFAULT_LAYERS, encoder_layers
+    from certseg.research.train import fit_ood, segmenter_architecture
 
     assert encoder_layers(build_segmenter_network(segmenter_architecture(None))) == DEFAULT_LAYERS
     assert len(encoder_layers(build_segmenter_network(segmenter_architecture((8, 16, 32, 64, 128))))) == 5

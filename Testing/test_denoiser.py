@@ -6,7 +6,8 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.models.unets.unet_2d import UNet2DOutput
 
-from certseg import CertifiedSegmenter, DiffusionDenoiser, timestep_for_sigma
+from certseg.model.denoiser import DiffusionDenoiser, timestep_for_sigma
+from certseg.model.segmenter import CertifiedSegmenter
 
 SCHEDULES = [
     dict(beta_schedule="linear"),

@@ -1,6 +1,5 @@
 """Reading what a PACS exports: transfer syntaxes, photometry, geometry, and hostile files."""
 
-import copy
 import zipfile
 
 import numpy as np
@@ -8,9 +7,10 @@ import pydicom
 import pytest
 from pydicom.fileset import FileSet
 
+from certseg.dicom.reading import Radiograph, Skipped, candidate_files, read_radiograph
 from certseg.errors import CertSegError
-from certseg.io_dicom import Radiograph, Skipped, candidate_files, read_radiograph
-from conftest import run_tool
+from support.dicom_files import hostile_files
+from support.tools import run_tool
 
 # (DCMTK command and options, lossless?)  Together: every transfer syntax CertSeg promises to read.
 TRANSFER_SYNTAXES = {
@@ -99,49 +99,6 @@ def test_spacing_choice_and_pixel_units(small_cr, tmp_path):
     ds.save_as(tmp_path / "zero.dcm")
     zero = read_radiograph(tmp_path / "zero.dcm")
     assert zero.spacing_mm is None and "pixel units" in zero.notes[0]
-
-
-def hostile_files(small_cr, folder):
-    """Each bad file and the words its reason must contain (Dataset.copy is shallow: deep copies)."""
-    good = pydicom.dcmread(small_cr)
-    cases = {}
-    data = small_cr.read_bytes()
-    (folder / "truncated.dcm").write_bytes(data[: len(data) // 2])
-    cases["truncated.dcm"] = "cannot decode"
-    (folder / "notes.txt").write_text("not an image\n")
-    cases["notes.txt"] = "not a DICOM file"
-    no_pixels = copy.deepcopy(good)
-    del no_pixels.PixelData
-    no_pixels.save_as(folder / "nopixels.dcm")
-    cases["nopixels.dcm"] = "no pixel data"
-    for modality in ("CT", "MR"):
-        other = copy.deepcopy(good)
-        other.Modality = modality
-        other.save_as(folder / f"{modality}.dcm")
-        cases[f"{modality}.dcm"] = f"modality {modality}"
-    knee = copy.deepcopy(good)
-    knee.BodyPartExamined = "KNEE"
-    knee.save_as(folder / "knee.dcm")
-    cases["knee.dcm"] = "body part KNEE"
-    rgb = copy.deepcopy(good)
-    rgb.PhotometricInterpretation, rgb.SamplesPerPixel, rgb.PlanarConfiguration = "RGB", 3, 0
-    rgb.BitsAllocated = rgb.BitsStored = 8
-    rgb.HighBit = 7
-    rgb.PixelData = np.zeros((240, 200, 3), np.uint8).tobytes()
-    rgb["PixelData"].VR = "OB"
-    rgb.save_as(folder / "rgb.dcm")
-    cases["rgb.dcm"] = "not grayscale"
-    frames = copy.deepcopy(good)
-    frames.NumberOfFrames = 2
-    frames.PixelData = good.PixelData * 2
-    frames["PixelData"].VR = "OW"
-    frames.save_as(folder / "multiframe.dcm")
-    cases["multiframe.dcm"] = "multi-frame"
-    huge = copy.deepcopy(good)
-    huge.Rows = huge.Columns = 40000
-    huge.save_as(folder / "huge.dcm")
-    cases["huge.dcm"] = "larger than any chest detector"
-    return cases
 
 
 def test_hostile_files_get_one_reason_each(small_cr, tmp_path):

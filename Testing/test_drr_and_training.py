@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from certseg import load_models
-from certseg.data import load_drr_dataset, to_model_space, write_drr_dataset
-from certseg.drr import ViewParameters, load_phantom, render_view
-from certseg.models import ModelError
-from certseg.train import TrainConfig, train_denoiser, train_segmenter
+from certseg.model.cards import ModelError
+from certseg.model.folder import load_models
+from certseg.research.data import load_drr_dataset, to_model_space, write_drr_dataset
+from certseg.research.drr import ViewParameters, load_phantom, render_view
+from certseg.research.train import TrainConfig, train_denoiser, train_segmenter
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def _blob(shape, centre, radius):
 def test_jsrt_and_scr_in_their_native_formats(tmp_path):
     from PIL import Image
 
-    from certseg.data.public import read_jsrt_scr
+    from certseg.research.data.public import read_jsrt_scr
 
     raw = (4095 - np.arange(2048 * 2048) % 4096).astype(">u2")
     (tmp_path / "JSRT").mkdir()
@@ -105,7 +105,7 @@ def test_jsrt_and_scr_in_their_native_formats(tmp_path):
 def test_montgomery_and_shenzhen_in_their_native_formats(tmp_path):
     from PIL import Image
 
-    from certseg.data.public import read_montgomery, read_shenzhen
+    from certseg.research.data.public import read_montgomery, read_shenzhen
 
     shape = (300, 260)
     image = (np.indices(shape)[1] % 256).astype(np.uint8)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from certseg.evaluate import Row, dice_per_structure, markdown_table, write_outputs
+from certseg.research.evaluate import Row, dice_per_structure, markdown_table, write_outputs
 
 
 def reference_dice(predicted, truth, c):

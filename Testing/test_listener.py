@@ -10,8 +10,9 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from conftest import require_tool, write_cr_with_spacing
-from orthanc_server import free_port, running_orthanc
+from support.dicom_files import write_cr_with_spacing
+from support.orthanc import free_port, running_orthanc
+from support.tools import require_tool
 
 FAST = ["--no-denoiser", "--n0", "2", "--n", "80", "--quiet", "--force"]
 

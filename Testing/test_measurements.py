@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 
-from certseg.labels import label_card
-from certseg.measurements import cardiothoracic_ratio, certified_measurements, horizontal_extent
-from certseg.smoothing import ABSTAIN
+from certseg.core.labels import ABSTAIN, Label
+from certseg.core.measurements import cardiothoracic_ratio, certified_measurements, horizontal_extent
+from certseg.dicom.codes import label_card
 
 RIGHT_LUNG, LEFT_LUNG, HEART = 1, 2, 3
+CLASSES = tuple(Label(entry["value"], entry["name"]) for entry in label_card())
 
 
 def chest_labels():
@@ -23,7 +24,7 @@ def chest_labels():
 
 def test_known_image_gives_the_exact_intervals():
     labels = chest_labels()
-    result = certified_measurements(labels, labels, label_card(), pixel_area_mm2=0.25)
+    result = certified_measurements(labels, labels, CLASSES, pixel_area_mm2=0.25)
     heart = next(s for s in result["structures"] if s["name"] == "heart")
     rim = 44 * 44 - 40 * 40
     assert heart["area_pixels"] == {"low": 1600, "high": 1600 + rim + 10, "clean": 1600}
@@ -40,7 +41,7 @@ def test_every_segmentation_the_certificate_allows_lies_in_the_intervals_and_the
     abstained = labels == ABSTAIN
     abstained |= rng.random(labels.shape) < 0.02  # scattered abstentions anywhere
     labels = np.where(abstained, ABSTAIN, labels)
-    result = certified_measurements(labels, labels, label_card(), None)
+    result = certified_measurements(labels, labels, CLASSES, None)
     bounds = {s["name"]: s["area_pixels"] for s in result["structures"]}
     ratio = result["cardiothoracic_ratio"]
     seen_low, seen_high = np.inf, -np.inf
@@ -62,5 +63,5 @@ def test_every_segmentation_the_certificate_allows_lies_in_the_intervals_and_the
 def test_no_lungs_certified_gives_no_upper_ratio_bound():
     labels = np.full((20, 20), ABSTAIN)
     labels[5:15, 5:15] = HEART
-    ratio = certified_measurements(labels, labels, label_card(), None)["cardiothoracic_ratio"]
+    ratio = certified_measurements(labels, labels, CLASSES, None)["cardiothoracic_ratio"]
     assert ratio["high"] is None and ratio["low"] == pytest.approx(10 / 20)

@@ -1,19 +1,18 @@
 """Refusing what is not a chest radiograph: the spectral detector of the shipped segmenter, and --force."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pydicom
 import pytest
 import torch
 
-from certseg import load_models
-from certseg.drr import ViewParameters, load_phantom, render_view
-from certseg.ood import RINGS, _ring_powers
-from certseg.sample import cr_dataset
-from ood_corpus import OUT_OF_DOMAIN, inverted, model_space
+from certseg.model.folder import load_models
+from certseg.model.ood import RINGS, _ring_powers
+from certseg.research.drr import ViewParameters, load_phantom, render_view
+from certseg.research.sample_cr import cr_dataset
+from support.cli import run_certseg
+from support.ood_corpus import OUT_OF_DOMAIN, inverted, model_space
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +64,7 @@ def _noise_cr(path, modality="CR"):
     ds.save_as(path, enforce_file_format=True)
 
 
-def certseg(*args):
-    return subprocess.run([sys.executable, "-m", "certseg", *map(str, args)], capture_output=True, text=True)
+certseg = run_certseg
 
 
 def test_an_image_the_detector_rejects_gets_no_certificate_unless_forced(tmp_path):

@@ -8,8 +8,8 @@ import sys
 import pydicom
 import pytest
 
-from conftest import SAMPLE_CR, write_cr_with_spacing
-from orthanc_server import PASSWORD, USER, running_orthanc, tls_proxy
+from support.dicom_files import SAMPLE_CR, write_cr_with_spacing
+from support.orthanc import PASSWORD, USER, running_orthanc, tls_proxy
 
 FAST = ["--no-denoiser", "--n0", "2", "--n", "80", "--quiet"]
 
@@ -63,7 +63,7 @@ def test_a_wrong_password_is_one_clear_line(orthanc, tmp_path):
 
 
 def test_an_unreachable_dimse_peer_is_one_clear_line(tmp_path):
-    from orthanc_server import free_port
+    from support.orthanc import free_port
 
     config = {"gone": {"dimse": {"host": "127.0.0.1", "port": free_port(), "called_aet": "NOBODY"}}}
     run = pacs(config, tmp_path, "--server", "gone", "--study", "1.2.3", "--out", tmp_path / "out", *FAST)
@@ -109,7 +109,7 @@ def test_the_orthanc_plugin_certifies_a_new_study_exactly_once(tmp_path):
     import time
 
     import certseg.pacs
-    from orthanc_server import DICOMWEB_PLUGIN, PYTHON_PLUGIN
+    from support.orthanc import DICOMWEB_PLUGIN, PYTHON_PLUGIN
 
     script = os.path.join(os.path.dirname(certseg.pacs.__file__), "orthanc_plugin.py")
     settings = {"PythonScript": script,

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from certseg import IntensityWindow, ModelInputMap, radius_in_source_units
-from certseg.preprocess import PercentileSensitivity
+from certseg.core.input_map import ModelInputMap
+from certseg.core.radius import PercentileSensitivity, radius_in_source_units
+from certseg.core.window import IntensityWindow
 
 
 def dense_matrix(linear, shape):

@@ -13,20 +13,22 @@ import pytest
 import SimpleITK as sitk
 
 MODULE_DIR = Path(__file__).parents[1] / "CertSeg"
-sys.path.insert(0, str(MODULE_DIR))
 
-from CertSegLib.process import EXIT_CANCELLED, BackendProcess, Progress, parse_line  # noqa: E402
-from CertSegLib.summary import (  # noqa: E402
-    SELF_TEST_PARAMETERS,
-    BackendParameters,
+from certseg.commands import parser
+from certseg.commands.options import certification_request
+from certseg.report import panel_summary
+from certseg.request import CertificationRequest, RunOptions
+from CertSegLib.process import EXIT_CANCELLED, BackendProcess, Progress, parse_line
+from CertSegLib.summary import (
+    SELF_TEST_OPTIONS,
+    SELF_TEST_REQUEST,
     backend_command,
     input_problem,
     ood_refusal,
-    panel_summary,
     progress_text,
 )
-from certseg.cli import _parser  # noqa: E402
-from conftest import SAMPLE_CR, chest_pixels  # noqa: E402
+from support.cli import run_certseg
+from support.dicom_files import SAMPLE_CR, chest_pixels
 
 
 def run_to_end(process: BackendProcess, timeout: float = 120.0):
@@ -117,12 +119,12 @@ def _alive(pid: int) -> bool:
 
 def test_the_self_test_parameters_certify_the_sample_lungs_through_the_module_command(tmp_path):
     """CertSegTest's backend call, minus Slicer: the exported sample volume with its DICOM as reference."""
-    from certseg.io_dicom import read_radiograph
+    from certseg.dicom.reading import read_radiograph
 
     image = tmp_path / "exported.nrrd"
     sitk.WriteImage(sitk.GetImageFromArray(read_radiograph(SAMPLE_CR).pixels[None].astype(np.int16)), str(image))
-    process = BackendProcess(backend_command(sys.executable, image, tmp_path / "out", SELF_TEST_PARAMETERS,
-                                             reference_dicom=SAMPLE_CR))
+    process = BackendProcess(backend_command(sys.executable, image, tmp_path / "out", SELF_TEST_REQUEST,
+                                             SELF_TEST_OPTIONS, reference_dicom=SAMPLE_CR))
     process.start()
     events = run_to_end(process, timeout=300)
     assert process.returncode == 0, events
@@ -137,8 +139,8 @@ def test_the_module_command_runs_the_real_backend(tmp_path, random_models):
     volume.SetSpacing((0.7, 0.7, 1.0))
     volume.SetOrigin((-12.0, 30.0, 0.0))
     sitk.WriteImage(volume, str(image))
-    parameters = BackendParameters(n0=2, n=8, useDenoiser=False, device="cpu", modelFolder=str(random_models))
-    process = BackendProcess(backend_command(sys.executable, image, tmp_path / "out", parameters))
+    request, options = CertificationRequest(n0=2, n=8), RunOptions(random_models, use_denoiser=False, device="cpu")
+    process = BackendProcess(backend_command(sys.executable, image, tmp_path / "out", request, options))
     process.start()
     events = run_to_end(process)
     assert process.returncode == 0, events
@@ -162,8 +164,9 @@ def test_an_out_of_distribution_refusal_becomes_a_question_and_the_override_is_r
     image = tmp_path / "texture.nrrd"
     texture = np.random.default_rng(3).integers(0, 4096, (256, 256)).astype(np.int16)
     sitk.WriteImage(sitk.GetImageFromArray(texture[None]), str(image))
-    refused = BackendProcess(backend_command(sys.executable, image, tmp_path / "a",
-                                             BackendParameters(n0=2, n=8, useDenoiser=False, device="cpu")))
+    plain_cpu = RunOptions(use_denoiser=False, device="cpu")
+    refused = BackendProcess(backend_command(sys.executable, image, tmp_path / "a", CertificationRequest(n0=2, n=8),
+                                             plain_cpu))
     refused.start()
     events = run_to_end(refused)
     assert refused.returncode == 2
@@ -171,7 +174,7 @@ def test_an_out_of_distribution_refusal_becomes_a_question_and_the_override_is_r
     assert question.startswith("CertSeg refused this image: does not look like a chest radiograph")
     assert "--force" not in question and "Certify it anyway?" in question
     forced = BackendProcess(backend_command(sys.executable, image, tmp_path / "b",
-                                            BackendParameters(n0=2, n=8, useDenoiser=False, device="cpu", force=True)))
+                                            CertificationRequest(n0=2, n=8, force=True), plain_cpu))
     forced.start()
     assert run_to_end(forced) and forced.returncode == 0
     report = json.loads((tmp_path / "b" / "report.json").read_text())
@@ -181,10 +184,13 @@ def test_an_out_of_distribution_refusal_becomes_a_question_and_the_override_is_r
 
 
 def test_backend_command_is_accepted_by_the_real_parser():
-    parameters = BackendParameters(sigma=0.5, n0=3, n=50, alpha=0.01, tau=0.9, useDenoiser=False,
-                                   device="cuda", modelFolder="/models")
-    args = backend_command("python", Path("in.nrrd"), Path("out"), parameters, Path("x.dcm"))
-    parsed = _parser().parse_args(args[3:])
+    request = CertificationRequest(sigma=0.5, n0=3, n=50, alpha=0.01, tau=0.9, looks=(10, 50), seed=7, force=True)
+    options = RunOptions(Path("/models"), use_denoiser=False, device="cuda", batch_size=4)
+    args = backend_command("python", Path("in.nrrd"), Path("out"), request, options, Path("x.dcm"))
+    parsed = parser().parse_args(args[3:])
+    assert certification_request(parsed) == request  # the command line asks for exactly this request
+    assert RunOptions(parsed.model_dir, not parsed.no_denoiser, parsed.device, parsed.batch_size, parsed.precision,
+                      parsed.compile) == options
     assert (parsed.sigma, parsed.n0, parsed.n, parsed.alpha, parsed.tau) == (0.5, 3, 50, 0.01, 0.9)
     assert parsed.no_denoiser and parsed.progress_lines and parsed.device == "cuda"
     assert parsed.model_dir == Path("/models") and parsed.reference_dicom == Path("x.dcm")
@@ -232,8 +238,9 @@ def test_backend_never_imports_slicer():
 @pytest.fixture
 def random_models(tmp_path):
     """Untrained networks of the shipped architecture in a model folder (fast, for plumbing tests)."""
-    from certseg.labels import label_card
-    from certseg.models import DEFAULT_SEGMENTER_ARCHITECTURE, default_segmenter_network, save_segmenter
+    from certseg.dicom.codes import label_card
+    from certseg.model.networks import save_segmenter
+    from certseg.research.architectures import DEFAULT_SEGMENTER_ARCHITECTURE, default_segmenter_network
 
     folder = tmp_path / "models"
     network, _ = default_segmenter_network()
@@ -250,7 +257,7 @@ def test_the_extension_build_ships_every_backend_module():
              if line.startswith("file(GLOB") and "CERTSEG_BACKEND_SCRIPTS" in line]
     assert len(globs) == 1 and globs[0][0] == "file(GLOB_RECURSE" and globs[0][-1] == "certseg/*.py)"
     nested = [p.relative_to(module) for p in (module / "certseg").rglob("*.py") if p.parent != module / "certseg"]
-    assert Path("certseg/data/folder.py") in nested  # what a non-recursive glob silently left out
+    assert Path("certseg/research/data/folder.py") in nested  # what a non-recursive glob silently left out
 
 
 def test_the_extension_build_ships_every_module_file():
@@ -265,17 +272,16 @@ def test_the_dicom_plugin_reads_back_the_seg_the_backend_wrote(tmp_path):
     """The plugin's reading half, outside Slicer: every segment's mask, colour and terminology, and the
     radiograph it lies on, from a SEG `certseg certify` wrote."""
     import ast as ast_module
-    import subprocess
 
     import pydicom
     import slicerio
 
     from CertSegLib.seg_reader import read_certseg_seg, referenced_instance_uid
-    from conftest import write_cr_with_spacing
+    from support.dicom_files import write_cr_with_spacing
 
     source = write_cr_with_spacing(tmp_path / "cr.dcm", "calibrated", seed=51)
-    run = subprocess.run([sys.executable, "-m", "certseg", "certify", str(source), "--out", str(tmp_path / "out"),
-                          "--no-denoiser", "--n0", "2", "--n", "80", "--quiet", "--force"], capture_output=True, text=True)
+    run = run_certseg("certify", source, "--out", tmp_path / "out", "--no-denoiser", "--n0", "2", "--n", "80", "--quiet",
+                      "--force")
     assert run.returncode == 0, run.stderr
     seg_path = next((tmp_path / "out").rglob("seg.dcm"))
     seg = read_certseg_seg(seg_path)

@@ -5,8 +5,9 @@ import pytest
 import torch
 from scipy import stats
 
-from certseg import ABSTAIN, certify_segmentation, predict_segmentation
-from certseg.stats import binomial_upper_tail_pvalue
+from certseg.core.labels import ABSTAIN
+from certseg.core.smoothing import certify_segmentation, predict_segmentation
+from certseg.core.stats import binomial_upper_tail_pvalue
 
 
 def threshold_model(batch: torch.Tensor) -> torch.Tensor:
@@ -291,7 +292,7 @@ def test_seeds_that_differ_above_bit_32_draw_different_noise():
 
 
 def test_images_of_one_run_never_share_noise_and_the_run_seed_reproduces_each():
-    from certseg.smoothing import fresh_seed, image_noise_seed
+    from certseg.core.sampling import fresh_seed, image_noise_seed
 
     run = fresh_seed()
     seeds = {image_noise_seed(run, f"1.2.3.{index}") for index in range(1000)}

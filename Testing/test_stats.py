@@ -6,11 +6,11 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint
 
-from certseg.stats import (
-    certification_chance,
-    minimum_certifiable_count,
+from certseg.core.stats import (
     binomial_upper_tail_pvalue,
+    certification_chance,
     clopper_pearson_lower,
+    minimum_certifiable_count,
     radius_from_probability,
     reject_hypotheses,
     two_sided_binomial_pvalue,

@@ -1,6 +1,6 @@
 """Runs the CertSeg backend in a child process and reports its progress without blocking the GUI.
 
-The child prints the progress-line protocol (certseg.progress); a reader thread
+The child prints the progress-line protocol (certseg.progress, which also parses it); a reader thread
 queues its output and the GUI drains the queue from a timer.  Cancel ends the
 whole process tree: the child is started as the leader of a new process group
 (a new console process group on Windows), and the group is killed.
@@ -8,7 +8,6 @@ whole process tree: the child is started as the leader of a new process group
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import signal
@@ -17,7 +16,8 @@ import sys
 import threading
 from dataclasses import dataclass
 
-PROGRESS_PREFIX = "CERTSEG_PROGRESS "
+from certseg.progress import parse_progress_line
+
 EXIT_CANCELLED = -15
 
 
@@ -33,13 +33,8 @@ class Progress:
 
 def parse_line(line: str) -> Progress | str:
     """A progress event, or the line itself (log text).  Malformed progress lines are log text."""
-    if line.startswith(PROGRESS_PREFIX):
-        try:
-            data = json.loads(line[len(PROGRESS_PREFIX):])
-            return Progress(int(data["done"]), int(data["total"]))
-        except (ValueError, KeyError, TypeError):
-            pass
-    return line
+    parsed = parse_progress_line(line)
+    return line if parsed is None else Progress(*parsed)
 
 
 class BackendProcess:

@@ -4,6 +4,10 @@
 # or nothing to certify; 130 interrupted.
 EXIT_OK, EXIT_SOME_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
+# In the one-line refusal of an image the out-of-distribution check rejects; the Slicer module
+# recognises it to offer an override.
+OOD_REFUSAL = "spectral OOD score"
+
 
 class CertSegError(Exception):
     """A problem with the user's input or parameters, stated as `file: reason`."""

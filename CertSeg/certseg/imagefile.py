@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CertSegError, first_line
+from certseg.errors import CertSegError, first_line
 
 # Formats that carry physical geometry; the others (PNG, TIFF, JPEG, .npy) are in pixel units.
 GEOMETRY_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")

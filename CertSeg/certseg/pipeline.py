@@ -1,4 +1,12 @@
-"""One radiograph, stored pixel values in, certified labels on the source grid out."""
+"""The certification pipeline, diffusers-style: load a model folder once, then certify image after image.
+
+    pipeline = CertificationPipeline.from_folder(RunOptions())
+    result = pipeline.certify(StoredImage(pixels, key="1.2.3"), CertificationRequest())
+
+Every entry point takes this path: DICOM files and folders and image files (certseg.runner, used
+by `certify`, `certify-array`, `pacs` and the listener) and the attack benchmark.  Stored pixel
+values go in; certified labels on the source grid come out, with what the report needs.
+"""
 
 from __future__ import annotations
 
@@ -8,139 +16,112 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CertSegError
-from .measurements import certified_measurements
-from .models import LoadedModels
-from .preprocess import IntensityWindow, ModelInputMap, radius_in_source_units
-from .segmenter import CertifiedSegmenter
-from .smoothing import ABSTAIN, Certificate, Progress, fresh_seed, image_noise_seed
+from certseg.core.input_map import ModelInputMap
+from certseg.core.radius import radius_in_source_units
+from certseg.core.sampling import fresh_seed, image_noise_seed, resolve_device
+from certseg.core.smoothing import Certificate
+from certseg.core.window import IntensityWindow
+from certseg.errors import OOD_REFUSAL, CertSegError
+from certseg.model.execution import Execution
+from certseg.model.folder import LoadedModels, load_models
+from certseg.model.segmenter import CertifiedSegmenter
+from certseg.progress import Progress
+from certseg.request import CertificationRequest, RunOptions
 
-DEFAULT_PARAMETERS = {"sigma": 0.25, "n0": 10, "n": 100, "alpha": 0.001, "tau": 0.75, "correction": "holm"}
+
+@dataclass(frozen=True)
+class StoredImage:
+    """One 2D image to certify, in stored pixel values (DICOM: the Modality LUT's output, MONOCHROME2)."""
+
+    pixels: np.ndarray
+    key: str  # tells this image's noise apart within a run: its SOPInstanceUID, a file name
+    window: IntensityWindow | None = None  # fixed by the header (VOI); None: the model card's percentiles of it
 
 
 @dataclass
-class ImageResult:
+class CertificationResult:
     source_labels: np.ndarray  # (H, W) on the source grid, ABSTAIN where no certificate
     certificate: Certificate  # on the model grid
     input_map: ModelInputMap
-    radii: dict[str, float]
-    ood: dict[str, Any] | None = None  # the out-of-distribution verdict, with "forced" when overridden
-    window_source: str = ""
-    execution: dict[str, Any] | None = None  # how the base segmenter ran (precision, layout, compilation)
-    noise: dict[str, Any] | None = None  # where the noise came from: run seed, image key, fresh or given
-    clean_labels: np.ndarray | None = None  # (H, W) the network's own labels on the noise-free image, source grid
-
-    def report(self, models: LoadedModels, pixel_area_mm2: float | None = None) -> dict[str, Any]:
-        """The JSON-ready report of this image (schema in README.md)."""
-        summary = self.certificate.summary()
-        structures = []
-        for label in models.segmenter_card["labels"][1:]:
-            pixels = int(np.sum(self.source_labels == label["value"]))
-            structures.append({
-                "name": label["name"],
-                "value": label["value"],
-                "certified_pixels": pixels,
-                "certified_area_mm2": None if pixel_area_mm2 is None else pixels * pixel_area_mm2,
-            })
-        return {
-            "parameters": summary["parameters"],
-            "samples_drawn": {"selection": summary["parameters"]["n0"], "estimation": summary["estimation_samples"]},
-            "denoiser": models.denoiser is not None,
-            "execution": self.execution,
-            "noise": self.noise,
-            "models": {
-                kind: {k: card.get(k) for k in ("name", "version", "sha256")}
-                for kind, card in (("segmenter", models.segmenter_card), ("denoiser", models.denoiser_card))
-                if card is not None
-            },
-            "radius": self.radii,
-            "model_grid": {"size": self.input_map.model_size, "abstain_fraction": summary["abstain_fraction"]},
-            "source_grid": {
-                "shape": list(self.input_map.source_shape),
-                "abstain_fraction": float(np.mean(self.source_labels == ABSTAIN)),
-            },
-            "intensity_window": {"low": self.input_map.window.low, "high": self.input_map.window.high,
-                                 "source": self.window_source},
-            "preprocessing_operator_norm": self.input_map.operator_norm(),
-            "structures": structures,
-            "measurements": certified_measurements(self.source_labels, self.clean_labels,
-                                                   models.segmenter_card["labels"], pixel_area_mm2),
-            "out_of_distribution": self.ood,
-            "timings_s": summary["timings_s"],
-        }
+    radii: dict[str, float]  # core.radius.radius_in_source_units
+    ood: dict[str, Any] | None  # the out-of-distribution verdict, "forced" when overridden; None without detector
+    window_source: str
+    execution: dict[str, Any]  # how the base segmenter ran (precision, layout, compilation)
+    noise: dict[str, Any]  # where the noise came from: run seed, image key, fresh or given
+    clean_labels: np.ndarray  # (H, W) the network's own labels on the noise-free image, source grid
 
 
-def certify_stored_image(
-    stored: np.ndarray,
-    models: LoadedModels,
-    *,
-    segmenter: CertifiedSegmenter | None = None,
-    device: str = "auto",
-    batch_size: int | None = None,
-    seed: int | None = None,
-    image_key: str = "",
-    progress: Progress | None = None,
-    force: bool = False,
-    window: IntensityWindow | None = None,
-    **parameters: Any,
-) -> ImageResult:
-    """Certify one 2D image of stored pixel values with the models' own input spec.
+class CertificationPipeline:
+    """A loaded model folder and the segmenter as it runs (device, precision, compiled code, fitted batch size)."""
 
-    `window`: a fixed intensity window (a DICOM file's VOI tags); without one, the
-    models' percentiles of this image are used, and the stored-value radius then also
-    bounds how far a perturbation can move them (movable_window_radius; much smaller).
-    Images the models' out-of-distribution detector rejects get no certificate
-    (CertSegError naming score and threshold) unless `force`, which the verdict records.
-    `segmenter`: the models as they run (precision, compilation); build it once for many
-    images so compiled code and the fitted batch size are reused.  Default: `device`'s defaults.
-    `seed`: None (the default) draws fresh OS entropy, which the guarantee needs; a given seed
-    reproduces a run but voids the guarantee against anyone who knew it before the image was
-    fixed.  The noise seed is derived from it and `image_key`, so images never share noise.
-    """
-    params = {**DEFAULT_PARAMETERS, **parameters}
-    spec = models.segmenter_card["input"]
-    window_source = "DICOM VOI (WindowCenter/WindowWidth): fixed by the header"
-    window_from = None
-    if window is None:
-        percentiles = tuple(spec["percentiles"])
-        window = IntensityWindow.from_percentiles(stored, percentiles)
-        window_from = (stored, percentiles)
-        window_source = (f"percentiles {list(percentiles)} of this image: the stored-value radius also covers "
+    def __init__(self, models: LoadedModels, segmenter: CertifiedSegmenter, batch_size: int | None = None):
+        self.models, self.segmenter, self.batch_size = models, segmenter, batch_size
+
+    @classmethod
+    def from_folder(cls, options: RunOptions = RunOptions()) -> CertificationPipeline:
+        """Load and check the models `options` name (ModelError naming the file otherwise), once."""
+        options.validate()
+        device = resolve_device(options.device)
+        models = load_models(options.model_dir, with_denoiser=options.use_denoiser)
+        execution = Execution.requested(options.precision, options.compile, device)
+        segmenter = CertifiedSegmenter(models.network, models.num_classes, models.denoiser, device, execution)
+        return cls(models, segmenter, options.batch_size)
+
+    def certify(self, image: StoredImage, request: CertificationRequest,
+                progress: Progress | None = None) -> CertificationResult:
+        """Certify one image with the models' own input spec.
+
+        Without a fixed window the models' percentiles of this image are used, and the stored-value
+        radius then also bounds how far a perturbation can move them (much smaller).  An image the
+        out-of-distribution detector rejects gets no certificate (CertSegError naming score and
+        threshold) unless request.force, which the verdict records.
+        """
+        request.validate()
+        input_map = self.input_map(image)
+        percentiles = self.models.segmenter_card.input.percentiles
+        window_from = None if image.window is not None else (image.pixels, percentiles)
+        window_source = ("DICOM VOI (WindowCenter/WindowWidth): fixed by the header" if window_from is None else
+                         f"percentiles {list(percentiles)} of this image: the stored-value radius also covers "
                          f"how far a perturbation can move them")
-    input_map = ModelInputMap(tuple(stored.shape), int(spec["size"]), window)
-    model_image = input_map(stored)
-    segmenter = segmenter or CertifiedSegmenter(models.network, models.num_classes, models.denoiser, device)
-    verdict = _ood_verdict(models, segmenter, model_image, force)
-    run_seed = fresh_seed() if seed is None else int(seed)
-    noise = {"run_seed": run_seed, "image_key": image_key,
-             "source": "os-entropy (unknown before the image existed)" if seed is None else
-                       "given (--seed): no guarantee against whoever knew it before the image was fixed",
-             "reproduce_with": f"--seed {run_seed}"}
-    certificate = segmenter.certify(model_image, batch_size=batch_size, seed=image_noise_seed(run_seed, image_key),
-                                    progress=progress, **params)
-    return ImageResult(
-        source_labels=input_map.labels_to_source(certificate.labels),
-        certificate=certificate,
-        input_map=input_map,
-        radii=radius_in_source_units(certificate.radius, input_map, window_from),
-        ood=verdict,
-        window_source=window_source,
-        execution=dataclasses.asdict(segmenter.execution),
-        noise=noise,
-        clean_labels=input_map.labels_to_source(segmenter.segment_clean(model_image)),
-    )
+        model_image = input_map(image.pixels)
+        verdict = self._ood_verdict(model_image, request.force)
+        run_seed = fresh_seed() if request.seed is None else int(request.seed)
+        certificate = self.segmenter.certify(model_image, batch_size=self.batch_size, progress=progress,
+                                             seed=image_noise_seed(run_seed, image.key), **request.smoothing_arguments())
+        return CertificationResult(
+            source_labels=input_map.labels_to_source(certificate.labels),
+            certificate=certificate,
+            input_map=input_map,
+            radii=radius_in_source_units(certificate.radius, input_map, window_from),
+            ood=verdict,
+            window_source=window_source,
+            execution=dataclasses.asdict(self.segmenter.execution),
+            noise=_noise_record(run_seed, image.key, given=request.seed is not None),
+            clean_labels=input_map.labels_to_source(self.segmenter.segment_clean(model_image)),
+        )
+
+    def input_map(self, image: StoredImage) -> ModelInputMap:
+        """The map of `image` onto the model input: its fixed window, else the card's percentiles of it."""
+        spec = self.models.segmenter_card.input
+        window = image.window or IntensityWindow.from_percentiles(image.pixels, spec.percentiles)
+        return ModelInputMap(tuple(image.pixels.shape), spec.size, window)
+
+    def _ood_verdict(self, model_image: np.ndarray, force: bool) -> dict[str, Any] | None:
+        detector = self.models.ood_detector
+        if detector is None:
+            return None
+        verdict = {**detector.verdict(self.segmenter.network, model_image), "forced": False}
+        if not verdict["in_distribution"]:
+            if not force:
+                raise CertSegError(
+                    f"does not look like a chest radiograph the models know ({OOD_REFUSAL} "
+                    f"{verdict['score']:.1f} > threshold {verdict['threshold']:.1f}); use --force to certify anyway")
+            verdict["forced"] = True
+        return verdict
 
 
-def _ood_verdict(models: LoadedModels, segmenter: CertifiedSegmenter, model_image: np.ndarray,
-                 force: bool) -> dict[str, Any] | None:
-    detector = models.ood_detector
-    if detector is None:
-        return None
-    verdict = {**detector.verdict(segmenter.network, model_image), "forced": False}
-    if not verdict["in_distribution"]:
-        if not force:
-            raise CertSegError(
-                f"does not look like a chest radiograph the models know (spectral OOD score "
-                f"{verdict['score']:.1f} > threshold {verdict['threshold']:.1f}); use --force to certify anyway")
-        verdict["forced"] = True
-    return verdict
+def _noise_record(run_seed: int, image_key: str, *, given: bool) -> dict[str, Any]:
+    return {"run_seed": run_seed, "image_key": image_key,
+            "source": "given (--seed): no guarantee against whoever knew it before the image was fixed" if given else
+                      "os-entropy (unknown before the image existed)",
+            "reproduce_with": f"--seed {run_seed}"}

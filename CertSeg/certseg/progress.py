@@ -1,8 +1,9 @@
-"""Progress reporting: tqdm bars for terminals, one JSON line per step for the Slicer module.
+"""Progress reporting: tqdm bars for terminals, and the progress-line protocol the Slicer module reads.
 
 Progress-line protocol (stdout, one line each, flushed):
     CERTSEG_PROGRESS {"done": <samples done>, "total": <samples in all>}
-The Slicer module (CertSegLib.process) parses these; every other line is log text.
+The backend writes it (progress_lines) and the Slicer module parses it (parse_progress_line, from
+CertSegLib.process); every other line is log text.  Light on purpose: the Slicer module imports it.
 """
 
 from __future__ import annotations
@@ -10,24 +11,24 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-from typing import Iterator
+from collections.abc import Callable, Iterator
 
-from tqdm import tqdm
+Progress = Callable[[int, int], None]
+"""Called with (samples done, samples in total) after every batch."""
 
-from .smoothing import Progress
+PROGRESS_PREFIX = "CERTSEG_PROGRESS "
 
 
 @contextlib.contextmanager
 def sample_bar(total: int, *, disable: bool = False, description: str = "samples") -> Iterator[Progress]:
     """A tqdm bar over noise samples, as an engine progress callback."""
+    from tqdm import tqdm
+
     with tqdm(total=total, desc=description, unit="sample", disable=disable, leave=False) as bar:
         def update(done: int, _total: int) -> None:
             bar.update(done - bar.n)
 
         yield update
-
-
-PROGRESS_PREFIX = "CERTSEG_PROGRESS "
 
 
 @contextlib.contextmanager
@@ -40,3 +41,14 @@ def progress_lines(stream=None) -> Iterator[Progress]:
         out.flush()
 
     yield report
+
+
+def parse_progress_line(line: str) -> tuple[int, int] | None:
+    """(done, total) of a progress line; None for log text, malformed progress lines included."""
+    if line.startswith(PROGRESS_PREFIX):
+        try:
+            data = json.loads(line[len(PROGRESS_PREFIX):])
+            return int(data["done"]), int(data["total"])
+        except (ValueError, KeyError, TypeError):
+            pass
+    return None

@@ -13,8 +13,8 @@ from unittest import mock
 import numpy as np
 import torch
 
-from certseg import certify_segmentation
 from certseg import smoothing
+from certseg.core.smoothing import certify_segmentation
 
 
 def threshold_model(batch: torch.Tensor) -> torch.Tensor:

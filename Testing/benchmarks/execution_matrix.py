@@ -11,8 +11,8 @@ against fp32 on the same noise.
 
 import argparse
 
-from certseg.acceleration import Execution
-from certseg.bench import run_bench
+from certseg.model.execution import Execution
+from certseg.research.bench import run_bench
 
 
 def configurations(device: str, compile_modes: list[str]) -> list[tuple[Execution, int | None]]:

@@ -19,10 +19,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
-from certseg import load_models  # noqa: E402
-from certseg.data import Sample, load_dataset, to_model_space  # noqa: E402
-from certseg.preprocess import DEFAULT_PERCENTILES  # noqa: E402
 from ood_corpus import OUT_OF_DOMAIN, inverted  # noqa: E402
+
+from certseg.core.window import DEFAULT_PERCENTILES  # noqa: E402
+from certseg.model.folder import load_models  # noqa: E402
+from certseg.research.data import Sample, load_dataset, to_model_space  # noqa: E402
 
 MODALITIES = ("CT", "MR", "US", "NM")
 
@@ -72,7 +73,7 @@ def main() -> None:
     parser.add_argument("--in-domain", type=Path, nargs="+", required=True, help="CertSeg dataset folders")
     parser.add_argument("--count", type=int, default=20, help="synthetic images per out-of-domain kind")
     args = parser.parse_args()
-    from certseg.ood import mean_entropy
+    from certseg.model.ood import mean_entropy
 
     models = load_models(args.models, with_denoiser=False)
     detector, network = models.ood_detector, models.network

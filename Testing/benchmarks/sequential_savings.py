@@ -14,9 +14,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
-from certseg import Execution, load_models, resolve_device  # noqa: E402
-from certseg.data import load_drr_dataset  # noqa: E402
-from certseg.evaluate import evaluate  # noqa: E402
+from certseg.core.sampling import resolve_device
+from certseg.model.execution import Execution
+from certseg.model.folder import load_models  # noqa: E402
+from certseg.research.data import load_drr_dataset  # noqa: E402
+from certseg.research.evaluate import evaluate  # noqa: E402
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import CertSegError
+from certseg.errors import CertSegError
 
 SECRET_FIELDS = ("username", "password", "token")
 DEFAULT_CONFIG = Path.home() / ".config" / "certseg" / "pacs.json"

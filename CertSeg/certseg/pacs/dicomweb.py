@@ -7,8 +7,8 @@ from pathlib import Path
 import pydicom
 import requests
 
-from .config import PacsServer
-from .query import CHEST_RADIOGRAPH_MODALITIES, SeriesRef, StudyQuery
+from certseg.pacs.config import PacsServer
+from certseg.pacs.query import CHEST_RADIOGRAPH_MODALITIES, SeriesRef, StudyQuery
 
 # transfer-syntax=*: the instances as stored (real servers crash or refuse when asked to convert).
 AS_STORED = (("application/dicom", "*"),)

@@ -7,9 +7,9 @@ from pathlib import Path
 import pydicom
 from pydicom import uid
 
-from ..errors import CertSegError
-from .config import PacsServer
-from .query import CHEST_RADIOGRAPH_MODALITIES, SeriesRef, StudyQuery
+from certseg.errors import CertSegError
+from certseg.pacs.config import PacsServer
+from certseg.pacs.query import CHEST_RADIOGRAPH_MODALITIES, SeriesRef, StudyQuery
 
 RADIOGRAPH_STORAGE = (uid.ComputedRadiographyImageStorage, uid.DigitalXRayImageStorageForPresentation,
                       uid.DigitalXRayImageStorageForProcessing)

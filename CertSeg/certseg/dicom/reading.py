@@ -1,0 +1,262 @@
+"""Finding chest radiographs in what a PACS exported, and decoding them.
+
+INPUT may be a DICOM file, a folder (searched recursively; non-DICOM files are
+skipped), a DICOMDIR, or a zip of any of these.  Every file ends up either as a
+`Radiograph` or as a `Skipped` with the reason, never as an exception.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_modality_lut
+
+from certseg.core.window import IntensityWindow
+from certseg.errors import CertSegError, first_line
+
+CHEST_MODALITIES = {"CR", "DX"}
+CHEST_BODY_PARTS = {"", "CHEST", "THORAX", "LUNG", "TORSO"}
+FRONTAL_VIEWS = {"", "PA", "AP"}
+MAX_PIXELS = 12000 * 12000  # larger than any chest detector; refuses decompression bombs
+PLAUSIBLE_SPACING_MM = (0.02, 5.0)
+
+
+@dataclass
+class Skipped:
+    path: Path
+    reason: str
+    failed: bool = False  # True: a chest radiograph we could not process; False: not one of ours
+
+
+@dataclass
+class Radiograph:
+    """One chest radiograph: stored values as MONOCHROME2 after the Modality LUT, and its geometry."""
+
+    path: Path
+    dataset: pydicom.Dataset  # full dataset, pixels included (highdicom needs it as the SEG's source)
+    pixels: np.ndarray  # (rows, columns) float64, bright = attenuating
+    spacing_mm: tuple[float, float] | None  # (row spacing, column spacing); None: pixel units
+    notes: list[str] = field(default_factory=list)
+    window: IntensityWindow | None = None  # from the VOI tags (MONOCHROME2 space); None: none usable
+
+    @property
+    def uids(self) -> tuple[str, str, str]:
+        return (str(self.dataset.StudyInstanceUID), str(self.dataset.SeriesInstanceUID), str(self.dataset.SOPInstanceUID))
+
+
+@contextlib.contextmanager
+def candidate_files(source: Path) -> Iterator[list[Path]]:
+    """Every file that might be DICOM under `source` (zip archives unpacked to a temporary folder)."""
+    if not source.exists():
+        raise CertSegError(f"{source}: no such file or folder")
+    with tempfile.TemporaryDirectory(prefix="certseg-") as scratch:
+        yield _expand(source, Path(scratch))
+
+
+def _expand(source: Path, scratch: Path) -> list[Path]:
+    if source.is_dir():
+        files = sorted(p for p in source.rglob("*") if p.is_file())
+        return [f for path in files for f in (_expand(path, scratch) if zipfile.is_zipfile(path) else [path])]
+    if zipfile.is_zipfile(source):
+        target = scratch / f"zip{len(list(scratch.iterdir()))}"
+        _safe_extract(source, target)
+        return _expand(target, scratch)
+    if source.name.upper() == "DICOMDIR":
+        return _dicomdir_files(source)
+    return [source]
+
+
+def _safe_extract(archive: Path, target: Path) -> None:
+    """Extract a zip, refusing members that would land outside `target` (zip slip)."""
+    try:
+        with zipfile.ZipFile(archive) as opened:
+            for member in opened.infolist():
+                destination = (target / member.filename).resolve()
+                if not destination.is_relative_to(target.resolve()):
+                    raise CertSegError(f"{archive}: member {member.filename!r} points outside the archive")
+            opened.extractall(target)
+    except (zipfile.BadZipFile, OSError) as error:
+        raise CertSegError(f"{archive}: unreadable zip archive ({error})") from None
+
+
+def _dicomdir_files(dicomdir: Path) -> list[Path]:
+    from pydicom.fileset import FileSet
+
+    try:
+        fileset = FileSet(pydicom.dcmread(dicomdir))
+    except (InvalidDicomError, ValueError, OSError) as error:
+        raise CertSegError(f"{dicomdir}: unreadable DICOMDIR ({error})") from None
+    return [Path(instance.path) for instance in fileset]
+
+
+def check_header(path: Path, force: bool = False) -> pydicom.Dataset | Skipped:
+    """The header (no pixels) of a chest radiograph we can process, or why the file is skipped.
+
+    `force` overrides the metadata gate (modality, body part, view), not what cannot be decoded.
+    """
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+    except (InvalidDicomError, EOFError) as error:
+        return Skipped(path, f"not a DICOM file ({first_line(error, 200)})")
+    except Exception as error:  # pydicom raises many types on damaged headers
+        return Skipped(path, f"unreadable DICOM header ({first_line(error, 200)})", failed=True)
+    if header.get("SOPClassUID") == "1.2.840.10008.1.3.10":
+        return Skipped(path, "DICOMDIR (its referenced files are read instead)")
+    reason = _not_a_chest_radiograph(header)
+    if reason and not force:
+        return Skipped(path, reason)
+    problem = _unsupported_image(header)
+    if problem:
+        return Skipped(path, problem, failed=True)
+    return header
+
+
+def read_radiograph(path: Path, force: bool = False) -> Radiograph | Skipped:
+    """Check one file and, if it is a chest radiograph we can use (or `force`), decode its pixels."""
+    header = check_header(path, force)
+    if isinstance(header, Skipped):
+        return header
+    try:
+        dataset = pydicom.dcmread(path)
+    except Exception as error:
+        return Skipped(path, f"unreadable DICOM file ({first_line(error, 200)})", failed=True)
+    if "PixelData" not in dataset:
+        return Skipped(path, "no pixel data", failed=True)
+    try:
+        pixels = _monochrome2(dataset)
+    except Exception as error:  # every codec failure becomes one line naming the transfer syntax
+        syntax = dataset.file_meta.get("TransferSyntaxUID", "unknown transfer syntax")
+        name = getattr(syntax, "name", str(syntax))
+        return Skipped(path, f"cannot decode pixel data ({name}): {first_line(error, 200)}", failed=True)
+    spacing, notes = _spacing(dataset)
+    overridden = _not_a_chest_radiograph(dataset)
+    if overridden:
+        notes.append(f"metadata gate overridden by --force: {overridden}")
+    return Radiograph(path, dataset, pixels, spacing, notes, _voi_window(dataset))
+
+
+def _not_a_chest_radiograph(header: pydicom.Dataset) -> str | None:
+    modality = str(header.get("Modality", "")).upper()
+    if modality not in CHEST_MODALITIES:
+        return f"modality {modality or 'missing'} is not a radiograph (CR, DX)"
+    body_part = str(header.get("BodyPartExamined", "")).upper()
+    if body_part not in CHEST_BODY_PARTS:
+        return f"body part {body_part} is not CHEST"
+    view = str(header.get("ViewPosition", "")).upper()
+    if view not in FRONTAL_VIEWS:
+        return f"view position {view} is not frontal (PA or AP)"
+    return None
+
+
+def _unsupported_image(header: pydicom.Dataset) -> str | None:
+    photometric = str(header.get("PhotometricInterpretation", "")).upper()
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        return f"photometric interpretation {photometric or 'missing'} is not grayscale"
+    if int(header.get("SamplesPerPixel", 1)) != 1:
+        return f"{header.SamplesPerPixel} samples per pixel (expected 1)"
+    if int(header.get("NumberOfFrames", 1) or 1) != 1:
+        return f"multi-frame image ({header.NumberOfFrames} frames); one radiograph per file expected"
+    rows, columns = int(header.get("Rows", 0)), int(header.get("Columns", 0))
+    if rows < 32 or columns < 32:
+        return f"image of {rows} x {columns} pixels is too small or has no pixels"
+    if rows * columns > MAX_PIXELS:
+        return f"image of {rows} x {columns} pixels is larger than any chest detector"
+    return None
+
+
+def _monochrome2(dataset: pydicom.Dataset) -> np.ndarray:
+    pixels = np.asarray(apply_modality_lut(dataset.pixel_array, dataset), dtype=np.float64)
+    if pixels.ndim != 2:
+        raise ValueError(f"expected one 2D frame, got shape {pixels.shape}")
+    if _is_monochrome1(dataset):
+        pixels = _inversion_constant(dataset) - pixels
+    return pixels
+
+
+def raw_value_radius(radius_in_lut_output: float, dataset: pydicom.Dataset) -> tuple[float | None, str]:
+    """The stored-value radius in the file's raw pixel values, and what it means.
+
+    A linear Modality LUT maps a raw perturbation d to s d (s = RescaleSlope), so a radius R in its
+    output is R / |s| in raw values; a Modality LUT Sequence is a table, possibly non-linear, and
+    gives no raw-value bound at all.
+    """
+    if "ModalityLUTSequence" in dataset:
+        return None, "a Modality LUT Sequence maps raw values non-linearly: no raw-value radius holds"
+    slope = abs(float(dataset.get("RescaleSlope", 1) or 1))
+    return radius_in_lut_output / slope, f"Modality LUT output radius / |RescaleSlope| ({slope:g})"
+
+
+def _is_monochrome1(dataset: pydicom.Dataset) -> bool:
+    return str(dataset.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1"
+
+
+def _inversion_constant(dataset: pydicom.Dataset) -> float:
+    """lowest + highest value the Modality LUT can output: fixed by the header, not by the pixels.
+
+    A constant taken from the pixels (their min + max) would move when an attacker changes a
+    single pixel and shift the whole image, which no L2 certificate could cover.
+    """
+    bits = int(dataset.get("BitsStored", dataset.get("BitsAllocated", 16)))
+    signed = int(dataset.get("PixelRepresentation", 0)) == 1
+    low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    mapped = apply_modality_lut(np.array([low, high]), dataset).astype(np.float64)
+    return float(mapped.min() + mapped.max())
+
+
+def _voi_window(dataset: pydicom.Dataset) -> IntensityWindow | None:
+    """The first WindowCenter/WindowWidth pair as a window on MONOCHROME2 values, if usable."""
+    try:
+        center = float(np.atleast_1d(dataset.WindowCenter)[0])
+        width = float(np.atleast_1d(dataset.WindowWidth)[0])
+    except (AttributeError, TypeError, ValueError, IndexError):
+        return None
+    if not (np.isfinite(center) and np.isfinite(width) and width > 1):
+        return None
+    low, high = center - width / 2, center + width / 2
+    if _is_monochrome1(dataset):
+        constant = _inversion_constant(dataset)
+        low, high = constant - high, constant - low
+    return IntensityWindow(low, high)
+
+
+def _spacing(dataset: pydicom.Dataset) -> tuple[tuple[float, float] | None, list[str]]:
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        value = dataset.get(keyword)
+        if value is None:
+            continue
+        try:
+            spacing = tuple(float(v) for v in value)
+        except (TypeError, ValueError):
+            return None, [f"{keyword} {value!r} is unreadable: results are in pixel units"]
+        low, high = PLAUSIBLE_SPACING_MM
+        if len(spacing) != 2 or not all(low <= s <= high for s in spacing):
+            return None, [f"{keyword} {list(spacing)} mm is implausible: results are in pixel units"]
+        return spacing, [] if keyword == "PixelSpacing" else ["spacing from ImagerPixelSpacing (detector plane, not corrected for magnification)"]
+    return None, ["no PixelSpacing or ImagerPixelSpacing: results are in pixel units"]
+
+
+def ijk_to_lps(dataset, spacing_mm: tuple[float, float] | None) -> np.ndarray:
+    """4x4 voxel (column i, row j, k) to LPS matrix of a single-frame image.
+
+    Uses ImageOrientationPatient/ImagePositionPatient when the image has them
+    (some DX do); projection radiographs usually do not, and then the image lies
+    in the identity plane at the origin, as Slicer's DICOM import places it.
+    """
+    row_spacing, column_spacing = spacing_mm or (1.0, 1.0)
+    orientation = [float(v) for v in dataset.get("ImageOrientationPatient", [1, 0, 0, 0, 1, 0])]
+    position = [float(v) for v in dataset.get("ImagePositionPatient", [0, 0, 0])]
+    along_row, along_column = np.array(orientation[:3]), np.array(orientation[3:])
+    matrix = np.eye(4)
+    matrix[:3, 0] = along_row * column_spacing
+    matrix[:3, 1] = along_column * row_spacing
+    matrix[:3, 2] = np.cross(along_row, along_column)
+    matrix[:3, 3] = position
+    return matrix

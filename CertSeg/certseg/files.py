@@ -1,0 +1,53 @@
+"""Writing results: all files of one result appear at once, or not at all."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from certseg.errors import CertSegError
+
+
+@contextlib.contextmanager
+def atomic_directory(target: Path, *, overwrite: bool) -> Iterator[Path]:
+    """Yield a temporary sibling folder that replaces `target` only when the block succeeds.
+
+    An existing `target` is kept (CertSegError) unless `overwrite`; on any error the
+    temporary folder is removed and `target` is left as it was.
+    """
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise CertSegError(f"{target}: already exists (use --overwrite to replace it)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; results get the usual permissions
+    try:
+        yield staging
+        if target.exists():
+            retired = target.with_name(f".{target.name}.old")
+            shutil.rmtree(retired, ignore_errors=True)
+            target.rename(retired)
+            staging.rename(target)
+            shutil.rmtree(retired)
+        else:
+            staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Indented JSON, written to a temporary name and renamed: readers never see half a file."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(data, indent=2) + "\n")
+    temporary.replace(path)

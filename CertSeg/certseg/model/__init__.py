@@ -1,0 +1,1 @@
+"""The networks as they are stored, checked and run: model cards, segmenter, denoiser, execution, OOD detector."""

@@ -1,0 +1,103 @@
+"""Model cards: the JSON beside every network, read once, checked, and typed.
+
+A card names the weights file and its sha256 (checked on every load), and for a segmenter its
+labels, its input spec and, optionally, its fitted out-of-distribution detector.  `document`
+keeps the whole JSON as written, for the report and for cards written back by training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from certseg.core.labels import Label
+
+
+class ModelError(ValueError):
+    """A model folder that is missing, incomplete or does not match its card."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    size: int  # the model grid's side
+    percentiles: tuple[float, float]  # the intensity window when the image's header fixes none
+
+
+@dataclass(frozen=True)
+class DetectorRef:
+    """The card's pointer to its fitted out-of-distribution detector."""
+
+    file: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    folder: Path
+    name: str
+    version: str
+    sha256: str
+    document: Mapping[str, Any]
+    labels: tuple[Label, ...] = ()  # segmenter: every class, background first
+    input: InputSpec | None = None  # segmenter
+    ood_detector: DetectorRef | None = None  # segmenter, when fitted
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    @property
+    def structures(self) -> tuple[Label, ...]:
+        """The labels without background."""
+        return self.labels[1:]
+
+    def identity(self) -> dict[str, str]:
+        """What a report records of the model: name, version and the weights' sha256."""
+        return {"name": self.name, "version": self.version, "sha256": self.sha256}
+
+    @classmethod
+    def read(cls, folder: Path, *, segmenter: bool) -> ModelCard:
+        """The card of `folder`, its weights' sha256 checked; ModelError naming the file otherwise."""
+        path = folder / "card.json"
+        try:
+            document = json.loads(path.read_text())
+            card = cls._parse(folder, document, segmenter)
+        except (OSError, json.JSONDecodeError) as error:
+            raise ModelError(f"{path}: unreadable model card ({error})") from None
+        except (KeyError, TypeError, ValueError) as error:
+            raise ModelError(f"{path}: not a valid {'segmenter' if segmenter else 'denoiser'} card "
+                             f"({type(error).__name__}: {error})") from None
+        weights = folder / document.get("weights", "")
+        if not weights.is_file():
+            raise ModelError(f"{folder}: weights file {document.get('weights')!r} named by the card is missing")
+        if sha256_of(weights) != card.sha256:
+            raise ModelError(f"{weights}: sha256 does not match the model card (corrupt or replaced weights)")
+        return card
+
+    @classmethod
+    def _parse(cls, folder: Path, document: dict[str, Any], segmenter: bool) -> ModelCard:
+        common = dict(folder=folder, name=str(document["name"]), version=str(document.get("version", "unknown")),
+                      sha256=str(document.get("sha256")), document=MappingProxyType(document))
+        if not segmenter:
+            return cls(**common)
+        labels = tuple(Label(int(entry["value"]), str(entry["name"])) for entry in document["labels"])
+        if [label.value for label in labels] != list(range(len(labels))) or len(labels) < 2:
+            raise ValueError("labels must be numbered 0 (background), 1, 2, ... with at least one structure")
+        spec = document["input"]
+        low, high = (float(p) for p in spec["percentiles"])
+        detector = document.get("ood_detector")
+        return cls(**common, labels=labels, input=InputSpec(int(spec["size"]), (low, high)),
+                   ood_detector=None if detector is None else
+                   DetectorRef(str(detector["file"]), str(detector["sha256"])))
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

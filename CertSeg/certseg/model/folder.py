@@ -1,0 +1,60 @@
+"""A model folder loaded once: segmenter, optional denoiser and out-of-distribution detector, with their cards.
+
+    segmenter/card.json            architecture, labels, input spec, sha256, intended use
+    segmenter/model.safetensors    MONAI network weights
+    segmenter/<detector>.json      (optional) the fitted OOD detector the card names, with its sha256
+    denoiser/card.json             (optional) training data, sha256, intended use
+    denoiser/unet/, scheduler/     diffusers save_pretrained output (safetensors)
+
+The shipped defaults live in `certseg/models/`; a user's own models are a local folder in the same format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from certseg.model.cards import ModelCard, ModelError, sha256_of
+from certseg.model.denoiser import DiffusionDenoiser
+from certseg.model.networks import load_denoiser, load_segmenter
+from certseg.model.ood import SpectralDetector
+
+DEFAULT_MODEL_DIR = Path(__file__).parents[1] / "models"
+
+
+@dataclass
+class LoadedModels:
+    network: torch.nn.Module
+    segmenter_card: ModelCard
+    denoiser: DiffusionDenoiser | None
+    denoiser_card: ModelCard | None
+    ood_detector: SpectralDetector | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return self.segmenter_card.num_classes
+
+
+def load_models(model_dir: Path | str | None = None, *, with_denoiser: bool = True) -> LoadedModels:
+    """Load the segmenter, its OOD detector when the card names one, and the denoiser when asked for."""
+    root = Path(model_dir) if model_dir is not None else DEFAULT_MODEL_DIR
+    if not (root / "segmenter" / "card.json").is_file():
+        raise ModelError(f"{root}: no segmenter/card.json (not a CertSeg model folder)")
+    network, segmenter_card = load_segmenter(root / "segmenter")
+    denoiser = denoiser_card = None
+    if with_denoiser:
+        if not (root / "denoiser" / "card.json").is_file():
+            raise ModelError(f"{root}: no denoiser/card.json (use --no-denoiser to run without one)")
+        denoiser, denoiser_card = load_denoiser(root / "denoiser")
+    return LoadedModels(network, segmenter_card, denoiser, denoiser_card, _load_detector(segmenter_card))
+
+
+def _load_detector(card: ModelCard) -> SpectralDetector | None:
+    if card.ood_detector is None:
+        return None
+    path = card.folder / card.ood_detector.file
+    if not path.is_file() or sha256_of(path) != card.ood_detector.sha256:
+        raise ModelError(f"{path}: OOD detector missing or not the one the card names (sha256)")
+    return SpectralDetector.load(path)

@@ -1,0 +1,111 @@
+"""A segmentation network, optionally behind a diffusion denoiser, as a certifiable model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from certseg.core.sampling import BaseSegmenter, resolve_device
+from certseg.core.smoothing import Certificate, certify_segmentation, predict_segmentation
+from certseg.model.base_function import BaseSegmenterModule
+from certseg.model.denoiser import DiffusionDenoiser
+from certseg.model.execution import Execution, fit_batch_size, prepare
+from certseg.progress import Progress
+
+
+class CertifiedSegmenter:
+    """Composes network (logits, (B, C, H, W)) and optional denoiser into SegCertify's base model.
+
+    The denoiser, when present, sees each noisy copy once and hands its estimate of
+    the clean image to the network (diffusion denoised smoothing); both run in eval
+    mode without gradients on `device`.
+    """
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        num_classes: int,
+        denoiser: DiffusionDenoiser | None = None,
+        device: str | torch.device | None = "auto",
+        execution: Execution | None = None,
+    ):
+        self.device = resolve_device(device)
+        self.execution = execution or Execution.default_for(self.device)
+        self.execution.validate()
+        # NHWC is set here, before anything runs, so every use of the network (the OOD check
+        # too) sees the same layout; it rewrites the weights of the modules passed in.
+        layout = torch.channels_last if self.execution.channels_last else torch.contiguous_format
+        self.network = network.to(self.device, memory_format=layout).eval()
+        self.denoiser = None if denoiser is None else denoiser.to(self.device, memory_format=layout).eval()
+        self.num_classes = num_classes
+        self._bases: dict[float, tuple[BaseSegmenterModule, BaseSegmenter]] = {}
+        self._fitted_batch_sizes: dict[tuple, int] = {}
+
+    def base_segmenter(self, sigma: float) -> BaseSegmenter:
+        """f: noisy batch -> labels, the function randomized smoothing is applied to (prepared once per sigma)."""
+        return self._base(sigma)[1]
+
+    def _base(self, sigma: float) -> tuple[BaseSegmenterModule, BaseSegmenter]:
+        if sigma not in self._bases:
+            module = BaseSegmenterModule(self.network, self.denoiser, sigma, self.execution, self.device)
+            self._bases[sigma] = (module, prepare(module, self.execution))
+        return self._bases[sigma]
+
+    def _batch_size(self, requested: int | None, sigma: float, image) -> int | None:
+        """The caller's batch size; else on CUDA the batch that fits free memory (measured once per sigma and
+        shape); else None, the engine's default for the device."""
+        if requested is not None or self.device.type != "cuda":
+            return requested
+        key = (sigma, tuple(np.shape(image)[-2:]))
+        if key not in self._fitted_batch_sizes:
+            self._fitted_batch_sizes[key] = fit_batch_size(self._base(sigma)[0], key[1], self.device)
+        return self._fitted_batch_sizes[key]
+
+    def certify(
+        self,
+        image: np.ndarray | torch.Tensor,
+        *,
+        sigma: float,
+        n0: int,
+        n: int,
+        alpha: float,
+        tau: float,
+        correction: str = "holm",
+        looks: Sequence[int] | str | None = None,
+        stop_tolerance: float = 0.0,
+        batch_size: int | None = None,
+        seed: int | None = None,
+        progress: Progress | None = None,
+    ) -> Certificate:
+        """certify_segmentation() with this model as the base segmenter."""
+        return certify_segmentation(
+            self.base_segmenter(sigma), image, num_classes=self.num_classes, sigma=sigma, n0=n0, n=n,
+            alpha=alpha, tau=tau, correction=correction, looks=looks, stop_tolerance=stop_tolerance,
+            batch_size=self._batch_size(batch_size, sigma, image), seed=seed,
+            device=self.device, progress=progress,
+        )
+
+    def predict(
+        self,
+        image: np.ndarray | torch.Tensor,
+        *,
+        sigma: float,
+        n: int,
+        alpha: float,
+        batch_size: int | None = None,
+        seed: int | None = None,
+        progress: Progress | None = None,
+    ) -> Certificate:
+        return predict_segmentation(
+            self.base_segmenter(sigma), image, num_classes=self.num_classes, sigma=sigma, n=n, alpha=alpha,
+            batch_size=self._batch_size(batch_size, sigma, image), seed=seed,
+            device=self.device, progress=progress,
+        )
+
+    @torch.no_grad()
+    def segment_clean(self, image: np.ndarray | torch.Tensor) -> np.ndarray:
+        """The network's own labels on the noise-free image (no denoiser, no certificate)."""
+        x = torch.as_tensor(image, dtype=torch.float32, device=self.device)[None, None]
+        return self.network(x).max(dim=1).indices[0].cpu().numpy()

@@ -1,0 +1,1 @@
+"""What model developers run: datasets, DRRs, training, evaluation, bench and attacks.  Never on the runtime path."""

@@ -1,0 +1,84 @@
+"""One training or evaluation image with its labels, and its move onto the model grid."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from certseg.errors import CertSegError
+
+ALL_STRUCTURES = (1, 2, 3, 4, 5)
+LUNGS = (1, 2)
+
+
+@dataclass
+class Sample:
+    name: str
+    stored: np.ndarray  # (H, W) stored pixel values, bright = attenuating
+    labels: np.ndarray  # (H, W) uint8 label values
+    annotated: tuple[int, ...] = ALL_STRUCTURES  # structures the dataset labels (others are unknown, not background)
+
+
+def to_model_space(sample: Sample, size: int, percentiles: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """The model input and the label map on the model grid (nearest neighbour)."""
+    from certseg.core.input_map import ModelInputMap
+    from certseg.core.window import IntensityWindow  # torch: only where images are mapped
+
+    input_map = ModelInputMap(sample.stored.shape, size, IntensityWindow.from_percentiles(sample.stored, percentiles))
+    return input_map(sample.stored), labels_to_model_grid(sample.labels, input_map)
+
+
+def labels_to_model_grid(labels: np.ndarray, input_map) -> np.ndarray:
+    left, right, top, bottom = input_map.padding
+    padded = np.pad(labels, ((top, bottom), (left, right)))
+    return resize_labels(padded, (input_map.model_size,) * 2)
+
+
+def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a label map (torch's 'nearest', as every CertSeg grid change uses)."""
+    import torch
+    import torch.nn.functional as F
+
+    if labels.shape == tuple(shape):
+        return labels.astype(np.uint8)
+    grid = torch.as_tensor(labels, dtype=torch.float32)[None, None]
+    return F.interpolate(grid, size=tuple(shape), mode="nearest")[0, 0].numpy().astype(np.uint8)
+
+
+def lung_labels(right: np.ndarray, left: np.ndarray) -> np.ndarray:
+    labels = np.zeros(right.shape, dtype=np.uint8)
+    labels[right] = 1
+    labels[left] = 2
+    return labels
+
+
+def by_image_side(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(patient's right, patient's left): the mask lying further to the viewer's left is the patient's right."""
+    columns = lambda mask: np.nonzero(mask)[1].mean() if mask.any() else np.inf  # noqa: E731
+    return (a, b) if columns(a) <= columns(b) else (b, a)
+
+
+def read_gray(path: Path) -> np.ndarray:
+    """Grayscale values of a PNG or GIF (Pillow: SimpleITK reads no GIF); colour and palettes to luminance.
+
+    16-bit PNGs keep their values; a palette image is read through its palette, so an
+    inverted palette (as in the public JSRT PNG copy) gives bright bone.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            if image.mode in ("1", "P", "LA", "RGB", "RGBA"):
+                image = image.convert("L")
+            return np.asarray(image, dtype=np.float64)
+    except (OSError, UnidentifiedImageError) as error:
+        raise CertSegError(f"{path}: unreadable image ({error})") from None
+
+
+def read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """A binary mask, resized (nearest neighbour) to `shape` when stored at another resolution."""
+    if not path.is_file():
+        raise CertSegError(f"{path}: mask missing")
+    return resize_labels(read_gray(path) > 0, shape) > 0

@@ -1,0 +1,336 @@
+"""`certseg train segmenter|denoiser`: seeded, resumable training on model-space images.
+
+Checkpoints are safetensors (weights and optimizer tensors) plus a JSON file
+(step, optimizer hyper-parameters, random states); nothing is pickled.
+Training stops at `steps` or after `max_minutes`, whichever comes first, and
+always leaves a checkpoint and the finished model folder behind.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from certseg.core.sampling import resolve_device
+from certseg.core.window import DEFAULT_PERCENTILES
+from certseg.dicom.codes import NUM_CLASSES, label_card
+from certseg.files import write_json
+from certseg.model.denoiser import timestep_for_sigma
+from certseg.model.networks import (
+    build_segmenter_network,
+    load_denoiser,
+    load_segmenter,
+    save_denoiser,
+    save_segmenter,
+)
+from certseg.research.architectures import DEFAULT_DENOISER_CONFIG, DEFAULT_SEGMENTER_ARCHITECTURE
+from certseg.research.data import Sample, to_model_space
+
+MODEL_SIZE = 256
+INTENDED_USE = "Demonstration and research only; not for clinical use."
+
+
+@dataclass
+class TrainConfig:
+    steps: int
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    seed: int = 0
+    max_minutes: float | None = None
+    checkpoint_every: int = 25
+    device: str = "auto"
+    # segmenter: noise augmentation sigma drawn uniformly from this range per image (the smoothing noise)
+    noise_sigma: tuple[float, float] = (0.0, 0.5)
+    # denoiser: train only the timesteps that serve these sigmas, on random crops of this size
+    denoiser_sigma: tuple[float, float] = (0.05, 1.2)
+    crop: int = 128
+    init: Path | None = None  # a model folder whose weights training starts from
+    channels: tuple[int, ...] | None = None  # segmenter U-Net channels; None: the shipped architecture's
+    validate_every: int = 100  # segmenter: steps between validation checks (the best weights are kept)
+    extra_card: dict[str, Any] = field(default_factory=dict)
+
+
+def model_space_arrays(samples: list[Sample]) -> tuple[torch.Tensor, torch.Tensor]:
+    pairs = [to_model_space(s, MODEL_SIZE, DEFAULT_PERCENTILES) for s in samples]
+    images = torch.as_tensor(np.stack([p[0] for p in pairs]))[:, None]
+    labels = torch.as_tensor(np.stack([p[1] for p in pairs]).astype(np.int64))[:, None]
+    return images, labels
+
+
+def annotated_classes(samples: list[Sample]) -> torch.Tensor:
+    """(N, C) bool: the classes each image's dataset labels; background only where every structure is."""
+    structures = torch.tensor([[c in s.annotated for c in range(1, NUM_CLASSES)] for s in samples], dtype=torch.bool)
+    return torch.cat([structures.all(dim=1, keepdim=True), structures], dim=1)
+
+
+def partial_label_loss(logits: torch.Tensor, labels: torch.Tensor, annotated: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against the set of classes a pixel may have, plus soft Dice of annotated classes.
+
+    On a lung-only image a pixel outside the lungs may be background, heart or clavicle, and
+    a lung pixel may lie under a clavicle: every class the dataset does not annotate stays
+    possible everywhere.  The cross-entropy term is -log P(true class in that set), so the
+    network is never taught that an unannotated heart is background; Dice is taken only over
+    the classes the image annotates.  With every structure annotated this is Dice + CE.
+    """
+    onehot = F.one_hot(labels[:, 0], logits.shape[1]).permute(0, 3, 1, 2).bool()
+    unknown = ~annotated
+    unknown[:, 0] = False  # background is never unknown: an annotated lung pixel is not background
+    allowed = onehot | unknown[:, :, None, None]
+    log_probabilities = logits.float().log_softmax(dim=1)
+    cross_entropy = -torch.logsumexp(log_probabilities.masked_fill(~allowed, -torch.inf), dim=1).mean()
+    probabilities, target = log_probabilities.exp(), onehot.float()
+    overlap = (probabilities * target).sum(dim=(2, 3))
+    dice = 1 - (2 * overlap + 1) / (probabilities.sum(dim=(2, 3)) + target.sum(dim=(2, 3)) + 1)
+    weights = annotated.float()
+    return cross_entropy + (dice * weights).sum() / weights.sum()
+
+
+def segmenter_architecture(channels: tuple[int, ...] | None) -> dict[str, Any]:
+    if channels is None:
+        return DEFAULT_SEGMENTER_ARCHITECTURE
+    kwargs = {**DEFAULT_SEGMENTER_ARCHITECTURE["kwargs"], "channels": list(channels),
+              "strides": [2] * (len(channels) - 1)}
+    return {**DEFAULT_SEGMENTER_ARCHITECTURE, "kwargs": kwargs}
+
+
+def train_segmenter(samples: list[Sample], out: Path, config: TrainConfig, progress: bool = True,
+                    validation: list[Sample] | None = None) -> dict:
+    """MONAI U-Net, partial-label CE + Dice, real-export augmentation and noise at the smoothing sigmas.
+
+    With `validation` images, clean validation Dice is measured every `validate_every` steps and the
+    weights with the best mean Dice are the ones saved (the checkpoint keeps the latest for resuming).
+    """
+    from certseg.research.data.augment import augment_batch
+
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    images, labels = model_space_arrays(samples)
+    annotated = annotated_classes(samples)
+    architecture = segmenter_architecture(config.channels)
+    network = build_segmenter_network(architecture)
+    if config.init is not None:
+        network.load_state_dict(load_segmenter(Path(config.init) / "segmenter")[0].state_dict())
+    network = network.to(device)
+    optimizer = torch.optim.Adam(network.parameters(), lr=config.learning_rate)
+    rng = np.random.default_rng(config.seed)
+    checkpoint = out / "checkpoints" / "segmenter"
+    tracker = _ValidationTracker(validation, checkpoint / "best.safetensors") if validation else None
+
+    def step_loss() -> torch.Tensor:
+        index = rng.integers(len(images), size=config.batch_size)
+        x, y = augment_batch(images[index], labels[index], rng)
+        sigma = torch.as_tensor(rng.uniform(*config.noise_sigma, size=(len(x), 1, 1, 1)), dtype=x.dtype)
+        x, y = x.to(device), y.to(device)
+        return partial_label_loss(network(x + sigma.to(device) * torch.randn_like(x)), y, annotated[index].to(device))
+
+    def after_step(step: int) -> None:
+        if tracker is not None and (step % config.validate_every == 0 or step == config.steps):
+            tracker.check(network, step)
+
+    steps = _run(network, optimizer, step_loss, checkpoint, config, progress, "segmenter", after_step)
+    if tracker is not None and tracker.best_step is not None:
+        network.load_state_dict(load_file(str(tracker.path)))
+    card = {
+        "name": "certseg-cxr-unet",
+        "version": "0.2.0",
+        "task": "chest X-ray multi-class segmentation (JSRT/SCR structure set)",
+        "architecture": architecture,
+        "labels": label_card(),
+        "input": {"size": MODEL_SIZE, "channels": 1, "percentiles": list(DEFAULT_PERCENTILES),
+                  "mapping": "stored values, MONOCHROME2, percentile window -> [0, 1], zero-pad to square, "
+                             "antialiased bilinear resize"},
+        "training": {"steps": steps, "batch_size": config.batch_size, "learning_rate": config.learning_rate,
+                     "loss": "partial-label cross-entropy + Dice of annotated classes",
+                     "augmentation": "certseg.data.augment (geometry, window, gamma, detail, collimation, markers)",
+                     "noise_sigma_uniform": list(config.noise_sigma), "seed": config.seed, "images": len(samples),
+                     "init": str(config.init) if config.init else None,
+                     "validation": tracker.summary() if tracker else None, **config.extra_card},
+        "intended_use": INTENDED_USE,
+    }
+    return save_segmenter(network.cpu(), card, out / "segmenter")
+
+
+class _ValidationTracker:
+    """Clean Dice of the network on validation images; keeps the best weights in `path`."""
+
+    def __init__(self, validation: list[Sample], path: Path):
+        self.images, self.labels = model_space_arrays(validation)
+        self.annotated = annotated_classes(validation)[:, 1:].numpy()
+        self.path, self.names = path, [s.name for s in validation]
+        self.best_step, self.best_dice, self.history = None, -1.0, []
+        if (path.with_suffix(".json")).is_file():
+            state = json.loads(path.with_suffix(".json").read_text())
+            self.best_step, self.best_dice, self.history = state["best_step"], state["best_dice"], state["history"]
+
+    @torch.no_grad()
+    def check(self, network: torch.nn.Module, step: int) -> None:
+        from certseg.research.evaluate import dice_per_structure
+
+        network.eval()
+        device = next(network.parameters()).device
+        per_image = [dice_per_structure(network(x[None].to(device)).argmax(1)[0].cpu().numpy(), y[0].numpy(),
+                                        NUM_CLASSES) for x, y in zip(self.images, self.labels)]
+        network.train()
+        values = np.where(self.annotated, np.asarray(per_image), np.nan)
+        per_structure = np.nanmean(values, axis=0)
+        mean = float(np.nanmean(per_structure))
+        self.history.append({"step": step, "mean_dice": mean, "per_structure": per_structure.round(4).tolist()})
+        if mean > self.best_dice:
+            self.best_step, self.best_dice = step, mean
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            save_file({k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}, str(self.path))
+        write_json(self.path.with_suffix(".json"), {"best_step": self.best_step, "best_dice": self.best_dice,
+                                                     "history": self.history})
+        tqdm.write(f"step {step}: validation Dice {mean:.4f} {per_structure.round(3).tolist()} "
+                   f"(best {self.best_dice:.4f} at {self.best_step})")
+
+    def summary(self) -> dict:
+        return {"images": self.names, "best_step": self.best_step, "best_mean_clean_dice": self.best_dice,
+                "history": self.history}
+
+
+def train_denoiser(samples: list[Sample], out: Path, config: TrainConfig, progress: bool = True) -> dict:
+    """diffusers UNet2DModel, epsilon loss, only the timesteps our sigmas use, random crops."""
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    images, _ = model_space_arrays(samples)
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
+    unet = (load_denoiser(Path(config.init) / "denoiser")[0].unet if config.init is not None
+            else UNet2DModel(**DEFAULT_DENOISER_CONFIG)).to(device)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=config.learning_rate)
+    abar = scheduler.alphas_cumprod
+    t_low, t_high = (timestep_for_sigma(abar, s) for s in config.denoiser_sigma)
+    rng = np.random.default_rng(config.seed)
+
+    def step_loss() -> torch.Tensor:
+        index = rng.integers(len(images), size=config.batch_size)
+        top, left = rng.integers(0, MODEL_SIZE - config.crop + 1, size=2)
+        x0 = (2 * images[index, :, top : top + config.crop, left : left + config.crop] - 1).to(device)
+        t = torch.as_tensor(rng.integers(t_low, t_high + 1, size=config.batch_size), device=device)
+        noise = torch.randn_like(x0)
+        x_t = scheduler.add_noise(x0, noise, t.cpu()).to(device)
+        return torch.nn.functional.mse_loss(unet(x_t, t).sample, noise)
+
+    steps = _run(unet, optimizer, step_loss, out / "checkpoints" / "denoiser", config, progress, "denoiser")
+    card = {
+        "name": "certseg-cxr-ddpm",
+        "version": "0.2.0",
+        "task": "one-shot denoising of chest X-rays for diffusion denoised smoothing",
+        "input": {"size": MODEL_SIZE, "range": "[0, 1] model space, scaled to [-1, 1] inside"},
+        "training": {"steps": steps, "batch_size": config.batch_size, "learning_rate": config.learning_rate,
+                     "crop": config.crop, "timesteps": [t_low, t_high],
+                     "sigma_range": list(config.denoiser_sigma), "seed": config.seed, "images": len(samples),
+                     "init": str(config.init) if config.init else None, **config.extra_card},
+        "intended_use": INTENDED_USE,
+    }
+    return save_denoiser(unet.cpu(), scheduler, card, out / "denoiser")
+
+
+def _run(model, optimizer, step_loss, checkpoint: Path, config: TrainConfig, progress: bool, name: str,
+         after_step=None) -> int:
+    """The training loop shared by both models: resume, step, checkpoint, stop on steps or time."""
+    step = _load_checkpoint(checkpoint, model, optimizer) if checkpoint.exists() else 0
+    model.train()
+    started = time.monotonic()
+    with tqdm(total=config.steps, initial=step, desc=f"train {name}", disable=not progress) as bar:
+        while step < config.steps:
+            loss = step_loss()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            out_of_time = config.max_minutes is not None and time.monotonic() - started > 60 * config.max_minutes
+            if after_step is not None:
+                after_step(step)
+            if step % config.checkpoint_every == 0 or step == config.steps or out_of_time:
+                _save_checkpoint(checkpoint, model, optimizer, step)
+            if out_of_time:
+                break
+    model.eval()
+    return step
+
+
+def _save_checkpoint(folder: Path, model, optimizer, step: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    state = optimizer.state_dict()
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, values in state["state"].items():
+        for key, value in values.items():
+            if torch.is_tensor(value):
+                tensors[f"optimizer.{index}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    save_file(tensors, str(folder / "state.safetensors.tmp"))
+    (folder / "state.json.tmp").write_text(json.dumps(
+        {"step": step, "param_groups": state["param_groups"], "scalars": scalars, "torch_rng": torch.get_rng_state().tolist()}
+    ))
+    (folder / "state.safetensors.tmp").replace(folder / "state.safetensors")
+    (folder / "state.json.tmp").replace(folder / "state.json")
+
+
+def _load_checkpoint(folder: Path, model, optimizer) -> int:
+    tensors = load_file(str(folder / "state.safetensors"))
+    meta = json.loads((folder / "state.json").read_text())
+    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    optimizer_state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            optimizer_state.setdefault(int(index), {})[name] = value
+    for index, values in meta["scalars"].items():
+        optimizer_state.setdefault(int(index), {}).update(values)
+    optimizer.load_state_dict({"state": optimizer_state, "param_groups": meta["param_groups"]})
+    torch.set_rng_state(torch.tensor(meta["torch_rng"], dtype=torch.uint8))
+    return int(meta["step"])
+
+
+def fit_ood(model_dir: Path, training: list[Sample], held_out: list[Sample], false_rejection_rate: float,
+            augmented_copies: int = 0, seed: int = 0) -> dict:
+    """Fit the spectral OOD detector for the segmenter in `model_dir` and store it in its card.
+
+    With `augmented_copies`, each training and held-out image also enters as that many copies
+    through the training augmentation (window, gamma, edge enhancement, magnification, collimation,
+    markers): the detector then learns the variety of real exports from the same anatomy, and the
+    threshold is the (1 - rate) quantile over many held-out views instead of a handful.
+    """
+    from certseg.model.cards import sha256_of
+    from certseg.model.networks import load_segmenter
+    from certseg.model.ood import encoder_layers, fit_detector
+    from certseg.research.data.augment import augment_batch
+
+    if not 0 < false_rejection_rate < 1:
+        raise ValueError(f"false rejection rate must lie in (0, 1), got {false_rejection_rate}")
+    network, card = load_segmenter(model_dir / "segmenter")
+    rng = np.random.default_rng(seed)
+
+    def with_copies(samples: list[Sample]) -> np.ndarray:
+        images, labels = model_space_arrays(samples)
+        copies = [images] + [augment_batch(images, labels, rng)[0] for _ in range(augmented_copies)]
+        return torch.cat(copies)[:, 0].numpy()
+
+    train_images, held_out_images = with_copies(training), with_copies(held_out)
+    detector = fit_detector(network, train_images, held_out_images, false_rejection_rate,
+                            layers=encoder_layers(network))
+    detector_path = model_dir / "segmenter" / "ood.safetensors"
+    detector.save(detector_path)
+    card = {**card, "ood_detector": {
+        "file": detector_path.name, "sha256": sha256_of(detector_path), "method": "spectral signature (Mahalanobis)",
+        "threshold": detector.threshold, "false_rejection_rate": detector.false_rejection_rate,
+        "training_images": [s.name for s in training], "held_out_images": [s.name for s in held_out],
+        "augmented_copies": augmented_copies}}
+    write_json(model_dir / "segmenter" / "card.json", card)
+    return card

@@ -1,0 +1,64 @@
+"""One result folder per image: every output file, written into a staging folder that appears whole or not at all.
+
+    seg.dcm, measurements.dcm   DICOM SEG and its TID 1500 SR (DICOM sources only)
+    certseg.seg.nrrd            the same segments for Slicer; pixel_radius.nrrd the per-pixel radius
+    overlay.png                 a quick look
+    certificate.npz             model-grid arrays for research, with what each promises
+    report.json                 certseg.report
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from certseg.dicom.seg import write_dicom_seg
+from certseg.dicom.sr import write_measurement_sr
+from certseg.files import write_json
+from certseg.results.preview import write_overlay
+from certseg.results.segmentation import segment_tags, write_radius_map, write_seg_nrrd
+
+
+def write_result_folder(folder: Path, stored: np.ndarray, result, report: dict[str, Any], geometry: np.ndarray,
+                        radiograph=None) -> None:
+    """Every output of one image into `folder`: seg.dcm and measurements.dcm (DICOM sources only), certseg.seg.nrrd,
+    overlay.png, certificate.npz (model-grid arrays for research) and report.json."""
+    if radiograph is not None:
+        write_dicom_seg(folder / "seg.dcm", radiograph, result.source_labels, report["models"]["segmenter"])
+        write_measurement_sr(folder / "measurements.dcm", radiograph, folder / "seg.dcm", report)
+    write_seg_nrrd(folder / "certseg.seg.nrrd", result.source_labels, geometry, segment_tags(report))
+    write_overlay(folder / "overlay.png", stored, result.source_labels)
+    write_certificate_arrays(folder / "certificate.npz", result, report)
+    write_radius_map(folder / "pixel_radius.nrrd", result, geometry)
+    write_json(folder / "report.json", report)
+
+
+CERTIFICATE_ARRAYS = {
+    "model_labels": "certified class per model-grid pixel, -1 = abstained. Guarantee (probability >= 1 - alpha "
+                    "over the sampling): every certified pixel carries the smoothed segmenter's label, unchanged "
+                    "under any L2 perturbation of the model input below radius.model_space",
+    "candidates": "class tested per pixel (from the n0 selection samples); certified or not",
+    "counts": "votes for the candidate among the estimation samples drawn",
+    "pixel_radius": "model-input L2 radius per certified pixel (NaN elsewhere) for its candidate, from a "
+                    "Clopper-Pearson bound at each look's share of alpha / pixels: holds with probability "
+                    ">= 1 - alpha on its own, together with model_labels with probability >= 1 - 2 alpha",
+    "pixel_radius_stored_values": "pixel_radius / ||A||, L2 over the source grid in the units of "
+                                  "radius.stored_values_units; all NaN when the intensity window came from the "
+                                  "image itself (no per-pixel bound is computed for a movable window)",
+}
+
+
+def write_certificate_arrays(path: Path, result, report: dict[str, Any]) -> None:
+    """certificate.npz: the model-grid arrays and, as `guarantees` (a JSON string), what each one promises."""
+    certificate = result.certificate
+    fixed_window = report["radius"]["window_fixed_by_header"]
+    per_pixel_stored = (certificate.pixel_radius / result.input_map.operator_norm() if fixed_window
+                        else np.full_like(certificate.pixel_radius, np.nan))
+    guarantees = {**CERTIFICATE_ARRAYS, "alpha": certificate.parameters.alpha,
+                  "radius_model_space": certificate.radius}
+    np.savez_compressed(path, model_labels=certificate.labels, candidates=certificate.candidates,
+                        counts=certificate.counts, pixel_radius=certificate.pixel_radius,
+                        pixel_radius_stored_values=per_pixel_stored, guarantees=np.array(json.dumps(guarantees)))

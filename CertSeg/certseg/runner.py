@@ -1,0 +1,149 @@
+"""From inputs on disk to result folders: every chest radiograph of a DICOM export, or one image file.
+
+`certseg certify`, `certseg pacs` and the listener certify DICOM through certify_input (one result
+folder per image under OUT/<study>/<series>/<instance>/); `certseg certify-array` (the Slicer
+module's call) certifies one image file through certify_image_file.  Both write each result
+folder atomically and never replace one unless asked.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from certseg.dicom.reading import Radiograph, Skipped, candidate_files, check_header, ijk_to_lps, read_radiograph
+from certseg.errors import EXIT_OK, EXIT_SOME_FAILED, CertSegError
+from certseg.files import atomic_directory
+from certseg.imagefile import read_image
+from certseg.pipeline import CertificationPipeline, StoredImage
+from certseg.progress import progress_lines, sample_bar
+from certseg.report import dicom_report, image_file_report, summary_line
+from certseg.request import CertificationRequest
+from certseg.results.folder import write_result_folder
+
+
+class Status(StrEnum):
+    CERTIFIED = "certified"
+    KEPT = "kept"  # the result exists and was not asked to be replaced
+    SKIPPED = "skipped"  # not ours (not a chest radiograph, not the selected series)
+    FAILED = "failed"
+
+
+@dataclass
+class Outcome:
+    path: Path
+    message: str
+    status: Status
+    result: Path | None = None  # the result folder (certified or kept)
+
+
+def certify_input(source: Path, out: Path, pipeline: CertificationPipeline, request: CertificationRequest, *,
+                  overwrite: bool = False, quiet: bool = False, series: str | None = None,
+                  study: str | None = None) -> tuple[int, list[Outcome]]:
+    """Certify every selected chest radiograph under `source`; returns the exit code and one outcome per file."""
+    outcomes: list[Outcome] = []
+    with candidate_files(source) as files:
+        selected = []
+        for path in files:
+            header = check_header(path, request.force)
+            if isinstance(header, Skipped):
+                outcomes.append(_skipped(header))
+            elif series and header.SeriesInstanceUID != series or study and header.StudyInstanceUID != study:
+                outcomes.append(Outcome(path, "not in the selected study/series", Status.SKIPPED))
+            else:
+                selected.append(path)
+        if not selected:
+            raise CertSegError(f"{source}: no chest radiograph (CR or DX) to certify" + _reasons(outcomes))
+        for path in tqdm(selected, desc="images", unit="image", disable=quiet):
+            try:
+                outcomes.append(_certify_dicom_file(path, out, pipeline, request, overwrite, quiet))
+            except CertSegError as error:
+                outcomes.append(Outcome(path, f"refused: {error}", Status.FAILED))
+            except (ValueError, RuntimeError, OSError, MemoryError) as error:
+                # One image's failure (bad geometry, out of memory, disk full) never stops the batch.
+                outcomes.append(Outcome(path, f"{type(error).__name__}: {error}", Status.FAILED))
+    failed = any(o.status == Status.FAILED for o in outcomes)
+    return (EXIT_SOME_FAILED if failed else EXIT_OK), outcomes
+
+
+def certify_image_file(path: Path, out: Path, pipeline: CertificationPipeline, request: CertificationRequest, *,
+                       reference_dicom: Path | None = None, overwrite: bool = False, quiet: bool = False,
+                       progress_protocol: bool = False) -> str:
+    """Certify one image file into the result folder `out`; returns the summary line.
+
+    `reference_dicom`: the DICOM file the image was exported from (the Slicer module's case): its
+    pixel values, photometry, window and spacing are used, the file's geometry kept, and a DICOM SEG
+    and SR are written too.  `progress_protocol`: progress lines for the Slicer module, not a bar.
+    """
+    image = read_image(path)
+    radiograph = None if reference_dicom is None else _reference_radiograph(reference_dicom, image.pixels)
+    if radiograph is not None:
+        image.pixels, image.spacing_mm = radiograph.pixels, radiograph.spacing_mm
+    if out.exists() and not overwrite:
+        raise CertSegError(f"{out}: already exists (use --overwrite to replace it)")
+    stored = StoredImage(image.pixels, path.name, None if radiograph is None else radiograph.window)
+    reporter = progress_lines() if progress_protocol else sample_bar(request.samples, disable=quiet)
+    with reporter as progress:
+        try:
+            result = pipeline.certify(stored, request, progress)
+        except CertSegError as error:
+            raise CertSegError(f"{path}: {error}") from None
+    report = image_file_report(result, pipeline.models, path, image.spacing_mm, reference_dicom)
+    _write(out, image.pixels, result, report, image.ijk_to_lps, radiograph, overwrite)
+    return summary_line(report, out)
+
+
+def _certify_dicom_file(path: Path, out: Path, pipeline: CertificationPipeline, request: CertificationRequest,
+                        overwrite: bool, quiet: bool) -> Outcome:
+    started = time.perf_counter()
+    radiograph = read_radiograph(path, request.force)
+    if isinstance(radiograph, Skipped):
+        return _skipped(radiograph)
+    target = out.joinpath(*radiograph.uids)
+    if target.exists() and not overwrite:
+        return Outcome(path, f"result kept: {target} exists (use --overwrite to replace it)", Status.KEPT, target)
+    with sample_bar(request.samples, disable=quiet) as progress:
+        result = pipeline.certify(stored_image(radiograph), request, progress)
+    report = dicom_report(result, pipeline.models, radiograph)
+    report["timings_s"]["total_with_decoding"] = time.perf_counter() - started
+    _write(target, radiograph.pixels, result, report, ijk_to_lps(radiograph.dataset, radiograph.spacing_mm),
+           radiograph, overwrite)
+    return Outcome(path, summary_line(report, target), Status.CERTIFIED, target)
+
+
+def stored_image(radiograph: Radiograph) -> StoredImage:
+    """What the pipeline certifies of a radiograph: its stored values, keyed by SOPInstanceUID, with its VOI window."""
+    return StoredImage(radiograph.pixels, radiograph.uids[2], radiograph.window)
+
+
+def _write(target: Path, pixels: np.ndarray, result, report: dict, geometry: np.ndarray,
+           radiograph: Radiograph | None, overwrite: bool) -> None:
+    with atomic_directory(target, overwrite=overwrite) as staging:
+        write_result_folder(staging, pixels, result, report, geometry, radiograph)
+
+
+def _reference_radiograph(path: Path, pixels: np.ndarray) -> Radiograph:
+    """The DICOM an exported volume came from, checked to hold the same picture (possibly inverted)."""
+    radiograph = read_radiograph(path)
+    if isinstance(radiograph, Skipped):
+        raise CertSegError(f"{path}: {radiograph.reason}")
+    if radiograph.pixels.shape != pixels.shape:
+        raise CertSegError(f"{path}: {radiograph.pixels.shape} pixels do not match the image's {pixels.shape}")
+    correlation = np.corrcoef(radiograph.pixels.ravel(), pixels.ravel())[0, 1]
+    if not abs(correlation) > 0.9:
+        raise CertSegError(f"{path}: its pixels do not match the image (correlation {correlation:.2f})")
+    return radiograph
+
+
+def _skipped(skipped: Skipped) -> Outcome:
+    return Outcome(skipped.path, skipped.reason, Status.FAILED if skipped.failed else Status.SKIPPED)
+
+
+def _reasons(outcomes: list[Outcome]) -> str:
+    shown = "; ".join(f"{o.path.name}: {o.message}" for o in outcomes[:5])
+    return f" ({shown}{'; ...' if len(outcomes) > 5 else ''})" if outcomes else ""

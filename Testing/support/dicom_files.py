@@ -1,0 +1,87 @@
+"""Small real DICOM files for the tests, written with pydicom: chest-like CRs, odd spacings, hostile files."""
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pydicom
+
+from certseg.research.sample_cr import cr_dataset
+
+SAMPLE_CR = Path(__file__).parents[2] / "CertSeg" / "Resources" / "SampleData" / "sample_cr.dcm"
+
+
+def chest_pixels(rows: int = 240, columns: int = 200, seed: int = 0) -> np.ndarray:
+    """A 12-bit image with chest-like structure: dark lungs either side of a bright mediastinum."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:rows, 0:columns] / np.array([rows, columns])[:, None, None]
+    lungs = np.exp(-(((x - 0.3) / 0.13) ** 2 + ((y - 0.45) / 0.3) ** 2)) + np.exp(-(((x - 0.7) / 0.13) ** 2 + ((y - 0.45) / 0.3) ** 2))
+    image = 3200 - 2200 * lungs + 120 * rng.standard_normal((rows, columns))
+    return np.clip(image, 0, 4095).astype(np.uint16)
+
+
+# Pixel spacings real chest exports carry: (PixelSpacing, ImagerPixelSpacing, PixelSpacingCalibrationType)
+ODD_SPACINGS = {
+    "zero": ([0, 0], [0.15, 0.15], None),
+    "missing": (None, None, None),
+    "imager-only": (None, [0.15, 0.15], None),
+    "calibrated": ([0.139, 0.139], [0.15, 0.15], "GEOMETRY"),
+}
+
+
+def write_cr_with_spacing(path: Path, variant: str, seed: int = 7) -> Path:
+    """A small chest CR whose spacing tags are those of ODD_SPACINGS[variant]."""
+    pixel, imager, calibration = ODD_SPACINGS[variant]
+    dataset = cr_dataset(chest_pixels(seed=seed), imager_spacing_mm=1.5, source_to_detector_mm=1800.0,
+                         magnification=1.1, seed=seed)
+    for keyword, value in (("PixelSpacing", pixel), ("ImagerPixelSpacing", imager),
+                           ("PixelSpacingCalibrationType", calibration)):
+        if value is None:
+            dataset.pop(keyword, None)
+        else:
+            setattr(dataset, keyword, value)
+    dataset.save_as(path, enforce_file_format=True)
+    return path
+
+
+def hostile_files(small_cr, folder):
+    """Each bad file and the words its reason must contain (Dataset.copy is shallow: deep copies)."""
+    good = pydicom.dcmread(small_cr)
+    cases = {}
+    data = small_cr.read_bytes()
+    (folder / "truncated.dcm").write_bytes(data[: len(data) // 2])
+    cases["truncated.dcm"] = "cannot decode"
+    (folder / "notes.txt").write_text("not an image\n")
+    cases["notes.txt"] = "not a DICOM file"
+    no_pixels = copy.deepcopy(good)
+    del no_pixels.PixelData
+    no_pixels.save_as(folder / "nopixels.dcm")
+    cases["nopixels.dcm"] = "no pixel data"
+    for modality in ("CT", "MR"):
+        other = copy.deepcopy(good)
+        other.Modality = modality
+        other.save_as(folder / f"{modality}.dcm")
+        cases[f"{modality}.dcm"] = f"modality {modality}"
+    knee = copy.deepcopy(good)
+    knee.BodyPartExamined = "KNEE"
+    knee.save_as(folder / "knee.dcm")
+    cases["knee.dcm"] = "body part KNEE"
+    rgb = copy.deepcopy(good)
+    rgb.PhotometricInterpretation, rgb.SamplesPerPixel, rgb.PlanarConfiguration = "RGB", 3, 0
+    rgb.BitsAllocated = rgb.BitsStored = 8
+    rgb.HighBit = 7
+    rgb.PixelData = np.zeros((240, 200, 3), np.uint8).tobytes()
+    rgb["PixelData"].VR = "OB"
+    rgb.save_as(folder / "rgb.dcm")
+    cases["rgb.dcm"] = "not grayscale"
+    frames = copy.deepcopy(good)
+    frames.NumberOfFrames = 2
+    frames.PixelData = good.PixelData * 2
+    frames["PixelData"].VR = "OW"
+    frames.save_as(folder / "multiframe.dcm")
+    cases["multiframe.dcm"] = "multi-frame"
+    huge = copy.deepcopy(good)
+    huge.Rows = huge.Columns = 40000
+    huge.save_as(folder / "huge.dcm")
+    cases["huge.dcm"] = "larger than any chest detector"
+    return cases

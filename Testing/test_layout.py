@@ -1,0 +1,126 @@
+"""The backend's shape: which subpackage may import which (README.md, "Layout"), read from the source and
+checked by importing for real; what stays out of the Slicer module's and the runtime's way; what CMake ships."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).parents[1] / "CertSeg" / "certseg"
+FOUNDATION = {"certseg", "certseg.errors", "certseg.request", "certseg.progress", "certseg.files"}
+# What each part may import of the package (itself always), at run time; TYPE_CHECKING imports are type hints only.
+ALLOWED = {
+    "certseg": set(),  # __init__: the lazy public API
+    "certseg.errors": set(),
+    "certseg.request": set(),
+    "certseg.progress": set(),
+    "certseg.files": {"certseg.errors"},
+    "certseg.imagefile": FOUNDATION,
+    "certseg.core": FOUNDATION,
+    "certseg.model": FOUNDATION | {"certseg.core"},
+    "certseg.dicom": FOUNDATION | {"certseg.core"},
+    "certseg.results": FOUNDATION | {"certseg.core", "certseg.dicom"},
+    "certseg.report": FOUNDATION | {"certseg.core", "certseg.dicom"},
+    "certseg.pipeline": FOUNDATION | {"certseg.core", "certseg.model"},
+    "certseg.runner": FOUNDATION | {"certseg.core", "certseg.dicom", "certseg.results", "certseg.report",
+                                    "certseg.pipeline", "certseg.imagefile"},
+    "certseg.pacs": FOUNDATION,
+    "certseg.research": FOUNDATION | {"certseg.core", "certseg.model", "certseg.dicom", "certseg.results",
+                                      "certseg.report", "certseg.pipeline", "certseg.runner", "certseg.imagefile"},
+    "certseg.commands": None,  # anything: the commands sit on top
+    "certseg.__main__": {"certseg.commands"},
+}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def part_of(module: str) -> str:
+    """The key of ALLOWED a module belongs to: its subpackage, or the top-level module itself."""
+    parts = module.split(".")
+    return ".".join(parts[:2])
+
+
+def runtime_imports(path: Path) -> list[str]:
+    """Every module `path` imports outside `if TYPE_CHECKING:` blocks, relative imports resolved."""
+    tree = ast.parse(path.read_text())
+    type_only = {id(node) for block in ast.walk(tree) if isinstance(block, ast.If)
+                 and "TYPE_CHECKING" in ast.unparse(block.test) for node in ast.walk(block)}
+    package = module_name(path).split(".")
+    if path.name != "__init__.py":
+        package = package[:-1]
+    found = []
+    for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            found.append(".".join(base + ([node.module] if node.module else [])))
+    return found
+
+
+BACKEND_FILES = sorted(PACKAGE.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", BACKEND_FILES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_each_module_imports_only_what_its_layer_may(path):
+    own = part_of(module_name(path))
+    allowed = ALLOWED[own]
+    for imported in runtime_imports(path):
+        assert imported.split(".")[0] not in {"slicer", "qt", "ctk", "vtk"}, f"{path}: the backend never imports Slicer"
+        if allowed is None or not imported.startswith("certseg") or part_of(imported) == own:
+            continue
+        assert part_of(imported) in allowed or imported == "certseg", f"{module_name(path)} imports {imported}"
+
+
+def test_every_backend_module_belongs_to_a_stated_part():
+    assert {part_of(module_name(path)) for path in BACKEND_FILES} <= set(ALLOWED)
+
+
+def loaded_after(statement: str) -> set[str]:
+    """The modules a fresh interpreter holds after `statement` (a real import, transitive dependencies included)."""
+    code = f"import sys\n{statement}\nprint('\\n'.join(sorted(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return set(done.stdout.split())
+
+
+def test_dicom_results_and_the_modules_slicer_loads_never_import_torch():
+    light = [module_name(p) for p in BACKEND_FILES if part_of(module_name(p)) in {"certseg.dicom", "certseg.results"}]
+    light += ["certseg.request", "certseg.progress", "certseg.report", "certseg.errors", "certseg.files"]
+    modules = loaded_after("\n".join(f"import {name}" for name in light))
+    assert {"certseg.dicom.seg", "certseg.report", "highdicom"} <= modules  # the imports did happen
+    assert "torch" not in modules and "monai" not in modules and "diffusers" not in modules
+
+
+def test_the_runtime_path_never_imports_research_or_its_dependencies():
+    runtime = ["certseg.commands", "certseg.pipeline", "certseg.runner"]
+    runtime += [module_name(p) for p in BACKEND_FILES
+                if part_of(module_name(p)) == "certseg.pacs" and p.name != "orthanc_plugin.py"]  # that runs in Orthanc
+    modules = loaded_after("\n".join(f"import {name}" for name in runtime) + "\ncertseg.commands.parser()")
+    assert {"certseg.pipeline", "torch", "certseg.pacs.listener"} <= modules
+    assert not any(m.startswith("certseg.research") for m in modules)
+
+
+@pytest.mark.parametrize("path", [p for p in BACKEND_FILES if part_of(module_name(p)) not in
+                                  {"certseg.research", "certseg.commands"}], ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_the_research_extra_stays_out_of_the_runtime(path):
+    """matplotlib, nibabel and diffdrr come with `pip install certseg[research]`: only research code imports them."""
+    assert not {name.split(".")[0] for name in runtime_imports(path)} & {"matplotlib", "nibabel", "diffdrr"}
+
+
+def test_the_extension_build_ships_every_backend_file():
+    """CertSeg/CMakeLists.txt globs the package recursively; emulate its globs and compare with the tree."""
+    cmake = (PACKAGE.parent / "CMakeLists.txt").read_text()
+    globs = [line.split() for line in cmake.splitlines() if line.startswith("file(GLOB")]
+    scripts = next(g for g in globs if g[1] == "CERTSEG_BACKEND_SCRIPTS")
+    assert scripts[0] == "file(GLOB_RECURSE" and scripts[-1] == "certseg/*.py)"
+    shipped = set(PACKAGE.parent.glob("certseg/**/*.py"))  # what GLOB_RECURSE certseg/*.py matches
+    assert shipped == set(BACKEND_FILES) and PACKAGE / "research" / "data" / "folder.py" in shipped
+    models = next(g for g in globs if g[1] == "CERTSEG_MODELS")
+    assert models[0] == "file(GLOB_RECURSE" and "certseg/models/*.safetensors" in models[-2:][0] + models[-1]
