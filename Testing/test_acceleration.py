@@ -39,6 +39,7 @@ def test_fp32_base_is_the_network_on_the_one_step_denoised_image(chest_image):
     assert torch.equal(segmenter.base_segmenter(0.5)(noisy), expected)
 
 
+@pytest.mark.slow
 def test_bf16_in_nhwc_changes_few_labels_of_samples_and_certificates(chest_image):
     """Measured on the sample CR: bf16 autocast flips ~0.05% of a noisy sample's pixel labels."""
     models = load_models(with_denoiser=True)

@@ -106,6 +106,7 @@ def test_bad_attack_parameters_fail_in_one_line(args, words, tmp_path):
     assert not (tmp_path / "a").exists()
 
 
+@pytest.mark.slow
 def test_attack_command_on_the_shipped_sample_in_both_spaces(tmp_path):
     out = tmp_path / "attack"
     done = run_certseg("attack", SAMPLE_CR, "--out", out, "--no-denoiser", "--fractions", "0", "1", "--steps", "3",

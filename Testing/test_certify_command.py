@@ -11,15 +11,12 @@ import pytest
 import slicerio
 import torch
 
-from support.cli import run_certseg
+from support.cli import run_certseg as certseg
 from support.dicom_files import ODD_SPACINGS, SAMPLE_CR, hostile_files, write_cr_with_spacing
 from support.tools import require_tool
 
 # n = 80: below about 63 unanimous votes no pixel of 256^2 can pass Holm at alpha = 0.001.
 FAST = ["--n0", "2", "--n", "80", "--quiet"]
-
-
-certseg = run_certseg
 
 
 @pytest.fixture(scope="module")
@@ -178,6 +175,7 @@ def test_report_states_parameters_models_areas_and_radii(sample_result):
     assert radius["rms_per_source_pixel"] == pytest.approx(radius["stored_values_l2"] / np.sqrt(source.Rows * source.Columns))
 
 
+@pytest.mark.slow
 def test_sequential_certification_records_its_looks_and_the_samples_it_drew(tmp_path):
     run = certseg("certify", SAMPLE_CR, "--out", tmp_path, "--n0", "2", "--n", "400", "--sequential",
                   "--no-denoiser", "--quiet")

@@ -95,6 +95,7 @@ def second_instance(path, folder):
     return folder / "second.dcm"
 
 
+@pytest.mark.slow
 def test_storescu_in_seg_out_in_the_destination_pacs(orthanc, tmp_path):
     listener = RunningListener(tmp_path, orthanc)
     try:
@@ -110,6 +111,7 @@ def test_storescu_in_seg_out_in_the_destination_pacs(orthanc, tmp_path):
         listener.stop()
 
 
+@pytest.mark.slow
 def test_a_restart_in_the_middle_of_a_study_loses_nothing(orthanc, tmp_path):
     first = write_cr_with_spacing(tmp_path / "first.dcm", "calibrated", seed=22)
     second = second_instance(first, tmp_path)
@@ -155,6 +157,7 @@ def test_hostile_peers_get_clean_refusals_and_the_node_keeps_working(orthanc, tm
         listener.stop()
 
 
+@pytest.mark.slow
 def test_a_full_queue_refuses_and_a_dead_destination_is_retried_then_reported(tmp_path):
     listener = RunningListener(tmp_path, None, "--max-queue-mb", "0.15", "--send-attempts", "2")
     try:

@@ -11,7 +11,7 @@ from certseg.model.folder import load_models
 from certseg.model.ood import RINGS, _ring_powers
 from certseg.research.drr import ViewParameters, load_phantom, render_view
 from certseg.research.sample_cr import cr_dataset
-from support.cli import run_certseg
+from support.cli import run_certseg as certseg
 from support.ood_corpus import OUT_OF_DOMAIN, inverted, model_space
 
 
@@ -42,6 +42,7 @@ def test_in_domain_views_are_accepted(shipped, fresh_views):
     assert np.sum(scores > shipped.ood_detector.threshold) <= 1, scores  # stated false rejection: 5%
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(OUT_OF_DOMAIN) + ["inverted radiograph"])
 def test_out_of_domain_images_are_rejected(kind, shipped, fresh_views):
     rng = np.random.default_rng(7)
@@ -62,9 +63,6 @@ def _noise_cr(path, modality="CR"):
     ds = cr_dataset(pixels, imager_spacing_mm=0.5, source_to_detector_mm=1800, magnification=1.1, seed=1)
     ds.Modality = modality
     ds.save_as(path, enforce_file_format=True)
-
-
-certseg = run_certseg
 
 
 def test_an_image_the_detector_rejects_gets_no_certificate_unless_forced(tmp_path):

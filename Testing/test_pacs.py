@@ -34,6 +34,7 @@ def pacs(config: dict, folder, *args, env=None):
 CREDENTIALS = {"CERTSEG_PACS_USERNAME": USER, "CERTSEG_PACS_PASSWORD": PASSWORD}
 
 
+@pytest.mark.slow
 def test_dicomweb_pull_certify_push_keeps_jpeg2000_and_puts_the_seg_in_the_study(orthanc, tmp_path):
     source = pydicom.dcmread(SAMPLE_CR, stop_before_pixels=True)
     run = pacs({"web": {"dicomweb": orthanc.dicomweb_url}}, tmp_path, "--server", "web",
@@ -45,6 +46,7 @@ def test_dicomweb_pull_certify_push_keeps_jpeg2000_and_puts_the_seg_in_the_study
     assert orthanc.series_modalities(source.StudyInstanceUID) == ["CR", "SEG", "SR"]
 
 
+@pytest.mark.slow
 def test_dimse_find_get_store_with_odd_spacing_ends_with_a_valid_seg_in_the_study(orthanc, tmp_path):
     config = {"archive": {"dimse": {"host": "127.0.0.1", "port": orthanc.dicom_port, "called_aet": orthanc.aet},
                           "calling_aet": "CERTSEG"}}
@@ -92,6 +94,7 @@ def test_a_password_in_a_config_file_others_can_read_is_refused(tmp_path):
     assert run.returncode == 2 and "chmod 600" in run.stderr
 
 
+@pytest.mark.slow
 def test_tls_verifies_the_certificate_by_default_and_trusts_a_given_ca_bundle(orthanc, tmp_path):
     with tls_proxy(tmp_path, orthanc.http_url) as (https_url, certificate):
         source = pydicom.dcmread(SAMPLE_CR, stop_before_pixels=True)
@@ -105,6 +108,7 @@ def test_tls_verifies_the_certificate_by_default_and_trusts_a_given_ca_bundle(or
         assert "1 retrieved, 1 certified, 0 SEG sent" in trusted.stdout
 
 
+@pytest.mark.slow
 def test_the_orthanc_plugin_certifies_a_new_study_exactly_once(tmp_path):
     import time
 
@@ -143,6 +147,7 @@ def test_environment_secrets_win_over_the_file_and_a_token_becomes_a_bearer_head
     assert session.headers["Authorization"] == "Bearer t0k" and session.auth is None
 
 
+@pytest.mark.slow
 def test_one_failing_study_never_stops_the_others(orthanc, tmp_path):
     """A date range matching the good studies and one whose pixel data is cut short: exit 1, the rest done."""
     broken = pydicom.dcmread(write_cr_with_spacing(tmp_path / "broken.dcm", "calibrated", seed=41))

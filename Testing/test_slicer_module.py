@@ -117,6 +117,7 @@ def _alive(pid: int) -> bool:
     return not (status.exists() and status.read_text().split()[2] == "Z")  # a zombie is dead
 
 
+@pytest.mark.slow
 def test_the_self_test_parameters_certify_the_sample_lungs_through_the_module_command(tmp_path):
     """CertSegTest's backend call, minus Slicer: the exported sample volume with its DICOM as reference."""
     from certseg.dicom.reading import read_radiograph
@@ -159,6 +160,7 @@ def test_the_module_command_runs_the_real_backend(tmp_path, random_models):
     assert report["source"]["pixel_spacing_mm"] == [0.7, 0.7]
 
 
+@pytest.mark.slow
 def test_an_out_of_distribution_refusal_becomes_a_question_and_the_override_is_recorded(tmp_path):
     """A texture, not a radiograph: the shipped detector refuses it; the panel asks; --force certifies and records."""
     image = tmp_path / "texture.nrrd"

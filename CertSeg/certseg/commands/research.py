@@ -98,11 +98,12 @@ def add_parsers(commands) -> None:
     attack.add_argument("--out", type=Path, required=True, help="folder for attack.json/.md/.png")
     attack.add_argument("--space", nargs="+", default=["model", "pixels"], choices=["model", "pixels"],
                         help="attack the model input, the image's stored values through the preprocessing, or both")
-    attack.add_argument("--fractions", type=float, nargs="+", default=[0.0, 0.1, 0.25, 0.5, 1.0],
+    # Defaults: research.attack.AttackSettings' (0 0.1 0.25 0.5 1, 20 steps, 8 draws), filled in when it runs.
+    attack.add_argument("--fractions", type=float, nargs="+",
                         help="attack budgets as fractions of the certified radius (0: the clean image certified "
                              "again, the churn of fresh noise alone)")
-    attack.add_argument("--steps", type=positive_int, default=20, help="PGD steps")
-    attack.add_argument("--noise-draws", type=positive_int, default=8,
+    attack.add_argument("--steps", type=positive_int, help="PGD steps")
+    attack.add_argument("--noise-draws", type=positive_int,
                         help="noise samples the smoothed attack averages over (SmoothAdv's m)")
     add_certification_options(attack)
     attack.set_defaults(run=run_attack)
@@ -154,7 +155,9 @@ def run_attack(args) -> int:
     request = certification_request(args)
     if request.sequential:
         raise CertSegError("attack: sequential certification is not supported here (use a fixed --n)")
-    settings = AttackSettings(steps=args.steps, noise_draws=args.noise_draws, fractions=tuple(args.fractions))
+    given = {"steps": args.steps, "noise_draws": args.noise_draws,
+             "fractions": None if args.fractions is None else tuple(args.fractions)}
+    settings = AttackSettings(**{name: value for name, value in given.items() if value is not None})
     settings.validate()
     if args.out.exists() and not args.overwrite:
         raise CertSegError(f"{args.out}: already exists (use --overwrite to replace it)")

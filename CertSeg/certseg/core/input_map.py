@@ -60,12 +60,16 @@ class ModelInputMap:
         return self.linear(shifted).clamp(0.0, 1.0).to(torch.float32).numpy()
 
     def labels_to_source(self, labels: np.ndarray) -> np.ndarray:
-        """Model-grid labels back onto the source grid (nearest neighbour, padding cropped)."""
-        grid = torch.as_tensor(labels, dtype=torch.float64)[None, None]
-        upsampled = F.interpolate(grid, size=(self.padded_size, self.padded_size), mode="nearest")[0, 0]
+        """Model-grid labels (or any per-pixel map) back onto the source grid, padding cropped."""
+        upsampled = resize_labels(labels, (self.padded_size, self.padded_size))
         left, _, top, _ = self.padding
         height, width = self.source_shape
-        return upsampled[top : top + height, left : left + width].numpy().astype(np.asarray(labels).dtype)
+        return upsampled[top : top + height, left : left + width]
+
+    def labels_to_model(self, labels: np.ndarray) -> np.ndarray:
+        """Source-grid labels onto the model grid, padded as the image is (training and evaluation truth)."""
+        left, right, top, bottom = self.padding
+        return resize_labels(np.pad(labels, ((top, bottom), (left, right))), (self.model_size, self.model_size))
 
     def operator_norm(self) -> float:
         """The spectral norm of the linear part A (exact up to float64 rounding)."""
@@ -93,3 +97,9 @@ def _resampling_matrix(length: int, pad_before: int, pad_after: int, size: int) 
     padded = F.pad(identity, (pad_before, pad_after))
     resized = F.interpolate(padded, size=(1, size), mode="bilinear", antialias=True, align_corners=False)
     return resized[:, 0, 0, :].T.numpy()
+
+
+def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a label map, dtype kept: every change of grid CertSeg makes to labels."""
+    grid = torch.as_tensor(np.asarray(labels), dtype=torch.float64)[None, None]
+    return F.interpolate(grid, size=tuple(shape), mode="nearest")[0, 0].numpy().astype(np.asarray(labels).dtype)

@@ -150,7 +150,7 @@ def train_segmenter(samples: list[Sample], out: Path, config: TrainConfig, progr
                              "antialiased bilinear resize"},
         "training": {"steps": steps, "batch_size": config.batch_size, "learning_rate": config.learning_rate,
                      "loss": "partial-label cross-entropy + Dice of annotated classes",
-                     "augmentation": "certseg.data.augment (geometry, window, gamma, detail, collimation, markers)",
+                     "augmentation": "certseg.research.data.augment (geometry, window, gamma, detail, collimation, markers)",
                      "noise_sigma_uniform": list(config.noise_sigma), "seed": config.seed, "images": len(samples),
                      "init": str(config.init) if config.init else None,
                      "validation": tracker.summary() if tracker else None, **config.extra_card},
@@ -327,7 +327,7 @@ def fit_ood(model_dir: Path, training: list[Sample], held_out: list[Sample], fal
                             layers=encoder_layers(network))
     detector_path = model_dir / "segmenter" / "ood.safetensors"
     detector.save(detector_path)
-    card = {**card, "ood_detector": {
+    card = {**card.document, "ood_detector": {
         "file": detector_path.name, "sha256": sha256_of(detector_path), "method": "spectral signature (Mahalanobis)",
         "threshold": detector.threshold, "false_rejection_rate": detector.false_rejection_rate,
         "training_images": [s.name for s in training], "held_out_images": [s.name for s in held_out],

@@ -27,7 +27,7 @@ from certseg.dicom.codes import label_card
 from certseg.errors import CertSegError
 from certseg.research.data.drr_folder import DRR_FORMAT, load_drr_dataset
 from certseg.research.data.public import LAYOUTS
-from certseg.research.data.sample import Sample, resize_labels
+from certseg.research.data.sample import Sample
 
 DATASET_FORMAT = "certseg-dataset-1"
 SPLITS = ("train", "validation", "test")
@@ -81,6 +81,8 @@ def import_dataset(layout_name: str, source: Path, out: Path, *, masks: Path | N
 def _to_working_size(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
     import torch
     import torch.nn.functional as F
+
+    from certseg.core.input_map import resize_labels
 
     height, width = sample.stored.shape
     scale = min(1.0, WORKING_SIZE / max(height, width))

@@ -27,24 +27,7 @@ def to_model_space(sample: Sample, size: int, percentiles: tuple[float, float]) 
     from certseg.core.window import IntensityWindow  # torch: only where images are mapped
 
     input_map = ModelInputMap(sample.stored.shape, size, IntensityWindow.from_percentiles(sample.stored, percentiles))
-    return input_map(sample.stored), labels_to_model_grid(sample.labels, input_map)
-
-
-def labels_to_model_grid(labels: np.ndarray, input_map) -> np.ndarray:
-    left, right, top, bottom = input_map.padding
-    padded = np.pad(labels, ((top, bottom), (left, right)))
-    return resize_labels(padded, (input_map.model_size,) * 2)
-
-
-def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of a label map (torch's 'nearest', as every CertSeg grid change uses)."""
-    import torch
-    import torch.nn.functional as F
-
-    if labels.shape == tuple(shape):
-        return labels.astype(np.uint8)
-    grid = torch.as_tensor(labels, dtype=torch.float32)[None, None]
-    return F.interpolate(grid, size=tuple(shape), mode="nearest")[0, 0].numpy().astype(np.uint8)
+    return input_map(sample.stored), input_map.labels_to_model(sample.labels)
 
 
 def lung_labels(right: np.ndarray, left: np.ndarray) -> np.ndarray:
@@ -81,4 +64,6 @@ def read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
     """A binary mask, resized (nearest neighbour) to `shape` when stored at another resolution."""
     if not path.is_file():
         raise CertSegError(f"{path}: mask missing")
-    return resize_labels(read_gray(path) > 0, shape) > 0
+    from certseg.core.input_map import resize_labels
+
+    return resize_labels(read_gray(path) > 0, shape)
