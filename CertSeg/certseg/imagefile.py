@@ -1,4 +1,4 @@
-"""Reading a single 2D image file of stored pixel values (not DICOM; see io_dicom for that)."""
+"""Reading a single 2D image file of stored pixel values (not DICOM; see certseg.dicom.reading for that)."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from unittest import mock
 import numpy as np
 import torch
 
-from certseg import smoothing
+from certseg.core import smoothing
 from certseg.core.smoothing import certify_segmentation
 
 

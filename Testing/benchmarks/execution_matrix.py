@@ -12,6 +12,7 @@ against fp32 on the same noise.
 import argparse
 
 from certseg.model.execution import Execution
+from certseg.request import CertificationRequest, RunOptions
 from certseg.research.bench import run_bench
 
 
@@ -38,8 +39,8 @@ def main() -> None:
           "sample labels flipped | certificate labels changed |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for execution, batch_size in configurations(args.device, modes):
-        result = run_bench(n=args.n, device=args.device, execution=execution, batch_size=batch_size,
-                           repeats=args.repeats, reference=reference is None)
+        result = run_bench(CertificationRequest(n=args.n, seed=0), RunOptions(device=args.device, batch_size=batch_size),
+                           execution=execution, repeats=args.repeats, reference=reference is None)
         if reference is None:
             reference = result.reference_seconds_per_image
             print(f"reference loop (fp32, one sample per pass): {reference:.2f} s / image on {result.device}, "

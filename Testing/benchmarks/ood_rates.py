@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parents[1]))
+sys.path.insert(0, str(Path(__file__).parents[1]))  # Testing/, for support/ (pytest sets it for the tests)
 
-from ood_corpus import OUT_OF_DOMAIN, inverted  # noqa: E402
+from support.ood_corpus import OUT_OF_DOMAIN, inverted  # noqa: E402
 
 from certseg.core.window import DEFAULT_PERCENTILES  # noqa: E402
 from certseg.model.folder import load_models  # noqa: E402

@@ -9,16 +9,15 @@ fixed n in --fixed, then sequential certification up to --max-n with doubling lo
 """
 
 import argparse
-import sys
+import dataclasses
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parents[1]))
 
 from certseg.core.sampling import resolve_device
 from certseg.model.execution import Execution
-from certseg.model.folder import load_models  # noqa: E402
-from certseg.research.data import load_drr_dataset  # noqa: E402
-from certseg.research.evaluate import evaluate  # noqa: E402
+from certseg.model.folder import load_models
+from certseg.request import DOUBLING, CertificationRequest
+from certseg.research.data import load_drr_dataset
+from certseg.research.evaluate import Configuration, evaluate
 
 
 def main() -> None:
@@ -34,18 +33,18 @@ def main() -> None:
 
     samples = load_drr_dataset(args.data)[: args.limit]
     models = load_models(with_denoiser=args.denoiser)
-    configuration = "denoiser + segmenter" if args.denoiser else "segmenter alone"
+    configuration = Configuration.WITH_DENOISER if args.denoiser else Configuration.SEGMENTER_ALONE
+    fixed_seed = CertificationRequest(sigma=args.sigma, seed=0)  # n0 10, alpha 0.001, tau 0.75, Holm
     designs = [(f"fixed n={n}", dict(n=n)) for n in args.fixed]
-    designs += [(f"sequential n<={args.max_n} tol={t:g}", dict(n=args.max_n, looks="doubling", stop_tolerance=t))
+    designs += [(f"sequential n<={args.max_n} tol={t:g}", dict(n=args.max_n, looks=DOUBLING, stop_tolerance=t))
                 for t in args.tolerance]
     execution = Execution.default_for(resolve_device("auto"))
     print(f"{len(samples)} views of {args.data}, {configuration}, sigma {args.sigma}, n0 10, alpha 0.001, "
           f"tau 0.75, Holm, {execution}", flush=True)
     header = None
     for name, design in designs:
-        rows = [r for r in evaluate(samples, models, sigmas=[args.sigma], configurations=[configuration], n0=10,
-                                    alpha=0.001, tau=0.75, batch_size=None, seed=0, device="auto", progress=False,
-                                    **design) if r.sigma is not None]
+        request = dataclasses.replace(fixed_seed, **design)
+        rows = [r for r in evaluate(samples, models, [request], [configuration], progress=False) if r.sigma is not None]
         if header is None:
             header = [r.structure for r in rows]
             print("| design | samples / image | " + " | ".join(header) + " | abstained | s / image |")

@@ -75,12 +75,13 @@ class BenchResult:
 
 def run_bench(request: CertificationRequest = CertificationRequest(seed=0), options: RunOptions = RunOptions(), *,
               size: int = 256, random_init: bool = False, repeats: int = 1, reference: bool = False,
-              image: np.ndarray | None = None) -> BenchResult:
+              image: np.ndarray | None = None, execution: Execution | None = None) -> BenchResult:
     """Certify `image` (a model-space array; default the sample CR, else noise) `repeats` times after
     a warm-up, and report the mean timings.  The warm-up is a whole certification when compiling,
-    so that every batch shape is compiled before the clock starts."""
+    so that every batch shape is compiled before the clock starts.  `execution`: one the options cannot
+    name (bf16 without NHWC, for the execution matrix); default: what the options ask for."""
     device = resolve_device(options.device)
-    execution = Execution.requested(options.precision, options.compile, device)
+    execution = execution or Execution.requested(options.precision, options.compile, device)
     seed = 0 if request.seed is None else request.seed
     segmenter, models = _segmenter(device, options, random_init, execution)
     image = _bench_image(size, seed) if image is None else np.asarray(image, dtype=np.float32)
