@@ -1,4 +1,7 @@
-"""The model developer's commands: bench, data, train, evaluate, attack.  Everything they run lives in certseg.research."""
+"""The model developer's commands: bench, data, train, evaluate, attack.
+
+Everything they run lives in certseg.research, imported only when a command runs (never by the parser).
+"""
 
 from __future__ import annotations
 

@@ -18,7 +18,9 @@ from certseg.core.labels import ABSTAIN
 ANATOMICAL_STRUCTURE = Code("123037004", "SCT", "Anatomical Structure")
 RIGHT = Code("24028007", "SCT", "Right")
 LEFT = Code("7771000", "SCT", "Left")
-LUNG, HEART, CLAVICLE = Code("39607008", "SCT", "Lung"), Code("80891009", "SCT", "Heart"), Code("51299004", "SCT", "Clavicle")
+LUNG = Code("39607008", "SCT", "Lung")
+HEART = Code("80891009", "SCT", "Heart")
+CLAVICLE = Code("51299004", "SCT", "Clavicle")
 
 ABSTAINED_CATEGORY = Code("CERTOUTCOME", "99CERTSEG", "Certification outcome")
 ABSTAINED_TYPE = Code("ABSTAINED", "99CERTSEG", "Certification abstained")
