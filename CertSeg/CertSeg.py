@@ -49,7 +49,7 @@ from CertSegLib.summary import (
 from certseg.report import panel_summary
 from certseg.request import CertificationRequest, RunOptions
 
-DEFAULTS = CertificationRequest()
+DEFAULTS, DEFAULT_OPTIONS = CertificationRequest(), RunOptions()
 
 MODULE_DIR = Path(__file__).resolve().parent
 SAMPLE_CR = MODULE_DIR / "Resources" / "SampleData" / "sample_cr.dcm"
@@ -94,8 +94,8 @@ class CertSegParameterNode:
     n: Annotated[int, WithinRange(1, 100000)] = DEFAULTS.n
     alpha: Annotated[float, WithinRange(1e-6, 0.5)] = DEFAULTS.alpha  # the spin box shows 6 decimals
     tau: Annotated[float, WithinRange(0.51, 0.9999)] = DEFAULTS.tau
-    useDenoiser: bool = RunOptions().use_denoiser
-    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = RunOptions().device
+    useDenoiser: bool = DEFAULT_OPTIONS.use_denoiser
+    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = DEFAULT_OPTIONS.device
     modelFolder: str = ""
 
 

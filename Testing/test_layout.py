@@ -123,4 +123,4 @@ def test_the_extension_build_ships_every_backend_file():
     shipped = set(PACKAGE.parent.glob("certseg/**/*.py"))  # what GLOB_RECURSE certseg/*.py matches
     assert shipped == set(BACKEND_FILES) and PACKAGE / "research" / "data" / "folder.py" in shipped
     models = next(g for g in globs if g[1] == "CERTSEG_MODELS")
-    assert models[0] == "file(GLOB_RECURSE" and "certseg/models/*.safetensors" in models[-2:][0] + models[-1]
+    assert models[0] == "file(GLOB_RECURSE" and models[-2:] == ["certseg/models/*.json", "certseg/models/*.safetensors)"]

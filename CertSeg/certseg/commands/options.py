@@ -58,7 +58,7 @@ def add_certification_options(parser: argparse.ArgumentParser, *, sigmas: bool =
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def add_run_options(parser: argparse.ArgumentParser, *, models: bool = True) -> None:
+def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=positive_int,
                         help="noisy copies per forward pass (default: 2 on CPU, fitted to free memory on CUDA; results "
                              "do not depend on it)")
@@ -68,9 +68,8 @@ def add_run_options(parser: argparse.ArgumentParser, *, models: bool = True) -> 
                              "else fp32); recorded in the report")
     parser.add_argument("--compile", default=DEFAULT_OPTIONS.compile, choices=COMPILE_MODES,
                         help="torch.compile mode (reduce-overhead: CUDA graphs); pays off over many images")
-    if models:
-        parser.add_argument("--no-denoiser", action="store_true", help="plain smoothing of the segmenter")
-        parser.add_argument("--model-dir", type=Path, help="a model folder (default: the shipped models)")
+    parser.add_argument("--no-denoiser", action="store_true", help="plain smoothing of the segmenter")
+    parser.add_argument("--model-dir", type=Path, help="a model folder (default: the shipped models)")
 
 
 def certification_request(args, sigma: float | None = None) -> CertificationRequest:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from certseg.commands.options import (
+    DEFAULT_REQUEST,
     add_certification_options,
     add_run_options,
     certification_request,
@@ -17,9 +18,6 @@ from certseg.commands.options import (
     run_options,
 )
 from certseg.errors import EXIT_OK, CertSegError
-from certseg.request import CertificationRequest
-
-DEFAULT_REQUEST = CertificationRequest()
 
 
 def add_parsers(commands) -> None:

@@ -68,7 +68,7 @@ class ModelCard:
             card = cls._parse(folder, document, segmenter)
         except (OSError, json.JSONDecodeError) as error:
             raise ModelError(f"{path}: unreadable model card ({error})") from None
-        except (KeyError, TypeError, ValueError) as error:
+        except (AttributeError, KeyError, TypeError, ValueError) as error:
             raise ModelError(f"{path}: not a valid {'segmenter' if segmenter else 'denoiser'} card "
                              f"({type(error).__name__}: {error})") from None
         weights = folder / document.get("weights", "")

@@ -13,6 +13,7 @@ from certseg.model.base_function import BaseSegmenterModule
 from certseg.model.denoiser import DiffusionDenoiser
 from certseg.model.execution import Execution, fit_batch_size, prepare
 from certseg.progress import Progress
+from certseg.request import Correction
 
 
 class CertifiedSegmenter:
@@ -72,7 +73,7 @@ class CertifiedSegmenter:
         n: int,
         alpha: float,
         tau: float,
-        correction: str = "holm",
+        correction: Correction = Correction.HOLM,
         looks: Sequence[int] | str | None = None,
         stop_tolerance: float = 0.0,
         batch_size: int | None = None,
