@@ -160,6 +160,38 @@ def test_the_module_command_runs_the_real_backend(tmp_path, random_models):
     assert report["source"]["pixel_spacing_mm"] == [0.7, 0.7]
 
 
+def test_the_metadata_gate_checks_an_exported_volume_through_its_dicom_file(tmp_path, random_models):
+    """A volume loaded from a knee CR's file: refused in one line naming the body part; forced, the override,
+    the tags checked and the spacing caveat reach the report and the panel. Without a DICOM file: 'not checked'."""
+    from certseg.research.sample_cr import cr_dataset
+
+    knee = cr_dataset(chest_pixels(), imager_spacing_mm=0.15, source_to_detector_mm=1800.0, magnification=1.1, seed=4)
+    knee.BodyPartExamined = "KNEE"
+    del knee.PixelSpacing
+    knee.save_as(tmp_path / "knee.dcm", enforce_file_format=True)
+    image = tmp_path / "knee.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(chest_pixels()[None].astype(np.int16)), str(image))
+    common = ["--n0", 2, "--n", 8, "--no-denoiser", "--device", "cpu", "--model-dir", random_models]
+    refused = run_certseg("certify-array", image, "--out", tmp_path / "a", "--reference-dicom", tmp_path / "knee.dcm",
+                          *common)
+    assert refused.returncode != 0 and not (tmp_path / "a").exists()
+    assert refused.stderr.count("\n") == 1 and "knee.dcm" in refused.stderr and "body part KNEE" in refused.stderr
+    forced = run_certseg("certify-array", image, "--out", tmp_path / "b", "--reference-dicom", tmp_path / "knee.dcm",
+                         "--force", *common)
+    assert forced.returncode == 0, forced.stderr
+    report = json.loads((tmp_path / "b" / "report.json").read_text())
+    check = report["source"]["metadata_check"]
+    assert check["checked"] and check["refusal"] == "body part KNEE is not CHEST" and "modality CR" in check["found"]
+    text = panel_summary(report)
+    assert "DICOM metadata: modality CR, body part KNEE, view PA in knee.dcm: OVERRIDDEN" in text
+    assert "Note: spacing from ImagerPixelSpacing" in text  # the file's caveat, not the image file's silence
+    plain = run_certseg("certify-array", image, "--out", tmp_path / "c", *common)
+    assert plain.returncode == 0, plain.stderr
+    report = json.loads((tmp_path / "c" / "report.json").read_text())
+    assert report["source"]["metadata_check"]["checked"] is False
+    assert "DICOM metadata: not checked" in panel_summary(report)
+
+
 @pytest.mark.slow
 def test_an_out_of_distribution_refusal_becomes_a_question_and_the_override_is_recorded(tmp_path):
     """A texture, not a radiograph: the shipped detector refuses it; the panel asks; --force certifies and records."""

@@ -2,7 +2,8 @@
 
 One report per certified image (README.md, "report.json"):
 
-    certseg_version, source           where the image came from: file, DICOM UIDs and transfer syntax, spacing, notes
+    certseg_version, source           where the image came from: file, DICOM UIDs and transfer syntax, spacing, notes,
+                                      metadata_check (dicom.reading.metadata_check)
     parameters, samples_drawn         the certificate's SmoothingParameters and the samples drawn
     denoiser, execution, noise        how the base segmenter ran and where the noise came from
     models                            name, version and sha256 of each network
@@ -25,7 +26,7 @@ import numpy as np
 from certseg import __version__
 from certseg.core.labels import ABSTAIN
 from certseg.core.measurements import certified_measurements
-from certseg.dicom.reading import Radiograph, raw_value_radius
+from certseg.dicom.reading import Radiograph, metadata_check, raw_value_radius
 
 if TYPE_CHECKING:
     from certseg.model.folder import LoadedModels
@@ -47,17 +48,19 @@ def dicom_report(result: CertificationResult, models: LoadedModels, radiograph: 
               "sop_instance_uid": sop, "modality": str(radiograph.dataset.Modality),
               "transfer_syntax": str(radiograph.dataset.file_meta.get("TransferSyntaxUID", "")),
               "pixel_spacing_mm": list(radiograph.spacing_mm) if radiograph.spacing_mm else None,
-              "notes": radiograph.notes}
+              "notes": radiograph.notes, "metadata_check": metadata_check(radiograph)}
     return {"certseg_version": __version__, "source": source, **body}
 
 
 def image_file_report(result: CertificationResult, models: LoadedModels, path: Path,
-                      spacing_mm: tuple[float, float] | None, reference_dicom: Path | None) -> dict[str, Any]:
-    """The report of a certified image file (`certify-array`), its values from `reference_dicom` when given."""
+                      spacing_mm: tuple[float, float] | None, reference: Radiograph | None) -> dict[str, Any]:
+    """The report of a certified image file (`certify-array`), its values from the `reference` DICOM when given."""
     body = _body(result, models, spacing_mm)
-    body["radius"]["stored_values_units"] = IMAGE_FILE_UNITS if reference_dicom is None else REFERENCE_DICOM_UNITS
-    source = {"file": str(path), "reference_dicom": str(reference_dicom or ""), "pixel_spacing_mm": spacing_mm}
-    return {"source": source, **body}
+    body["radius"]["stored_values_units"] = IMAGE_FILE_UNITS if reference is None else REFERENCE_DICOM_UNITS
+    source = {"file": str(path), "reference_dicom": "" if reference is None else str(reference.path),
+              "pixel_spacing_mm": spacing_mm, "notes": [] if reference is None else reference.notes,
+              "metadata_check": metadata_check(reference)}
+    return {"certseg_version": __version__, "source": source, **body}
 
 
 def _body(result: CertificationResult, models: LoadedModels, spacing_mm: tuple[float, float] | None) -> dict[str, Any]:
@@ -117,7 +120,10 @@ def ood_text(verdict: dict[str, Any] | None) -> str:
 def panel_summary(report: dict[str, Any]) -> str:
     """Certified area intervals per structure, the cardiothoracic ratio, abstained share, the radius three
     ways and every caveat the backend noted, as plain text lines."""
-    lines = [f"Note: {note}" for note in report.get("source", {}).get("notes", [])]
+    source = report.get("source", {})
+    lines = [f"Note: {note}" for note in source.get("notes", [])]
+    if "metadata_check" in source:
+        lines.append(f"DICOM metadata: {source['metadata_check']['text']}")
     lines += _measurement_lines(report)
     lines.append(f"Abstained: {report['source_grid']['abstain_fraction']:.1%} of the image")
     radius = report["radius"]

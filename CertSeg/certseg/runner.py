@@ -81,7 +81,7 @@ def certify_image_file(path: Path, out: Path, pipeline: CertificationPipeline, r
     and SR are written too.  `progress_protocol`: progress lines for the Slicer module, not a bar.
     """
     image = read_image(path)
-    radiograph = None if reference_dicom is None else _reference_radiograph(reference_dicom, image.pixels)
+    radiograph = None if reference_dicom is None else _reference_radiograph(reference_dicom, image.pixels, request.force)
     if radiograph is not None:
         image.pixels, image.spacing_mm = radiograph.pixels, radiograph.spacing_mm
     if out.exists() and not overwrite:
@@ -93,7 +93,7 @@ def certify_image_file(path: Path, out: Path, pipeline: CertificationPipeline, r
             result = pipeline.certify(stored, request, progress)
         except CertSegError as error:
             raise CertSegError(f"{path}: {error}") from None
-    report = image_file_report(result, pipeline.models, path, image.spacing_mm, reference_dicom)
+    report = image_file_report(result, pipeline.models, path, image.spacing_mm, radiograph)
     _write(out, image.pixels, result, report, image.ijk_to_lps, radiograph, overwrite)
     return summary_line(report, out)
 
@@ -127,9 +127,11 @@ def _write(target: Path, pixels: np.ndarray, result, report: dict, geometry: np.
         write_result_folder(staging, pixels, result, report, geometry, radiograph)
 
 
-def _reference_radiograph(path: Path, pixels: np.ndarray) -> Radiograph:
-    """The DICOM an exported volume came from, checked to hold the same picture (possibly inverted)."""
-    radiograph = read_radiograph(path)
+def _reference_radiograph(path: Path, pixels: np.ndarray, force: bool) -> Radiograph:
+    """The DICOM an exported volume came from, checked to hold the same picture (possibly inverted).
+
+    Its metadata gate applies as to any DICOM input (`force` overrides it, and the report says so)."""
+    radiograph = read_radiograph(path, force)
     if isinstance(radiograph, Skipped):
         raise CertSegError(f"{path}: {radiograph.reason}")
     if radiograph.pixels.shape != pixels.shape:

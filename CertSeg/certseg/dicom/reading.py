@@ -143,6 +143,23 @@ def read_radiograph(path: Path, force: bool = False) -> Radiograph | Skipped:
     return Radiograph(path, dataset, pixels, spacing, notes, _voi_window(dataset))
 
 
+def metadata_check(radiograph: Radiograph | None) -> dict:
+    """What the metadata gate saw (report.json's source.metadata_check): the tags it read and its verdict.
+
+    None: an image file without a DICOM file behind it, whose modality, body part and view are unknown."""
+    if radiograph is None:
+        return {"checked": False, "file": None, "found": None, "refusal": None,
+                "text": "not checked: an image file carries no DICOM modality, body part or view"}
+    header = radiograph.dataset
+    found = (f"modality {header.get('Modality', '') or 'missing'}, "
+             f"body part {header.get('BodyPartExamined', '') or 'not stated'}, "
+             f"view {header.get('ViewPosition', '') or 'not stated'}")
+    refusal = _not_a_chest_radiograph(header)
+    verdict = f"OVERRIDDEN ({refusal})" if refusal else "a frontal chest radiograph"
+    return {"checked": True, "file": str(radiograph.path), "found": found, "refusal": refusal,
+            "text": f"{found} in {radiograph.path.name}: {verdict}"}
+
+
 def _not_a_chest_radiograph(header: pydicom.Dataset) -> str | None:
     modality = str(header.get("Modality", "")).upper()
     if modality not in CHEST_MODALITIES:
