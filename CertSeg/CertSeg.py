@@ -16,6 +16,7 @@ import shutil
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -34,20 +35,22 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+# The backend's own light modules (no torch): defaults and the report's text are defined there once.
+from certseg.report import panel_summary
+from certseg.request import CertificationRequest, RunOptions
+from CertSegLib.batch import BatchQueue, ItemStatus, kept_result_folder
 from CertSegLib.dependencies import installed_version, protected_constraints
 from CertSegLib.process import BackendProcess, Progress
 from CertSegLib.summary import (
     SELF_TEST_OPTIONS,
     SELF_TEST_REQUEST,
     backend_command,
+    batch_item_detail,
+    dicom_file_or_none,
     input_problem,
     ood_refusal,
     progress_text,
 )
-
-# The backend's own light modules (no torch): defaults and the report's text are defined there once.
-from certseg.report import panel_summary
-from certseg.request import CertificationRequest, RunOptions
 
 DEFAULTS, DEFAULT_OPTIONS = CertificationRequest(), RunOptions()
 
@@ -55,6 +58,7 @@ MODULE_DIR = Path(__file__).resolve().parent
 SAMPLE_CR = MODULE_DIR / "Resources" / "SampleData" / "sample_cr.dcm"
 # What Slicer does not ship; torch comes from the PyTorch extension, never from here.
 REQUIREMENTS = MODULE_DIR / "Resources" / "requirements.txt"
+RADIUS_MAP_ATTRIBUTE = "CertSeg.radiusMapOf"
 
 
 class CertSeg(ScriptedLoadableModule):
@@ -97,6 +101,9 @@ class CertSegParameterNode:
     useDenoiser: bool = DEFAULT_OPTIONS.use_denoiser
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = DEFAULT_OPTIONS.device
     modelFolder: str = ""
+    wholeStudy: bool = False
+    keepResults: bool = False
+    resultFolder: Path = Path(slicer.app.defaultScenePath) / "CertSeg"  # as Screen Capture's default folder
 
 
 class CertSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -107,6 +114,7 @@ class CertSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._started = 0.0
+        self._queue = BatchQueue()
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -119,6 +127,7 @@ class CertSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.openResultFolderButton.connect("clicked(bool)", self.onOpenResultFolder)
         self.initializeParameterNode()
 
     def cleanup(self):
@@ -137,7 +146,9 @@ class CertSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneStartClose(self, caller, event):
         if self.logic.isRunning:  # its nodes are about to go
             self.logic.cancel()
-            self._finish()
+        self._queue.cancel()
+        self._queue.clear_finished()
+        self._finish()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):
@@ -172,46 +183,95 @@ class CertSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         problem = inputProblem(self._parameterNode.inputVolume if self._parameterNode else None)
         self.ui.applyButton.enabled = not problem
         self.ui.applyButton.toolTip = problem or _("Certify the input radiograph")
+        self.ui.openResultFolderButton.enabled = self.logic.lastResultFolder is not None
 
     def onApplyButton(self):
         if self.logic.isRunning:
             self.logic.cancel()
+            self._queue.cancel()
             self._log(_("Cancelled."))
             self._finish()
             return
-        self._start(force=False)
+        volume = self._parameterNode.inputVolume
+        self.certifyVolumes(self.logic.studyRadiographs(volume) if self._parameterNode.wholeStudy else [volume])
 
-    def _start(self, force: bool):
-        with slicer.util.tryWithErrorDisplay(_("CertSeg could not start."), waitCursor=True):
-            self.logic.ensureDependencies()
+    def certifyVolumes(self, volumes):
+        """Queue radiographs to certify one after another (the DICOM plugin's loadables come here too)."""
+        self._queue.clear_finished()
+        for volume in volumes:
+            self._queue.add(volume, volume.GetName())
+        if not self.logic.isRunning:
             self.ui.logText.clear()
             self.ui.summaryText.clear()
-            self.ui.progressBar.value = 0
-            self.ui.progressBar.format = progress_text(0.0, 0.0)
-            self.ui.progressBar.show()
-            self._started = time.monotonic()
-            self.logic.process(self._parameterNode, wait=False, onProgress=self._onProgress, onLog=self._log,
-                               onFinished=self._onFinished, force=force)
+            self._startNext()
+
+    def onOpenResultFolder(self):
+        folder = self.logic.lastResultFolder
+        if folder is not None:  # as ScriptedLoadableModule opens files (Slicer 5.10)
+            qt.QDesktopServices.openUrl(qt.QUrl("file:///" + str(folder), qt.QUrl.TolerantMode))
+
+    @property
+    def _batch(self) -> bool:
+        return len(self._queue.items) > 1
+
+    def _startNext(self):
+        item = self._queue.start_next()
+        if item is None:
+            if self._batch:
+                self.ui.summaryText.setPlainText(self._queue.summary())
+            self._finish()
+            return
+        self._start(item, force=False)
+
+    def _start(self, item, force: bool):
+        if self._batch:
+            self._log(_("Certifying {name}").format(name=item.name))
+        try:
+            with slicer.util.tryWithErrorDisplay(_("CertSeg could not start."), waitCursor=True):
+                self.logic.ensureDependencies()
+                self.ui.progressBar.value = 0
+                self.ui.progressBar.format = progress_text(0.0, 0.0)
+                self.ui.progressBar.show()
+                self._started = time.monotonic()
+                self.logic.process(self._parameterNode, wait=False, onProgress=self._onProgress, onLog=self._log,
+                                   onFinished=self._onFinished, force=force, volume=item.node)
+        except Exception as error:  # tryWithErrorDisplay showed it; the rest of the batch does not start
+            self._queue.cancel()
+            item.detail = str(error)
+            self._finish()
         self._updateApplyButton()
 
     def _onProgress(self, progress: Progress):
+        item = self._queue.current
+        prefix = f"{item.name} ({self._queue.items.index(item) + 1}/{len(self._queue.items)}): " if self._batch else ""
         self.ui.progressBar.value = int(100 * progress.fraction)
-        self.ui.progressBar.format = progress_text(progress.fraction, time.monotonic() - self._started)
+        self.ui.progressBar.format = prefix + progress_text(progress.fraction, time.monotonic() - self._started)
 
     def _log(self, text: str):
         self.ui.logText.appendPlainText(text)
 
     def _onFinished(self, report: Optional[dict], error: Optional[str]):
-        question = ood_refusal(error) if error else None
-        if question and slicer.util.confirmYesNoDisplay(question, windowTitle="CertSeg"):
-            self._finish()
-            self._start(force=True)
+        """One run ended: alone, show its result or ask about a refusal; in a batch, record it and go on."""
+        item = self._queue.current
+        if item is None:  # cancelled meanwhile
             return
-        if error:
-            slicer.util.errorDisplay(error)
+        question = ood_refusal(error) if error else None
+        if question and not self._batch and slicer.util.confirmYesNoDisplay(question, windowTitle="CertSeg"):
+            self._start(item, force=True)
+            return
+        if report is not None:
+            self._queue.finish(ItemStatus.CERTIFIED, batch_item_detail(report))
+            if not self._batch:
+                self.ui.summaryText.setPlainText(panel_summary(report))
+        elif error:
+            self._queue.finish(ItemStatus.REFUSED if question else ItemStatus.FAILED, error)
+            if self._batch:
+                self._log(item.line())
+            else:
+                slicer.util.errorDisplay(error)
         else:
-            self.ui.summaryText.setPlainText(panel_summary(report))
-        self._finish()
+            self._queue.finish(ItemStatus.CANCELLED)
+        self._startNext()
 
     def _finish(self):
         self.ui.progressBar.hide()
@@ -236,6 +296,7 @@ class CertSegLogic(ScriptedLoadableModuleLogic):
         self._backend: Optional[BackendProcess] = None
         self._timer: Optional[qt.QTimer] = None
         self._workDir: Optional[str] = None
+        self.lastResultFolder: Optional[Path] = None  # the last run's kept result files
 
     def getParameterNode(self):
         return CertSegParameterNode(super().getParameterNode())
@@ -290,12 +351,15 @@ class CertSegLogic(ScriptedLoadableModuleLogic):
         return missing
 
     def process(self, parameters: CertSegParameterNode, wait: bool = True, onProgress=None, onLog=None,
-                onFinished=None, force: bool = False):
-        """Certify parameters.inputVolume; with wait=False return at once and report through the callbacks.
+                onFinished=None, force: bool = False, volume=None):
+        """Certify `volume` (default parameters.inputVolume); with wait=False return at once and report through
+        the callbacks. The input volume's result goes to parameters.outputSegmentation, any other volume's (a
+        batch's) to a new segmentation.
 
         The input and output nodes are captured now: the result goes where the run was asked to put it,
         whatever the selectors show when it ends."""
-        volume, output = parameters.inputVolume, parameters.outputSegmentation
+        volume = volume or parameters.inputVolume
+        output = parameters.outputSegmentation if volume is parameters.inputVolume else None
         problem = inputProblem(volume)
         if problem:
             raise ValueError(problem)
@@ -307,7 +371,7 @@ class CertSegLogic(ScriptedLoadableModuleLogic):
         # Our own properties dict: its default {} is shared and it writes "fileFormat" into it (util.py, 5.10).
         if not slicer.util.exportNode(volume, str(image), properties={}):
             raise RuntimeError(_("Could not write the input volume to a temporary file"))
-        out = Path(self._workDir) / "result"
+        out = self._resultFolder(parameters, volume)
         request = CertificationRequest(sigma=parameters.sigma, n0=parameters.n0, n=parameters.n, alpha=parameters.alpha,
                                        tau=parameters.tau, force=force)
         options = RunOptions(model_dir=Path(parameters.modelFolder) if parameters.modelFolder else None,
@@ -343,6 +407,7 @@ class CertSegLogic(ScriptedLoadableModuleLogic):
                     self._loadRadiusMap(out / "pixel_radius.nrrd", volume)
                     self._statisticsTable(segmentation, volume)
                     self._keepDicomSeg(out / "seg.dcm")
+                    self.lastResultFolder = out if parameters.keepResults else self.lastResultFolder
                     if output is None and parameters.inputVolume is volume:
                         parameters.outputSegmentation = segmentation
                 elif not self._backend.cancelled:
@@ -377,6 +442,33 @@ class CertSegLogic(ScriptedLoadableModuleLogic):
         self._timer.start()
         return None
 
+    def _resultFolder(self, parameters: CertSegParameterNode, volume) -> Path:
+        """Where the backend writes: a new folder under the result folder when results are kept, else temporary.
+        The backend writes it atomically, so a failed or cancelled run leaves nothing there."""
+        if not parameters.keepResults:
+            return Path(self._workDir) / "result"
+        root = Path(parameters.resultFolder)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise RuntimeError(_("Cannot create the result folder {folder}: {reason}").format(
+                folder=root, reason=error.strerror)) from None
+        return kept_result_folder(root, volume.GetName(), datetime.now())
+
+    @staticmethod
+    def studyRadiographs(volume) -> list:
+        """Every radiograph CertSeg can certify in `volume`'s study (its own radius maps aside); only `volume`
+        when it is in no study (loaded from a file)."""
+        hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+        study = hierarchy.GetItemParent(hierarchy.GetItemByDataNode(volume))
+        if hierarchy.GetItemLevel(study) != slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMLevelStudy():
+            return [volume]
+        children = vtk.vtkIdList()
+        hierarchy.GetItemChildren(study, children, True)
+        nodes = [hierarchy.GetItemDataNode(children.GetId(i)) for i in range(children.GetNumberOfIds())]
+        return [node for node in nodes if node is not None and inputProblem(node) is None
+                and not node.GetAttribute(RADIUS_MAP_ATTRIBUTE)]
+
     def cancel(self):
         """Kill the backend's whole process tree and remove its temporary files."""
         if self._backend is not None:
@@ -402,19 +494,25 @@ class CertSegLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def _sourceDicomFile(volume) -> Optional[Path]:
-        """The DICOM file a volume was loaded from (its photometry and spacing are authoritative)."""
+        """The DICOM file a volume was loaded from: its metadata gate, photometry and spacing are authoritative.
+
+        Loaded through the DICOM module: the database's file for its instance. Loaded as a file (Add Data on a
+        .dcm): its storage node's file, when that is DICOM. Otherwise None, and the report says nothing was checked."""
         uids = (volume.GetAttribute("DICOM.instanceUIDs") or "").split()
-        if len(uids) != 1 or not slicer.dicomDatabase:
-            return None
-        path = slicer.dicomDatabase.fileForInstance(uids[0])
-        return Path(path) if path else None
+        if len(uids) == 1 and slicer.dicomDatabase:
+            path = slicer.dicomDatabase.fileForInstance(uids[0])
+            if path:
+                return Path(path)
+        storage = volume.GetStorageNode()
+        return dicom_file_or_none(storage.GetFileName() if storage else None)
 
     def _loadResult(self, segNrrd: Path, volume, segmentation, report: dict):
         loaded = slicer.util.loadSegmentation(str(segNrrd))
         if segmentation is None:
             segmentation = loaded
             segmentation.SetName(slicer.mrmlScene.GenerateUniqueName(f"{volume.GetName()} CertSeg"))
-            # Its storage node points into the temporary folder, deleted next: Save must propose a new file.
+            # Its storage node points at the run's folder (temporary, or kept results that Save must not
+            # overwrite): Save must propose a new file.
             storage = segmentation.GetStorageNode()
             if storage is not None:
                 slicer.mrmlScene.RemoveNode(storage)
@@ -464,8 +562,9 @@ class CertSegLogic(ScriptedLoadableModuleLogic):
         radiusMap = slicer.util.loadVolume(str(path), properties={
             "name": slicer.mrmlScene.GenerateUniqueName(f"{volume.GetName()} CertSeg radius"), "show": False,
             "colorNodeID": "vtkMRMLColorTableNodeFileViridis.txt"})
+        radiusMap.SetAttribute(RADIUS_MAP_ATTRIBUTE, volume.GetID())  # not a radiograph to certify
         storage = radiusMap.GetStorageNode()
-        if storage is not None:  # it points into the temporary folder, deleted next
+        if storage is not None:  # it points at the run's folder, as the segmentation's did
             slicer.mrmlScene.RemoveNode(storage)
         display = radiusMap.GetDisplayNode()
         display.AutoWindowLevelOff()

@@ -6,6 +6,7 @@ import os
 import sys
 import time
 import xml.etree.ElementTree as ElementTree
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +19,14 @@ from certseg.commands import parser
 from certseg.commands.options import certification_request
 from certseg.report import panel_summary
 from certseg.request import CertificationRequest, RunOptions
+from CertSegLib.batch import BatchQueue, ItemStatus, kept_result_folder
 from CertSegLib.process import EXIT_CANCELLED, BackendProcess, Progress, parse_line
 from CertSegLib.summary import (
     SELF_TEST_OPTIONS,
     SELF_TEST_REQUEST,
     backend_command,
+    batch_item_detail,
+    dicom_file_or_none,
     input_problem,
     ood_refusal,
     progress_text,
@@ -158,6 +162,15 @@ def test_the_module_command_runs_the_real_backend(tmp_path, random_models):
     report["out_of_distribution"] = {"score": 30.0, "threshold": 18.0, "in_distribution": False, "forced": True}
     assert "does NOT look like a chest radiograph" in panel_summary(report)
     assert report["source"]["pixel_spacing_mm"] == [0.7, 0.7]
+
+
+def test_a_file_loaded_volume_is_gated_through_its_storage_file_only_when_that_is_dicom(small_cr, tmp_path):
+    assert dicom_file_or_none(str(small_cr)) == small_cr
+    nrrd = tmp_path / "volume.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(chest_pixels()[None].astype(np.int16)), str(nrrd))
+    (tmp_path / "truncated.dcm").write_bytes(small_cr.read_bytes()[:100])
+    for path in (str(nrrd), str(tmp_path / "truncated.dcm"), str(tmp_path / "absent.dcm"), "", None):
+        assert dicom_file_or_none(path) is None, path
 
 
 def test_the_metadata_gate_checks_an_exported_volume_through_its_dicom_file(tmp_path, random_models):
@@ -342,3 +355,41 @@ def test_the_pip_constraints_pin_what_slicer_ships_and_pip_then_refuses_to_repla
          f"numpy!={np.__version__}"], capture_output=True, text=True, env=env)
     assert "ResolutionImpossible" in attempt("-c", str(constraints)).stderr
     assert "ResolutionImpossible" not in attempt().stderr
+
+
+def test_a_batch_certifies_one_at_a_time_goes_on_after_a_refusal_and_cancel_drops_the_rest():
+    queue = BatchQueue()
+    first, second, third = object(), object(), object()
+    assert queue.add(first, "CR 1") and queue.add(second, "CR 2") and queue.add(third, "CR 3")
+    assert not queue.add(first, "CR 1")  # already waiting
+    assert queue.start_next().node is first and queue.start_next() is None  # one at a time
+    queue.finish(ItemStatus.CERTIFIED, "abstained 2.5%")
+    assert queue.start_next().node is second
+    queue.finish(ItemStatus.REFUSED, "does not look like a chest radiograph")
+    assert queue.start_next().node is third and not queue.done
+    queue.cancel()
+    assert queue.done and queue.start_next() is None
+    assert queue.summary().splitlines() == [
+        "CR 1: certified - abstained 2.5%", "CR 2: refused - does not look like a chest radiograph",
+        "CR 3: cancelled", "3 radiographs: 1 certified, 1 refused, 1 cancelled"]
+    with pytest.raises(RuntimeError):
+        queue.finish(ItemStatus.CERTIFIED)
+    queue.clear_finished()
+    assert queue.items == [] and queue.add(first, "CR 1")  # a finished radiograph may be certified again
+
+
+def test_kept_results_go_to_a_new_folder_named_after_the_volume_and_never_overwrite(tmp_path):
+    when = datetime(2026, 11, 24, 9, 30, 5)
+    folder = kept_result_folder(tmp_path, "Pat: Doe/CR 1", when)
+    assert folder == tmp_path / "Pat_Doe_CR_1-20261124-093005" and not folder.exists()
+    folder.mkdir()
+    assert kept_result_folder(tmp_path, "Pat: Doe/CR 1", when) == tmp_path / "Pat_Doe_CR_1-20261124-093005-2"
+    assert kept_result_folder(tmp_path, "../..", when).parent == tmp_path
+
+
+def test_a_batch_line_gives_abstention_and_the_ratio_interval():
+    report = {"source_grid": {"abstain_fraction": 0.025},
+              "measurements": {"cardiothoracic_ratio": {"low": 0.41, "high": None, "clean": 0.45}}}
+    assert batch_item_detail(report) == "abstained 2.5%, cardiothoracic ratio 0.41-unbounded"
+    report["measurements"]["cardiothoracic_ratio"] = None
+    assert batch_item_detail(report) == "abstained 2.5%"

@@ -23,6 +23,22 @@ def backend_command(python: str, image: Path, out: Path, request: CertificationR
     return args
 
 
+def dicom_file_or_none(path: str | None) -> Path | None:
+    """`path` if it is a readable DICOM file (a volume loaded with Add Data from a .dcm), else None.
+
+    Its header is what the backend's metadata gate reads; a NRRD, PNG or missing file has none."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    if not path or not Path(path).is_file():
+        return None
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+    except (InvalidDicomError, EOFError, OSError, ValueError):
+        return None
+    return Path(path) if "SOPClassUID" in header else None
+
+
 def ood_refusal(error: str) -> str | None:
     """The panel's question when the backend refused the image as unlike a chest radiograph, else None."""
     if OOD_REFUSAL not in error:
@@ -32,6 +48,16 @@ def ood_refusal(error: str) -> str | None:
     return (f"CertSeg refused this image: {reason}.\n\nCertify it anyway? The override is recorded in the "
             f"report and shown in the segmentation's name; the certificate still holds, but the model may not "
             f"know such images.")
+
+
+def batch_item_detail(report: dict) -> str:
+    """A batch's line for one certified radiograph: abstained share and the cardiothoracic ratio's interval."""
+    detail = f"abstained {report['source_grid']['abstain_fraction']:.1%}"
+    ratio = report["measurements"]["cardiothoracic_ratio"]
+    if ratio is not None and ratio["low"] is not None:
+        high = "unbounded" if ratio["high"] is None else f"{ratio['high']:.2f}"
+        detail += f", cardiothoracic ratio {ratio['low']:.2f}-{high}"
+    return detail
 
 
 def progress_text(fraction: float, elapsed_s: float) -> str:

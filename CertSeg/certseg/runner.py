@@ -81,7 +81,9 @@ def certify_image_file(path: Path, out: Path, pipeline: CertificationPipeline, r
     and SR are written too.  `progress_protocol`: progress lines for the Slicer module, not a bar.
     """
     image = read_image(path)
-    radiograph = None if reference_dicom is None else _reference_radiograph(reference_dicom, image.pixels, request.force)
+    radiograph = None
+    if reference_dicom is not None:
+        radiograph = _reference_radiograph(reference_dicom, image.pixels, request.force)
     if radiograph is not None:
         image.pixels, image.spacing_mm = radiograph.pixels, radiograph.spacing_mm
     if out.exists() and not overwrite:
