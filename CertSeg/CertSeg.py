@@ -523,6 +523,9 @@ class CertSegLogic(ScriptedLoadableModuleLogic):
         segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
         segmentation.CreateDefaultDisplayNodes()
         segmentation.SetAttribute("CertSeg.report", json.dumps(report))
+        from CertSegDICOMPlugin import recordCertifiedSegments  # the plugin's export compares against these
+
+        recordCertifiedSegments(segmentation, volume, report["models"]["segmenter"])
         if (report.get("out_of_distribution") or {}).get("forced"):
             segmentation.SetAttribute("CertSeg.forced", "out-of-distribution check overridden by the user")
             if not segmentation.GetName().endswith(_(" (OOD override)")):
@@ -659,7 +662,28 @@ class CertSegTest(ScriptedLoadableModuleTest):
             for column in range(4):
                 self.assertAlmostEqual(volumeMatrix.GetElement(row, column), segMatrix.GetElement(row, column), 4)
         self.assertTrue(np.any(labelmap) or report["source_grid"]["abstain_fraction"] == 0)
+        self._exportReviewed(parameters.outputSegmentation, volume)
         self.delayDisplay("Test passed")
+
+    def _exportReviewed(self, segmentationNode, volume):
+        """The DICOM plugin exports the result as a reader left it: the trimmed lung is marked, the rest certified."""
+        from CertSegDICOMPlugin import CertSegDICOMPluginClass
+        from CertSegLib.seg_reader import read_certseg_seg
+
+        plugin = CertSegDICOMPluginClass()
+        hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+        exportables = plugin.examineForExport(hierarchy.GetItemByDataNode(segmentationNode))
+        self.assertEqual(len(exportables), 1)
+        lungId = segmentationNode.GetSegmentation().GetSegmentIdBySegmentName("certified right lung")
+        mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, lungId, volume)
+        mask[:, : mask.shape[1] // 2] = 0  # the reader trims the lung's upper half
+        slicer.util.updateSegmentBinaryLabelmapFromArray(mask, segmentationNode, lungId, volume)
+        with tempfile.TemporaryDirectory() as folder:
+            exportables[0].directory = folder
+            self.assertEqual(plugin.export(exportables), "")
+            seg = read_certseg_seg(next(Path(folder).glob("*.dcm")))
+        self.assertEqual([layer.name for layer in seg.segments if not layer.certified],
+                         ["right lung (edited, not certified)"])
 
     def test_CancelLeavesNothingBehind(self):
         with self._sampleInTemporaryDatabase() as volume:

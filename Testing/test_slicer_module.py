@@ -3,6 +3,7 @@
 import ast
 import json
 import os
+import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ElementTree
@@ -297,7 +298,20 @@ def test_the_extension_build_ships_every_module_file():
             "${MODULE_NAME}", "CertSeg"), path
 
 
-def test_the_dicom_plugin_reads_back_the_seg_the_backend_wrote(tmp_path):
+@pytest.fixture(scope="module")
+def backend_seg(tmp_path_factory):
+    """A chest CR and the DICOM SEG `certify` wrote for it (shipped models)."""
+    from support.dicom_files import write_cr_with_spacing
+
+    folder = tmp_path_factory.mktemp("backend_seg")
+    source = write_cr_with_spacing(folder / "cr.dcm", "calibrated", seed=51)
+    run = run_certseg("certify", source, "--out", folder / "out", "--no-denoiser", "--n0", "2", "--n", "80", "--quiet",
+                      "--force")
+    assert run.returncode == 0, run.stderr
+    return source, next((folder / "out").rglob("seg.dcm"))
+
+
+def test_the_dicom_plugin_reads_back_the_seg_the_backend_wrote(backend_seg, tmp_path):
     """The plugin's reading half, outside Slicer: every segment's mask, colour and terminology, and the
     radiograph it lies on, from a SEG `certseg certify` wrote."""
     import ast as ast_module
@@ -306,15 +320,11 @@ def test_the_dicom_plugin_reads_back_the_seg_the_backend_wrote(tmp_path):
     import slicerio
 
     from CertSegLib.seg_reader import read_certseg_seg, referenced_instance_uid
-    from support.dicom_files import write_cr_with_spacing
 
-    source = write_cr_with_spacing(tmp_path / "cr.dcm", "calibrated", seed=51)
-    run = run_certseg("certify", source, "--out", tmp_path / "out", "--no-denoiser", "--n0", "2", "--n", "80", "--quiet",
-                      "--force")
-    assert run.returncode == 0, run.stderr
-    seg_path = next((tmp_path / "out").rglob("seg.dcm"))
+    source, seg_path = backend_seg
     seg = read_certseg_seg(seg_path)
     assert seg.referenced_sop_instance_uid == referenced_instance_uid(seg_path) == pydicom.dcmread(source).SOPInstanceUID
+    assert all(layer.certified for layer in seg.segments) and seg.model["name"] == "certseg-cxr-unet"
     nrrd = slicerio.read_segmentation(str(seg_path.parent / "certseg.seg.nrrd"))
     labelmap = nrrd["voxels"][:, :, 0].T  # (rows, columns)
     by_name = {s["name"]: s for s in nrrd["segments"]}
@@ -333,6 +343,80 @@ def test_the_dicom_plugin_reads_back_the_seg_the_backend_wrote(tmp_path):
     plugin = ast_module.parse((Path(__file__).parents[1] / "CertSeg" / "CertSegDICOMPlugin.py").read_text())
     assert {"CertSegDICOMPluginClass", "CertSegDICOMPlugin"} <= {n.name for n in plugin.body
                                                                  if isinstance(n, ast_module.ClassDef)}
+
+
+def test_a_reviewed_segmentation_goes_back_as_seg_that_marks_what_the_reader_changed(backend_seg, tmp_path):
+    """The plugin's export half, outside Slicer: the backend's SEG as Slicer would hold it, one lung trimmed and a
+    segment added by the reader; the reviewed SEG keeps the untouched segments certified and names the others."""
+    import pydicom
+
+    from certseg.dicom.reading import read_radiograph
+    from certseg.dicom.seg import write_reviewed_seg
+    from CertSegLib.review import SlicerSegment, mask_digest, reviewed_segments
+    from CertSegLib.seg_reader import read_certseg_seg
+    from support.tools import require_tool
+
+    source, seg_path = backend_seg
+    seg = read_certseg_seg(seg_path)
+    certified = {layer.name: mask_digest(layer.mask) for layer in seg.segments}
+    current = [SlicerSegment(layer.name, layer.mask.copy(), layer.color, layer.terminology) for layer in seg.segments]
+    lung = next(segment for segment in current if segment.name == "certified right lung")
+    rows = np.flatnonzero(lung.mask.any(axis=1))
+    lung.mask[: (rows[0] + rows[-1]) // 2] = 0  # the reader trims the lung's upper half
+    nodule = np.zeros_like(lung.mask)
+    nodule[100:110, 80:90] = 1
+    current.append(SlicerSegment("nodule", nodule, (1.0, 0.0, 0.0), ""))
+    write_reviewed_seg(tmp_path / "reviewed.dcm", read_radiograph(source, force=True),
+                       reviewed_segments(current, certified), seg.model)
+
+    back = read_certseg_seg(tmp_path / "reviewed.dcm")
+    by_name = {layer.name: layer for layer in back.segments}
+    assert set(by_name) == {name for name in certified if name != "certified right lung"} | {
+        "right lung (edited, not certified)", "nodule (added, not certified)"}
+    assert [layer.name for layer in back.segments if not layer.certified] == [
+        "right lung (edited, not certified)", "nodule (added, not certified)"]
+    for segment in current:
+        name = segment.name if segment.name in by_name else next(n for n in by_name if n.startswith(
+            segment.name.removeprefix("certified ")))
+        np.testing.assert_array_equal(by_name[name].mask, segment.mask > 0)
+    assert "~SCT^39607008^Lung~SCT^24028007^Right~" in by_name["right lung (edited, not certified)"].terminology
+    assert "~SCT^85756007^Tissue~SCT^85756007^Tissue~" in by_name["nodule (added, not certified)"].terminology
+    assert back.model == seg.model and back.series_description == "CertSeg segmentation, reviewed"
+    dataset = pydicom.dcmread(tmp_path / "reviewed.dcm")
+    assert dataset.StudyInstanceUID == pydicom.dcmread(source).StudyInstanceUID
+    assert dataset.SeriesInstanceUID != pydicom.dcmread(seg_path).SeriesInstanceUID  # the certified SEG stays
+    check = subprocess.run([require_tool("dciodvfy"), str(tmp_path / "reviewed.dcm")], capture_output=True, text=True)
+    errors = [line for line in (check.stdout + check.stderr).splitlines() if line.startswith("Error")]
+    assert not errors, errors
+
+
+def test_mask_digests_tell_every_changed_pixel_and_terminology_parses_as_slicer_writes_it():
+    from CertSegLib.review import TISSUE, mask_digest, terminology_codes
+
+    mask = np.zeros((6, 5), bool)
+    mask[2:4, 1:3] = True
+    assert mask_digest(mask) == mask_digest(mask.astype(np.uint8))  # the pixels, not the dtype
+    moved = mask.copy()
+    moved[0, 0] = True
+    assert mask_digest(moved) != mask_digest(mask)
+    assert mask_digest(np.zeros((6, 5))) != mask_digest(np.zeros((5, 6)))  # the grid counts
+    category, kind, modifier = terminology_codes(
+        "Segmentation category and type - DICOM master list~SCT^123037004^Anatomical Structure~SCT^51299004^Clavicle"
+        "~SCT^7771000^Left~Anatomic codes - DICOM master list~^^~^^")
+    assert (category.value, kind.value, kind.meaning, modifier.value) == ("123037004", "51299004", "Clavicle", "7771000")
+    assert terminology_codes("") == (TISSUE, TISSUE, None)
+    assert terminology_codes("ctx~^^~^^~^^")[0] == TISSUE
+
+
+def test_the_plugin_offers_to_certify_what_the_backend_gate_takes():
+    from certseg.dicom.reading import chest_radiograph_refusal
+
+    def offered(modality, body_part, view):
+        return chest_radiograph_refusal({"Modality": modality, "BodyPartExamined": body_part,
+                                         "ViewPosition": view}) is None
+
+    assert offered("CR", "CHEST", "PA") and offered("DX", "", "AP") and offered("CR", "", "")
+    assert not offered("CT", "CHEST", "") and not offered("CR", "KNEE", "AP") and not offered("DX", "CHEST", "LL")
 
 
 def test_the_pip_constraints_pin_what_slicer_ships_and_pip_then_refuses_to_replace_it(tmp_path):

@@ -28,6 +28,7 @@ class SegmentLayer:
     color: tuple[float, float, float]  # RGB in [0, 1]
     terminology: str  # Slicer's serialized terminology entry
     mask: np.ndarray  # (rows, columns) uint8, 1 inside
+    certified: bool  # the backend's own mask (AUTOMATIC); False: edited or added by a reader (MANUAL)
 
 
 @dataclass
@@ -35,6 +36,7 @@ class CertSegSeg:
     referenced_sop_instance_uid: str
     series_description: str
     segments: list[SegmentLayer]
+    model: dict[str, str]  # the certifying segmenter's name and version
 
 
 def referenced_instance_uid(path: str | Path) -> str:
@@ -58,16 +60,22 @@ def read_certseg_seg(path: str | Path) -> CertSegSeg:
     numbers = seg.get_segment_numbers()
     pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=references, segment_numbers=numbers,
                                                assert_missing_frames_are_empty=True)[0]
-    segments = []
+    segments, model = [], {"name": "unknown", "version": ""}
     for index, number in enumerate(numbers):
         description = seg.get_segment_description(number)
+        certified = description.SegmentAlgorithmType == "AUTOMATIC"
+        if certified:
+            algorithm = description.SegmentationAlgorithmIdentificationSequence[0]
+            model = {"name": str(algorithm.AlgorithmName).removeprefix("CertSeg "),
+                     "version": str(algorithm.AlgorithmVersion)}
         lab = hd.color.CIELabColor.from_dicom_value(list(description.RecommendedDisplayCIELabValue))
         segments.append(SegmentLayer(
             name=str(description.SegmentLabel),
             color=tuple(channel / 255 for channel in lab.to_rgb()),
             terminology=_terminology(description),
-            mask=(pixels[:, :, index] > 0).astype(np.uint8)))
-    return CertSegSeg(references[0], str(seg.get("SeriesDescription", "")), segments)
+            mask=(pixels[:, :, index] > 0).astype(np.uint8),
+            certified=certified))
+    return CertSegSeg(references[0], str(seg.get("SeriesDescription", "")), segments, model)
 
 
 def _terminology(description) -> str:

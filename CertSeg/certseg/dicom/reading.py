@@ -12,7 +12,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import numpy as np
 import pydicom
@@ -110,7 +110,7 @@ def check_header(path: Path, force: bool = False) -> pydicom.Dataset | Skipped:
         return Skipped(path, f"unreadable DICOM header ({first_line(error, 200)})", failed=True)
     if header.get("SOPClassUID") == "1.2.840.10008.1.3.10":
         return Skipped(path, "DICOMDIR (its referenced files are read instead)")
-    reason = _not_a_chest_radiograph(header)
+    reason = chest_radiograph_refusal(header)
     if reason and not force:
         return Skipped(path, reason)
     problem = _unsupported_image(header)
@@ -137,7 +137,7 @@ def read_radiograph(path: Path, force: bool = False) -> Radiograph | Skipped:
         name = getattr(syntax, "name", str(syntax))
         return Skipped(path, f"cannot decode pixel data ({name}): {first_line(error, 200)}", failed=True)
     spacing, notes = _spacing(dataset)
-    overridden = _not_a_chest_radiograph(dataset)
+    overridden = chest_radiograph_refusal(dataset)
     if overridden:
         notes.append(f"metadata gate overridden by --force: {overridden}")
     return Radiograph(path, dataset, pixels, spacing, notes, _voi_window(dataset))
@@ -154,13 +154,16 @@ def metadata_check(radiograph: Radiograph | None) -> dict:
     found = (f"modality {header.get('Modality', '') or 'missing'}, "
              f"body part {header.get('BodyPartExamined', '') or 'not stated'}, "
              f"view {header.get('ViewPosition', '') or 'not stated'}")
-    refusal = _not_a_chest_radiograph(header)
+    refusal = chest_radiograph_refusal(header)
     verdict = f"OVERRIDDEN ({refusal})" if refusal else "a frontal chest radiograph"
     return {"checked": True, "file": str(radiograph.path), "found": found, "refusal": refusal,
             "text": f"{found} in {radiograph.path.name}: {verdict}"}
 
 
-def _not_a_chest_radiograph(header: pydicom.Dataset) -> str | None:
+def chest_radiograph_refusal(header: pydicom.Dataset | Mapping[str, str]) -> str | None:
+    """Why the metadata gate refuses a file (None: a frontal chest radiograph, or tags that do not say).
+
+    `header`: a dataset, or its Modality, BodyPartExamined and ViewPosition by keyword (a DICOM database's)."""
     modality = str(header.get("Modality", "")).upper()
     if modality not in CHEST_MODALITIES:
         return f"modality {modality or 'missing'} is not a radiograph (CR, DX)"

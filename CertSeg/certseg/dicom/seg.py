@@ -6,7 +6,7 @@ in category ("CERTOUTCOME", "99CERTSEG", "Certification outcome"), documented in
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import highdicom as hd
@@ -15,25 +15,44 @@ import pydicom
 from pydicom.sr.codedict import codes
 
 from certseg import __version__
-from certseg.dicom.codes import ANATOMICAL_STRUCTURE, segments
+from certseg.dicom.codes import ANATOMICAL_STRUCTURE, Segment, segments
 
 
 def write_dicom_seg(path: Path, radiograph, labels: np.ndarray, model: Mapping[str, str]) -> None:
     """A BINARY DICOM SEG (highdicom) in the source's study, new series, referencing the source image.
 
     `model`: the segmenter's name and version, as the report records them."""
+    _write_seg(path, radiograph, [(segment, "AUTOMATIC") for segment in segments(labels)], model,
+               "CertSeg certified segmentation", "CERTSEG", "certified structures and abstained region")
+
+
+def write_reviewed_seg(path: Path, radiograph, reviewed: Sequence[tuple[Segment, bool]],
+                       model: Mapping[str, str]) -> None:
+    """The segmentation as a reader left it in Slicer: (segment, changed) pairs, changed meaning edited or added.
+
+    A segment whose mask is still the certified one keeps its name and AUTOMATIC algorithm type; a changed one
+    must be named as such by the caller ("... (edited, not certified)") and is MANUAL: the certificate covers only
+    the backend's own masks, which stay in their own series."""
+    _write_seg(path, radiograph, [(segment, "MANUAL" if changed else "AUTOMATIC") for segment, changed in reviewed],
+               model, "CertSeg segmentation, reviewed", "REVIEWED",
+               "reviewed in Slicer; MANUAL segments are not certified")
+
+
+def _write_seg(path: Path, radiograph, coded: Sequence[tuple[Segment, str]], model: Mapping[str, str],
+               series_description: str, content_label: str, content_description: str) -> None:
     algorithm = hd.AlgorithmIdentificationSequence(
         name=f"CertSeg {model['name']}", family=codes.cid7162.ArtificialIntelligence,
         version=model["version"], source="CertSeg randomized smoothing",
     )
     descriptions, masks = [], []
-    for number, segment in enumerate(segments(labels), start=1):
+    for number, (segment, algorithm_type) in enumerate(coded, start=1):
         # DICOM's CID 7150 codes the category 91723000; Slicer's terminology context (the .seg.nrrd) 123037004.
         category = codes.SCT.AnatomicalStructure if segment.category == ANATOMICAL_STRUCTURE else segment.category
         description = hd.seg.SegmentDescription(
             segment_number=number, segment_label=segment.name, segmented_property_category=category,
-            segmented_property_type=segment.type, algorithm_type="AUTOMATIC",
-            algorithm_identification=algorithm, display_color=hd.color.CIELabColor.from_rgb(*segment.color),
+            segmented_property_type=segment.type, algorithm_type=algorithm_type,
+            algorithm_identification=algorithm if algorithm_type == "AUTOMATIC" else None,
+            display_color=hd.color.CIELabColor.from_rgb(*segment.color),
         )
         if segment.modifier:  # laterality, nested in the type's item as PS3.3 C.8.20.4 places it (highdicom has no
             # argument for it)
@@ -65,9 +84,9 @@ def write_dicom_seg(path: Path, radiograph, labels: np.ndarray, model: Mapping[s
         manufacturer_model_name=model["name"],
         software_versions=__version__,
         device_serial_number="n/a",
-        series_description="CertSeg certified segmentation",
-        content_label="CERTSEG",
-        content_description="certified structures and abstained region",
+        series_description=series_description,
+        content_label=content_label,
+        content_description=content_description,
         pixel_measures=measures,
         omit_empty_frames=False,
     )
