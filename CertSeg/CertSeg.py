@@ -358,7 +358,7 @@ class CertSegLogic(ScriptedLoadableModuleLogic):
 
         The input and output nodes are captured now: the result goes where the run was asked to put it,
         whatever the selectors show when it ends."""
-        volume = volume or parameters.inputVolume
+        volume = volume if volume is not None else parameters.inputVolume
         output = parameters.outputSegmentation if volume is parameters.inputVolume else None
         problem = inputProblem(volume)
         if problem:
