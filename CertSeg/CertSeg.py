@@ -235,14 +235,18 @@ class CertSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._started = time.monotonic()
                 self.logic.process(self._parameterNode, wait=False, onProgress=self._onProgress, onLog=self._log,
                                    onFinished=self._onFinished, force=force, volume=item.node)
-        except Exception as error:  # tryWithErrorDisplay showed it; the rest of the batch does not start
+        except Exception as error:  # tryWithErrorDisplay showed it; what keeps one from starting stops the rest
+            self._queue.finish(ItemStatus.FAILED, str(error))
             self._queue.cancel()
-            item.detail = str(error)
+            if self._batch:
+                self.ui.summaryText.setPlainText(self._queue.summary())
             self._finish()
         self._updateApplyButton()
 
     def _onProgress(self, progress: Progress):
         item = self._queue.current
+        if item is None:  # cancelled meanwhile
+            return
         prefix = f"{item.name} ({self._queue.items.index(item) + 1}/{len(self._queue.items)}): " if self._batch else ""
         self.ui.progressBar.value = int(100 * progress.fraction)
         self.ui.progressBar.format = prefix + progress_text(progress.fraction, time.monotonic() - self._started)
