@@ -452,6 +452,8 @@ class CertSegLogic(ScriptedLoadableModuleLogic):
         if not parameters.keepResults:
             return Path(self._workDir) / "result"
         root = Path(parameters.resultFolder)
+        if not root.is_absolute():  # an emptied path edit reads as Path("."): never Slicer's working folder
+            raise ValueError(_("Choose a result folder (or clear 'Keep result files')."))
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as error:
