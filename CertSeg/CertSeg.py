@@ -36,7 +36,7 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 # The backend's own light modules (no torch): defaults and the report's text are defined there once.
-from certseg.report import panel_summary
+from certseg.report import batch_detail, panel_summary
 from certseg.request import CertificationRequest, RunOptions
 from CertSegLib.batch import BatchQueue, ItemStatus, kept_result_folder
 from CertSegLib.dependencies import installed_version, protected_constraints
@@ -45,7 +45,6 @@ from CertSegLib.summary import (
     SELF_TEST_OPTIONS,
     SELF_TEST_REQUEST,
     backend_command,
-    batch_item_detail,
     dicom_file_or_none,
     input_problem,
     ood_refusal,
@@ -264,7 +263,7 @@ class CertSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._start(item, force=True)
             return
         if report is not None:
-            self._queue.finish(ItemStatus.CERTIFIED, batch_item_detail(report))
+            self._queue.finish(ItemStatus.CERTIFIED, batch_detail(report))
             if not self._batch:
                 self.ui.summaryText.setPlainText(panel_summary(report))
         elif error:
@@ -504,13 +503,10 @@ class CertSegLogic(ScriptedLoadableModuleLogic):
 
         Loaded through the DICOM module: the database's file for its instance. Loaded as a file (Add Data on a
         .dcm): its storage node's file, when that is DICOM. Otherwise None, and the report says nothing was checked."""
-        uids = (volume.GetAttribute("DICOM.instanceUIDs") or "").split()
-        if len(uids) == 1 and slicer.dicomDatabase:
-            path = slicer.dicomDatabase.fileForInstance(uids[0])
-            if path:
-                return Path(path)
+        from CertSegDICOMPlugin import databaseFile
+
         storage = volume.GetStorageNode()
-        return dicom_file_or_none(storage.GetFileName() if storage else None)
+        return databaseFile(volume) or dicom_file_or_none(storage.GetFileName() if storage else None)
 
     def _loadResult(self, segNrrd: Path, volume, segmentation, report: dict):
         loaded = slicer.util.loadSegmentation(str(segNrrd))
@@ -674,6 +670,7 @@ class CertSegTest(ScriptedLoadableModuleTest):
     def _exportReviewed(self, segmentationNode, volume):
         """The DICOM plugin exports the result as a reader left it: the trimmed lung is marked, the rest certified."""
         from CertSegDICOMPlugin import CertSegDICOMPluginClass
+
         from CertSegLib.seg_reader import read_certseg_seg
 
         plugin = CertSegDICOMPluginClass()

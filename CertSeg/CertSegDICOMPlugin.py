@@ -148,11 +148,16 @@ class CertSegDICOMPluginClass(DICOMPlugin):
     def _sourceFile(segmentation):
         """The DICOM file of the radiograph the segmentation lies on, from the database (None: not from DICOM)."""
         volume = segmentation.GetNodeReference(segmentation.GetReferenceImageGeometryReferenceRole())
-        uids = (volume.GetAttribute("DICOM.instanceUIDs") or "").split() if volume is not None else []
-        if len(uids) != 1 or not slicer.dicomDatabase:
-            return None
-        path = slicer.dicomDatabase.fileForInstance(uids[0])
-        return Path(path) if path else None
+        return databaseFile(volume) if volume is not None else None
+
+
+def databaseFile(volume):
+    """The DICOM database's file for the single instance a volume was loaded from (None: not loaded from it)."""
+    uids = (volume.GetAttribute("DICOM.instanceUIDs") or "").split()
+    if len(uids) != 1 or not slicer.dicomDatabase:
+        return None
+    path = slicer.dicomDatabase.fileForInstance(uids[0])
+    return Path(path) if path else None
 
 
 def slicerSegments(segmentation, volume) -> list:

@@ -18,7 +18,7 @@ MODULE_DIR = Path(__file__).parents[1] / "CertSeg"
 
 from certseg.commands import parser
 from certseg.commands.options import certification_request
-from certseg.report import panel_summary
+from certseg.report import batch_detail, panel_summary
 from certseg.request import CertificationRequest, RunOptions
 from CertSegLib.batch import BatchQueue, ItemStatus, kept_result_folder
 from CertSegLib.process import EXIT_CANCELLED, BackendProcess, Progress, parse_line
@@ -26,7 +26,6 @@ from CertSegLib.summary import (
     SELF_TEST_OPTIONS,
     SELF_TEST_REQUEST,
     backend_command,
-    batch_item_detail,
     dicom_file_or_none,
     input_problem,
     ood_refusal,
@@ -403,7 +402,8 @@ def test_mask_digests_tell_every_changed_pixel_and_terminology_parses_as_slicer_
     category, kind, modifier = terminology_codes(
         "Segmentation category and type - DICOM master list~SCT^123037004^Anatomical Structure~SCT^51299004^Clavicle"
         "~SCT^7771000^Left~Anatomic codes - DICOM master list~^^~^^")
-    assert (category.value, kind.value, kind.meaning, modifier.value) == ("123037004", "51299004", "Clavicle", "7771000")
+    assert (category.value, kind.value, kind.meaning, modifier.value) == (
+        "123037004", "51299004", "Clavicle", "7771000")
     assert terminology_codes("") == (TISSUE, TISSUE, None)
     assert terminology_codes("ctx~^^~^^~^^")[0] == TISSUE
 
@@ -474,6 +474,6 @@ def test_kept_results_go_to_a_new_folder_named_after_the_volume_and_never_overwr
 def test_a_batch_line_gives_abstention_and_the_ratio_interval():
     report = {"source_grid": {"abstain_fraction": 0.025},
               "measurements": {"cardiothoracic_ratio": {"low": 0.41, "high": None, "clean": 0.45}}}
-    assert batch_item_detail(report) == "abstained 2.5%, cardiothoracic ratio 0.41-unbounded"
+    assert batch_detail(report) == "abstained 2.5%, cardiothoracic ratio 0.41-unbounded"
     report["measurements"]["cardiothoracic_ratio"] = None
-    assert batch_item_detail(report) == "abstained 2.5%"
+    assert batch_detail(report) == "abstained 2.5%"

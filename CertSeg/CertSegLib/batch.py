@@ -23,6 +23,9 @@ class ItemStatus(Enum):
     CANCELLED = "cancelled"
 
 
+ACTIVE = (ItemStatus.PENDING, ItemStatus.RUNNING)
+
+
 @dataclass
 class BatchItem:
     node: Any
@@ -40,7 +43,7 @@ class BatchQueue:
 
     def add(self, node: Any, name: str) -> bool:
         """Queue `node` unless it is already waiting or being certified; True when queued."""
-        if any(item.node is node and item.status in (ItemStatus.PENDING, ItemStatus.RUNNING) for item in self.items):
+        if any(item.node is node and item.status in ACTIVE for item in self.items):
             return False
         self.items.append(BatchItem(node, name))
         return True
@@ -67,12 +70,12 @@ class BatchQueue:
     def cancel(self) -> None:
         """The running item and every waiting one are cancelled; finished ones keep their outcome."""
         for item in self.items:
-            if item.status in (ItemStatus.PENDING, ItemStatus.RUNNING):
+            if item.status in ACTIVE:
                 item.status = ItemStatus.CANCELLED
 
     @property
     def done(self) -> bool:
-        return all(item.status not in (ItemStatus.PENDING, ItemStatus.RUNNING) for item in self.items)
+        return all(item.status not in ACTIVE for item in self.items)
 
     def summary(self) -> str:
         """One line per radiograph, then the counts."""

@@ -50,16 +50,6 @@ def ood_refusal(error: str) -> str | None:
             f"know such images.")
 
 
-def batch_item_detail(report: dict) -> str:
-    """A batch's line for one certified radiograph: abstained share and the cardiothoracic ratio's interval."""
-    detail = f"abstained {report['source_grid']['abstain_fraction']:.1%}"
-    ratio = report["measurements"]["cardiothoracic_ratio"]
-    if ratio is not None and ratio["low"] is not None:
-        high = "unbounded" if ratio["high"] is None else f"{ratio['high']:.2f}"
-        detail += f", cardiothoracic ratio {ratio['low']:.2f}-{high}"
-    return detail
-
-
 def progress_text(fraction: float, elapsed_s: float) -> str:
     """The progress bar's text: percent, elapsed time and, once there is a basis for it, what remains."""
     text = f"{fraction:.0%} - {_duration(elapsed_s)} elapsed"

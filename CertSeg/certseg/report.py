@@ -143,6 +143,20 @@ def panel_summary(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def batch_detail(report: dict[str, Any]) -> str:
+    """A batch's line for one certified radiograph (the Slicer panel): abstained share and the ratio's interval."""
+    detail = f"abstained {report['source_grid']['abstain_fraction']:.1%}"
+    ratio = _ratio_interval(report["measurements"]["cardiothoracic_ratio"])
+    return detail + (f", cardiothoracic ratio {ratio}" if ratio else "")
+
+
+def _ratio_interval(ratio: dict[str, Any] | None, dash: str = "-") -> str | None:
+    """The cardiothoracic ratio's certified interval as text ("0.41-0.52", "0.41-unbounded"); None without one."""
+    if ratio is None or ratio["low"] is None:
+        return None
+    return f"{ratio['low']:.2f}{dash}" + ("unbounded" if ratio["high"] is None else f"{ratio['high']:.2f}")
+
+
 def _measurement_lines(report: dict[str, Any]) -> list[str]:
     """A small table: certified lower and upper bound of each area, and the clean network's value."""
     measurements = report["measurements"]
@@ -153,9 +167,9 @@ def _measurement_lines(report: dict[str, Any]) -> list[str]:
         area = {k: v * scale for k, v in structure[key].items()}
         lines.append(f"  {structure['name']:<16} {area['low']:>8.1f} - {area['high']:<8.1f} {area['clean']:>8.1f}")
     ratio = measurements["cardiothoracic_ratio"]
-    if ratio is not None and ratio["low"] is not None:
-        high = "unbounded" if ratio["high"] is None else f"{ratio['high']:.2f}"
+    interval = _ratio_interval(ratio, dash=" - ")
+    if interval:
         clean = "-" if ratio["clean"] is None else f"{ratio['clean']:.2f}"
-        lines.append(f"Cardiothoracic ratio: {ratio['low']:.2f} - {high} (clean {clean})")
+        lines.append(f"Cardiothoracic ratio: {interval} (clean {clean})")
     lines.append("Ranges hold for the smoothed segmenter with the certificate's probability, within its radius.")
     return lines
