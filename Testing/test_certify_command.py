@@ -230,3 +230,26 @@ def test_nothing_to_certify_is_a_clear_error(tmp_path):
     (tmp_path / "a.txt").write_text("hello")
     run = certseg("certify", tmp_path, "--out", tmp_path / "out")
     assert run.returncode == 2 and "no chest radiograph" in run.stderr and "a.txt" in run.stderr
+
+
+def test_no_uid_in_a_file_becomes_a_path_outside_the_output_folder(small_cr, tmp_path):
+    """Each UID that names a result folder, relative and absolute traversal: refused, named, nothing written."""
+    from support.dicom_files import traversal_uids, write_with_uid
+
+    export, escaped = tmp_path / "export", tmp_path / "escaped"
+    export.mkdir()
+    bad = {}
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+        for case in ("relative", "absolute"):
+            name = f"{keyword}-{case}.dcm"
+            write_with_uid(small_cr, export / name, keyword, traversal_uids(escaped)[case])
+            bad[name] = keyword
+    shutil.copy(small_cr, export / "good.dcm")
+    run = certseg("certify", export, "--out", tmp_path / "out", "--n0", "1", "--n", "4", "--quiet", "--no-denoiser",
+                  "--force")
+    assert run.returncode == 1, run.stderr
+    for name, keyword in bad.items():
+        lines = [line for line in run.stderr.splitlines() if line.startswith(str(export / name))]
+        assert len(lines) == 1 and f"{keyword} " in lines[0] and "is not a DICOM UID" in lines[0], (name, lines)
+    assert not escaped.exists() and not list(tmp_path.glob("escaped*"))
+    assert len(list((tmp_path / "out").rglob("report.json"))) == 1

@@ -20,6 +20,7 @@ from certseg.dicom.reading import Radiograph, Skipped, candidate_files, check_he
 from certseg.errors import EXIT_OK, EXIT_SOME_FAILED, CertSegError
 from certseg.files import atomic_directory
 from certseg.imagefile import read_image
+from certseg.names import result_folder
 from certseg.pipeline import CertificationPipeline, StoredImage
 from certseg.progress import progress_lines, sample_bar
 from certseg.report import dicom_report, image_file_report, summary_line
@@ -106,7 +107,7 @@ def _certify_dicom_file(path: Path, out: Path, pipeline: CertificationPipeline, 
     radiograph = read_radiograph(path, request.force)
     if isinstance(radiograph, Skipped):
         return _skipped(radiograph)
-    target = out.joinpath(*radiograph.uids)
+    target = result_folder(out, radiograph.uids)  # refused (CertSegError) unless every UID is one
     if target.exists() and not overwrite:
         return Outcome(path, f"result kept: {target} exists (use --overwrite to replace it)", Status.KEPT, target)
     with sample_bar(request.samples, disable=quiet) as progress:

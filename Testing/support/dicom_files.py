@@ -85,3 +85,20 @@ def hostile_files(small_cr, folder):
     huge.save_as(folder / "huge.dcm")
     cases["huge.dcm"] = "larger than any chest detector"
     return cases
+
+
+def traversal_uids(escape_to: Path) -> dict[str, str]:
+    """UIDs a hostile peer or file may carry to move a result folder: relative, absolute, odd but harmless-looking."""
+    return {"relative": "../../../../../../" + str(escape_to).lstrip("/"), "absolute": str(escape_to),
+            "dot-dot": "..", "leading-zero": "1.2.03", "empty-component": "1.2..3", "too-long": "1." * 40 + "1"}
+
+
+def write_with_uid(source: Path, path: Path, keyword: str, value: str) -> Path:
+    """`source` with one of its UIDs replaced by `value` (file meta kept consistent), written unchecked."""
+    dataset = pydicom.dcmread(source)
+    setattr(dataset, keyword, value)
+    if keyword == "SOPInstanceUID":
+        dataset.file_meta.MediaStorageSOPInstanceUID = value
+    with pydicom.config.disable_value_validation():
+        dataset.save_as(path, enforce_file_format=True)
+    return path

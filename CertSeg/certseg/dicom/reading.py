@@ -21,6 +21,7 @@ from pydicom.pixels import apply_modality_lut
 
 from certseg.core.window import IntensityWindow
 from certseg.errors import CertSegError, first_line
+from certseg.names import UID_PATH_KEYWORDS, shown, uid_problem
 
 CHEST_MODALITIES = {"CR", "DX"}
 CHEST_BODY_PARTS = {"", "CHEST", "THORAX", "LUNG", "TORSO"}
@@ -113,10 +114,20 @@ def check_header(path: Path, force: bool = False) -> pydicom.Dataset | Skipped:
     reason = chest_radiograph_refusal(header)
     if reason and not force:
         return Skipped(path, reason)
-    problem = _unsupported_image(header)
+    problem = _unsupported_image(header) or _unusable_uid(header)
     if problem:
         return Skipped(path, problem, failed=True)
     return header
+
+
+def _unusable_uid(header: pydicom.Dataset) -> str | None:
+    """The UIDs name the result folder (certseg.names): one that is not a DICOM UID refuses the file."""
+    for keyword in UID_PATH_KEYWORDS:
+        value = header.get(keyword, "")
+        problem = uid_problem(value)
+        if problem:
+            return f"{keyword} {shown(value)} is not a DICOM UID ({problem})"
+    return None
 
 
 def read_radiograph(path: Path, force: bool = False) -> Radiograph | Skipped:
