@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).parents[1] / "CertSeg" / "certseg"
-FOUNDATION = {"certseg", "certseg.errors", "certseg.request", "certseg.progress", "certseg.files", "certseg.names"}
+FOUNDATION = {"certseg", "certseg.errors", "certseg.request", "certseg.progress", "certseg.files", "certseg.names",
+              "certseg.limits"}
 # What each part may import of the package (itself always), at run time; TYPE_CHECKING imports are type hints only.
 ALLOWED = {
     "certseg": set(),  # __init__: the lazy public API
@@ -18,6 +19,7 @@ ALLOWED = {
     "certseg.progress": set(),
     "certseg.files": {"certseg.errors"},
     "certseg.names": {"certseg.errors"},
+    "certseg.limits": set(),
     "certseg.imagefile": FOUNDATION,
     "certseg.core": FOUNDATION,
     "certseg.model": FOUNDATION | {"certseg.core"},

@@ -140,17 +140,19 @@ def test_hostile_peers_get_clean_refusals_and_the_node_keeps_working(orthanc, tm
         assert c_store(listener.port, odd) == 0xC210
         big = pydicom.dcmread(good)
         big.SOPInstanceUID = generate_uid()
-        big.PixelData = bytes(2 * 2**20)  # an oversized object (the limit is 1 MiB)
-        assert c_store(listener.port, big) == 0xA700
+        big.PixelData = bytes(2 * 2**20)  # an oversized object (the limit is 1 MiB): aborted while it arrives
+        assert c_store(listener.port, big) is None
         for cut in (1000, -1000):  # in the header, in the pixel data
             truncated = tmp_path / f"truncated{cut}.dcm"
             truncated.write_bytes(good.read_bytes()[:cut])
             assert c_store(listener.port, truncated) == 0xC210
         assert c_store(listener.port, pydicom.dcmread(good)) == 0x0000  # still serving
         reasons = [r["reason"] for r in listener.records() if r["event"] == "refused"]
-        assert ["invalid Study or SOP Instance UID", "object of", "malformed dataset", "malformed dataset"] == [
-            next(x for x in ("invalid Study or SOP Instance UID", "object of", "malformed dataset") if x in reason)
-            for reason in reasons]
+        assert ["is not a DICOM UID", "malformed dataset", "malformed dataset"] == [
+            next(x for x in ("is not a DICOM UID", "malformed dataset") if x in reason) for reason in reasons]
+        aborted = [r for r in listener.records() if r["event"] == "aborted"]
+        assert len(aborted) == 1 and "bytes received for one object" in aborted[0]["reason"]
+        assert any(r["event"] == "rejected" and "INTRUDER" in r["reason"] for r in listener.records())
         assert all(p.parent.parent.parent == tmp_path / "spool" / "studies"
                    for p in (tmp_path / "spool").rglob("*.dcm"))
     finally:
@@ -159,15 +161,16 @@ def test_hostile_peers_get_clean_refusals_and_the_node_keeps_working(orthanc, tm
 
 @pytest.mark.slow
 def test_a_full_queue_refuses_and_a_dead_destination_is_retried_then_reported(tmp_path):
-    listener = RunningListener(tmp_path, None, "--max-queue-mb", "0.15", "--send-attempts", "2")
+    listener = RunningListener(tmp_path, None, "--max-queue-mb", "0.15", "--retry-hours", "0.001")
     try:
         first = write_cr_with_spacing(tmp_path / "first.dcm", "calibrated", seed=24)
         second = write_cr_with_spacing(tmp_path / "second.dcm", "calibrated", seed=25)
         assert c_store(listener.port, pydicom.dcmread(first)) == 0x0000
         assert c_store(listener.port, pydicom.dcmread(second)) == 0xA700  # 2 x 96 kB > 0.15 MB
         study = str(pydicom.dcmread(first).StudyInstanceUID)
-        failed = listener.wait_for(lambda r: r["event"] == "failed" and r["study"] == study)
-        assert "send failed 2 times" in failed["reason"]
+        unsent = listener.wait_for(lambda r: r["event"] == "unsent" and r["study"] == study)
+        assert "send failed" in unsent["reason"] and "tried again when the listener restarts" in unsent["reason"]
+        assert any(r["event"] == "retry" and r["study"] == study for r in listener.records())
         assert any(r["event"] == "refused" and r["reason"] == "queue full" for r in listener.records())
     finally:
         listener.stop()

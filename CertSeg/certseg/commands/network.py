@@ -26,26 +26,59 @@ def add_parsers(commands) -> None:
     add_certification_options(pacs)
     pacs.set_defaults(run=run_pacs)
 
-    listen = commands.add_parser("listen", help="a DICOM node (C-STORE SCP) that certifies what it receives")
-    listen.add_argument("--aet", default="CERTSEG", help="this node's AE title")
-    listen.add_argument("--port", type=int, default=11112)
+    listen = commands.add_parser("listen", help="a DICOM node (C-STORE and C-ECHO SCP) that certifies what it receives")
+    listen.add_argument("--aet", default="CERTSEG", help="this node's AE title (default: %(default)s)")
+    listen.add_argument("--bind", default="127.0.0.1",
+                        help="address to listen on (default: %(default)s, this machine only; give the interface the "
+                             "PACS reaches, or 0.0.0.0 for every interface)")
+    listen.add_argument("--port", type=int, default=11112, help="TCP port (default: %(default)s)")
     listen.add_argument("--spool", type=Path, required=True, help="on-disk queue and results (resumed on restart)")
     listen.add_argument("--allow", nargs="+", default=[], metavar="AET",
                         help="calling AE titles allowed to send (default: any)")
     listen.add_argument("--sop-class", nargs="+", default=[], metavar="UID",
                         help="storage SOP classes accepted (default: every storage class; only CR/DX chest "
-                             "radiographs are certified, the rest acknowledged and logged)")
+                             "radiographs are certified, the rest acknowledged, logged and removed)")
     listen.add_argument("--idle", type=float, default=30.0, help="seconds without a new object before a study "
-                                                                 "is certified")
+                                                                 "is certified (default: %(default)s)")
     listen.add_argument("--send-to", required=True,
                         help="where results go: a server named in the PACS config file, or 'sender' (the calling "
                              "AE at its address, port --sender-port)")
-    listen.add_argument("--sender-port", type=int, default=104)
+    listen.add_argument("--sender-port", type=int, default=104,
+                        help="the sender's DIMSE port when --send-to sender (default: %(default)s)")
     listen.add_argument("--config", type=Path, help="PACS config file (see certseg pacs)")
-    listen.add_argument("--max-object-mb", type=float, default=200.0)
-    listen.add_argument("--max-queue-mb", type=float, default=20480.0)
-    listen.add_argument("--send-attempts", type=positive_int, default=5,
-                        help="tries per study (backoff 2, 4, 8 ... s) before it is reported failed")
+    limits = listen.add_argument_group("limits (a peer's objects and connections)")
+    limits.add_argument("--max-object-mb", type=float, default=200.0,
+                        help="largest object, as received and as inflated (default: %(default)s)")
+    limits.add_argument("--max-decoded-mb", type=float, default=1024.0,
+                        help="largest pixel data an object's header may declare (default: %(default)s)")
+    limits.add_argument("--max-in-flight-mb", type=float, default=1024.0,
+                        help="memory for objects being received, all associations together (default: %(default)s)")
+    limits.add_argument("--max-queue-mb", type=float, default=20480.0,
+                        help="spool size for objects waiting to be certified (default: %(default)s)")
+    limits.add_argument("--max-associations", type=positive_int, default=32,
+                        help="connections open at once (default: %(default)s)")
+    limits.add_argument("--max-associations-per-address", type=positive_int, default=4,
+                        help="connections open at once from one IP address (default: %(default)s)")
+    limits.add_argument("--acse-timeout", type=float, default=10.0,
+                        help="seconds a connection may take to ask for an association (default: %(default)s)")
+    limits.add_argument("--dimse-timeout", type=float, default=60.0,
+                        help="seconds to wait for a DIMSE message (default: %(default)s)")
+    limits.add_argument("--network-timeout", type=float, default=60.0,
+                        help="seconds an association may stay silent (default: %(default)s)")
+    sending = listen.add_argument_group("sending and retention")
+    sending.add_argument("--retry-hours", type=float, default=24.0,
+                         help="how long a failing send is retried (backoff 2, 4, 8 ... s, at most "
+                              "--max-retry-interval) before it waits for a restart (default: %(default)s)")
+    sending.add_argument("--max-retry-interval", type=float, default=300.0,
+                         help="longest wait between two sends, in seconds (default: %(default)s)")
+    sending.add_argument("--keep-failed-days", type=float, default=7.0,
+                         help="how long radiographs that could not be certified are kept in SPOOL/failed "
+                              "(default: %(default)s)")
+    tls = listen.add_argument_group("DICOM TLS (optional)")
+    tls.add_argument("--tls-cert", type=Path, help="this node's certificate (PEM); with --tls-key, TLS is on")
+    tls.add_argument("--tls-key", type=Path, help="its private key (PEM)")
+    tls.add_argument("--tls-ca", type=Path, help="CA bundle: peers must present a certificate it signed (and so must "
+                                                 "the sender when results go back to it)")
     add_certification_options(listen)
     listen.set_defaults(run=run_listen)
 
@@ -80,40 +113,60 @@ def run_pacs(args) -> int:
 
 def run_listen(args) -> int:
     import datetime
+    import threading
 
     from certseg.pacs.config import DimseAddress, PacsServer, load_server
-    from certseg.pacs.listener import Listener, ListenerSettings
+    from certseg.pacs.listener import Listener
     from certseg.pacs.workflow import connect
     from certseg.pipeline import CertificationPipeline
     from certseg.runner import certify_input
 
     request, options = certification_request(args), run_options(args)
-    settings = ListenerSettings(args.aet, args.port, args.spool, tuple(args.allow), tuple(args.sop_class), args.idle,
-                                int(args.max_object_mb * 2**20), int(args.max_queue_mb * 2**20), args.send_attempts)
+    settings = listener_settings(args)
     settings.validate()
+    if settings.tls is not None:
+        from certseg.pacs.tls import server_context
+
+        server_context(settings.tls)  # unreadable certificates are one line now, not at the first connection
     destination = None if args.send_to == "sender" else load_server(args.send_to, args.config)
     pipeline = CertificationPipeline.from_folder(options)
 
-    def certify(objects: Path, results: Path) -> list[Path]:
-        _, outcomes = certify_input(objects, results, pipeline, request, quiet=True)
-        return [o.result for o in outcomes if o.result is not None]
+    def certify(objects: Path, results: Path):
+        return certify_input(objects, results, pipeline, request, quiet=True)[1]
 
-    def send(paths: list[Path], state: dict) -> None:
-        server = destination or PacsServer("sender", dimse=DimseAddress(state["sender"]["address"], args.sender_port,
-                                                                        state["sender"]["aet"]), calling_aet=args.aet)
-        connect(server).store(paths, state["study_uid"])
+    def send(paths: list[Path], record) -> None:
+        server = destination or PacsServer("sender", calling_aet=args.aet, dimse=DimseAddress(
+            record.sender["address"], args.sender_port, record.sender["aet"], settings.tls))
+        connect(server).store(paths, record.study_uid)
 
     def log(record: dict) -> None:
         stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         print(json.dumps({"time": stamp, **record}), flush=True)
 
     listener = Listener(settings, certify, send, log)
-    signal.signal(signal.SIGTERM, lambda *_: listener.stopping.set())  # finish the current step, then stop
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())  # finish the current step, then stop
     try:
-        listener.run_forever()
+        listener.run_forever(stopping)
     except KeyboardInterrupt:
         pass
     log({"event": "stopped"})
     return EXIT_OK
 
 
+def listener_settings(args):
+    from certseg.pacs.listener import ListenerSettings
+    from certseg.pacs.tls import TlsFiles
+
+    tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert or args.tls_key or args.tls_ca else None
+    megabytes = {name: int(getattr(args, name) * 2**20) for name in
+                 ("max_object_mb", "max_decoded_mb", "max_in_flight_mb", "max_queue_mb")}
+    return ListenerSettings(
+        args.aet, args.port, args.spool, bind=args.bind, allowed_aets=tuple(args.allow),
+        sop_classes=tuple(args.sop_class), idle_s=args.idle, max_object_bytes=megabytes["max_object_mb"],
+        max_decoded_bytes=megabytes["max_decoded_mb"], max_in_flight_bytes=megabytes["max_in_flight_mb"],
+        max_queue_bytes=megabytes["max_queue_mb"], max_associations=args.max_associations,
+        max_associations_per_address=args.max_associations_per_address, acse_timeout_s=args.acse_timeout,
+        dimse_timeout_s=args.dimse_timeout, network_timeout_s=args.network_timeout,
+        max_retry_interval_s=args.max_retry_interval, retry_window_s=args.retry_hours * 3600.0,
+        failed_retention_s=args.keep_failed_days * 86400.0, tls=tls)

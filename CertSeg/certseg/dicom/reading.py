@@ -21,12 +21,12 @@ from pydicom.pixels import apply_modality_lut
 
 from certseg.core.window import IntensityWindow
 from certseg.errors import CertSegError, first_line
+from certseg.limits import MAX_INFLATED_BYTES, MAX_PIXELS, file_inflates_beyond
 from certseg.names import UID_PATH_KEYWORDS, shown, uid_problem
 
 CHEST_MODALITIES = {"CR", "DX"}
 CHEST_BODY_PARTS = {"", "CHEST", "THORAX", "LUNG", "TORSO"}
 FRONTAL_VIEWS = {"", "PA", "AP"}
-MAX_PIXELS = 12000 * 12000  # larger than any chest detector; refuses decompression bombs
 PLAUSIBLE_SPACING_MM = (0.02, 5.0)
 
 
@@ -103,6 +103,8 @@ def check_header(path: Path, force: bool = False) -> pydicom.Dataset | Skipped:
 
     `force` overrides the metadata gate (modality, body part, view), not what cannot be decoded.
     """
+    if file_inflates_beyond(path, MAX_INFLATED_BYTES):  # before pydicom inflates it whole
+        return Skipped(path, f"Deflated dataset inflates to more than {MAX_INFLATED_BYTES // 2**20} MiB", failed=True)
     try:
         header = pydicom.dcmread(path, stop_before_pixels=True)
     except (InvalidDicomError, EOFError) as error:

@@ -4,7 +4,9 @@ Config file (JSON; `--config`, else $CERTSEG_PACS_CONFIG, else ~/.config/certseg
 
     {"servers": {"orthanc": {"dicomweb": "https://pacs.example.org/dicom-web",
                              "ca_bundle": "/etc/ssl/hospital-ca.pem"},
-                 "archive": {"dimse": {"host": "10.0.0.5", "port": 104, "called_aet": "ARCHIVE"},
+                 "archive": {"dimse": {"host": "10.0.0.5", "port": 104, "called_aet": "ARCHIVE",
+                                       "tls": {"ca": "/etc/ssl/hospital-ca.pem",       // optional: DICOM TLS
+                                               "cert": "/etc/certseg/node.pem", "key": "/etc/certseg/node.key"}},
                              "calling_aet": "CERTSEG"}}}
 
 Secrets: $CERTSEG_PACS_USERNAME and $CERTSEG_PACS_PASSWORD (HTTP basic) or $CERTSEG_PACS_TOKEN
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from certseg.errors import CertSegError
+from certseg.pacs.tls import TlsFiles
 
 SECRET_FIELDS = ("username", "password", "token")
 DEFAULT_CONFIG = Path.home() / ".config" / "certseg" / "pacs.json"
@@ -31,6 +34,7 @@ class DimseAddress:
     host: str
     port: int
     called_aet: str
+    tls: TlsFiles | None = None  # None: plain TCP
 
 
 @dataclass(frozen=True)
@@ -80,12 +84,21 @@ def _server(name: str, entry: dict, path: Path) -> PacsServer:
     if entry.get("dimse"):
         try:
             dimse = DimseAddress(str(entry["dimse"]["host"]), int(entry["dimse"]["port"]),
-                                 str(entry["dimse"]["called_aet"]))
-        except (KeyError, TypeError, ValueError):
-            raise CertSegError(f"{path}: server {name!r}: 'dimse' needs host, port and called_aet") from None
+                                 str(entry["dimse"]["called_aet"]), _tls(entry["dimse"].get("tls")))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise CertSegError(f"{path}: server {name!r}: 'dimse' needs host, port and called_aet, and 'tls' "
+                               f"only ca, cert and key") from None
     elif not str(entry["dicomweb"]).startswith(("http://", "https://")):
         raise CertSegError(f"{path}: server {name!r}: 'dicomweb' must be an http:// or https:// URL")
     return PacsServer(name, dicomweb=entry.get("dicomweb"), dimse=dimse,
                       calling_aet=str(entry.get("calling_aet", "CERTSEG")), username=entry.get("username"),
                       password=entry.get("password"), token=entry.get("token"),
                       verify=bool(entry.get("verify", True)), ca_bundle=entry.get("ca_bundle"))
+
+
+def _tls(entry: dict | None) -> TlsFiles | None:
+    if entry is None:
+        return None
+    if set(entry) - {"ca", "cert", "key"}:
+        raise ValueError("unknown TLS settings")
+    return TlsFiles(*(Path(entry[name]) if entry.get(name) else None for name in ("cert", "key", "ca")))

@@ -34,8 +34,13 @@ class DimsePacs:
         for abstract, syntaxes in contexts:
             ae.add_requested_context(abstract, syntaxes)
         address = self.server.dimse
+        tls = None
+        if address.tls is not None:
+            from certseg.pacs.tls import client_context
+
+            tls = (client_context(address.tls), address.host)  # the server's certificate must name its host
         association = ae.associate(address.host, address.port, ae_title=address.called_aet, ext_neg=list(roles),
-                                   evt_handlers=list(handlers))
+                                   evt_handlers=list(handlers), tls_args=tls)
         if not association.is_established:
             raise CertSegError(f"{address.called_aet}@{address.host}:{address.port}: association refused or "
                                f"no answer")

@@ -1,39 +1,39 @@
 """`certseg listen`: a DICOM node that certifies the chest radiographs it receives.
 
-A C-STORE SCP (pynetdicom).  Every received object is written to an on-disk spool before
-success is returned; a study that has been idle for `idle_s` is certified (its CR/DX chest
-radiographs; anything else was acknowledged, logged and is never certified) and its SEGs are
-sent to the destination, retried with exponential backoff.  The spool is the state:
+A C-STORE SCP and C-ECHO SCP (pynetdicom).  The event handlers only check and store: an object is
+written to the on-disk spool (certseg.pacs.spool) before success is returned.  A worker thread
+certifies each study once it has been idle for `idle_s` and sends its results (SEG and SR) to the
+destination, retried with a capped backoff for `retry_window_s`, and again after a restart.
 
-    SPOOL/studies/<key>/study.json     study UID, sender, state (receiving, certified, sent, failed)
-    SPOOL/studies/<key>/objects/*.dcm  received objects, named by a hash of their SOP Instance UID
-    SPOOL/results/<key>/...            certify's result folders
-
-so a restart resumes where it stopped: studies still receiving wait out their idle time again,
-certified ones are sent again.  `<key>` is a hash of the Study Instance UID: nothing a peer
-sends becomes a path.
+What a peer can and cannot do (README, "On the hospital network"):
+- every UID is checked as a DICOM UID before anything is stored, and no name a peer sends becomes a path;
+- objects are limited in bytes received, bytes inflated (Deflated transfer syntax) and pixel bytes
+  declared; the bytes held in memory for objects being received are bounded across associations;
+- connections are capped per address and in all, idle or silent ones closed after the ACSE timeout;
+- every refusal, rejection, dropped connection, retry and failure is one JSON log line.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import re
-import shutil
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import pydicom
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from certseg.errors import CertSegError, first_line
-from certseg.files import write_json
+from certseg.limits import declared_pixel_bytes, inflates_beyond
+from certseg.names import UID_PATH_KEYWORDS, shown, uid_problem
+from certseg.pacs.spool import Spool, StudyRecord, StudyState
 
-UID_SYNTAX = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+if TYPE_CHECKING:
+    from certseg.pacs.tls import TlsFiles
+
 SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC210
+COMMAND_SLACK_BYTES = 64 * 2**10  # command set and PDU headers around an object
 
 
 @dataclass(frozen=True)
@@ -41,194 +41,322 @@ class ListenerSettings:
     aet: str
     port: int
     spool: Path
+    bind: str = "127.0.0.1"  # loopback unless the administrator names the interface to serve
     allowed_aets: tuple[str, ...] = ()  # empty: any calling AE title
     sop_classes: tuple[str, ...] = ()  # empty: every storage SOP class
     idle_s: float = 30.0
-    max_object_bytes: int = 200 * 2**20
+    max_object_bytes: int = 200 * 2**20  # received, and inflated
+    max_decoded_bytes: int = 1024 * 2**20  # pixel data a header may declare
+    max_in_flight_bytes: int = 1024 * 2**20  # being received, all associations together
     max_queue_bytes: int = 20 * 2**30
-    send_attempts: int = 5
+    max_associations: int = 32
+    max_associations_per_address: int = 4
+    acse_timeout_s: float = 10.0
+    dimse_timeout_s: float = 60.0
+    network_timeout_s: float = 60.0
     first_retry_s: float = 2.0
+    max_retry_interval_s: float = 300.0
+    retry_window_s: float = 24 * 3600.0
+    failed_retention_s: float = 7 * 24 * 3600.0
+    tls: TlsFiles | None = None
 
     def validate(self) -> None:
         if not 0 < self.port < 65536:
             raise ValueError(f"listen: port must lie in 1..65535, got {self.port}")
         if not 0 < len(self.aet) <= 16:
             raise ValueError(f"listen: AE title must have 1 to 16 characters, got {self.aet!r}")
-        if self.idle_s <= 0 or self.send_attempts < 1 or self.max_object_bytes < 1 or self.max_queue_bytes < 1:
-            raise ValueError("listen: idle time, send attempts and size limits must be positive")
+        positive = {"idle time": self.idle_s, "object limit": self.max_object_bytes,
+                    "decoded limit": self.max_decoded_bytes, "in-flight limit": self.max_in_flight_bytes,
+                    "queue limit": self.max_queue_bytes, "associations": self.max_associations,
+                    "associations per address": self.max_associations_per_address,
+                    "ACSE timeout": self.acse_timeout_s, "DIMSE timeout": self.dimse_timeout_s,
+                    "network timeout": self.network_timeout_s, "first retry": self.first_retry_s,
+                    "longest retry interval": self.max_retry_interval_s, "failed retention": self.failed_retention_s}
+        for name, value in positive.items():
+            if not value > 0:
+                raise ValueError(f"listen: {name} must be positive, got {value}")
+        if self.retry_window_s < 0:
+            raise ValueError(f"listen: retry window must be >= 0, got {self.retry_window_s}")
+        if self.max_in_flight_bytes < self.max_object_bytes:
+            raise ValueError("listen: the in-flight limit must hold at least one object of the object limit")
 
 
-def study_key(study_uid: str) -> str:
-    return hashlib.sha256(study_uid.encode()).hexdigest()[:24]
+class CertifiedFile(Protocol):
+    """What `certify` says of each file it was given (certseg.runner.Outcome)."""
 
-
-class Spool:
-    """The on-disk queue; every write is a rename, so a crash never leaves half an object."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        (root / "studies").mkdir(parents=True, exist_ok=True)
-        (root / "results").mkdir(parents=True, exist_ok=True)
-        self.lock = threading.Lock()
-        # Counted once here and kept up to date, not re-scanned on every C-STORE of a busy node.
-        self.size_bytes = sum(p.stat().st_size for p in (root / "studies").rglob("*.dcm"))
-
-    def add(self, study_uid: str, sop_uid: str, encoded: bytes, sender: dict) -> str:
-        key = study_key(study_uid)
-        folder = self.root / "studies" / key
-        with self.lock:
-            (folder / "objects").mkdir(parents=True, exist_ok=True)
-            target = folder / "objects" / f"{hashlib.sha256(sop_uid.encode()).hexdigest()[:32]}.dcm"
-            partial = target.with_suffix(".partial")
-            partial.write_bytes(encoded)
-            replaced = target.stat().st_size if target.exists() else 0  # a peer may send an instance again
-            os.replace(partial, target)
-            self.size_bytes += len(encoded) - replaced
-            state = self.state(key) or {"study_uid": study_uid, "sender": sender, "state": "receiving"}
-            state.update(state="receiving", last_received=time.time())
-            write_json(folder / "study.json", state)
-        return key
-
-    def state(self, key: str) -> dict | None:
-        path = self.root / "studies" / key / "study.json"
-        return json.loads(path.read_text()) if path.is_file() else None
-
-    def set_state(self, key: str, **changes) -> dict:
-        with self.lock:
-            state = {**(self.state(key) or {}), **changes}
-            write_json(self.root / "studies" / key / "study.json", state)
-        return state
-
-    def keys(self) -> list[str]:
-        return sorted(p.name for p in (self.root / "studies").iterdir() if (p / "study.json").is_file())
-
-    def objects(self, key: str) -> Path:
-        return self.root / "studies" / key / "objects"
-
-    def discard_objects(self, key: str) -> None:
-        """A sent study's received objects leave the queue (its results stay)."""
-        with self.lock:
-            folder = self.objects(key)
-            self.size_bytes -= sum(p.stat().st_size for p in folder.glob("*.dcm"))
-            shutil.rmtree(folder, ignore_errors=True)
+    path: Path
+    message: str
+    status: str  # certified, kept, skipped (not a chest radiograph), failed
+    result: Path | None
 
 
 class Listener:
-    """The SCP and the worker that certifies idle studies and sends their results.
+    """The SCP, and the worker that certifies idle studies and sends their results.
 
-    `certify(objects_folder, results_folder)` -> result folders of certified radiographs;
-    `send(paths, state)` raises on failure (the state names the study and its sender).
+    `certify(objects_folder, results_folder)` -> one CertifiedFile per file it examined;
+    `send(paths, record)` raises on failure (the record names the study and its sender);
+    `log(record)` writes one log line.
     """
 
-    def __init__(self, settings: ListenerSettings, certify: Callable[[Path, Path], list[Path]],
-                 send: Callable[[list[Path], dict], None], log: Callable[[dict], None]):
+    def __init__(self, settings: ListenerSettings, certify: Callable[[Path, Path], list[CertifiedFile]],
+                 send: Callable[[list[Path], StudyRecord], None], log: Callable[[dict], None]):
         settings.validate()
         self.settings, self.certify, self.send, self.log = settings, certify, send, log
         self.spool = Spool(settings.spool)
-        self.stopping = threading.Event()
         self.server = None
+        self.budget = None
+        self._resume_unsent()
 
-    # -- receiving ---------------------------------------------------------------------------
+    # -- receiving (pynetdicom's threads) -----------------------------------------------------
     def handle_store(self, event) -> int:
         sender = {"aet": event.assoc.requestor.ae_title, "address": event.assoc.requestor.address}
         try:
-            encoded = event.encoded_dataset()
-        except Exception as error:  # noqa: BLE001 - any peer bytes pydicom cannot read are a refusal
-            return self._refuse(sender, None, CANNOT_UNDERSTAND, f"malformed dataset ({first_line(error, 300)})")
-        if len(encoded) > self.settings.max_object_bytes:
-            return self._refuse(sender, None, OUT_OF_RESOURCES, f"object of {len(encoded)} bytes over the limit")
+            return self._store(event, sender)
+        finally:
+            if self.budget is not None:
+                self.budget.release(event.assoc)
+
+    def _store(self, event, sender: dict) -> int:
+        limit = self.settings.max_object_bytes
+        try:
+            raw = event.request.DataSet.getvalue()
+            syntax = pydicom.uid.UID(event.context.transfer_syntax)
+        except Exception as error:  # noqa: BLE001 - any peer bytes we cannot read are a refusal
+            return self._refuse(sender, None, CANNOT_UNDERSTAND, f"malformed request ({first_line(error, 300)})")
+        if len(raw) > limit:
+            return self._refuse(sender, None, OUT_OF_RESOURCES, f"object of {len(raw)} bytes over the limit")
+        if syntax == DeflatedExplicitVRLittleEndian and inflates_beyond(raw, limit):
+            return self._refuse(sender, None, OUT_OF_RESOURCES, f"Deflated object inflates to more than {limit} bytes")
         try:
             dataset = event.dataset
-            study_uid, sop_uid = str(dataset.StudyInstanceUID), str(dataset.SOPInstanceUID)
-            incomplete = _incomplete(dataset, pydicom.uid.UID(event.context.transfer_syntax))
+            uids = [str(dataset.get(keyword, "")) for keyword in UID_PATH_KEYWORDS]
+            problem = _incomplete(dataset, syntax)
         except Exception as error:  # noqa: BLE001
             return self._refuse(sender, None, CANNOT_UNDERSTAND, f"malformed dataset ({first_line(error, 300)})")
-        if incomplete:
-            return self._refuse(sender, study_uid[:80], CANNOT_UNDERSTAND, f"malformed dataset ({incomplete})")
-        if not (UID_SYNTAX.match(study_uid) and UID_SYNTAX.match(sop_uid)) or max(map(len, (study_uid, sop_uid))) > 64:
-            return self._refuse(sender, study_uid[:80], CANNOT_UNDERSTAND, "invalid Study or SOP Instance UID")
+        study_uid = uids[0] if uid_problem(uids[0]) is None else None
+        if problem:
+            return self._refuse(sender, study_uid, CANNOT_UNDERSTAND, f"malformed dataset ({problem})")
+        for keyword, value in zip(UID_PATH_KEYWORDS, uids):
+            reason = uid_problem(value)
+            if reason:
+                return self._refuse(sender, study_uid, CANNOT_UNDERSTAND,
+                                    f"{keyword} {shown(value)} is not a DICOM UID ({reason})")
+        declared = declared_pixel_bytes(dataset) if "PixelData" in dataset else 0
+        if declared > self.settings.max_decoded_bytes:
+            return self._refuse(sender, study_uid, OUT_OF_RESOURCES,
+                                f"pixel data declared as {declared} bytes (limit {self.settings.max_decoded_bytes})")
+        encoded = event.encoded_dataset()
         if self.spool.size_bytes + len(encoded) > self.settings.max_queue_bytes:
             return self._refuse(sender, study_uid, OUT_OF_RESOURCES, "queue full")
-        key = self.spool.add(study_uid, sop_uid, encoded, sender)
+        key = self.spool.add(study_uid, uids[2], encoded, sender)
         self.log({"event": "received", "study": study_uid, "key": key, "sop_class": str(dataset.SOPClassUID),
                   "modality": str(dataset.get("Modality", "")), "from": sender["aet"]})
         return SUCCESS
 
     def _refuse(self, sender: dict, study_uid: str | None, status: int, reason: str) -> int:
-        self.log({"event": "refused", "study": study_uid, "from": sender["aet"], "status": f"0x{status:04X}",
-                  "reason": reason})
+        self.log({"event": "refused", "study": study_uid, "from": sender["aet"], "address": sender["address"],
+                  "status": f"0x{status:04X}", "reason": reason})
         return status
 
-    # -- working -----------------------------------------------------------------------------
+    def _count_received_bytes(self, event) -> None:
+        """EVT_DATA_RECV: bytes held for an object not yet stored; over budget, the association is aborted."""
+        reason = self.budget.add(event.assoc, len(event.data))
+        if reason and not getattr(event.assoc, "certseg_aborting", False):
+            event.assoc.certseg_aborting = True
+            self.log({"event": "aborted", "from": event.assoc.requestor.ae_title,
+                      "address": event.assoc.requestor.address, "reason": reason})
+            event.assoc.abort(block=False)  # from pynetdicom's own thread: queue the A-ABORT, do not wait
+
+    def _association_event(self, event) -> None:
+        """Rejections, aborts and connections that closed before any association: each one a log line."""
+        requestor = event.assoc.requestor
+        name = event.event.name
+        if name == "EVT_ESTABLISHED":
+            event.assoc.certseg_established = True
+        elif name == "EVT_REJECTED":
+            event.assoc.certseg_rejected = True
+            self.log({"event": "rejected", "from": requestor.ae_title, "address": requestor.address,
+                      "reason": self._rejection_reason(requestor.ae_title)})
+        elif name == "EVT_ABORTED" and not getattr(event.assoc, "certseg_aborting", False):
+            self.log({"event": "aborted", "from": requestor.ae_title, "address": requestor.address,
+                      "reason": "the association was aborted (by the peer or on a protocol error)"})
+        elif name == "EVT_CONN_CLOSE":
+            if self.budget is not None:
+                self.budget.release(event.assoc)
+            if not any(getattr(event.assoc, flag, False) for flag in
+                       ("certseg_established", "certseg_rejected", "certseg_aborting")):
+                self.log({"event": "dropped", "address": requestor.address,
+                          "reason": f"no valid association request within the ACSE timeout "
+                                    f"({self.settings.acse_timeout_s:g} s): idle, or not DICOM"})
+
+    def _rejection_reason(self, calling_aet: str) -> str:
+        allowed = self.settings.allowed_aets
+        if allowed and calling_aet.strip() not in allowed:
+            return f"calling AE title {shown(calling_aet)} is not allowed"
+        return f"association limit reached ({self.settings.max_associations})"
+
+    # -- working (one worker thread) -----------------------------------------------------------
     def work_once(self, now: float | None = None) -> None:
-        """Certify every idle study and (re)send every study whose send is due."""
+        """Certify every idle study, (re)send every study whose send is due, prune old failures."""
         now = time.time() if now is None else now
         for key in self.spool.keys():
-            state = self.spool.state(key)
-            if state["state"] == "receiving" and now - state["last_received"] >= self.settings.idle_s:
-                state = self._certify(key, state)
-            if state["state"] == "certified" and now >= state.get("next_send", 0):
-                self._send(key, state, now)
+            record = self.spool.record(key)
+            idle = now - record.last_received >= self.settings.idle_s
+            if self.spool.has_claimed(key) or idle and self.spool.has_incoming(key):
+                record = self._certify(key)
+            if record.pending and record.state == StudyState.SENDING and now >= record.next_send:
+                self._send(key, now)
+        for key in self.spool.prune_failed(self.settings.failed_retention_s, now):
+            self.log({"event": "pruned", "key": key, "reason": "failed objects past their retention time"})
 
-    def _certify(self, key: str, state: dict) -> dict:
-        objects = self.spool.objects(key)
+    def _certify(self, key: str) -> StudyRecord:
+        claimed = self.spool.claim(key)
+        study_uid = self.spool.record(key).study_uid
         try:
-            results = self.certify(objects, self.spool.root / "results" / key)
-        except CertSegError as error:
-            results, reason = [], str(error)
-        else:
-            reason = ""
-        latest = self.spool.state(key)
-        if latest["last_received"] > state["last_received"]:  # more arrived meanwhile: certify again when idle
-            return latest
-        outputs = [str(folder / "seg.dcm") for folder in results]  # each SEG, and its SR of certified measurements
-        outputs += [str(folder / "measurements.dcm") for folder in results if (folder / "measurements.dcm").is_file()]
-        if not outputs:
-            self.log({"event": "failed", "study": state["study_uid"], "key": key,
-                      "reason": reason or "no chest radiograph certified"})
-            return self.spool.set_state(key, state="failed", reason=reason or "no chest radiograph certified")
-        self.log({"event": "certified", "study": state["study_uid"], "key": key, "radiographs": len(results)})
-        return self.spool.set_state(key, state="certified", outputs=outputs, attempts=0, next_send=0)
-
-    def _send(self, key: str, state: dict, now: float) -> None:
-        try:
-            self.send([Path(p) for p in state["outputs"]], state)
-        except Exception as error:  # noqa: BLE001 - any send failure is retried, then reported
-            attempts = state.get("attempts", 0) + 1
-            if attempts >= self.settings.send_attempts:
-                self.log({"event": "failed", "study": state["study_uid"], "key": key,
-                          "reason": f"send failed {attempts} times: {first_line(error, 300)}"})
-                self.spool.set_state(key, state="failed", attempts=attempts, reason=first_line(error, 300))
+            examined = self.certify(claimed, self.spool.results(key))
+        except CertSegError as error:  # nothing at all could be read: every claimed object fails with this
+            reason = first_line(error, 500)
+            examined = [_Unexamined(path, reason) for path in sorted(claimed.glob("*.dcm"))]
+        outputs, certified, failures = [], 0, []
+        for item in examined:
+            path = Path(item.path)
+            if item.status in ("certified", "kept") and item.result is not None:
+                certified += 1
+                outputs += [p for p in (item.result / "seg.dcm", item.result / "measurements.dcm") if p.is_file()]
+            elif item.status == "failed":
+                failures.append((path, item.message))
             else:
-                delay = self.settings.first_retry_s * 2 ** (attempts - 1)
-                self.spool.set_state(key, attempts=attempts, next_send=now + delay)
-            return
-        self.log({"event": "sent", "study": state["study_uid"], "key": key, "objects": len(state["outputs"])})
-        self.spool.set_state(key, state="sent")
-        self.spool.discard_objects(key)
+                self.log({"event": "ignored", "study": study_uid, "key": key, "reason": item.message})
+        for path in sorted(claimed.glob("*.dcm")):  # anything certify did not speak of is a failure, never lost
+            if not any(Path(item.path).name == path.name for item in examined):
+                failures.append((path, "not examined by the certification"))
+        with self.spool.lock:
+            record = self.spool.record(key)
+        for item in examined:
+            path = Path(item.path)
+            if path.parent == claimed and path.exists() and item.status != "failed":
+                self.spool.release(path)
+                if item.status not in ("certified", "kept"):
+                    record.note_not_certified(path.name, item.status, item.message)
+        for path, reason in failures:
+            if path.exists():
+                self.spool.set_aside(key, path, reason)
+            record.note_not_certified(path.name, "failed", reason)
+            self.log({"event": "failed", "study": study_uid, "key": key, "reason": reason})
+        with self.spool.lock:
+            latest = self.spool.record(key)  # receiving threads may have changed it meanwhile
+            latest.not_certified, latest.certified = record.not_certified, latest.certified + certified
+            latest.pending = sorted({*latest.pending, *(self.spool.relative(p) for p in outputs)})
+            latest.state = self._settled_state(key, latest)
+            if outputs:
+                latest.next_send, latest.attempts, latest.first_failure = 0.0, 0, None
+            self.spool.save(key, latest)
+        if certified:
+            self.log({"event": "certified", "study": study_uid, "key": key, "radiographs": certified})
+        return latest
 
-    # -- running -----------------------------------------------------------------------------
+    def _settled_state(self, key: str, record: StudyRecord) -> StudyState:
+        if record.pending:
+            return StudyState.UNSENT if record.state == StudyState.UNSENT else StudyState.SENDING
+        if self.spool.has_incoming(key):
+            return StudyState.RECEIVING
+        return StudyState.SENT if record.certified else StudyState.DONE
+
+    def _send(self, key: str, now: float) -> None:
+        record = self.spool.record(key)
+        sending = list(record.pending)
+        try:
+            self.send([self.spool.absolute(p) for p in sending], record)
+        except Exception as error:  # noqa: BLE001 - any send failure is retried, then reported, never dropped
+            self._send_failed(key, now, first_line(error, 300))
+            return
+        with self.spool.lock:
+            latest = self.spool.record(key)
+            latest.pending = [p for p in latest.pending if p not in sending]
+            latest.attempts, latest.first_failure, latest.next_send = 0, None, 0.0
+            latest.state = self._settled_state(key, latest)
+            self.spool.save(key, latest)
+        self.log({"event": "sent", "study": record.study_uid, "key": key, "objects": len(sending)})
+
+    def _send_failed(self, key: str, now: float, reason: str) -> None:
+        with self.spool.lock:
+            record = self.spool.record(key)
+            record.attempts += 1
+            record.first_failure = record.first_failure or now
+            trying_for = now - record.first_failure
+            if trying_for >= self.settings.retry_window_s:
+                record.state, record.next_send = StudyState.UNSENT, float("inf")
+                event = {"event": "unsent", "reason": f"send failed {record.attempts} times over {trying_for:.0f} s "
+                                                      f"({reason}); kept, and tried again when the listener restarts"}
+            else:
+                delay = min(self.settings.first_retry_s * 2 ** (record.attempts - 1), self.settings.max_retry_interval_s)
+                record.next_send = now + delay
+                event = {"event": "retry", "attempt": record.attempts, "in_s": round(delay, 1), "reason": reason}
+            self.spool.save(key, record)
+        self.log({**event, "study": record.study_uid, "key": key})
+
+    def _resume_unsent(self) -> None:
+        """At start: sends that ran out of retries are tried again, from a fresh retry window."""
+        for key in self.spool.keys():
+            record = self.spool.record(key)
+            if record.pending and record.state in (StudyState.UNSENT, StudyState.SENDING):
+                was = record.state
+                record.state, record.next_send, record.attempts, record.first_failure = (
+                    StudyState.SENDING, 0.0, 0, None)
+                self.spool.save(key, record)
+                if was == StudyState.UNSENT:
+                    self.log({"event": "resumed", "study": record.study_uid, "key": key, "objects": len(record.pending)})
+
+    # -- running -------------------------------------------------------------------------------
     def start(self) -> None:
         """Serve in the background (returns once the port listens)."""
-        from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+        import threading
 
-        ae = AE(ae_title=self.settings.aet)
-        ae.require_calling_aet = list(self.settings.allowed_aets)
-        classes = self.settings.sop_classes or [c.abstract_syntax for c in AllStoragePresentationContexts]
+        from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+        from pynetdicom.sop_class import Verification
+
+        from certseg.pacs.guard import ConnectionLimits, GuardedAssociationServer, ReceiveBudget
+        from certseg.pacs.tls import server_context
+
+        settings = self.settings
+        ae = AE(ae_title=settings.aet)
+        ae.require_calling_aet = list(settings.allowed_aets)
+        ae.maximum_associations = settings.max_associations
+        ae.acse_timeout, ae.dimse_timeout = settings.acse_timeout_s, settings.dimse_timeout_s
+        ae.network_timeout = settings.network_timeout_s
+        ae.add_supported_context(Verification)
+        classes = settings.sop_classes or [c.abstract_syntax for c in AllStoragePresentationContexts]
         for sop_class in classes:
             ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)  # stored as received, never transcoded
-        self.server = ae.start_server(("0.0.0.0", self.settings.port), block=False,
-                                      evt_handlers=[(evt.EVT_C_STORE, self.handle_store)])
+        self.budget = ReceiveBudget(settings.max_object_bytes + COMMAND_SLACK_BYTES, settings.max_in_flight_bytes)
+        handlers = [(evt.EVT_C_STORE, self.handle_store), (evt.EVT_DATA_RECV, self._count_received_bytes)]
+        handlers += [(event, self._association_event) for event in
+                     (evt.EVT_ESTABLISHED, evt.EVT_REJECTED, evt.EVT_ABORTED, evt.EVT_CONN_CLOSE)]
+        limits = ConnectionLimits(settings.max_associations, settings.max_associations_per_address,
+                                  settings.acse_timeout_s)
+        self.server = ae.make_server((settings.bind, settings.port), evt_handlers=handlers,
+                                     ssl_context=server_context(settings.tls) if settings.tls else None,
+                                     server_class=GuardedAssociationServer, limits=limits, report=self.log)
+        ae._servers.append(self.server)  # noqa: SLF001 - as AE.start_server does, so shutdown() finds it
+        threading.Thread(target=self.server.serve_forever, name="certseg-listener", daemon=True).start()
 
-    def run_forever(self, poll_s: float = 1.0) -> None:
+    def run_forever(self, stopping, poll_s: float = 1.0) -> None:
         self.start()
-        self.log({"event": "listening", "aet": self.settings.aet, "port": self.settings.port,
-                  "spool": str(self.settings.spool)})
+        self.log({"event": "listening", "aet": self.settings.aet, "bind": self.settings.bind,
+                  "port": self.settings.port, "tls": self.settings.tls is not None, "spool": str(self.settings.spool)})
         try:
-            while not self.stopping.wait(poll_s):
+            while not stopping.wait(poll_s):
                 self.work_once()
         finally:
             self.server.shutdown()
+
+
+@dataclass
+class _Unexamined:
+    path: Path
+    message: str
+    status: str = "failed"
+    result: Path | None = None
 
 
 def _incomplete(dataset: pydicom.Dataset, transfer_syntax: pydicom.uid.UID) -> str | None:
@@ -239,8 +367,8 @@ def _incomplete(dataset: pydicom.Dataset, transfer_syntax: pydicom.uid.UID) -> s
         return "an image without its pixel description or data (truncated?)"
     if transfer_syntax.is_compressed:
         return None
-    expected = (int(dataset.Rows) * int(dataset.Columns) * int(dataset.get("SamplesPerPixel", 1))
-                * int(dataset.get("NumberOfFrames", 1) or 1) * ((int(dataset.BitsAllocated) + 7) // 8))
+    expected = declared_pixel_bytes(dataset)
     if len(dataset.PixelData) < expected:
         return f"truncated pixel data ({len(dataset.PixelData)} of {expected} bytes)"
     return None
+
