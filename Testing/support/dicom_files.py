@@ -102,3 +102,47 @@ def write_with_uid(source: Path, path: Path, keyword: str, value: str) -> Path:
     with pydicom.config.disable_value_validation():
         dataset.save_as(path, enforce_file_format=True)
     return path
+
+
+def write_deflate_bomb(source: Path, path: Path, inflated_bytes: int) -> Path:
+    """`source` in the Deflated transfer syntax with a private OB element of `inflated_bytes` zeros after the
+    pixel data: a file of a few hundred kilobytes that inflates to `inflated_bytes`.  Streamed: never in memory."""
+    import struct
+    import zlib
+
+    from pydicom.filewriter import write_dataset, write_file_meta_info
+
+    dataset = pydicom.dcmread(source)
+    dataset.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    encoded = pydicom.filebase.DicomBytesIO()
+    encoded.is_little_endian, encoded.is_implicit_VR = True, False
+    write_dataset(encoded, dataset)
+    creator = b"CERTSEG TEST"
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    with open(path, "wb") as stream:
+        meta = pydicom.filebase.DicomBytesIO()
+        meta.is_little_endian, meta.is_implicit_VR = True, False
+        write_file_meta_info(meta, dataset.file_meta, enforce_standard=True)
+        stream.write(b"\x00" * 128 + b"DICM" + meta.getvalue())
+        stream.write(deflater.compress(encoded.getvalue()))
+        stream.write(deflater.compress(struct.pack("<HH2sH", 0x7FE1, 0x0010, b"LO", len(creator)) + creator))
+        stream.write(deflater.compress(struct.pack("<HH2sHI", 0x7FE1, 0x1010, b"OB", 0, inflated_bytes)))
+        zeros, left = bytes(2**22), inflated_bytes
+        while left:
+            chunk = min(left, len(zeros))
+            stream.write(deflater.compress(zeros[:chunk]))
+            left -= chunk
+        stream.write(deflater.flush())
+    return path
+
+
+def declared_pixel_bomb(source: Path, rows: int = 60000, columns: int = 60000) -> pydicom.Dataset:
+    """`source` as RLE Lossless whose header declares rows x columns 16-bit pixels, with one tiny fragment."""
+    from pydicom.encaps import encapsulate
+
+    dataset = pydicom.dcmread(source)
+    dataset.Rows, dataset.Columns = rows, columns
+    dataset.PixelData = encapsulate([bytes(64)])
+    dataset["PixelData"].VR = "OB"
+    dataset.file_meta.TransferSyntaxUID = pydicom.uid.RLELossless
+    return dataset

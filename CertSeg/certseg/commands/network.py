@@ -139,9 +139,14 @@ def run_listen(args) -> int:
             record.sender["address"], args.sender_port, record.sender["aet"], settings.tls))
         connect(server).store(paths, record.study_uid)
 
+    writing = threading.Lock()  # pynetdicom's threads log too: one whole line at a time
+
     def log(record: dict) -> None:
         stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        print(json.dumps({"time": stamp, **record}), flush=True)
+        line = json.dumps({"time": stamp, **record}) + "\n"
+        with writing:
+            sys.stdout.write(line)
+            sys.stdout.flush()
 
     listener = Listener(settings, certify, send, log)
     stopping = threading.Event()

@@ -1,0 +1,151 @@
+"""A hostile peer against the real `certseg listen` on loopback: traversal in every UID, bombs, idle sockets,
+garbage, floods, unknown AEs, TLS.  Every loop is bounded; every refusal must be a log line; the node must keep
+serving a good sender throughout, and nothing may be written outside the spool."""
+
+import socket
+import struct
+import subprocess
+import time
+
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+from support.dicom_files import declared_pixel_bomb, traversal_uids, write_cr_with_spacing, write_deflate_bomb
+from support.listener import RunningListener, c_store, idle_sockets
+from support.tools import require_tool
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory):
+    """One listener for the attacks that do not need a fresh one; its destination is down (nothing is sent)."""
+    folder = tmp_path_factory.mktemp("node")
+    listener = RunningListener(folder, None, "--max-object-mb", "1", "--acse-timeout", "2", "--idle", "600")
+    yield listener
+    listener.stop()
+
+
+@pytest.fixture
+def good_cr(tmp_path):
+    return write_cr_with_spacing(tmp_path / "good.dcm", "calibrated", seed=61)
+
+
+def fresh(path):
+    dataset = pydicom.dcmread(path)
+    dataset.SOPInstanceUID = generate_uid()
+    dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+    return dataset
+
+
+@pytest.mark.parametrize("keyword", ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"])
+def test_traversal_in_every_uid_is_refused_and_nothing_leaves_the_spool(node, good_cr, tmp_path, keyword):
+    escaped = tmp_path / "escaped"
+    for case, value in traversal_uids(escaped).items():
+        dataset = fresh(good_cr)
+        setattr(dataset, keyword, value)
+        if keyword == "SOPInstanceUID":
+            dataset.file_meta.MediaStorageSOPInstanceUID = value
+        before = len(node.records())
+        status = c_store(node.port, dataset)
+        refusal = node.wait_for(lambda r: r["event"] in ("refused", "aborted"), after=before, timeout_s=10)
+        if keyword == "SOPInstanceUID" and status is None:  # it is also the command's Affected SOP Instance UID,
+            assert refusal["event"] == "aborted", case     # which pynetdicom itself refuses when it is too long
+            continue
+        assert status == 0xC210, case
+        assert f"{keyword} " in refusal["reason"] and "is not a DICOM UID" in refusal["reason"], case
+    assert not escaped.exists() and not list(tmp_path.glob("escaped*"))
+    assert c_store(node.port, fresh(good_cr)) == 0x0000  # still serving
+    spool = node.folder / "spool"
+    assert all(p.resolve().is_relative_to(spool.resolve()) for p in spool.rglob("*"))
+
+
+def test_a_deflate_bomb_is_refused_before_it_is_inflated(node, small_cr, tmp_path):
+    from pynetdicom import _config
+
+    bomb = write_deflate_bomb(small_cr, tmp_path / "bomb.dcm", 600 * 2**20)  # ~0.6 MB that inflates to 600 MiB
+    assert bomb.stat().st_size < 2**20  # under the node's 1 MiB object limit as received
+    before_mb, before = node.peak_memory_mb(), len(node.records())
+    _config.STORE_SEND_CHUNKED_DATASET = True  # send the file's bytes as they are, never inflated here
+    try:
+        status = c_store(node.port, bomb, syntax=pydicom.uid.DeflatedExplicitVRLittleEndian)
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = False
+    assert status == 0xA700
+    refusal = node.wait_for(lambda r: r["event"] == "refused", after=before, timeout_s=10)
+    assert "Deflated object inflates to more than" in refusal["reason"]
+    assert node.peak_memory_mb() - before_mb < 100  # inflating it whole would have cost 600 MiB
+
+
+def test_pixel_data_declared_far_larger_than_sent_is_refused(node, small_cr):
+    before = len(node.records())
+    bomb = declared_pixel_bomb(small_cr)  # 60000 x 60000 x 16 bit = 7.2 GB declared, 64 bytes sent
+    assert c_store(node.port, bomb, syntax=pydicom.uid.RLELossless) == 0xA700
+    refusal = node.wait_for(lambda r: r["event"] == "refused", after=before, timeout_s=10)
+    assert "pixel data declared as 7200000000 bytes" in refusal["reason"]
+
+
+def test_idle_sockets_cannot_shut_the_node_and_each_dropped_one_is_logged(node, good_cr):
+    """Twenty silent connections from one address, reopened as soon as they close (the default limit used to be
+    ten associations for 30 s); a sender elsewhere is served throughout."""
+    before = len(node.records())
+    with idle_sockets(node.port, 20, source="127.0.0.2") as opened:
+        deadline = time.monotonic() + 10
+        while len(opened) < 20 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for _ in range(3):
+            assert c_store(node.port, fresh(good_cr)) == 0x0000
+            time.sleep(1.5)
+    dropped = [r for r in node.records()[before:] if r["event"] == "dropped" and r["address"] == "127.0.0.2"]
+    assert any("already open from this address" in r["reason"] for r in dropped)
+    assert any("no valid association request within the ACSE timeout" in r["reason"] for r in dropped)
+
+
+def test_garbage_truncation_oversized_pdus_and_floods_are_dropped_and_logged(node, good_cr):
+    before = len(node.records())
+    payloads = {
+        "garbage": b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        "truncated": struct.pack(">BBL", 0x01, 0, 68) + b"\x00\x01" + b"\x00" * 10,  # an A-ASSOCIATE-RQ cut short
+        "oversized": struct.pack(">BBL", 0x04, 0, 2**31),  # a P-DATA header announcing 2 GiB
+    }
+    for payload in payloads.values():
+        with socket.create_connection(("127.0.0.1", node.port), timeout=5) as connection:
+            connection.sendall(payload)
+            connection.settimeout(8)
+            try:
+                while connection.recv(4096):  # the node must close it (bounded by the timeout)
+                    pass
+            except (TimeoutError, ConnectionResetError):
+                pass
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    flood = AE(ae_title="STORESCU")
+    flood.add_requested_context(Verification)
+    answered = 0
+    for _ in range(40):  # a burst of associations, one after another
+        association = flood.associate("127.0.0.1", node.port, ae_title="CERTSEG")
+        if association.is_established:
+            answered += int(association.send_c_echo().Status == 0x0000)
+            association.release()
+    assert answered == 40
+    assert c_store(node.port, fresh(good_cr)) == 0x0000
+    records = node.records()[before:]
+    assert any(r["event"] == "dropped" and "PDU of 2147483648 bytes" in r["reason"] for r in records)
+    assert sum(r["event"] in ("dropped", "aborted") for r in records) >= 3
+
+
+def test_unknown_calling_aes_are_rejected_with_a_log_line(node, good_cr):
+    before = len(node.records())
+    assert c_store(node.port, fresh(good_cr), aet="INTRUDER") is None
+    rejected = node.wait_for(lambda r: r["event"] == "rejected", after=before, timeout_s=10)
+    assert rejected["reason"] == "calling AE title 'INTRUDER' is not allowed" and rejected["address"] == "127.0.0.1"
+
+
+def test_echoscu_answers_and_the_default_bind_is_loopback_only(node):
+    require_tool("echoscu")
+    echo = subprocess.run(["echoscu", "-aet", "STORESCU", "-aec", "CERTSEG", "127.0.0.1", str(node.port)],
+                          capture_output=True, text=True, timeout=30)
+    assert echo.returncode == 0, echo.stderr
+    with pytest.raises(OSError):  # 127.0.0.2 is this machine too, but not the address the node listens on
+        socket.create_connection(("127.0.0.2", node.port), timeout=5).close()
+    assert node.records()[0]["bind"] == "127.0.0.1"
