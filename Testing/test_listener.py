@@ -1,21 +1,17 @@
 """`certseg listen` as a DICOM node: storescu in, SEG out to a real Orthanc, restarts and hostile peers."""
 
+import copy
 import json
 import signal
-import subprocess
-import sys
-import time
 
+import numpy as np
 import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
 from support.dicom_files import write_cr_with_spacing
+from support.listener import RunningListener, SlowStorageSCP, c_store, second_instance, storescu
 from support.orthanc import free_port, running_orthanc
-from support.tools import require_tool
-
-FAST = ["--no-denoiser", "--n0", "2", "--n", "80", "--quiet", "--force"]
-
 
 @pytest.fixture(scope="module")
 def orthanc(tmp_path_factory):
@@ -23,81 +19,9 @@ def orthanc(tmp_path_factory):
         yield server
 
 
-class RunningListener:
-    def __init__(self, folder, orthanc, *extra):
-        self.folder, self.port, self.log_path = folder, free_port(), folder / f"listener-{time.time_ns()}.log"
-        config = folder / "pacs.json"
-        config.write_text(json.dumps({"servers": {"archive": {"dimse": {
-            "host": "127.0.0.1", "port": orthanc.dicom_port if orthanc else free_port(), "called_aet": "ORTHANC"}}}}))
-        self.args = [sys.executable, "-m", "certseg", "listen", "--aet", "CERTSEG", "--port", str(self.port),
-                     "--spool", str(folder / "spool"), "--allow", "STORESCU", "--idle", "2", "--send-to", "archive",
-                     "--config", str(config), *extra, *FAST]
-        self.start()
-
-    def start(self):
-        self.log = open(self.log_path, "a")
-        started_after = len(self.records())
-        self.process = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT)
-        self.wait_for(lambda r: r["event"] == "listening", after=started_after)
-
-    def records(self):
-        if not self.log_path.exists():
-            return []
-        return [json.loads(line) for line in self.log_path.read_text().splitlines() if line.startswith("{")]
-
-    def wait_for(self, condition, timeout_s=120, after=0):
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            found = [r for r in self.records()[after:] if condition(r)]
-            if found:
-                return found[0]
-            assert self.process.poll() is None, self.log_path.read_text()[-3000:]
-            time.sleep(0.2)
-        pytest.fail(f"listener never logged what was expected: {self.log_path.read_text()[-3000:]}")
-
-    def stop(self, sig=signal.SIGTERM):
-        self.process.send_signal(sig)
-        self.process.wait(timeout=30)
-        self.log.close()
-
-
-DCMTK_STORESCU = "/usr/bin/storescu"  # pynetdicom installs a storescu of its own into the environment
-
-
-def storescu(port, *paths, aet="STORESCU"):
-    require_tool("storescu")
-    return subprocess.run([DCMTK_STORESCU, "-aet", aet, "-aec", "CERTSEG", "127.0.0.1", str(port),
-                           *map(str, paths)], capture_output=True, text=True)
-
-
-def c_store(port, dataset_or_path, aet="STORESCU"):
-    """One C-STORE with pynetdicom; returns the status code (None: association rejected)."""
-    from pynetdicom import AE
-
-    ae = AE(ae_title=aet)
-    ae.add_requested_context(pydicom.uid.ComputedRadiographyImageStorage, pydicom.uid.ExplicitVRLittleEndian)
-    association = ae.associate("127.0.0.1", port, ae_title="CERTSEG")
-    if not association.is_established:
-        return None
-    try:
-        status = association.send_c_store(dataset_or_path)
-        return int(status.Status) if status else None
-    finally:
-        association.release()
-
-
-def second_instance(path, folder):
-    """Another radiograph of the same study (new series and instance)."""
-    dataset = pydicom.dcmread(path)
-    dataset.SeriesInstanceUID, dataset.SOPInstanceUID = generate_uid(), generate_uid()
-    dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
-    dataset.save_as(folder / "second.dcm", enforce_file_format=True)
-    return folder / "second.dcm"
-
-
 @pytest.mark.slow
 def test_storescu_in_seg_out_in_the_destination_pacs(orthanc, tmp_path):
-    listener = RunningListener(tmp_path, orthanc)
+    listener = RunningListener(tmp_path, orthanc.dicom_port)
     try:
         source = write_cr_with_spacing(tmp_path / "cr.dcm", "calibrated", seed=21)
         assert storescu(listener.port, source).returncode == 0
@@ -116,7 +40,7 @@ def test_a_restart_in_the_middle_of_a_study_loses_nothing(orthanc, tmp_path):
     first = write_cr_with_spacing(tmp_path / "first.dcm", "calibrated", seed=22)
     second = second_instance(first, tmp_path)
     study = str(pydicom.dcmread(first).StudyInstanceUID)
-    listener = RunningListener(tmp_path, orthanc, "--idle", "5")
+    listener = RunningListener(tmp_path, orthanc.dicom_port, "--idle", "5")
     assert storescu(listener.port, first).returncode == 0
     listener.stop(signal.SIGKILL)  # killed before the study was idle
     listener.start()
@@ -131,7 +55,7 @@ def test_a_restart_in_the_middle_of_a_study_loses_nothing(orthanc, tmp_path):
 
 
 def test_hostile_peers_get_clean_refusals_and_the_node_keeps_working(orthanc, tmp_path):
-    listener = RunningListener(tmp_path, orthanc, "--max-object-mb", "1")
+    listener = RunningListener(tmp_path, orthanc.dicom_port, "--max-object-mb", "1")
     try:
         good = write_cr_with_spacing(tmp_path / "good.dcm", "calibrated", seed=23)
         assert c_store(listener.port, pydicom.dcmread(good), aet="INTRUDER") is None  # unknown AE: rejected
@@ -174,3 +98,91 @@ def test_a_full_queue_refuses_and_a_dead_destination_is_retried_then_reported(tm
         assert any(r["event"] == "refused" and r["reason"] == "queue full" for r in listener.records())
     finally:
         listener.stop()
+
+
+@pytest.mark.slow
+def test_an_image_received_while_its_study_is_being_sent_is_certified_and_sent_too(tmp_path):
+    """The send of the first image's results is held by a slow destination; a second image of the study
+    arrives meanwhile.  It used to be acknowledged, then deleted with the sent study, never certified."""
+    destination = SlowStorageSCP()
+    listener = RunningListener(tmp_path, destination.port)
+    try:
+        first = write_cr_with_spacing(tmp_path / "first.dcm", "calibrated", seed=26)
+        second = second_instance(first, tmp_path)
+        study = str(pydicom.dcmread(first).StudyInstanceUID)
+        assert c_store(listener.port, pydicom.dcmread(first)) == 0x0000
+        assert destination.first_arrived.wait(timeout=120), listener.log_path.read_text()[-2000:]
+        assert c_store(listener.port, pydicom.dcmread(second)) == 0x0000  # while the send is held
+        destination.release.set()
+        listener.wait_for(lambda r: r["event"] == "sent" and r["study"] == study)
+        listener.wait_for(lambda r: r["event"] == "certified" and r["study"] == study, after=0)
+        second_sent = listener.wait_for(lambda r: r["event"] == "sent" and r["study"] == study,
+                                        after=[i for i, r in enumerate(listener.records()) if r["event"] == "sent"][0] + 1)
+        assert second_sent["objects"] == 2  # its SEG and SR
+        sources = {str(pydicom.dcmread(p).SOPInstanceUID) for p in (first, second)}
+        assert destination.referenced_instances() == sources
+        assert [r["radiographs"] for r in listener.events("certified")] == [1, 1]  # each certified once
+        assert not list((tmp_path / "spool" / "studies").rglob("*.dcm"))
+    finally:
+        listener.stop()
+        destination.close()
+
+
+@pytest.mark.slow
+def test_non_chest_and_failed_studies_leave_the_queue_and_failures_carry_the_pipelines_reason(tmp_path):
+    """Without --force: CT traffic is acknowledged, logged and removed, so it cannot fill the queue; a CR the
+    out-of-distribution check refuses moves to failed/ with that reason; a chest CR still gets in."""
+    listener = RunningListener(tmp_path, None, "--max-queue-mb", "0.25", "--retry-hours", "0.0005", force=False)
+    try:
+        source = pydicom.dcmread(write_cr_with_spacing(tmp_path / "cr.dcm", "calibrated", seed=27))
+        for index in range(3):  # each about 96 kB: three together would overflow the 0.25 MB queue
+            ct = copy.deepcopy(source)
+            ct.StudyInstanceUID, ct.SeriesInstanceUID, ct.SOPInstanceUID = generate_uid(), generate_uid(), generate_uid()
+            ct.Modality = "CT"
+            assert c_store(listener.port, ct) == 0x0000, index
+            ignored = listener.wait_for(lambda r: r["event"] == "ignored" and r["study"] == str(ct.StudyInstanceUID))
+            assert "modality CT" in ignored["reason"]
+        noise = copy.deepcopy(source)
+        noise.StudyInstanceUID, noise.SOPInstanceUID = generate_uid(), generate_uid()
+        noise.PixelData = np.random.default_rng(5).integers(0, 4096, (240, 200), dtype=np.uint16).tobytes()
+        assert c_store(listener.port, noise) == 0x0000
+        failed = listener.wait_for(lambda r: r["event"] == "failed" and r["study"] == str(noise.StudyInstanceUID))
+        assert "spectral OOD score" in failed["reason"]
+        kept = list((tmp_path / "spool" / "failed").rglob("*.dcm"))
+        assert len(kept) == 1
+        reasons = json.loads((kept[0].parent / "reasons.json").read_text())
+        assert "spectral OOD score" in reasons[kept[0].name]
+        assert c_store(listener.port, source) == 0x0000  # the queue is not full of what was never ours
+        study_records = [json.loads(p.read_text()) for p in (tmp_path / "spool" / "studies").glob("*/study.json")]
+        assert sorted(r["state"] for r in study_records) == ["done", "done", "done", "done", "receiving"]
+        assert not list((tmp_path / "spool" / "studies").glob("*/*/*.dcm"))[1:]  # only the chest CR waits
+    finally:
+        listener.stop()
+
+
+@pytest.mark.slow
+def test_results_outlive_a_maintenance_window_and_are_sent_after_a_restart(tmp_path):
+    """The destination is down longer than the retry window: the results are kept as unsent, every retry is
+    logged, and once the PACS is back a restarted listener sends them (they used to be dropped as failed)."""
+    port = free_port()
+    listener = RunningListener(tmp_path, port, "--retry-hours", "0.002", "--max-retry-interval", "2")
+    source = write_cr_with_spacing(tmp_path / "cr.dcm", "calibrated", seed=28)
+    study = str(pydicom.dcmread(source).StudyInstanceUID)
+    try:
+        assert storescu(listener.port, source).returncode == 0
+        unsent = listener.wait_for(lambda r: r["event"] == "unsent" and r["study"] == study)
+        assert "tried again when the listener restarts" in unsent["reason"]
+        retries = [r for r in listener.events("retry") if r["study"] == study]
+        assert len(retries) >= 2 and all(r["in_s"] <= 2 for r in retries)
+    finally:
+        listener.stop()
+    with running_orthanc(tmp_path / "orthanc", extra={"DicomPort": port}) as orthanc:
+        after = len(listener.records())
+        listener.start()
+        try:
+            listener.wait_for(lambda r: r["event"] == "resumed" and r["study"] == study, after=after)
+            listener.wait_for(lambda r: r["event"] == "sent" and r["study"] == study, after=after)
+            assert orthanc.series_modalities(study) == ["SEG", "SR"]
+        finally:
+            listener.stop()
+    assert [r["radiographs"] for r in listener.events("certified")] == [1]  # certified once, sent after restart

@@ -149,3 +149,58 @@ def test_echoscu_answers_and_the_default_bind_is_loopback_only(node):
     with pytest.raises(OSError):  # 127.0.0.2 is this machine too, but not the address the node listens on
         socket.create_connection(("127.0.0.2", node.port), timeout=5).close()
     assert node.records()[0]["bind"] == "127.0.0.1"
+
+
+def make_certificates(folder):
+    """A CA, a server certificate for 127.0.0.1 and a client certificate it signed, and a self-signed rogue."""
+    def openssl(*args):
+        subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=CertSeg test CA",
+            "-keyout", folder / "ca.key", "-out", folder / "ca.pem")
+    for name in ("server", "client"):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", folder / f"{name}.key",
+                "-out", folder / f"{name}.csr")
+        (folder / f"{name}.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+        openssl("x509", "-req", "-in", folder / f"{name}.csr", "-CA", folder / "ca.pem", "-CAkey", folder / "ca.key",
+                "-CAcreateserial", "-days", "2", "-extfile", folder / f"{name}.ext", "-out", folder / f"{name}.pem")
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=rogue",
+            "-keyout", folder / "rogue.key", "-out", folder / "rogue.pem")
+    return folder
+
+
+def echo_over_tls(port, folder, cert, ca="ca.pem"):
+    from certseg.pacs.config import DimseAddress, PacsServer
+    from certseg.pacs.dimse import DimsePacs
+    from certseg.pacs.tls import TlsFiles
+
+    files = TlsFiles(folder / f"{cert}.pem", folder / f"{cert}.key", folder / ca) if cert else TlsFiles(ca=folder / ca)
+    server = PacsServer("node", dimse=DimseAddress("127.0.0.1", port, "CERTSEG", files), calling_aet="STORESCU")
+    DimsePacs(server, timeout_s=10).echo()
+
+
+def test_dicom_tls_verifies_peers_both_ways_and_a_silent_peer_cannot_stall_the_handshakes(tmp_path):
+    from certseg.errors import CertSegError
+
+    certificates = make_certificates(tmp_path)
+    listener = RunningListener(tmp_path, None, "--tls-cert", certificates / "server.pem", "--tls-key",
+                               certificates / "server.key", "--tls-ca", certificates / "ca.pem", "--acse-timeout", "3")
+    try:
+        with socket.create_connection(("127.0.0.1", listener.port)):  # silent: never starts its handshake
+            echo_over_tls(listener.port, certificates, "client")  # served meanwhile
+        before = len(listener.records())
+        with pytest.raises(CertSegError):
+            echo_over_tls(listener.port, certificates, "rogue")  # a certificate the CA did not sign
+        with pytest.raises(CertSegError):
+            echo_over_tls(listener.port, certificates, None)  # no client certificate at all
+        with pytest.raises(CertSegError):
+            echo_over_tls(listener.port, certificates, "client", ca="rogue.pem")  # we do not trust the node
+        assert c_store(listener.port, pydicom.dcmread(write_cr_with_spacing(tmp_path / "cr.dcm", "calibrated"))) is None
+        listener.wait_for(lambda r: r["event"] == "dropped" and "TLS handshake failed" in r["reason"], after=before,
+                          timeout_s=10)
+        dropped = [r for r in listener.records()[before:] if r["event"] == "dropped"]
+        assert sum("TLS handshake failed" in r["reason"] for r in dropped) >= 3
+        echo_over_tls(listener.port, certificates, "client")
+        assert listener.records()[0]["tls"] is True
+    finally:
+        listener.stop()

@@ -45,8 +45,11 @@ class Outcome:
 
 def certify_input(source: Path, out: Path, pipeline: CertificationPipeline, request: CertificationRequest, *,
                   overwrite: bool = False, quiet: bool = False, series: str | None = None,
-                  study: str | None = None) -> tuple[int, list[Outcome]]:
-    """Certify every selected chest radiograph under `source`; returns the exit code and one outcome per file."""
+                  study: str | None = None, none_is_an_error: bool = True) -> tuple[int, list[Outcome]]:
+    """Certify every selected chest radiograph under `source`; returns the exit code and one outcome per file.
+
+    `none_is_an_error`: no chest radiograph at all is a CertSegError (the command line's exit 2); the
+    listener asks for the outcomes instead, to say of each object why it was not certified."""
     outcomes: list[Outcome] = []
     with candidate_files(source) as files:
         selected = []
@@ -58,7 +61,7 @@ def certify_input(source: Path, out: Path, pipeline: CertificationPipeline, requ
                 outcomes.append(Outcome(path, "not in the selected study/series", Status.SKIPPED))
             else:
                 selected.append(path)
-        if not selected:
+        if not selected and none_is_an_error:
             raise CertSegError(f"{source}: no chest radiograph (CR or DX) to certify" + _reasons(outcomes))
         for path in tqdm(selected, desc="images", unit="image", disable=quiet):
             try:

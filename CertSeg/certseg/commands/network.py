@@ -132,7 +132,7 @@ def run_listen(args) -> int:
     pipeline = CertificationPipeline.from_folder(options)
 
     def certify(objects: Path, results: Path):
-        return certify_input(objects, results, pipeline, request, quiet=True)[1]
+        return certify_input(objects, results, pipeline, request, quiet=True, none_is_an_error=False)[1]
 
     def send(paths: list[Path], record) -> None:
         server = destination or PacsServer("sender", calling_aet=args.aet, dimse=DimseAddress(

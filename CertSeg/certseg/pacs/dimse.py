@@ -47,7 +47,9 @@ class DimsePacs:
         return association
 
     def echo(self) -> None:
-        association = self._associate([(uid.Verification, [uid.ExplicitVRLittleEndian, uid.ImplicitVRLittleEndian])])
+        from pynetdicom.sop_class import Verification  # pydicom.uid has no Verification: this never ran before
+
+        association = self._associate([(Verification, [uid.ExplicitVRLittleEndian, uid.ImplicitVRLittleEndian])])
         try:
             status = association.send_c_echo()
             _check(status, "C-ECHO")
