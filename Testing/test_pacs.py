@@ -108,17 +108,48 @@ def test_tls_verifies_the_certificate_by_default_and_trusts_a_given_ca_bundle(or
         assert "1 retrieved, 1 certified, 0 SEG sent" in trusted.stdout
 
 
-@pytest.mark.slow
-def test_the_orthanc_plugin_certifies_a_new_study_exactly_once(tmp_path):
-    import time
-
+def orthanc_with_the_plugin(folder):
     import certseg.pacs
     from support.orthanc import DICOMWEB_PLUGIN, PYTHON_PLUGIN
 
     script = os.path.join(os.path.dirname(certseg.pacs.__file__), "orthanc_plugin.py")
     settings = {"PythonScript": script,
                 "CertSeg": {"Command": [sys.executable, "-m", "certseg"], "Arguments": [*FAST, "--force"]}}
-    with running_orthanc(tmp_path / "orthanc", plugins=(DICOMWEB_PLUGIN, PYTHON_PLUGIN), extra=settings) as server:
+    return running_orthanc(folder, plugins=(DICOMWEB_PLUGIN, PYTHON_PLUGIN), extra=settings)
+
+
+@pytest.mark.slow
+def test_the_orthanc_plugin_never_writes_where_a_series_uid_points(tmp_path):
+    """Orthanc stores a CR whose SeriesInstanceUID is a path; the plugin's certify refuses it, the log says why."""
+    import time
+
+    from support.dicom_files import traversal_uids, write_with_uid
+
+    source = write_cr_with_spacing(tmp_path / "cr.dcm", "calibrated", seed=32)
+    escaped = tmp_path / "escaped"
+    with orthanc_with_the_plugin(tmp_path / "orthanc") as server:
+        for case in ("relative", "absolute"):
+            hostile = write_with_uid(source, tmp_path / f"{case}.dcm", "SeriesInstanceUID", traversal_uids(escaped)[case])
+            hostile_dataset = pydicom.dcmread(hostile)
+            hostile_dataset.StudyInstanceUID = pydicom.uid.generate_uid()
+            with pydicom.config.disable_value_validation():
+                hostile_dataset.save_as(hostile, enforce_file_format=True)
+            server.upload(hostile)
+        log = server.folder / "orthanc.log"
+        deadline = time.monotonic() + 120
+        while log.read_text().count("0 SEG stored (exit 2)") < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        refusals = [line for line in log.read_text().splitlines() if "0 SEG stored (exit 2)" in line]
+        assert len(refusals) == 2, log.read_text()[-3000:]
+        assert all("SeriesInstanceUID" in line and "is not a DICOM UID" in line for line in refusals)
+    assert not escaped.exists() and not list(tmp_path.glob("escaped*"))
+
+
+@pytest.mark.slow
+def test_the_orthanc_plugin_certifies_a_new_study_exactly_once(tmp_path):
+    import time
+
+    with orthanc_with_the_plugin(tmp_path / "orthanc") as server:
         source = write_cr_with_spacing(tmp_path / "cr.dcm", "calibrated", seed=31)
         study = str(pydicom.dcmread(source).StudyInstanceUID)
         server.upload(source)

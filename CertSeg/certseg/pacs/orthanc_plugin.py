@@ -72,8 +72,9 @@ def certify_study(study_id, command, arguments):
                         orthanc.RestApiPost("/instances", stream.read())
             stored += 1
     message = f"CertSeg: study {study_id}: {stored} SEG stored (exit {done.returncode})"
-    if done.returncode != 0:
-        orthanc.LogWarning(f"{message}: {done.stderr.strip().splitlines()[-1:] or ''}")
+    if done.returncode != 0:  # certify's own one-line reasons (each refused file, or why nothing was certified)
+        reasons = done.stderr.strip().splitlines()[-20:] or ["no reason given"]
+        orthanc.LogWarning(f"{message}: " + " | ".join(line.strip() for line in reasons))
     else:
         orthanc.LogWarning(message)
 
