@@ -253,3 +253,13 @@ def test_no_uid_in_a_file_becomes_a_path_outside_the_output_folder(small_cr, tmp
         assert len(lines) == 1 and f"{keyword} " in lines[0] and "is not a DICOM UID" in lines[0], (name, lines)
     assert not escaped.exists() and not list(tmp_path.glob("escaped*"))
     assert len(list((tmp_path / "out").rglob("report.json"))) == 1
+
+
+def test_a_deflate_bomb_is_refused_before_it_is_inflated(small_cr, tmp_path):
+    from support.dicom_files import write_deflate_bomb
+
+    bomb = write_deflate_bomb(small_cr, tmp_path / "bomb.dcm", 600 * 2**20)  # under 1 MB, 600 MiB inflated
+    run = certseg("certify", bomb, "--out", tmp_path / "out", *FAST)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1 and "inflates to more than 512 MiB" in run.stderr
+    assert not (tmp_path / "out").exists()
