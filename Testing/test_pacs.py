@@ -190,3 +190,25 @@ def test_one_failing_study_never_stops_the_others(orthanc, tmp_path):
     assert run.returncode == 1, run.stderr
     assert "studies done, 1 studies failed" in run.stdout and "Traceback" not in run.stderr
     assert f"study {broken.StudyInstanceUID}: failed" in run.stderr
+
+
+@pytest.mark.slow
+def test_a_series_uid_that_is_a_path_never_leaves_the_output_folder(orthanc, tmp_path):
+    """Pulled over DIMSE from a real Orthanc, a CR whose SeriesInstanceUID is an absolute path: refused, named."""
+    from support.dicom_files import traversal_uids, write_with_uid
+
+    escaped = tmp_path / "escaped"
+    source = write_cr_with_spacing(tmp_path / "cr.dcm", "calibrated", seed=42)
+    hostile = write_with_uid(source, tmp_path / "hostile.dcm", "SeriesInstanceUID", traversal_uids(escaped)["absolute"])
+    dataset = pydicom.dcmread(hostile)
+    dataset.AccessionNumber, dataset.StudyInstanceUID = "HOSTILE1", pydicom.uid.generate_uid()
+    with pydicom.config.disable_value_validation():
+        dataset.save_as(hostile, enforce_file_format=True)
+    orthanc.upload(hostile)
+    config = {"archive": {"dimse": {"host": "127.0.0.1", "port": orthanc.dicom_port, "called_aet": orthanc.aet},
+                          "calling_aet": "CERTSEG"}}
+    run = pacs(config, tmp_path, "--server", "archive", "--accession", "HOSTILE1", "--out", tmp_path / "out",
+               "--force", *FAST)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "SeriesInstanceUID" in run.stderr and "is not a DICOM UID" in run.stderr and "Traceback" not in run.stderr
+    assert not escaped.exists() and not list((tmp_path / "out").rglob("seg.dcm"))
