@@ -127,7 +127,7 @@ def test_seg_nrrd_reads_back_with_slicerio_on_the_source_geometry(sample_result)
     segmentation = slicerio.read_segmentation(str(folder / "certseg.seg.nrrd"))
     names = [s["name"] for s in segmentation["segments"]]
     assert "Abstained" in names and "certified left lung" in names
-    spacing = [float(v) for v in source.PixelSpacing]  # (row, column)
+    spacing = [float(v) for v in source.ImagerPixelSpacing]  # (row, column): Slicer's grid for a CR (GDCM)
     geometry = segmentation["ijkToLPS"]
     np.testing.assert_allclose(np.linalg.norm(geometry[:3, :2], axis=0), [spacing[1], spacing[0]], rtol=1e-5)
     np.testing.assert_allclose(geometry[:3, 3], 0.0)

@@ -26,7 +26,7 @@ import numpy as np
 from certseg import __version__
 from certseg.core.labels import ABSTAIN
 from certseg.core.measurements import certified_measurements
-from certseg.dicom.reading import Radiograph, metadata_check, raw_value_radius
+from certseg.dicom.reading import Radiograph, metadata_check, raw_value_radius, slicer_grid_spacing
 
 if TYPE_CHECKING:
     from certseg.model.folder import LoadedModels
@@ -48,8 +48,17 @@ def dicom_report(result: CertificationResult, models: LoadedModels, radiograph: 
               "sop_instance_uid": sop, "modality": str(radiograph.dataset.Modality),
               "transfer_syntax": str(radiograph.dataset.file_meta.get("TransferSyntaxUID", "")),
               "pixel_spacing_mm": list(radiograph.spacing_mm) if radiograph.spacing_mm else None,
+              "slicer_grid": slicer_grid(radiograph),
               "notes": radiograph.notes, "metadata_check": metadata_check(radiograph)}
     return {"certseg_version": __version__, "source": source, **body}
+
+
+def slicer_grid(radiograph: Radiograph) -> dict[str, Any]:
+    """Which spacing each output uses: areas and the DICOM SEG/SR the calibrated one, the Slicer files Slicer's."""
+    spacing, origin = slicer_grid_spacing(radiograph.dataset)
+    return {"spacing_mm": list(spacing), "from": origin,
+            "used_by": ["certseg.seg.nrrd", "pixel_radius.nrrd"],
+            "measurements_use": "pixel_spacing_mm (areas in mm2, the SR)"}
 
 
 def image_file_report(result: CertificationResult, models: LoadedModels, path: Path,

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from certseg.dicom.reading import Radiograph, Skipped, candidate_files, check_header, ijk_to_lps, read_radiograph
+from certseg.dicom.reading import (Radiograph, Skipped, candidate_files, check_header, ijk_to_lps, read_radiograph,
+                                   slicer_grid_spacing)
 from certseg.errors import EXIT_OK, EXIT_SOME_FAILED, CertSegError
 from certseg.files import atomic_directory
 from certseg.imagefile import read_image
@@ -117,8 +118,9 @@ def _certify_dicom_file(path: Path, out: Path, pipeline: CertificationPipeline, 
         result = pipeline.certify(stored_image(radiograph), request, progress)
     report = dicom_report(result, pipeline.models, radiograph)
     report["timings_s"]["total_with_decoding"] = time.perf_counter() - started
-    _write(target, radiograph.pixels, result, report, ijk_to_lps(radiograph.dataset, radiograph.spacing_mm),
-           radiograph, overwrite)
+    # .seg.nrrd and pixel_radius.nrrd lie on the grid Slicer's DICOM import gives the file (report: slicer_grid)
+    geometry = ijk_to_lps(radiograph.dataset, slicer_grid_spacing(radiograph.dataset)[0])
+    _write(target, radiograph.pixels, result, report, geometry, radiograph, overwrite)
     return Outcome(path, summary_line(report, target), Status.CERTIFIED, target)
 
 

@@ -276,6 +276,24 @@ def _spacing(dataset: pydicom.Dataset) -> tuple[tuple[float, float] | None, list
     return None, ["no PixelSpacing or ImagerPixelSpacing: results are in pixel units"]
 
 
+def slicer_grid_spacing(dataset: pydicom.Dataset) -> tuple[tuple[float, float], str]:
+    """(row, column) spacing of the volume Slicer's DICOM import makes of a CR or DX file, and where it comes from.
+
+    Slicer 5.12's DICOMScalarVolumePlugin reads with GDCM (DCMTK only when GDCM fails), and GDCM takes a
+    radiograph's spacing from ImagerPixelSpacing alone: PixelSpacing is ignored, and without a positive
+    ImagerPixelSpacing the volume has 1 mm pixels (measured with slicer-core's own reader, Testing/
+    test_slicer_core.py).  The files meant for Slicer are written on that grid, so that they lie on the
+    radiograph as Slicer loaded it; calibrated measurements keep `Radiograph.spacing_mm`.
+    """
+    try:
+        spacing = tuple(float(v) for v in dataset.get("ImagerPixelSpacing") or ())
+    except (TypeError, ValueError):
+        spacing = ()
+    if len(spacing) == 2 and all(s > 0 for s in spacing):
+        return (spacing[0], spacing[1]), "ImagerPixelSpacing, as Slicer's DICOM import (GDCM) reads a CR or DX"
+    return (1.0, 1.0), "1 mm: no positive ImagerPixelSpacing, as Slicer's DICOM import (GDCM) reads a CR or DX"
+
+
 def ijk_to_lps(dataset, spacing_mm: tuple[float, float] | None) -> np.ndarray:
     """4x4 voxel (column i, row j, k) to LPS matrix of a single-frame image.
 
