@@ -38,6 +38,7 @@ from slicer.util import VTKObservationMixin
 # The backend's own light modules (no torch): defaults and the report's text are defined there once.
 from certseg.report import batch_detail, panel_summary
 from certseg.request import CertificationRequest, RunOptions
+from CertSegLib import mrml
 from CertSegLib.batch import BatchQueue, ItemStatus, kept_result_folder
 from CertSegLib.dependencies import installed_version, protected_constraints
 from CertSegLib.process import BackendProcess, Progress
@@ -46,7 +47,6 @@ from CertSegLib.summary import (
     SELF_TEST_REQUEST,
     backend_command,
     dicom_file_or_none,
-    input_problem,
     ood_refusal,
     progress_text,
 )
@@ -57,7 +57,6 @@ MODULE_DIR = Path(__file__).resolve().parent
 SAMPLE_CR = MODULE_DIR / "Resources" / "SampleData" / "sample_cr.dcm"
 # What Slicer does not ship; torch comes from the PyTorch extension, never from here.
 REQUIREMENTS = MODULE_DIR / "Resources" / "requirements.txt"
-RADIUS_MAP_ATTRIBUTE = "CertSeg.radiusMapOf"
 
 
 class CertSeg(ScriptedLoadableModule):
@@ -282,13 +281,10 @@ class CertSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 def inputProblem(volume) -> Optional[str]:
-    """Why `volume` cannot be certified (None: it can): CertSeg takes one grayscale radiograph."""
+    """Why `volume` cannot be certified (None: it can): CertSeg takes one grayscale radiograph (CertSegLib.mrml)."""
     if volume is None:
         return _("Select an input volume")
-    image = volume.GetImageData()
-    if image is None:
-        return _("The input volume has no image data")
-    return input_problem(volume.GetClassName(), image.GetDimensions(), image.GetNumberOfScalarComponents())
+    return mrml.node_input_problem(volume)
 
 
 class CertSegLogic(ScriptedLoadableModuleLogic):
@@ -462,17 +458,8 @@ class CertSegLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def studyRadiographs(volume) -> list:
-        """Every radiograph CertSeg can certify in `volume`'s study (its own radius maps aside); only `volume`
-        when it is in no study (loaded from a file)."""
-        hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
-        study = hierarchy.GetItemParent(hierarchy.GetItemByDataNode(volume))
-        if hierarchy.GetItemLevel(study) != slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMLevelStudy():
-            return [volume]
-        children = vtk.vtkIdList()
-        hierarchy.GetItemChildren(study, children, True)
-        nodes = [hierarchy.GetItemDataNode(children.GetId(i)) for i in range(children.GetNumberOfIds())]
-        return [node for node in nodes if node is not None and inputProblem(node) is None
-                and not node.GetAttribute(RADIUS_MAP_ATTRIBUTE)]
+        """Every radiograph CertSeg can certify in `volume`'s study; only `volume` when it is in no study."""
+        return mrml.study_radiographs(slicer.mrmlScene, volume)
 
     def cancel(self):
         """Kill the backend's whole process tree and remove its temporary files."""
@@ -503,40 +490,17 @@ class CertSegLogic(ScriptedLoadableModuleLogic):
 
         Loaded through the DICOM module: the database's file for its instance. Loaded as a file (Add Data on a
         .dcm): its storage node's file, when that is DICOM. Otherwise None, and the report says nothing was checked."""
-        from CertSegDICOMPlugin import databaseFile
-
         storage = volume.GetStorageNode()
-        return databaseFile(volume) or dicom_file_or_none(storage.GetFileName() if storage else None)
+        return (mrml.database_file(volume, slicer.dicomDatabase)
+                or dicom_file_or_none(storage.GetFileName() if storage else None))
 
     def _loadResult(self, segNrrd: Path, volume, segmentation, report: dict):
-        loaded = slicer.util.loadSegmentation(str(segNrrd))
-        if segmentation is None:
-            segmentation = loaded
-            segmentation.SetName(slicer.mrmlScene.GenerateUniqueName(f"{volume.GetName()} CertSeg"))
-            # Its storage node points at the run's folder (temporary, or kept results that Save must not
-            # overwrite): Save must propose a new file.
-            storage = segmentation.GetStorageNode()
-            if storage is not None:
-                slicer.mrmlScene.RemoveNode(storage)
-        else:
-            segmentation.GetSegmentation().RemoveAllSegments()
-            segmentation.GetSegmentation().DeepCopy(loaded.GetSegmentation())
-            slicer.mrmlScene.RemoveNode(loaded)
-        segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
-        segmentation.CreateDefaultDisplayNodes()
-        segmentation.SetAttribute("CertSeg.report", json.dumps(report))
-        from CertSegDICOMPlugin import recordCertifiedSegments  # the plugin's export compares against these
-
-        recordCertifiedSegments(segmentation, volume, report["models"]["segmenter"])
-        if (report.get("out_of_distribution") or {}).get("forced"):
-            segmentation.SetAttribute("CertSeg.forced", "out-of-distribution check overridden by the user")
-            if not segmentation.GetName().endswith(_(" (OOD override)")):
-                segmentation.SetName(segmentation.GetName() + _(" (OOD override)"))
-        hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
-        study = hierarchy.GetItemParent(hierarchy.GetItemByDataNode(volume))
-        hierarchy.SetItemParent(hierarchy.GetItemByDataNode(segmentation), study)
+        """The result as a segmentation tied to the volume and filed beside it (CertSegLib.mrml.load_result)."""
+        segmentation = mrml.load_result(slicer.mrmlScene, segNrrd, volume, segmentation, report,
+                                        f"{volume.GetName()} CertSeg")
+        if segmentation.GetAttribute(mrml.FORCED_ATTRIBUTE) and not segmentation.GetName().endswith(_(" (OOD override)")):
+            segmentation.SetName(segmentation.GetName() + _(" (OOD override)"))
         return segmentation
-
 
     @staticmethod
     def _keepDicomSeg(path: Path):
@@ -563,21 +527,7 @@ class CertSegLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def _loadRadiusMap(path: Path, volume):
         """The per-pixel radius as a Viridis foreground layer with a colour legend: where the certificate is strong."""
-        # loadVolume's properties default is shared and written into, as exportNode's: pass our own dict.
-        radiusMap = slicer.util.loadVolume(str(path), properties={
-            "name": slicer.mrmlScene.GenerateUniqueName(f"{volume.GetName()} CertSeg radius"), "show": False,
-            "colorNodeID": "vtkMRMLColorTableNodeFileViridis.txt"})
-        radiusMap.SetAttribute(RADIUS_MAP_ATTRIBUTE, volume.GetID())  # not a radiograph to certify
-        storage = radiusMap.GetStorageNode()
-        if storage is not None:  # it points at the run's folder, as the segmentation's did
-            slicer.mrmlScene.RemoveNode(storage)
-        display = radiusMap.GetDisplayNode()
-        display.AutoWindowLevelOff()
-        display.SetWindowLevelMinMax(0.0, float(slicer.util.arrayFromVolume(radiusMap).max()) or 1.0)
-        slicer.modules.colors.logic().AddDefaultColorLegendDisplayNode(radiusMap)
-        hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
-        hierarchy.SetItemParent(hierarchy.GetItemByDataNode(radiusMap),
-                                hierarchy.GetItemParent(hierarchy.GetItemByDataNode(volume)))
+        radiusMap = mrml.load_radius_map(slicer.mrmlScene, path, volume, f"{volume.GetName()} CertSeg radius")
         slicer.util.setSliceViewerLayers(background=volume, foreground=radiusMap, foregroundOpacity=0.35)
         return radiusMap
 

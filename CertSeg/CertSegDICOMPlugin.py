@@ -17,13 +17,8 @@ import slicer
 from DICOMLib import DICOMLoadable, DICOMPlugin
 
 from certseg.dicom.reading import chest_radiograph_refusal
-from CertSegLib.review import (
-    CERTIFIED_DIGESTS_ATTRIBUTE,
-    MODEL_ATTRIBUTE,
-    SlicerSegment,
-    mask_digest,
-    reviewed_segments,
-)
+from CertSegLib.mrml import database_file, record_certified_segments, slicer_segments
+from CertSegLib.review import CERTIFIED_DIGESTS_ATTRIBUTE, MODEL_ATTRIBUTE, reviewed_segments
 from CertSegLib.seg_reader import is_certseg_seg, read_certseg_seg, referenced_instance_uid
 
 SOP_CLASS_UID, MANUFACTURER, SERIES_DESCRIPTION = "0008,0016", "0008,0070", "0008,103E"
@@ -86,8 +81,8 @@ class CertSegDICOMPluginClass(DICOMPlugin):
                                                                         layer.color)
             segmentation.GetSegmentation().GetSegment(segmentId).SetTerminology(layer.terminology)
             slicer.util.updateSegmentBinaryLabelmapFromArray(layer.mask[None], segmentation, segmentId, volume)
-        recordCertifiedSegments(segmentation, volume, seg.model,
-                                {layer.name for layer in seg.segments if layer.certified})
+        record_certified_segments(segmentation, volume, seg.model,
+                                  {layer.name for layer in seg.segments if layer.certified})
         self.addSeriesInSubjectHierarchy(loadable, segmentation)
         return True
 
@@ -137,7 +132,7 @@ class CertSegDICOMPluginClass(DICOMPlugin):
             radiograph = read_radiograph(self._sourceFile(segmentation), force=True)
             if isinstance(radiograph, Skipped):
                 return f"{segmentation.GetName()}: {radiograph.reason}"
-            reviewed = reviewed_segments(slicerSegments(segmentation, volume),
+            reviewed = reviewed_segments(slicer_segments(segmentation, volume),
                                          json.loads(segmentation.GetAttribute(CERTIFIED_DIGESTS_ATTRIBUTE)))
             model = json.loads(segmentation.GetAttribute(MODEL_ATTRIBUTE) or '{"name": "unknown", "version": ""}')
             target = Path(exportable.directory) / f"CertSeg_reviewed_{exportable.subjectHierarchyItemID}.dcm"
@@ -148,38 +143,7 @@ class CertSegDICOMPluginClass(DICOMPlugin):
     def _sourceFile(segmentation):
         """The DICOM file of the radiograph the segmentation lies on, from the database (None: not from DICOM)."""
         volume = segmentation.GetNodeReference(segmentation.GetReferenceImageGeometryReferenceRole())
-        return databaseFile(volume) if volume is not None else None
-
-
-def databaseFile(volume):
-    """The DICOM database's file for the single instance a volume was loaded from (None: not loaded from it)."""
-    uids = (volume.GetAttribute("DICOM.instanceUIDs") or "").split()
-    if len(uids) != 1 or not slicer.dicomDatabase:
-        return None
-    path = slicer.dicomDatabase.fileForInstance(uids[0])
-    return Path(path) if path else None
-
-
-def slicerSegments(segmentation, volume) -> list:
-    """Every segment's name, mask on the radiograph's grid, colour and terminology."""
-    segments = segmentation.GetSegmentation()
-    found = []
-    for index in range(segments.GetNumberOfSegments()):
-        segmentId = segments.GetNthSegmentID(index)
-        segment = segments.GetSegment(segmentId)
-        mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume)[0]
-        found.append(SlicerSegment(segment.GetName(), mask, tuple(segment.GetColor()), segment.GetTerminology()))
-    return found
-
-
-def recordCertifiedSegments(segmentation, volume, model: dict, certifiedNames=None):
-    """Store the certified segments' mask digests and the model on the node: export tells edited segments by them.
-
-    `certifiedNames`: the segments that hold the backend's masks (None: all, as on a fresh result)."""
-    digests = {segment.name: mask_digest(segment.mask) for segment in slicerSegments(segmentation, volume)
-               if certifiedNames is None or segment.name in certifiedNames}
-    segmentation.SetAttribute(CERTIFIED_DIGESTS_ATTRIBUTE, json.dumps(digests))
-    segmentation.SetAttribute(MODEL_ATTRIBUTE, json.dumps({"name": model["name"], "version": model["version"]}))
+        return database_file(volume, slicer.dicomDatabase) if volume is not None else None
 
 
 class CertSegDICOMPlugin:

@@ -135,3 +135,84 @@ def test_an_image_files_results_lie_on_the_image_as_slicer_loads_it(tmp_path, sm
         segments.GetSegment(segments.GetNthSegmentID(0)).GetRepresentation("Binary labelmap").GetImageToWorldMatrix(
             geometry)
         np.testing.assert_allclose(matrix(geometry), matrix(expected), atol=1e-6)
+
+
+def loaded_result(scene, certified, variant="calibrated"):
+    """The radiograph loaded as Slicer's DICOM import files it (volume under a study), its result loaded by
+    CertSegLib.mrml as the module does."""
+    from CertSegLib import mrml
+
+    source, folder = certified[variant]
+    volume = add_volume(scene, source, "radiograph")
+    file_under_new_study(scene, [volume])
+    report = json.loads((folder / "report.json").read_text())
+    segmentation = mrml.load_result(scene, folder / "certseg.seg.nrrd", volume, None, report, "radiograph CertSeg")
+    radius_map = mrml.load_radius_map(scene, folder / "pixel_radius.nrrd", volume, "radiograph CertSeg radius")
+    return volume, segmentation, radius_map, report
+
+
+def test_a_whole_study_run_after_a_result_is_in_the_study_certifies_only_radiographs(certified):
+    """The result, its radius map and a table sit under the study beside a second radiograph; asking each child
+    whether it can be certified used to raise on the segmentation (no GetImageData)."""
+    from CertSegLib import mrml
+
+    with slicer_scene() as scene:
+        volume, segmentation, radius_map, _ = loaded_result(scene, certified)
+        second = add_volume(scene, certified["imager-only"][0], "second radiograph")
+        table = scene.AddNewNodeByClass("vtkMRMLTableNode", "statistics")
+        for node in (second, table):
+            mrml.file_beside(scene, node, volume)
+        assert mrml.study_of(scene, segmentation) == mrml.study_of(scene, volume) is not None
+        assert [n.GetName() for n in mrml.study_radiographs(scene, volume)] == ["radiograph", "second radiograph"]
+        assert "not an image volume" in mrml.node_input_problem(segmentation)
+        assert mrml.node_input_problem(radius_map) is None  # a volume, excluded by its attribute only
+
+
+def test_a_loaded_result_keeps_report_digests_geometry_and_forgets_the_run_folder(certified):
+    from CertSegLib import mrml
+    from CertSegLib.review import CERTIFIED_DIGESTS_ATTRIBUTE, MODEL_ATTRIBUTE, mask_digest
+
+    with slicer_scene() as scene:
+        volume, segmentation, radius_map, report = loaded_result(scene, certified)
+        assert segmentation.GetName() == "radiograph CertSeg" and segmentation.GetStorageNode() is None
+        assert json.loads(segmentation.GetAttribute(mrml.REPORT_ATTRIBUTE)) == report
+        assert json.loads(segmentation.GetAttribute(MODEL_ATTRIBUTE))["name"] == report["models"]["segmenter"]["name"]
+        digests = json.loads(segmentation.GetAttribute(CERTIFIED_DIGESTS_ATTRIBUTE))
+        segments = mrml.slicer_segments(segmentation, volume)
+        assert digests == {s.name: mask_digest(s.mask) for s in segments} and "Abstained" in digests
+        assert segmentation.GetNodeReference(segmentation.GetReferenceImageGeometryReferenceRole()) is volume
+        assert radius_map.GetAttribute(mrml.RADIUS_MAP_ATTRIBUTE) == volume.GetID()
+        assert radius_map.GetStorageNode() is None
+        import slicer
+
+        assert slicer.vtkSlicerColorLogic.GetColorLegendDisplayNode(radius_map) is not None
+        display = radius_map.GetDisplayNode()
+        assert display.GetWindowLevelMax() == pytest.approx(radius_map.GetImageData().GetScalarRange()[1])
+
+
+def test_a_segment_the_reader_edits_in_slicer_is_the_one_the_reviewed_seg_marks(certified, tmp_path):
+    """Trim the right lung on the real segmentation node (Slicer's own array helpers), export as the plugin
+    does: only that segment is 'edited, not certified'; the SEG reads back with the plugin's reader."""
+    import slicer
+
+    from certseg.dicom.reading import read_radiograph
+    from certseg.dicom.seg import write_reviewed_seg
+    from CertSegLib import mrml
+    from CertSegLib.review import CERTIFIED_DIGESTS_ATTRIBUTE, reviewed_segments
+    from CertSegLib.seg_reader import read_certseg_seg
+
+    source = certified["calibrated"][0]
+    with slicer_scene() as scene:
+        volume, segmentation, _, report = loaded_result(scene, certified)
+        segment_id = segmentation.GetSegmentation().GetSegmentIdBySegmentName("certified right lung")
+        mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segment_id, volume)
+        mask[:, : mask.shape[1] // 2] = 0
+        slicer.util.updateSegmentBinaryLabelmapFromArray(mask, segmentation, segment_id, volume)
+        certified_digests = json.loads(segmentation.GetAttribute(CERTIFIED_DIGESTS_ATTRIBUTE))
+        reviewed = reviewed_segments(mrml.slicer_segments(segmentation, volume), certified_digests)
+    changed = [segment.name for segment, was_changed in reviewed if was_changed]
+    assert changed == ["right lung (edited, not certified)"]
+    write_reviewed_seg(tmp_path / "reviewed.dcm", read_radiograph(source, force=True), reviewed,
+                       report["models"]["segmenter"])
+    back = read_certseg_seg(tmp_path / "reviewed.dcm")
+    assert "right lung (edited, not certified)" in [s.name for s in back.segments]

@@ -64,9 +64,16 @@ def study_radiographs(scene, volume) -> list:
 
 
 def file_beside(scene, node, volume) -> None:
-    """File `node` under `volume`'s parent in the subject hierarchy (its study, when it has one)."""
+    """File `node` under `volume`'s parent in the subject hierarchy (its study, when it has one).
+
+    Slicer's application gives every new data node an item (a Qt-side plugin); without one, the item is made here."""
     hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
-    hierarchy.SetItemParent(hierarchy.GetItemByDataNode(node), hierarchy.GetItemParent(hierarchy.GetItemByDataNode(volume)))
+    parent = hierarchy.GetItemParent(hierarchy.GetItemByDataNode(volume)) or hierarchy.GetSceneItemID()
+    item = hierarchy.GetItemByDataNode(node)
+    if item:
+        hierarchy.SetItemParent(item, parent)
+    else:
+        hierarchy.CreateItem(parent, node)
 
 
 def forget_storage(scene, node) -> None:

@@ -89,6 +89,10 @@ def file_under_new_study(scene, nodes, study_name="study"):
     hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
     patient = hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), "patient")
     study = hierarchy.CreateStudyItem(patient, study_name)
-    for node in nodes:
-        hierarchy.SetItemParent(hierarchy.GetItemByDataNode(node), study)
+    for node in nodes:  # slicer-core gives new nodes no item (Slicer's application does, through a Qt plugin)
+        item = hierarchy.GetItemByDataNode(node)
+        if item:
+            hierarchy.SetItemParent(item, study)
+        else:
+            hierarchy.CreateItem(study, node)
     return study
