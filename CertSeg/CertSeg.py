@@ -128,6 +128,13 @@ class CertSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.openResultFolderButton.connect("clicked(bool)", self.onOpenResultFolder)
         self.initializeParameterNode()
 
+    def onReload(self):
+        """Reload CertSegLib and the backend's modules too (CertSegLib.reload), then the module itself."""
+        from CertSegLib.reload import forget_own_modules
+
+        forget_own_modules()
+        super().onReload()
+
     def cleanup(self):
         self.logic.cancel()
         self.removeObservers()
@@ -257,7 +264,7 @@ class CertSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         item = self._queue.current
         if item is None:  # cancelled meanwhile
             return
-        question = ood_refusal(error) if error else None
+        question = ood_refusal(error, self.logic.lastExitCode) if error else None
         if question and not self._batch and slicer.util.confirmYesNoDisplay(question, windowTitle="CertSeg"):
             self._start(item, force=True)
             return
@@ -296,6 +303,7 @@ class CertSegLogic(ScriptedLoadableModuleLogic):
         self._timer: Optional[qt.QTimer] = None
         self._workDir: Optional[str] = None
         self.lastResultFolder: Optional[Path] = None  # the last run's kept result files
+        self.lastExitCode: Optional[int] = None  # the backend's last exit code (3: refused as out of distribution)
 
     def getParameterNode(self):
         return CertSegParameterNode(super().getParameterNode())
@@ -397,7 +405,7 @@ class CertSegLogic(ScriptedLoadableModuleLogic):
 
         def complete():
             drain()
-            code = self._backend.returncode
+            code = self.lastExitCode = self._backend.returncode
             report, error = None, None
             try:
                 if code == 0:

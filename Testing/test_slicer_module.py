@@ -216,8 +216,8 @@ def test_an_out_of_distribution_refusal_becomes_a_question_and_the_override_is_r
                                              plain_cpu))
     refused.start()
     events = run_to_end(refused)
-    assert refused.returncode == 2
-    question = ood_refusal(events[-1])
+    assert refused.returncode == 3  # EXIT_OUT_OF_DISTRIBUTION: the module asks on this code, never on the text
+    question = ood_refusal(events[-1], refused.returncode)
     assert question.startswith("CertSeg refused this image: does not look like a chest radiograph")
     assert "--force" not in question and "Certify it anyway?" in question
     forced = BackendProcess(backend_command(sys.executable, image, tmp_path / "b",
@@ -227,7 +227,8 @@ def test_an_out_of_distribution_refusal_becomes_a_question_and_the_override_is_r
     report = json.loads((tmp_path / "b" / "report.json").read_text())
     assert report["out_of_distribution"]["forced"] is True
     assert "certified because forced" in panel_summary(report)
-    assert ood_refusal("certseg: error: in.nrrd: unreadable image") is None
+    assert ood_refusal("certseg: error: in.nrrd: unreadable image", 2) is None
+    assert ood_refusal(events[-1], 2) is None  # the words alone are not the signal
 
 
 def test_backend_command_is_accepted_by_the_real_parser():
@@ -477,3 +478,24 @@ def test_a_batch_line_gives_abstention_and_the_ratio_interval():
     assert batch_detail(report) == "abstained 2.5%, cardiothoracic ratio 0.41-unbounded"
     report["measurements"]["cardiothoracic_ratio"] = None
     assert batch_detail(report) == "abstained 2.5%"
+
+
+def test_reload_forgets_certseglib_and_the_backend_so_edits_are_picked_up(tmp_path):
+    """In a fresh interpreter: import both, edit a copy of a CertSegLib module, forget, import again: the edit shows."""
+    import shutil
+
+    library = tmp_path / "CertSeg"
+    shutil.copytree(Path(__file__).parents[1] / "CertSeg" / "CertSegLib", library / "CertSegLib")
+    code = f"""
+import sys
+sys.path.insert(0, {str(library)!r})
+import certseg.report, CertSegLib.batch
+from CertSegLib.reload import forget_own_modules
+open({str(library / 'CertSegLib' / 'batch.py')!r}, 'a').write('\\nEDITED = True\\n')
+forgotten = forget_own_modules()
+assert 'certseg.report' in forgotten and 'CertSegLib.batch' in forgotten, forgotten
+import CertSegLib.batch
+print(CertSegLib.batch.EDITED)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from certseg.errors import OOD_REFUSAL
+from certseg.errors import EXIT_OUT_OF_DISTRIBUTION, OOD_REFUSAL
 from certseg.request import CertificationRequest, RunOptions
 
 # The module's self-test certifies the sample CR with these (CI runs the same backend call):
@@ -39,12 +39,15 @@ def dicom_file_or_none(path: str | None) -> Path | None:
     return Path(path) if "SOPClassUID" in header else None
 
 
-def ood_refusal(error: str) -> str | None:
-    """The panel's question when the backend refused the image as unlike a chest radiograph, else None."""
-    if OOD_REFUSAL not in error:
+def ood_refusal(error: str, exit_code: int | None) -> str | None:
+    """The panel's question when the backend refused the image as unlike a chest radiograph, else None.
+
+    Recognised by the backend's exit code (EXIT_OUT_OF_DISTRIBUTION) alone; the error line only words it."""
+    if exit_code != EXIT_OUT_OF_DISTRIBUTION:
         return None
-    start = error.rfind(": ", 0, error.index(OOD_REFUSAL)) + 2  # after "certseg: error: FILE: "
-    reason = error[start:].split("; use --force")[0]
+    at = error.find(OOD_REFUSAL)
+    start = error.rfind(": ", 0, at) + 2 if at >= 0 else 0  # after "certseg: error: FILE: "
+    reason = error[start:].split("; use --force")[0].removeprefix("certseg: error: ")
     return (f"CertSeg refused this image: {reason}.\n\nCertify it anyway? The override is recorded in the "
             f"report and shown in the segmentation's name; the certificate still holds, but the model may not "
             f"know such images.")

@@ -1,8 +1,9 @@
 """The one exception type the command line turns into a one-line message, and the exit codes."""
 
 # 0 success; 1 some images failed (the others were processed); 2 bad input or parameters,
-# or nothing to certify; 130 interrupted.
-EXIT_OK, EXIT_SOME_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+# or nothing to certify; 3 `certify-array`'s one image refused by the out-of-distribution check
+# (the Slicer module offers an override on this code alone); 130 interrupted.
+EXIT_OK, EXIT_SOME_FAILED, EXIT_BAD_INPUT, EXIT_OUT_OF_DISTRIBUTION, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 # In the one-line refusal of an image the out-of-distribution check rejects; the Slicer module
 # recognises it to offer an override.
@@ -11,6 +12,13 @@ OOD_REFUSAL = "spectral OOD score"
 
 class CertSegError(Exception):
     """A problem with the user's input or parameters, stated as `file: reason`."""
+
+
+class OutOfDistributionError(CertSegError):
+    """The out-of-distribution check refused the image (`--force` overrides it)."""
+
+    def located(self, where: object) -> "OutOfDistributionError":
+        return OutOfDistributionError(f"{where}: {self}")
 
 
 def first_line(error: Exception, limit: int | None = None) -> str:

@@ -21,7 +21,7 @@ from certseg.core.radius import radius_in_source_units
 from certseg.core.sampling import fresh_seed, image_noise_seed, resolve_device
 from certseg.core.smoothing import Certificate
 from certseg.core.window import IntensityWindow
-from certseg.errors import OOD_REFUSAL, CertSegError
+from certseg.errors import OOD_REFUSAL, CertSegError, OutOfDistributionError
 from certseg.model.execution import Execution
 from certseg.model.folder import LoadedModels, load_models
 from certseg.model.segmenter import CertifiedSegmenter
@@ -113,7 +113,7 @@ class CertificationPipeline:
         verdict = {**detector.verdict(self.segmenter.network, model_image), "forced": False}
         if not verdict["in_distribution"]:
             if not force:
-                raise CertSegError(
+                raise OutOfDistributionError(
                     f"does not look like a chest radiograph the models know ({OOD_REFUSAL} "
                     f"{verdict['score']:.1f} > threshold {verdict['threshold']:.1f}); use --force to certify anyway")
             verdict["forced"] = True

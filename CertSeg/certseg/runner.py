@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from certseg.dicom.reading import (Radiograph, Skipped, candidate_files, check_header, ijk_to_lps, read_radiograph,
                                    slicer_grid_spacing)
-from certseg.errors import EXIT_OK, EXIT_SOME_FAILED, CertSegError
+from certseg.errors import EXIT_OK, EXIT_SOME_FAILED, CertSegError, OutOfDistributionError
 from certseg.files import atomic_directory
 from certseg.imagefile import read_image
 from certseg.names import result_folder
@@ -98,6 +98,8 @@ def certify_image_file(path: Path, out: Path, pipeline: CertificationPipeline, r
     with reporter as progress:
         try:
             result = pipeline.certify(stored, request, progress)
+        except OutOfDistributionError as error:
+            raise error.located(path) from None  # its own exit code: the Slicer module asks about an override
         except CertSegError as error:
             raise CertSegError(f"{path}: {error}") from None
     report = image_file_report(result, pipeline.models, path, image.spacing_mm, radiograph)

@@ -1,7 +1,8 @@
 """The `certseg` command line: one module per group of commands, each thin over the backend.
 
-Exit codes: 0 success; 1 some images failed (the others were processed); 2 bad
-input or parameters, or nothing to certify; 130 interrupted.
+Exit codes (certseg.errors): 0 success; 1 some images failed (the others were processed); 2 bad
+input or parameters, or nothing to certify; 3 certify-array's image refused as out of distribution;
+130 interrupted.
 """
 
 from __future__ import annotations
@@ -11,13 +12,16 @@ import sys
 
 from certseg import __version__
 from certseg.commands import certify, network, research
-from certseg.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, CertSegError
+from certseg.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OUT_OF_DISTRIBUTION, CertSegError, OutOfDistributionError
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.run(args)
+    except OutOfDistributionError as error:
+        print(f"certseg: error: {error}", file=sys.stderr)
+        return EXIT_OUT_OF_DISTRIBUTION
     except (CertSegError, ValueError) as error:
         print(f"certseg: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
