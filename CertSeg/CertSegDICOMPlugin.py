@@ -17,7 +17,7 @@ import slicer
 from DICOMLib import DICOMLoadable, DICOMPlugin
 
 from certseg.dicom.reading import chest_radiograph_refusal
-from CertSegLib.mrml import database_file, record_certified_segments, slicer_segments
+from CertSegLib.mrml import database_file, segmentation_from_seg, slicer_segments
 from CertSegLib.review import CERTIFIED_DIGESTS_ATTRIBUTE, MODEL_ATTRIBUTE, reviewed_segments
 from CertSegLib.seg_reader import is_certseg_seg, read_certseg_seg, referenced_instance_uid
 
@@ -73,16 +73,7 @@ class CertSegDICOMPluginClass(DICOMPlugin):
             return self._loadAndCertify(loadable)
         seg = read_certseg_seg(loadable.files[0])
         volume = self._radiograph(seg.referenced_sop_instance_uid)
-        segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", loadable.name)
-        segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
-        segmentation.CreateDefaultDisplayNodes()
-        for layer in seg.segments:
-            segmentId = segmentation.GetSegmentation().AddEmptySegment(layer.name.replace(" ", "_"), layer.name,
-                                                                        layer.color)
-            segmentation.GetSegmentation().GetSegment(segmentId).SetTerminology(layer.terminology)
-            slicer.util.updateSegmentBinaryLabelmapFromArray(layer.mask[None], segmentation, segmentId, volume)
-        record_certified_segments(segmentation, volume, seg.model,
-                                  {layer.name for layer in seg.segments if layer.certified})
+        segmentation = segmentation_from_seg(slicer.mrmlScene, seg, volume, loadable.name)
         self.addSeriesInSubjectHierarchy(loadable, segmentation)
         return True
 

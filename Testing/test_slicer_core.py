@@ -216,3 +216,28 @@ def test_a_segment_the_reader_edits_in_slicer_is_the_one_the_reviewed_seg_marks(
                        report["models"]["segmenter"])
     back = read_certseg_seg(tmp_path / "reviewed.dcm")
     assert "right lung (edited, not certified)" in [s.name for s in back.segments]
+
+
+def test_the_dicom_plugins_seg_import_lays_the_backends_seg_on_the_radiograph(certified):
+    """The plugin's load, minus the DICOM database: the backend's seg.dcm read with the plugin's reader and put
+    on the radiograph by CertSegLib.mrml; every mask equals the .seg.nrrd's, names and terminology carried."""
+    import slicer
+
+    from CertSegLib import mrml
+    from CertSegLib.review import CERTIFIED_DIGESTS_ATTRIBUTE
+    from CertSegLib.seg_reader import read_certseg_seg
+
+    source, folder = certified["calibrated"]
+    seg = read_certseg_seg(folder / "seg.dcm")
+    with slicer_scene() as scene:
+        volume = add_volume(scene, source, "radiograph")
+        from_seg = mrml.segmentation_from_seg(scene, seg, volume, "CertSeg SEG")
+        from_nrrd = slicer.modules.segmentations.logic().LoadSegmentationFromFile(str(folder / "certseg.seg.nrrd"),
+                                                                                  True)
+        imported = {s.name: s for s in mrml.slicer_segments(from_seg, volume)}
+        written = {s.name: s for s in mrml.slicer_segments(from_nrrd, volume)}
+        assert imported.keys() == written.keys() and "Abstained" in imported
+        for name, segment in imported.items():
+            np.testing.assert_array_equal(segment.mask > 0, written[name].mask > 0, err_msg=name)
+        assert "39607008" in imported["certified right lung"].terminology
+        assert set(json.loads(from_seg.GetAttribute(CERTIFIED_DIGESTS_ATTRIBUTE))) == set(imported)

@@ -150,6 +150,21 @@ def record_certified_segments(segmentation, volume, model: dict, certified_names
     segmentation.SetAttribute(MODEL_ATTRIBUTE, json.dumps({"name": model["name"], "version": model["version"]}))
 
 
+def segmentation_from_seg(scene, seg, volume, name: str):
+    """A CertSeg DICOM SEG (CertSegLib.seg_reader.CertSegSeg) as a segmentation on `volume`: names, colours,
+    terminology, masks; the certified segments' digests recorded, so a later export tells what was edited."""
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    segmentation.CreateDefaultDisplayNodes()
+    for layer in seg.segments:
+        segment_id = segmentation.GetSegmentation().AddEmptySegment(layer.name.replace(" ", "_"), layer.name,
+                                                                    layer.color)
+        segmentation.GetSegmentation().GetSegment(segment_id).SetTerminology(layer.terminology)
+        slicer.util.updateSegmentBinaryLabelmapFromArray(layer.mask[None], segmentation, segment_id, volume)
+    record_certified_segments(segmentation, volume, seg.model, {layer.name for layer in seg.segments if layer.certified})
+    return segmentation
+
+
 def database_file(volume, database) -> Optional[Path]:
     """The DICOM database's file for the single instance a volume was loaded from (None: not loaded from it)."""
     uids = (volume.GetAttribute("DICOM.instanceUIDs") or "").split()

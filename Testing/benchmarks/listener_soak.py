@@ -1,13 +1,14 @@
 """Soak the DICOM node: many studies through `certseg listen` while it and its destination are killed at random.
 
-    python Testing/benchmarks/listener_soak.py [--studies 20] [--chaos-every 15] [--seed 0] [--out DIR]
+    python Testing/benchmarks/listener_soak.py [--studies 30] [--chaos-every 10] [--chaos-seconds 180] [--seed 0]
+                                               [--out DIR]
 
 A real Orthanc (Debian's package) is the destination PACS; senders are pynetdicom SCUs that, as a modality
 does, send each object until the node answers.  Each study has one or two chest CRs (small, synthetic) and,
-one study in three, a CT object the node must acknowledge and drop.  Meanwhile a chaos thread, every
-`--chaos-every` seconds on average, SIGKILLs the listener or Orthanc and starts it again (same spool, same
-storage, same ports).  At the end both stay up until every acknowledged chest radiograph has a SEG in Orthanc
-or `--drain-minutes` pass.  Prints:
+one study in three, a CT object the node must acknowledge and drop.  Meanwhile, for the first
+`--chaos-seconds` (while studies arrive, are certified and sent), a chaos thread SIGKILLs the listener or
+Orthanc every `--chaos-every` seconds on average and starts it again (same spool, same storage, same ports).
+Then both stay up until every acknowledged chest radiograph has a SEG in Orthanc or `--drain-minutes` pass.  Prints:
 
     acknowledged   objects the node answered 0x0000 (chest CRs and CTs)
     refused        C-STOREs answered with an error status
@@ -145,8 +146,9 @@ def studies(folder: Path, count: int, rng: random.Random) -> list[list[pydicom.D
     return result
 
 
-def chaos(nodes: list[Restartable], every_s: float, stop: threading.Event, rng: random.Random, events: list) -> None:
-    while not stop.wait(rng.expovariate(1 / every_s)):
+def chaos(nodes: list[Restartable], every_s: float, until: float, stop: threading.Event, rng: random.Random,
+          events: list) -> None:
+    while not stop.wait(rng.expovariate(1 / every_s)) and time.monotonic() < until:
         node = rng.choice(nodes)
         node.kill()
         events.append((round(time.monotonic()), f"killed {node.name}"))
@@ -173,8 +175,9 @@ def segs_in_orthanc(url: str) -> dict[str, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--studies", type=int, default=20)
-    parser.add_argument("--chaos-every", type=float, default=15.0, help="mean seconds between two kills")
+    parser.add_argument("--studies", type=int, default=30)
+    parser.add_argument("--chaos-every", type=float, default=10.0, help="mean seconds between two kills")
+    parser.add_argument("--chaos-seconds", type=float, default=180.0, help="how long the kills go on")
     parser.add_argument("--drain-minutes", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="keep logs and spool here (default: a temporary folder)")
@@ -188,8 +191,9 @@ def main() -> None:
     node.start()
     counts = {"acknowledged": 0, "refused": 0, "unanswered": 0}
     stop_chaos, stop_sending, events = threading.Event(), threading.Event(), []
-    chaos_thread = threading.Thread(target=chaos, args=([node, pacs], args.chaos_every, stop_chaos, rng, events))
     started = time.monotonic()
+    chaos_thread = threading.Thread(target=chaos, args=([node, pacs], args.chaos_every, started + args.chaos_seconds,
+                                                        stop_chaos, random.Random(args.seed + 1), events))
     chaos_thread.start()
     chest = []
     try:
@@ -199,8 +203,7 @@ def main() -> None:
                 if dataset.Modality != "CT":
                     chest.append(str(dataset.SOPInstanceUID))
             time.sleep(rng.uniform(0, 2))
-        stop_chaos.set()
-        chaos_thread.join()
+        chaos_thread.join()  # the kills go on while the node certifies and sends, until --chaos-seconds
         deadline = time.monotonic() + 60 * args.drain_minutes
         while time.monotonic() < deadline:
             if node.process.poll() is not None:
