@@ -165,3 +165,21 @@ def test_the_receive_budget_holds_per_association_and_in_all():
     assert "for one object" in budget.add(first, 20)
     budget.release(first)
     assert budget.held() == 0
+
+
+def test_an_unexpected_error_sets_the_objects_aside_and_the_node_goes_on(tmp_path):
+    node = Node(tmp_path)
+    node.receive("1.1", study="1.2.3")
+    node.receive("1.1", study="1.2.4")
+    failing = node.certify
+
+    def certify_or_crash(objects, results):
+        if node.listener.spool.keys()[0] in str(objects):
+            raise KeyError("a bug")
+        return failing(objects, results)
+
+    node.listener.certify = certify_or_crash
+    node.listener.work_once(later(11))
+    assert [r["reason"] for r in node.events("failed")] == ["internal error: KeyError: 'a bug'"]
+    assert node.sent == [b"CR"]  # the other study went on
+    assert len(list((tmp_path / "spool" / "failed").rglob("*.dcm"))) == 1

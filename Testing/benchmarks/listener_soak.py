@@ -4,8 +4,8 @@
                                                [--out DIR]
 
 A real Orthanc (Debian's package) is the destination PACS; senders are pynetdicom SCUs that, as a modality
-does, send each object until the node answers.  Each study has one or two chest CRs (small, synthetic) and,
-one study in three, a CT object the node must acknowledge and drop.  Meanwhile, for the first
+does, send each object until the node answers.  Each study has one or two chest CRs (copies of the shipped
+2048 x 2048 JPEG 2000 sample, new UIDs) and, one study in three, a CT object the node must acknowledge and drop.  Meanwhile, for the first
 `--chaos-seconds` (while studies arrive, are certified and sent), a chaos thread SIGKILLs the listener or
 Orthanc every `--chaos-every` seconds on average and starts it again (same spool, same storage, same ports).
 Then both stay up until every acknowledged chest radiograph has a SEG in Orthanc or `--drain-minutes` pass.  Prints:
@@ -38,10 +38,10 @@ import pydicom
 from pydicom.uid import generate_uid
 
 sys.path.insert(0, str(Path(__file__).parents[1]))  # Testing/, for support/
-from support.dicom_files import write_cr_with_spacing  # noqa: E402
+from support.dicom_files import SAMPLE_CR  # noqa: E402
 from support.orthanc import DICOMWEB_PLUGIN, PASSWORD, USER, free_port  # noqa: E402
 
-FAST = ["--no-denoiser", "--n0", "2", "--n", "80", "--quiet", "--force"]
+FAST = ["--no-denoiser", "--n0", "2", "--n", "80", "--quiet"]  # no --force: the metadata gate and OOD check apply
 
 
 class Restartable:
@@ -113,7 +113,7 @@ def send_until_answered(port: int, dataset: pydicom.Dataset, counts: dict, stop:
     from pynetdicom import AE
 
     ae = AE(ae_title="SOAKSCU")
-    ae.add_requested_context(dataset.SOPClassUID, pydicom.uid.ExplicitVRLittleEndian)
+    ae.add_requested_context(dataset.SOPClassUID, dataset.file_meta.TransferSyntaxUID)  # as stored
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
     while not stop.is_set():
         association = ae.associate("127.0.0.1", port, ae_title="CERTSEG")
@@ -131,7 +131,7 @@ def send_until_answered(port: int, dataset: pydicom.Dataset, counts: dict, stop:
 
 
 def studies(folder: Path, count: int, rng: random.Random) -> list[list[pydicom.Dataset]]:
-    write_cr_with_spacing(folder / "template.dcm", "calibrated", seed=3)
+    (folder / "template.dcm").write_bytes(SAMPLE_CR.read_bytes())
     result = []
     for _ in range(count):
         study, objects = generate_uid(), []

@@ -200,14 +200,27 @@ class Listener:
         """Certify every idle study, (re)send every study whose send is due, prune old failures."""
         now = time.time() if now is None else now
         for key in self.spool.keys():
-            record = self.spool.record(key)
-            idle = now - record.last_received >= self.settings.idle_s
-            if self.spool.has_claimed(key) or idle and self.spool.has_incoming(key):
-                record = self._certify(key)
-            if record.pending and record.state == StudyState.SENDING and now >= record.next_send:
-                self._send(key, now)
+            try:
+                self._work_on(key, now)
+            except Exception as error:  # noqa: BLE001 - one study's bug must not stop the node or loop on it
+                self._set_aside_claimed(key, f"internal error: {type(error).__name__}: {first_line(error, 300)}")
         for key in self.spool.prune_failed(self.settings.failed_retention_s, now):
             self.log({"event": "pruned", "key": key, "reason": "failed objects past their retention time"})
+
+    def _work_on(self, key: str, now: float) -> None:
+        record = self.spool.record(key)
+        idle = now - record.last_received >= self.settings.idle_s
+        if self.spool.has_claimed(key) or idle and self.spool.has_incoming(key):
+            record = self._certify(key)
+        if record.pending and record.state == StudyState.SENDING and now >= record.next_send:
+            self._send(key, now)
+
+    def _set_aside_claimed(self, key: str, reason: str) -> None:
+        """After an unexpected error the claimed objects go to failed/ with the reason: kept, never retried in a loop."""
+        record = self.spool.record(key)
+        for path in sorted(self.spool.claimed(key).glob("*.dcm")):
+            self.spool.set_aside(key, path, reason)
+        self.log({"event": "failed", "study": record.study_uid if record else None, "key": key, "reason": reason})
 
     def _certify(self, key: str) -> StudyRecord:
         claimed = self.spool.claim(key)
