@@ -32,8 +32,8 @@ def sample_result(tmp_path_factory):
 def test_sample_writes_every_output(sample_result):
     run, _, folder = sample_result
     assert sorted(p.name for p in folder.iterdir()) == [
-        "certificate.npz", "certseg.seg.nrrd", "measurements.dcm", "overlay.png", "pixel_radius.nrrd", "report.json",
-        "seg.dcm"]
+        "capture.dcm", "certificate.npz", "certseg.seg.nrrd", "measurements.dcm", "overlay.png", "pixel_radius.nrrd",
+        "report-pdf.dcm", "report.json", "report.pdf", "seg.dcm"]
     assert "certified" in run.stdout and "Traceback" not in run.stderr
     assert "OOD check: chest radiograph" in run.stdout
 

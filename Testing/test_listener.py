@@ -27,7 +27,8 @@ def test_storescu_in_seg_out_in_the_destination_pacs(orthanc, tmp_path):
         assert storescu(listener.port, source).returncode == 0
         study = str(pydicom.dcmread(source).StudyInstanceUID)
         listener.wait_for(lambda r: r["event"] == "sent" and r["study"] == study)
-        assert orthanc.series_modalities(study) == ["SEG", "SR"]  # SEG and measurement SR went to the PACS (the CR never did)
+        # SEG, measurement SR, secondary capture (OT) and PDF report (DOC) went to the PACS (the CR never did)
+        assert orthanc.series_modalities(study) == ["DOC", "OT", "SEG", "SR"]
         events = [r["event"] for r in listener.records() if r.get("study") == study]
         assert events == ["received", "certified", "sent"]
         assert not list((tmp_path / "spool" / "studies").rglob("*.dcm"))  # sent: the queue is freed
@@ -40,7 +41,7 @@ def test_a_restart_in_the_middle_of_a_study_loses_nothing(orthanc, tmp_path):
     first = write_cr_with_spacing(tmp_path / "first.dcm", "calibrated", seed=22)
     second = second_instance(first, tmp_path)
     study = str(pydicom.dcmread(first).StudyInstanceUID)
-    listener = RunningListener(tmp_path, orthanc.dicom_port, "--idle", "5")
+    listener = RunningListener(tmp_path, orthanc.dicom_port, "--idle", "5", "--no-capture", "--no-pdf")
     assert storescu(listener.port, first).returncode == 0
     listener.stop(signal.SIGKILL)  # killed before the study was idle
     listener.start()
@@ -165,7 +166,7 @@ def test_results_outlive_a_maintenance_window_and_are_sent_after_a_restart(tmp_p
     """The destination is down longer than the retry window: the results are kept as unsent, every retry is
     logged, and once the PACS is back a restarted listener sends them (they used to be dropped as failed)."""
     port = free_port()
-    listener = RunningListener(tmp_path, port, "--retry-hours", "0.002", "--max-retry-interval", "2")
+    listener = RunningListener(tmp_path, port, "--retry-hours", "0.002", "--max-retry-interval", "2", "--no-capture")
     source = write_cr_with_spacing(tmp_path / "cr.dcm", "calibrated", seed=28)
     study = str(pydicom.dcmread(source).StudyInstanceUID)
     try:
@@ -182,7 +183,7 @@ def test_results_outlive_a_maintenance_window_and_are_sent_after_a_restart(tmp_p
         try:
             listener.wait_for(lambda r: r["event"] == "resumed" and r["study"] == study, after=after)
             listener.wait_for(lambda r: r["event"] == "sent" and r["study"] == study, after=after)
-            assert orthanc.series_modalities(study) == ["SEG", "SR"]
+            assert orthanc.series_modalities(study) == ["DOC", "SEG", "SR"]  # --no-capture: no OT
         finally:
             listener.stop()
     assert [r["radiographs"] for r in listener.events("certified")] == [1]  # certified once, sent after restart

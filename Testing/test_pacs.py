@@ -43,7 +43,8 @@ def test_dicomweb_pull_certify_push_keeps_jpeg2000_and_puts_the_seg_in_the_study
     assert "1 SEG sent" in run.stdout and "1 studies done, 0 studies failed" in run.stdout
     report = json.loads(next((tmp_path / "out").rglob("report.json")).read_text())
     assert report["source"]["transfer_syntax"] == str(source.file_meta.TransferSyntaxUID)  # never transcoded
-    assert orthanc.series_modalities(source.StudyInstanceUID) == ["CR", "SEG", "SR"]
+    # STOW-RS: SEG, SR, the secondary capture (OT) and the Encapsulated PDF (DOC), all back in the study
+    assert orthanc.series_modalities(source.StudyInstanceUID) == ["CR", "DOC", "OT", "SEG", "SR"]
 
 
 @pytest.mark.slow
@@ -52,9 +53,10 @@ def test_dimse_find_get_store_with_odd_spacing_ends_with_a_valid_seg_in_the_stud
                           "calling_aet": "CERTSEG"}}
     source = pydicom.dcmread(orthanc.folder / "zero_spacing.dcm")
     run = pacs(config, tmp_path, "--server", "archive", "--accession", source.AccessionNumber,
-               "--out", tmp_path / "out", "--force", *FAST)
+               "--out", tmp_path / "out", "--force", "--no-pdf", *FAST)
     assert run.returncode == 0, run.stderr
-    assert orthanc.series_modalities(source.StudyInstanceUID) == ["CR", "SEG", "SR"]  # Orthanc accepted the SEG
+    # C-STORE: Orthanc accepted the SEG, the SR and the capture; --no-pdf kept the PDF back
+    assert orthanc.series_modalities(source.StudyInstanceUID) == ["CR", "OT", "SEG", "SR"]
 
 
 def test_a_wrong_password_is_one_clear_line(orthanc, tmp_path):
@@ -154,14 +156,15 @@ def test_the_orthanc_plugin_certifies_a_new_study_exactly_once(tmp_path):
         study = str(pydicom.dcmread(source).StudyInstanceUID)
         server.upload(source)
         deadline = time.monotonic() + 120
-        while server.series_modalities(study) != ["CR", "SEG", "SR"] and time.monotonic() < deadline:
+        every = ["CR", "DOC", "OT", "SEG", "SR"]
+        while server.series_modalities(study) != every and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert server.series_modalities(study) == ["CR", "SEG", "SR"], (server.folder / "orthanc.log").read_text()[-3000:]
+        assert server.series_modalities(study) == every, (server.folder / "orthanc.log").read_text()[-3000:]
         log = server.folder / "orthanc.log"
         while "already holds a CertSeg SEG" not in log.read_text() and time.monotonic() < deadline:
             time.sleep(0.5)  # the stored SEG made the study change and become stable again (StableAge 2 s)
         assert "already holds a CertSeg SEG; skipped" in log.read_text()
-        assert server.series_modalities(study) == ["CR", "SEG", "SR"]
+        assert server.series_modalities(study) == every
 
 
 def test_environment_secrets_win_over_the_file_and_a_token_becomes_a_bearer_header(tmp_path):

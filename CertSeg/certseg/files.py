@@ -51,3 +51,20 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text(json.dumps(data, indent=2) + "\n")
     temporary.replace(path)
+
+
+# The result folder's files, named once (certseg.results.folder writes them; pacs sends the DICOM ones).
+SEG_FILE = "seg.dcm"  # DICOM SEG
+MEASUREMENT_SR_FILE = "measurements.dcm"  # TID 1500 SR of the certified measurements
+CAPTURE_FILE = "capture.dcm"  # Secondary Capture: the overlay with the certificate burned in
+REPORT_PDF_FILE = "report.pdf"  # the one-page report
+REPORT_PDF_DICOM_FILE = "report-pdf.dcm"  # the same page as Encapsulated PDF
+REPORT_FILE = "report.json"
+
+
+def objects_to_send(folder: Path, *, capture: bool = True, pdf: bool = True) -> list[Path]:
+    """The DICOM objects of a result folder that go back into the study, in order: SEG, SR, capture, PDF.
+
+    Only those that exist (a SEG always does for a certified DICOM source); `capture` and `pdf` turn those off."""
+    names = [SEG_FILE, MEASUREMENT_SR_FILE] + [CAPTURE_FILE] * capture + [REPORT_PDF_DICOM_FILE] * pdf
+    return [folder / name for name in names if (folder / name).is_file()]

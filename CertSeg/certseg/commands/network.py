@@ -23,6 +23,7 @@ def add_parsers(commands) -> None:
     pacs.add_argument("--date-to", help="last StudyDate, YYYYMMDD")
     pacs.add_argument("--out", type=Path, required=True, help="results in OUT/<study>/<series>/<instance>/")
     pacs.add_argument("--no-send", action="store_true", help="certify but send nothing back")
+    add_send_options(pacs)
     add_certification_options(pacs)
     pacs.set_defaults(run=run_pacs)
 
@@ -74,6 +75,7 @@ def add_parsers(commands) -> None:
     sending.add_argument("--keep-failed-days", type=float, default=7.0,
                          help="how long radiographs that could not be certified are kept in SPOOL/failed "
                               "(default: %(default)s)")
+    add_send_options(sending)
     tls = listen.add_argument_group("DICOM TLS (optional)")
     tls.add_argument("--tls-cert", type=Path, help="this node's certificate (PEM); with --tls-key, TLS is on")
     tls.add_argument("--tls-key", type=Path, help="its private key (PEM)")
@@ -83,10 +85,16 @@ def add_parsers(commands) -> None:
     listen.set_defaults(run=run_listen)
 
 
+def add_send_options(parser) -> None:
+    parser.add_argument("--no-capture", action="store_true",
+                        help="do not send the secondary capture (the certified overlay as an image every viewer shows)")
+    parser.add_argument("--no-pdf", action="store_true", help="do not send the report page (Encapsulated PDF)")
+
+
 def run_pacs(args) -> int:
     from certseg.pacs.config import load_server
     from certseg.pacs.query import StudyQuery
-    from certseg.pacs.workflow import StudyStatus, connect, exit_code, pull_certify_push
+    from certseg.pacs.workflow import SendChoice, StudyStatus, connect, exit_code, pull_certify_push
     from certseg.pipeline import CertificationPipeline
     from certseg.runner import Status, certify_input
 
@@ -99,7 +107,8 @@ def run_pacs(args) -> int:
     def certify(folder: Path):
         return certify_input(folder, args.out, pipeline, request, overwrite=args.overwrite, quiet=args.quiet)
 
-    outcomes = pull_certify_push(connect(server), query, certify, send=not args.no_send)
+    outcomes = pull_certify_push(connect(server), query, certify, send=not args.no_send,
+                                 choice=SendChoice(capture=not args.no_capture, pdf=not args.no_pdf))
     for study in outcomes:
         for image in study.images:
             stream = sys.stderr if image.status == Status.FAILED else sys.stdout
@@ -174,4 +183,5 @@ def listener_settings(args):
         max_associations_per_address=args.max_associations_per_address, acse_timeout_s=args.acse_timeout,
         dimse_timeout_s=args.dimse_timeout, network_timeout_s=args.network_timeout,
         max_retry_interval_s=args.max_retry_interval, retry_window_s=args.retry_hours * 3600.0,
-        failed_retention_s=args.keep_failed_days * 86400.0, tls=tls)
+        failed_retention_s=args.keep_failed_days * 86400.0, tls=tls, send_capture=not args.no_capture,
+        send_pdf=not args.no_pdf)

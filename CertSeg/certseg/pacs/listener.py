@@ -25,6 +25,7 @@ import pydicom
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from certseg.errors import CertSegError, first_line
+from certseg.files import objects_to_send
 from certseg.limits import declared_pixel_bytes, inflates_beyond
 from certseg.names import UID_PATH_KEYWORDS, shown, uid_problem
 from certseg.pacs.spool import Spool, StudyRecord, StudyState
@@ -59,6 +60,8 @@ class ListenerSettings:
     retry_window_s: float = 24 * 3600.0
     failed_retention_s: float = 7 * 24 * 3600.0
     tls: TlsFiles | None = None
+    send_capture: bool = True  # the secondary capture beside each SEG and SR
+    send_pdf: bool = True  # the report page as Encapsulated PDF
 
     def validate(self) -> None:
         if not 0 < self.port < 65536:
@@ -235,7 +238,7 @@ class Listener:
             path = Path(item.path)
             if item.status in ("certified", "kept") and item.result is not None:
                 certified += 1
-                outputs += [p for p in (item.result / "seg.dcm", item.result / "measurements.dcm") if p.is_file()]
+                outputs += objects_to_send(item.result, capture=self.settings.send_capture, pdf=self.settings.send_pdf)
             elif item.status == "failed":
                 failures.append((path, item.message))
             else:

@@ -7,7 +7,8 @@ configuration:
 
     "PythonScript": "<this file>",
     "CertSeg": {"Command": ["/opt/certseg/.venv/bin/certseg"],   // required
-                "Arguments": ["--no-denoiser"]}                    // optional, added to `certify`
+                "Arguments": ["--no-denoiser"],                    // optional, added to `certify`
+                "SendCapture": true, "SendPdf": true}              // optional: the overlay image, the PDF page
 
 When a study becomes stable (STABLE_STUDY), a worker thread downloads its CR and DX instances,
 runs `certseg certify` on them and stores each DICOM SEG back into Orthanc.  A study that already
@@ -28,12 +29,18 @@ CHEST_RADIOGRAPH_MODALITIES = ("CR", "DX")
 CERTSEG_SERIES_DESCRIPTION = "CertSeg certified segmentation"  # as certseg's SEG writer names its series
 
 
+# What goes back into the study per certified radiograph, in order (certseg.files names them for the backend;
+# this script cannot import CertSeg): the SEG, the SR, the secondary capture, the report as Encapsulated PDF.
+SEG, SR, CAPTURE, PDF = "seg.dcm", "measurements.dcm", "capture.dcm", "report-pdf.dcm"
+
+
 def _settings():
     settings = json.loads(orthanc.GetConfiguration()).get("CertSeg", {})
     command = settings.get("Command")
     if not command:
         raise RuntimeError('CertSeg plugin: set "CertSeg": {"Command": [...]} in Orthanc\'s configuration')
-    return list(command), list(settings.get("Arguments", []))
+    sent = [SEG, SR] + [CAPTURE] * bool(settings.get("SendCapture", True)) + [PDF] * bool(settings.get("SendPdf", True))
+    return list(command), list(settings.get("Arguments", [])), sent
 
 
 def _get(uri):
@@ -45,7 +52,7 @@ def already_certified(series):
                and s["MainDicomTags"].get("SeriesDescription") == CERTSEG_SERIES_DESCRIPTION for s in series)
 
 
-def certify_study(study_id, command, arguments):
+def certify_study(study_id, command, arguments, sent=(SEG, SR, CAPTURE, PDF)):
     series = _get(f"/studies/{study_id}/series")
     if already_certified(series):
         orthanc.LogWarning(f"CertSeg: study {study_id} already holds a CertSeg SEG; skipped")
@@ -64,9 +71,9 @@ def certify_study(study_id, command, arguments):
                               capture_output=True, text=True, errors="replace")
         stored = 0
         for root, _, files in os.walk(results):
-            if "seg.dcm" not in files:
+            if SEG not in files:
                 continue
-            for name in ("seg.dcm", "measurements.dcm"):  # the SEG, then the SR of certified measurements
+            for name in sent:
                 if name in files:
                     with open(os.path.join(root, name), "rb") as stream:
                         orthanc.RestApiPost("/instances", stream.read())
@@ -79,21 +86,21 @@ def certify_study(study_id, command, arguments):
         orthanc.LogWarning(message)
 
 
-def _work(jobs, command, arguments):
+def _work(jobs, command, arguments, sent):
     while True:
         study_id = jobs.get()
         if study_id is None:
             return
         try:
-            certify_study(study_id, command, arguments)
+            certify_study(study_id, command, arguments, sent)
         except Exception as error:  # noqa: BLE001 - one study's failure must not stop the worker
             orthanc.LogError(f"CertSeg: study {study_id} failed: {error}")
 
 
 def _install():
-    command, arguments = _settings()
+    command, arguments, sent = _settings()
     jobs = queue.Queue()
-    worker = threading.Thread(target=_work, args=(jobs, command, arguments), daemon=True)
+    worker = threading.Thread(target=_work, args=(jobs, command, arguments, sent), daemon=True)
     worker.start()
 
     def on_change(change_type, level, resource_id):

@@ -13,13 +13,21 @@ from typing import TYPE_CHECKING
 import requests
 
 from certseg.errors import EXIT_OK, EXIT_SOME_FAILED, CertSegError, first_line
+from certseg.files import SEG_FILE, objects_to_send
 from certseg.pacs.config import PacsServer
 from certseg.pacs.query import SeriesRef, StudyQuery
 
 if TYPE_CHECKING:  # the pacs package never imports the pipeline; it is handed a certify callable
     from certseg.runner import Outcome
 
-MEASUREMENT_SR = "measurements.dcm"  # sent beside each SEG
+
+
+@dataclass(frozen=True)
+class SendChoice:
+    """What goes back into the study beside each SEG and its SR: the secondary capture and the PDF report."""
+
+    capture: bool = True
+    pdf: bool = True
 
 
 class StudyStatus(StrEnum):
@@ -49,7 +57,7 @@ def connect(server: PacsServer):
 
 
 def pull_certify_push(pacs, query: StudyQuery, certify: Callable[[Path], tuple[int, list[Outcome]]],
-                      send: bool = True) -> list[StudyOutcome]:
+                      send: bool = True, choice: SendChoice = SendChoice()) -> list[StudyOutcome]:
     """Every matching study in turn; one study's failure (network, refusal, a bad image) never stops the others.
 
     `certify(folder)`: certify_input on a folder of retrieved files, with the run's models and parameters.
@@ -63,10 +71,10 @@ def pull_certify_push(pacs, query: StudyQuery, certify: Callable[[Path], tuple[i
     studies: dict[str, list[SeriesRef]] = {}
     for ref in series:
         studies.setdefault(ref.study_uid, []).append(ref)
-    return [_one_study(pacs, study_uid, refs, certify, send) for study_uid, refs in studies.items()]
+    return [_one_study(pacs, study_uid, refs, certify, send, choice) for study_uid, refs in studies.items()]
 
 
-def _one_study(pacs, study_uid: str, refs: list[SeriesRef], certify, send: bool) -> StudyOutcome:
+def _one_study(pacs, study_uid: str, refs: list[SeriesRef], certify, send: bool, choice: SendChoice) -> StudyOutcome:
     outcome = StudyOutcome(study_uid, StudyStatus.FAILED, "")
     try:
         with tempfile.TemporaryDirectory(prefix="certseg-pacs-") as folder:
@@ -78,12 +86,12 @@ def _one_study(pacs, study_uid: str, refs: list[SeriesRef], certify, send: bool)
             started = time.perf_counter()
             _, outcome.images = certify(Path(folder))
             outcome.seconds["certify"] = time.perf_counter() - started
-        segs = [o.result / "seg.dcm" for o in outcome.images if o.result is not None]
-        reports = [o.result / MEASUREMENT_SR for o in outcome.images
-                   if o.result is not None and (o.result / MEASUREMENT_SR).is_file()]
+        results = [o.result for o in outcome.images if o.result is not None and (o.result / SEG_FILE).is_file()]
+        segs = [folder / SEG_FILE for folder in results]
         if send and segs:
             started = time.perf_counter()
-            pacs.store(segs + reports, study_uid)
+            pacs.store([path for folder in results for path in objects_to_send(folder, capture=choice.capture,
+                                                                                pdf=choice.pdf)], study_uid)
             outcome.seconds["send"] = time.perf_counter() - started
             outcome.sent = len(segs)
         failed = [o for o in outcome.images if o.status == "failed"]  # runner.Status.FAILED

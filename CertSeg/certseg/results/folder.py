@@ -1,8 +1,11 @@
 """One result folder per image: every output file, written into a staging folder that appears whole or not at all.
 
     seg.dcm, measurements.dcm   DICOM SEG and its TID 1500 SR (DICOM sources only)
+    capture.dcm, report-pdf.dcm the certified overlay as Secondary Capture and the report page as Encapsulated
+                                PDF, for PACS viewers that show no SEG (DICOM sources only)
+    report.pdf                  the one-page report
     certseg.seg.nrrd            the same segments for Slicer; pixel_radius.nrrd the per-pixel radius
-    overlay.png                 a quick look
+    overlay.png                 a quick look: the capture's picture, at most 1024 pixels
     certificate.npz             model-grid arrays for research, with what each promises
     report.json                 certseg.report
 """
@@ -15,25 +18,44 @@ from typing import Any
 
 import numpy as np
 
+from certseg.dicom.capture import write_encapsulated_pdf, write_secondary_capture
 from certseg.dicom.seg import write_dicom_seg
 from certseg.dicom.sr import write_measurement_sr
-from certseg.files import write_json
+from certseg.files import (CAPTURE_FILE, MEASUREMENT_SR_FILE, REPORT_FILE, REPORT_PDF_DICOM_FILE, REPORT_PDF_FILE,
+                           SEG_FILE, write_json)
+from certseg.results.capture import render_capture
 from certseg.results.preview import write_overlay
+from certseg.results.report_page import write_report_page
 from certseg.results.segmentation import segment_tags, write_radius_map, write_seg_nrrd
 
 
 def write_result_folder(folder: Path, stored: np.ndarray, result, report: dict[str, Any], geometry: np.ndarray,
                         radiograph=None) -> None:
-    """Every output of one image into `folder`: seg.dcm and measurements.dcm (DICOM sources only), certseg.seg.nrrd,
+    """Every output of one image into `folder`: the DICOM objects (DICOM sources only), report.pdf, certseg.seg.nrrd,
     overlay.png, certificate.npz (model-grid arrays for research) and report.json."""
+    capture = render_capture(stored, result.source_labels, report)
+    page = write_report_page(stored, result.source_labels, report, identity(radiograph))
+    (folder / REPORT_PDF_FILE).write_bytes(page)
     if radiograph is not None:
-        write_dicom_seg(folder / "seg.dcm", radiograph, result.source_labels, report["models"]["segmenter"])
-        write_measurement_sr(folder / "measurements.dcm", radiograph, folder / "seg.dcm", report)
+        write_dicom_seg(folder / SEG_FILE, radiograph, result.source_labels, report["models"]["segmenter"])
+        write_measurement_sr(folder / MEASUREMENT_SR_FILE, radiograph, folder / SEG_FILE, report)
+        write_secondary_capture(folder / CAPTURE_FILE, capture, radiograph.dataset)
+        write_encapsulated_pdf(folder / REPORT_PDF_DICOM_FILE, page, radiograph.dataset)
     write_seg_nrrd(folder / "certseg.seg.nrrd", result.source_labels, geometry, segment_tags(report))
-    write_overlay(folder / "overlay.png", stored, result.source_labels)
+    write_overlay(folder / "overlay.png", capture)
     write_certificate_arrays(folder / "certificate.npz", result, report)
     write_radius_map(folder / "pixel_radius.nrrd", result, geometry)
-    write_json(folder / "report.json", report)
+    write_json(folder / REPORT_FILE, report)
+
+
+def identity(radiograph) -> dict[str, str]:
+    """The patient and study lines the report page prints (none for an image file)."""
+    if radiograph is None:
+        return {}
+    dataset = radiograph.dataset
+    fields = {"Patient": "PatientName", "Patient ID": "PatientID", "Born": "PatientBirthDate", "Study date": "StudyDate",
+              "Accession": "AccessionNumber", "View": "ViewPosition"}
+    return {label: str(dataset.get(keyword, "") or "") for label, keyword in fields.items()}
 
 
 CERTIFICATE_ARRAYS = {

@@ -1,0 +1,150 @@
+"""report.pdf: one A4 page a radiologist can read on screen or printed in black and white.
+
+The overlay (each structure outlined and named on the image, so grey print still tells them apart), per
+structure the certified area interval and the clean network's value, the cardiothoracic ratio's interval and
+its verdict on 0.5, the abstained share, the guarantee in words, the out-of-distribution verdict, the metadata
+gate's finding, models and versions, parameters and the date.  fpdf2 (LGPL-3.0, used as a library) writes it;
+only its core fonts, so the text is Latin-1.
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+from typing import Any
+
+import numpy as np
+
+from certseg.core.labels import ABSTAIN
+from certseg.dicom.codes import segments
+from certseg.results.capture import RESEARCH_ONLY, grayscale, guarantee_words, outline, ratio_verdict
+
+PAGE_IMAGE_SIDE = 1000  # pixels of the page's picture (about 300 dpi at its printed size)
+
+
+def page_picture(stored: np.ndarray, labels: np.ndarray, report: dict[str, Any]) -> bytes:
+    """PNG of the radiograph, certified structures outlined and named at their centre, abstained hatched."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    scale = PAGE_IMAGE_SIDE / max(labels.shape)
+    size = (max(1, round(labels.shape[1] * scale)), max(1, round(labels.shape[0] * scale)))
+    gray = Image.fromarray(grayscale(stored, report).astype(np.uint8)).resize(size, Image.Resampling.LANCZOS)
+    rgb = np.repeat(np.asarray(gray)[..., None], 3, axis=-1).astype(float)
+    small = np.asarray(Image.fromarray(labels.astype(np.int16)).resize(size, Image.Resampling.NEAREST))
+    rows, columns = np.indices(small.shape)
+    names = []
+    for segment in segments(small):
+        if segment.value == ABSTAIN:  # diagonal hatching: visible in grey print, not only as colour
+            hatch = segment.mask & ((rows + columns) % 8 < 2)
+            rgb[hatch] = segment.color
+            continue
+        rgb[outline(segment.mask, 2)] = segment.color
+        y, x = np.argwhere(segment.mask).mean(axis=0)
+        names.append((x, y, segment.name.removeprefix("certified ")))
+    image = Image.fromarray(rgb.astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=22)
+    for x, y, name in names:
+        width = draw.textlength(name, font=font)
+        draw.rectangle((x - width / 2 - 3, y - 13, x + width / 2 + 3, y + 13), fill=(255, 255, 255))
+        draw.text((x - width / 2, y - 11), name, fill=(0, 0, 0), font=font)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def area_rows(report: dict[str, Any]) -> tuple[str, list[tuple[str, str, str]]]:
+    """The unit and, per structure, (name, certified interval, clean value) as the page prints them."""
+    structures = report["measurements"]["structures"]
+    in_mm2 = all(s["area_mm2"] is not None for s in structures)
+    unit, key, scale, digits = ("cm2", "area_mm2", 0.01, 1) if in_mm2 else ("pixels", "area_pixels", 1.0, 0)
+    rows = []
+    for structure in structures:
+        area = {k: v * scale for k, v in structure[key].items()}
+        rows.append((structure["name"], f"{area['low']:.{digits}f} - {area['high']:.{digits}f}",
+                     f"{area['clean']:.{digits}f}"))
+    return unit, rows
+
+
+def facts(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """(label, value) lines under the table: everything a reader must know to judge the result."""
+    source = report["source"]
+    params = report["parameters"]
+    models = "; ".join(f"{kind} {m['name']} {m['version']} (sha256 {m['sha256'][:12]})"
+                       for kind, m in report["models"].items())
+    return [
+        ("Abstained", f"{report['source_grid']['abstain_fraction']:.1%} of the image"),
+        ("Input check", _ood_words(report.get("out_of_distribution"))),
+        ("DICOM metadata", source.get("metadata_check", {}).get("text", "not checked")),
+        ("Models", models),
+        ("Parameters", f"sigma {params['sigma']}, n0 {params['n0']}, n {params['n']}, alpha {params['alpha']}, "
+                       f"tau {params['tau']}, {params['correction']}, denoiser {'on' if report['denoiser'] else 'off'}"),
+        ("Radius", f"{report['radius']['model_space']:.3f} (model input), {report['radius']['stored_values_l2']:.4g} "
+                   f"(stored values, L2), {report['radius']['rms_per_source_pixel']:.3g} per pixel (RMS)"),
+        ("Noise seed", f"{report['noise']['run_seed']} ({report['noise']['source'].split(':')[0]})"),
+        ("Software", f"CertSeg {report['certseg_version']}"),
+    ]
+
+
+def _ood_words(verdict: dict[str, Any] | None) -> str:
+    if verdict is None:
+        return "no out-of-distribution check in this model folder"
+    decision = ("looks like a chest radiograph the models know" if verdict["in_distribution"]
+                else "does NOT look like a chest radiograph the models know; certified because the user forced it")
+    return f"{decision} (spectral score {verdict['score']:.1f}, threshold {verdict['threshold']:.1f})"
+
+
+def write_report_page(stored: np.ndarray, labels: np.ndarray, report: dict[str, Any], identity: dict[str, str],
+                      when: datetime.datetime | None = None) -> bytes:
+    """The PDF's bytes.  `identity`: patient and study lines to print (empty for an image file)."""
+    from fpdf import FPDF
+
+    when = when or datetime.datetime.now(datetime.timezone.utc)
+    pdf = FPDF(format="A4")
+    pdf.set_auto_page_break(False)
+    pdf.set_margins(12, 10, 12)
+    pdf.add_page()
+    pdf.set_font("Helvetica", "B", 14)
+    pdf.cell(0, 7, "CertSeg certified chest X-ray segmentation", new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font("Helvetica", "B", 10)
+    pdf.cell(0, 5, RESEARCH_ONLY, new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font("Helvetica", "", 8)
+    ids = "   ".join(f"{k}: {v}" for k, v in identity.items() if v) or "image file (no DICOM identifiers)"
+    pdf.multi_cell(0, 4, _latin1(f"{ids}   Report: {when:%Y-%m-%d %H:%M} UTC"), new_x="LMARGIN", new_y="NEXT")
+    top = pdf.get_y() + 1
+    pdf.image(io.BytesIO(page_picture(stored, labels, report)), x=12, y=top, h=118)
+    pdf.set_xy(12, top + 120)
+    pdf.set_font("Helvetica", "B", 9)
+    unit, rows = area_rows(report)
+    widths = (50, 50, 30)
+    for width, text in zip(widths, (f"Structure (area, {unit})", "certified range", "clean network")):
+        pdf.cell(width, 5, text, border="B")
+    pdf.ln(5)
+    pdf.set_font("Helvetica", "", 9)
+    for row in rows:
+        for width, text in zip(widths, row):
+            pdf.cell(width, 5, _latin1(text))
+        pdf.ln(5)
+    ratio = report["measurements"]["cardiothoracic_ratio"]
+    clean = "" if ratio is None or ratio.get("clean") is None else f" (clean network {ratio['clean']:.2f})"
+    pdf.set_font("Helvetica", "B", 9)
+    pdf.multi_cell(0, 5, _latin1(ratio_verdict(ratio).capitalize() + clean), new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(1)
+    pdf.set_font("Helvetica", "", 8)
+    for label, value in facts(report):
+        pdf.set_font("Helvetica", "B", 8)
+        pdf.cell(28, 4, label)
+        pdf.set_font("Helvetica", "", 8)
+        pdf.multi_cell(0, 4, _latin1(value), new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(1)
+    pdf.set_font("Helvetica", "B", 8)
+    pdf.cell(0, 4, "What is guaranteed", new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font("Helvetica", "", 8)
+    for sentence in guarantee_words(report):
+        pdf.multi_cell(0, 4, _latin1(sentence), new_x="LMARGIN", new_y="NEXT")
+    return bytes(pdf.output())
+
+
+def _latin1(text: str) -> str:
+    """fpdf2's core fonts are Latin-1: anything else (a patient's name in another script) becomes '?'."""
+    return text.encode("latin-1", "replace").decode("latin-1")
