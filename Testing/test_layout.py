@@ -32,6 +32,8 @@ ALLOWED = {
     "certseg.pacs": FOUNDATION,
     "certseg.research": FOUNDATION | {"certseg.core", "certseg.model", "certseg.dicom", "certseg.results",
                                       "certseg.report", "certseg.pipeline", "certseg.runner", "certseg.imagefile"},
+    "certseg.scale": FOUNDATION | {"certseg.core", "certseg.model", "certseg.dicom", "certseg.results",
+                                   "certseg.report", "certseg.pipeline", "certseg.runner", "certseg.imagefile"},
     "certseg.commands": None,  # anything: the commands sit on top
     "certseg.__main__": {"certseg.commands"},
 }

@@ -44,6 +44,49 @@ class Outcome:
     result: Path | None = None  # the result folder (certified or kept)
 
 
+@dataclass
+class Selection:
+    """What discovery found under the inputs: the radiographs to certify, and an outcome for every other file."""
+
+    radiographs: list[Path]
+    others: list[Outcome]
+
+
+def select_radiographs(files: list[Path], request: CertificationRequest, *, series: str | None = None,
+                       study: str | None = None) -> Selection:
+    """Headers only: the chest radiographs to certify (the gate, `--series`, `--study`), and why each other file is not."""
+    selection = Selection([], [])
+    for path in files:
+        header = check_header(path, request.force)
+        if isinstance(header, Skipped):
+            selection.others.append(_skipped(header))
+        elif series and header.SeriesInstanceUID != series or study and header.StudyInstanceUID != study:
+            selection.others.append(Outcome(path, "not in the selected study/series", Status.SKIPPED))
+        else:
+            selection.radiographs.append(path)
+    return selection
+
+
+def certify_selected(path: Path, out: Path, pipeline: CertificationPipeline, request: CertificationRequest, *,
+                     overwrite: bool = False, quiet: bool = False) -> Outcome:
+    """One selected radiograph into OUT/<study>/<series>/<instance>/; every failure is an outcome, never a raise."""
+    try:
+        return _certify_dicom_file(path, out, pipeline, request, overwrite, quiet)
+    except CertSegError as error:
+        return Outcome(path, f"refused: {error}", Status.FAILED)
+    except (ValueError, RuntimeError, OSError, MemoryError) as error:
+        # One image's failure (bad geometry, out of memory, disk full) never stops the batch.
+        return Outcome(path, f"{type(error).__name__}: {error}", Status.FAILED)
+
+
+def exit_code_of(outcomes: list[Outcome]) -> int:
+    return EXIT_SOME_FAILED if any(o.status == Status.FAILED for o in outcomes) else EXIT_OK
+
+
+def nothing_to_certify(source: object, outcomes: list[Outcome]) -> CertSegError:
+    return CertSegError(f"{source}: no chest radiograph (CR or DX) to certify" + _reasons(outcomes))
+
+
 def certify_input(source: Path, out: Path, pipeline: CertificationPipeline, request: CertificationRequest, *,
                   overwrite: bool = False, quiet: bool = False, series: str | None = None,
                   study: str | None = None, none_is_an_error: bool = True) -> tuple[int, list[Outcome]]:
@@ -51,29 +94,14 @@ def certify_input(source: Path, out: Path, pipeline: CertificationPipeline, requ
 
     `none_is_an_error`: no chest radiograph at all is a CertSegError (the command line's exit 2); the
     listener asks for the outcomes instead, to say of each object why it was not certified."""
-    outcomes: list[Outcome] = []
     with candidate_files(source) as files:
-        selected = []
-        for path in files:
-            header = check_header(path, request.force)
-            if isinstance(header, Skipped):
-                outcomes.append(_skipped(header))
-            elif series and header.SeriesInstanceUID != series or study and header.StudyInstanceUID != study:
-                outcomes.append(Outcome(path, "not in the selected study/series", Status.SKIPPED))
-            else:
-                selected.append(path)
-        if not selected and none_is_an_error:
-            raise CertSegError(f"{source}: no chest radiograph (CR or DX) to certify" + _reasons(outcomes))
-        for path in tqdm(selected, desc="images", unit="image", disable=quiet):
-            try:
-                outcomes.append(_certify_dicom_file(path, out, pipeline, request, overwrite, quiet))
-            except CertSegError as error:
-                outcomes.append(Outcome(path, f"refused: {error}", Status.FAILED))
-            except (ValueError, RuntimeError, OSError, MemoryError) as error:
-                # One image's failure (bad geometry, out of memory, disk full) never stops the batch.
-                outcomes.append(Outcome(path, f"{type(error).__name__}: {error}", Status.FAILED))
-    failed = any(o.status == Status.FAILED for o in outcomes)
-    return (EXIT_SOME_FAILED if failed else EXIT_OK), outcomes
+        selection = select_radiographs(files, request, series=series, study=study)
+        outcomes = list(selection.others)
+        if not selection.radiographs and none_is_an_error:
+            raise nothing_to_certify(source, outcomes)
+        for path in tqdm(selection.radiographs, desc="images", unit="image", disable=quiet):
+            outcomes.append(certify_selected(path, out, pipeline, request, overwrite=overwrite, quiet=quiet))
+    return exit_code_of(outcomes), outcomes
 
 
 def certify_image_file(path: Path, out: Path, pipeline: CertificationPipeline, request: CertificationRequest, *,

@@ -5,16 +5,24 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from certseg.commands.options import add_certification_options, certification_request, run_options
-from certseg.errors import EXIT_OK
+from certseg.commands.options import add_certification_options, certification_request, positive_int, run_options
+from certseg.errors import EXIT_OK, CertSegError
 
 
 def add_parsers(commands) -> None:
     certify = commands.add_parser("certify", help="certify every chest radiograph in a DICOM export")
-    certify.add_argument("input", type=Path, help="DICOM file, folder, DICOMDIR or zip")
+    certify.add_argument("input", type=Path, nargs="+", help="DICOM files, folders, DICOMDIRs or zips")
     certify.add_argument("--out", type=Path, required=True, help="results in OUT/<study>/<series>/<instance>/")
     certify.add_argument("--study", help="only this StudyInstanceUID")
     certify.add_argument("--series", help="only this SeriesInstanceUID")
+    scale = certify.add_argument_group("certifying an archive (pip install \"certseg[scale]\")")
+    scale.add_argument("--engine", choices=("local", "ray"), default="local",
+                       help="local: one image after another in this process (default); ray: a pool of workers on a "
+                            "Ray cluster, resumable, with OUT/certseg-outcomes.csv")
+    scale.add_argument("--ray-address", help="join this Ray cluster (e.g. ray://head:10001 or auto); default: start "
+                                             "a local Ray on this machine")
+    scale.add_argument("--workers", type=positive_int,
+                       help="Ray workers, each loading the models once (default: one per GPU, else one per CPU)")
     add_certification_options(certify)
     certify.set_defaults(run=run_certify)
 
@@ -31,19 +39,53 @@ def add_parsers(commands) -> None:
 
 
 def run_certify(args) -> int:
-    from certseg.pipeline import CertificationPipeline
-    from certseg.runner import Status, certify_input
-
     request, options = certification_request(args), run_options(args)
-    pipeline = CertificationPipeline.from_folder(options)
-    code, outcomes = certify_input(args.input, args.out, pipeline, request, overwrite=args.overwrite,
-                                   quiet=args.quiet, series=args.series, study=args.study)
-    for outcome in outcomes:
-        stream = sys.stderr if outcome.status == Status.FAILED else sys.stdout
-        print(f"{outcome.path}: {outcome.status}: {outcome.message}", file=stream)
-    counts = {s: sum(o.status == s for o in outcomes) for s in Status}
-    print("certseg: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    if args.engine == "ray":
+        return _run_on_ray(args, request, options)
+    import contextlib
+
+    from tqdm import tqdm
+
+    from certseg.dicom.reading import candidate_files
+    from certseg.pipeline import CertificationPipeline
+    from certseg.runner import certify_selected, exit_code_of, nothing_to_certify, select_radiographs
+
+    with contextlib.ExitStack() as stack:
+        radiographs, outcomes = [], []
+        for source in args.input:  # discovery first: a folder with nothing to certify says so before models load
+            selection = select_radiographs(stack.enter_context(candidate_files(source)), request,
+                                           series=args.series, study=args.study)
+            radiographs += selection.radiographs
+            outcomes += selection.others
+        if not radiographs:
+            raise nothing_to_certify(", ".join(map(str, args.input)), outcomes)
+        pipeline = CertificationPipeline.from_folder(options)
+        for path in tqdm(radiographs, desc="images", unit="image", disable=args.quiet):
+            outcomes.append(certify_selected(path, args.out, pipeline, request, overwrite=args.overwrite,
+                                             quiet=args.quiet))
+    _print_outcomes([(o.path, o.status, o.message) for o in outcomes])
+    return exit_code_of(outcomes)
+
+
+def _run_on_ray(args, request, options) -> int:
+    from certseg.scale.engine import ClusterSettings, certify_on_ray
+    from certseg.scale.table import TABLE_FILE
+
+    cluster = ClusterSettings(address=args.ray_address, workers=args.workers)
+    code, rows = certify_on_ray(args.input, args.out, request, options, cluster, overwrite=args.overwrite,
+                                quiet=args.quiet, series=args.series, study=args.study)
+    _print_outcomes([(row.file, row.status, row.reason) for row in rows])
+    print(f"certseg: outcome table {args.out / TABLE_FILE}")
     return code
+
+
+def _print_outcomes(outcomes) -> None:
+    from certseg.runner import Status
+
+    for path, status, message in outcomes:
+        print(f"{path}: {status}: {message}", file=sys.stderr if status == Status.FAILED else sys.stdout)
+    counts = {s: sum(status == s for _, status, _ in outcomes) for s in Status}
+    print("certseg: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
 
 
 def run_certify_array(args) -> int:

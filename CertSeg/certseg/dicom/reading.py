@@ -54,11 +54,12 @@ class Radiograph:
 
 
 @contextlib.contextmanager
-def candidate_files(source: Path) -> Iterator[list[Path]]:
-    """Every file that might be DICOM under `source` (zip archives unpacked to a temporary folder)."""
+def candidate_files(source: Path, scratch_parent: Path | None = None) -> Iterator[list[Path]]:
+    """Every file that might be DICOM under `source` (zip archives unpacked to a temporary folder, made in
+    `scratch_parent` when given: a cluster's workers must see it)."""
     if not source.exists():
         raise CertSegError(f"{source}: no such file or folder")
-    with tempfile.TemporaryDirectory(prefix="certseg-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="certseg-", dir=scratch_parent) as scratch:
         yield _expand(source, Path(scratch))
 
 
