@@ -19,12 +19,8 @@ FAST = ["--n0", "2", "--n", "80", "--quiet", "--no-denoiser"]
 
 
 @pytest.fixture(scope="module")
-def sample(tmp_path_factory):
-    out = tmp_path_factory.mktemp("capture") / "out"
-    run = certseg("certify", SAMPLE_CR, "--out", out, *FAST)
-    assert run.returncode == 0, run.stderr
-    source = pydicom.dcmread(SAMPLE_CR)
-    folder = out / source.StudyInstanceUID / source.SeriesInstanceUID / source.SOPInstanceUID
+def sample(certified_sample):
+    _, source, folder = certified_sample
     return source, folder, json.loads((folder / "report.json").read_text())
 
 

@@ -20,13 +20,8 @@ FAST = ["--n0", "2", "--n", "80", "--quiet"]
 
 
 @pytest.fixture(scope="module")
-def sample_result(tmp_path_factory):
-    out = tmp_path_factory.mktemp("certify") / "out"
-    run = certseg("certify", SAMPLE_CR, "--out", out, *FAST)
-    assert run.returncode == 0, run.stderr
-    source = pydicom.dcmread(SAMPLE_CR)
-    folder = out / source.StudyInstanceUID / source.SeriesInstanceUID / source.SOPInstanceUID
-    return run, source, folder
+def sample_result(certified_sample):
+    return certified_sample
 
 
 def test_sample_writes_every_output(sample_result):

@@ -119,7 +119,7 @@ def test_an_image_received_while_its_study_is_being_sent_is_certified_and_sent_t
         listener.wait_for(lambda r: r["event"] == "certified" and r["study"] == study, after=0)
         second_sent = listener.wait_for(lambda r: r["event"] == "sent" and r["study"] == study,
                                         after=[i for i, r in enumerate(listener.records()) if r["event"] == "sent"][0] + 1)
-        assert second_sent["objects"] == 2  # its SEG and SR
+        assert second_sent["objects"] == 4  # its SEG, SR, capture and PDF
         sources = {str(pydicom.dcmread(p).SOPInstanceUID) for p in (first, second)}
         assert destination.referenced_instances() == sources
         assert [r["radiographs"] for r in listener.events("certified")] == [1, 1]  # each certified once
