@@ -32,8 +32,10 @@ ALLOWED = {
     "certseg.pacs": FOUNDATION,
     "certseg.research": FOUNDATION | {"certseg.core", "certseg.model", "certseg.dicom", "certseg.results",
                                       "certseg.report", "certseg.pipeline", "certseg.runner", "certseg.imagefile"},
+    # scale drives research's evaluation only from inside a function (evaluate --engine ray)
     "certseg.scale": FOUNDATION | {"certseg.core", "certseg.model", "certseg.dicom", "certseg.results",
-                                   "certseg.report", "certseg.pipeline", "certseg.runner", "certseg.imagefile"},
+                                   "certseg.report", "certseg.pipeline", "certseg.runner", "certseg.imagefile",
+                                   "certseg.research"},
     "certseg.commands": None,  # anything: the commands sit on top
     "certseg.__main__": {"certseg.commands"},
 }

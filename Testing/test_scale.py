@@ -92,7 +92,7 @@ def test_a_rerun_resumes_and_a_worker_killed_mid_image_loses_nothing(tmp_path):
     killed = None
     deadline = time.monotonic() + 300
     while killed is None and time.monotonic() < deadline and process.poll() is None:
-        busy = subprocess.run(["pgrep", "-f", "ray::CertifyWorker.certify"], capture_output=True, text=True).stdout.split()
+        busy = subprocess.run(["pgrep", "-f", "ray::PoolWorker.run"], capture_output=True, text=True).stdout.split()
         if busy and list(out.rglob("report.json")):  # one image done, another in the middle
             killed = int(busy[0])
             subprocess.run(["kill", "-9", str(killed)])
@@ -117,3 +117,21 @@ def test_without_ray_installed_the_engine_is_one_line_and_creates_nothing(tmp_pa
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and done.stderr.strip() == 'certseg: error: --engine ray needs Ray: pip install "certseg[scale]"'
     assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_on_ray_gives_the_rows_of_one_process(tmp_path):
+    """Two DRR views, two sigmas, segmenter alone: the protocol's rows equal with the same --seed (timings aside)."""
+    from certseg.research.data import write_drr_dataset
+
+    views = write_drr_dataset(tmp_path / "views", count=2, seed=13, size=96, progress=False)
+    common = ["--data", views, "--no-denoiser", "--n0", "2", "--n", "80", "--sigma", "0.25", "0.5", "--seed", "3",
+              "--quiet"]
+    one = certseg("evaluate", *common, "--out", tmp_path / "one")
+    many = certseg("evaluate", *common, "--out", tmp_path / "many", "--engine", "ray", "--workers", "2")
+    assert one.returncode == 0 and many.returncode == 0, many.stderr[-2000:]
+
+    def rows(folder):
+        with open(folder / "evaluation.csv") as stream:
+            return [{k: v for k, v in row.items() if k != "seconds_per_image"} for row in csv.DictReader(stream)]
+
+    assert rows(tmp_path / "one") == rows(tmp_path / "many") and len(rows(tmp_path / "one")) > 5

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from certseg.commands.options import add_certification_options, certification_request, positive_int, run_options
-from certseg.errors import EXIT_OK, CertSegError
+from certseg.errors import EXIT_OK
 
 
 def add_parsers(commands) -> None:
@@ -68,7 +68,8 @@ def run_certify(args) -> int:
 
 
 def _run_on_ray(args, request, options) -> int:
-    from certseg.scale.engine import ClusterSettings, certify_on_ray
+    from certseg.scale.engine import certify_on_ray
+    from certseg.scale.pool import ClusterSettings
     from certseg.scale.table import TABLE_FILE
 
     cluster = ClusterSettings(address=args.ray_address, workers=args.workers)

@@ -88,6 +88,10 @@ def add_parsers(commands) -> None:
                             help="which split of CertSeg dataset folders to evaluate")
     evaluation.add_argument("--out", type=Path, required=True, help="folder for evaluation.csv/.md/.png")
     evaluation.add_argument("--limit", type=positive_int, help="evaluate only the first LIMIT views")
+    evaluation.add_argument("--engine", choices=("local", "ray"), default="local",
+                            help="ray: the certifications on a pool of Ray workers (pip install \"certseg[scale]\")")
+    evaluation.add_argument("--ray-address", help="join this Ray cluster (default: start a local Ray)")
+    evaluation.add_argument("--workers", type=positive_int, help="Ray workers (default: one per GPU, else per CPU)")
     add_certification_options(evaluation, sigmas=True)
     evaluation.set_defaults(run=run_evaluate)
     attack = commands.add_parser("attack", help="L2 PGD against the certificate and the bare network")
@@ -141,7 +145,14 @@ def run_evaluate(args) -> int:
     samples = load_datasets(args.data, (args.split,))[: args.limit]
     models = load_models(options.model_dir, with_denoiser=options.use_denoiser)
     configurations = [Configuration.SEGMENTER_ALONE] + ([Configuration.WITH_DENOISER] if options.use_denoiser else [])
-    rows = evaluate(samples, models, requests, configurations, options, progress=not args.quiet)
+    if args.engine == "ray":
+        from certseg.scale.evaluation import evaluate_on_ray
+        from certseg.scale.pool import ClusterSettings
+
+        rows = evaluate_on_ray(samples, models, requests, configurations, options,
+                               ClusterSettings(address=args.ray_address, workers=args.workers), progress=not args.quiet)
+    else:
+        rows = evaluate(samples, models, requests, configurations, options, progress=not args.quiet)
     with atomic_directory(args.out, overwrite=args.overwrite) as staging:
         write_outputs(rows, staging, args.tau)
     print(markdown_table(rows), end="")

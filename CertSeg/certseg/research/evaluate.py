@@ -62,10 +62,66 @@ def _onehot(labels: np.ndarray, num_classes: int) -> torch.Tensor:
     return onehot[None]
 
 
+@dataclass(frozen=True)
+class ImageTask:
+    """One certification of the protocol: an image in model space, its labels, a configuration and a request."""
+
+    configuration: Configuration
+    request: CertificationRequest
+    image: np.ndarray
+    labels: np.ndarray
+    seed: int
+
+
+@dataclass(frozen=True)
+class ImageFigures:
+    dice: np.ndarray  # per structure
+    abstention: float
+    seconds: float
+    samples: int  # n0 + the estimation samples drawn
+
+
+@dataclass
+class EvaluationState:
+    """What certifies the tasks: one CertifiedSegmenter per configuration (the models loaded once)."""
+
+    segmenters: dict[Configuration, CertifiedSegmenter]
+    num_classes: int
+    batch_size: int | None
+
+
+def evaluation_state(models: LoadedModels, configurations: list[Configuration], options: RunOptions) -> EvaluationState:
+    device = resolve_device(options.device)
+    execution = Execution.requested(options.precision, options.compile, device)
+    segmenters = {configuration: CertifiedSegmenter(
+        models.network, models.num_classes, models.denoiser if configuration == Configuration.WITH_DENOISER else None,
+        device, execution) for configuration in configurations}
+    return EvaluationState(segmenters, models.num_classes, options.batch_size)
+
+
+def evaluation_state_from_folder(options: RunOptions, configurations: list[Configuration]) -> EvaluationState:
+    """The same, loading the models here (a Ray worker's state)."""
+    from certseg.model.folder import load_models
+
+    models = load_models(options.model_dir, with_denoiser=Configuration.WITH_DENOISER in configurations)
+    return evaluation_state(models, configurations, options)
+
+
+def certify_task(state: EvaluationState, task: ImageTask) -> ImageFigures:
+    cert = state.segmenters[task.configuration].certify(task.image, **task.request.smoothing_arguments(),
+                                                        batch_size=state.batch_size, seed=task.seed)
+    return ImageFigures(dice_per_structure(cert.labels, task.labels, state.num_classes),
+                        float(np.mean(cert.labels == ABSTAIN)), float(cert.timings["total"]),
+                        task.request.n0 + cert.estimation_samples)
+
+
 def evaluate(samples: list[Sample], models: LoadedModels, requests: list[CertificationRequest],
              configurations: list[Configuration], options: RunOptions = RunOptions(),
-             progress: bool = True) -> list[Row]:
-    """Clean Dice, then certified Dice, abstention and cost per configuration and request (one per sigma)."""
+             progress: bool = True, run_tasks=None) -> list[Row]:
+    """Clean Dice, then certified Dice, abstention and cost per configuration and request (one per sigma).
+
+    `run_tasks(tasks) -> [ImageFigures]` certifies the tasks elsewhere (a Ray pool, certseg.scale); by default here,
+    one after another.  Each image's noise seed comes from the run seed and its name, so both give the same rows."""
     card = models.segmenter_card
     device = resolve_device(options.device)
     run_seed = fresh_seed() if requests[0].seed is None else requests[0].seed  # one run, one seed
@@ -76,26 +132,22 @@ def evaluate(samples: list[Sample], models: LoadedModels, requests: list[Certifi
     clean = _mean_over_annotated(
         [dice_per_structure(plain.segment_clean(x), y, models.num_classes) for x, y in pairs], annotated)
     rows = [Row("clean", None, name, float(d), None, None, None, None) for name, d in zip(names, clean) if not np.isnan(d)]
-    execution = Execution.requested(options.precision, options.compile, device)
-    for configuration in configurations:
-        denoiser = models.denoiser if configuration == Configuration.WITH_DENOISER else None
-        segmenter = CertifiedSegmenter(models.network, models.num_classes, denoiser, device, execution)
-        for request in requests:
-            dice, abstention, seconds, drawn = [], [], [], []
-            for index, (x, y) in enumerate(tqdm(pairs, desc=f"{configuration} sigma={request.sigma}",
-                                                disable=not progress)):
-                cert = segmenter.certify(x, **request.smoothing_arguments(), batch_size=options.batch_size,
-                                         seed=image_noise_seed(run_seed, samples[index].name))
-                dice.append(dice_per_structure(cert.labels, y, models.num_classes))
-                abstention.append(np.mean(cert.labels == ABSTAIN))
-                seconds.append(cert.timings["total"])
-                drawn.append(request.n0 + cert.estimation_samples)
-            mean_dice = _mean_over_annotated(dice, annotated)
-            rows += [
-                Row(str(configuration), request.sigma, name, float(c), float(d), float(np.mean(abstention)),
-                    float(np.mean(seconds)), float(np.mean(drawn)))
-                for name, c, d in zip(names, clean, mean_dice) if not np.isnan(d)
-            ]
+    groups = [(configuration, request) for configuration in configurations for request in requests]
+    tasks = [ImageTask(configuration, request, x, y, image_noise_seed(run_seed, sample.name))
+             for configuration, request in groups for sample, (x, y) in zip(samples, pairs)]
+    if run_tasks is None:
+        state = evaluation_state(models, configurations, options)
+        figures = [certify_task(state, task) for task in tqdm(tasks, desc="certifying", disable=not progress)]
+    else:
+        figures = run_tasks(tasks)
+    for number, (configuration, request) in enumerate(groups):
+        group = figures[number * len(samples):(number + 1) * len(samples)]
+        mean_dice = _mean_over_annotated([f.dice for f in group], annotated)
+        rows += [
+            Row(str(configuration), request.sigma, name, float(c), float(d), float(np.mean([f.abstention for f in group])),
+                float(np.mean([f.seconds for f in group])), float(np.mean([f.samples for f in group])))
+            for name, c, d in zip(names, clean, mean_dice) if not np.isnan(d)
+        ]
     return rows
 
 

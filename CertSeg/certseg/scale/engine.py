@@ -20,66 +20,45 @@ busy with one image at a time, so a dead actor loses at most that image, which g
 from __future__ import annotations
 
 import contextlib
-import logging
-import os
+import functools
 import shutil
-import socket
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from certseg.errors import CertSegError
 from certseg.request import CertificationRequest, RunOptions
 from certseg.runner import Outcome, Status, certify_selected, exit_code_of, nothing_to_certify, select_radiographs
+from certseg.scale.pool import ClusterSettings, TaskResult, connected, map_on_ray, require_ray
 from certseg.scale.table import TABLE_FILE, OutcomeRow, write_table
 
 SCRATCH = ".certseg-unpacked"  # zips unpacked under OUT, for workers on other machines
-RAY_MISSING = '--engine ray needs Ray: pip install "certseg[scale]"'
 
 
 @dataclass(frozen=True)
-class ClusterSettings:
-    address: str | None = None  # None: start a local Ray on this machine; else join this cluster
-    workers: int | None = None  # None: one per GPU of the cluster, else one per CPU
-    max_attempts: int = 3  # an image whose worker died this often is reported failed
+class CertifyState:
+    """What each worker builds once: the pipeline (models loaded) and where and how to certify."""
+
+    pipeline: object
+    request: CertificationRequest
+    out: Path
+    overwrite: bool
 
 
-def require_ray():
-    try:
-        import ray
-    except ImportError:
-        raise CertSegError(RAY_MISSING) from None
-    return ray
+def certify_state(options: RunOptions, request: CertificationRequest, out: str, overwrite: bool) -> CertifyState:
+    from certseg.pipeline import CertificationPipeline
+
+    return CertifyState(CertificationPipeline.from_folder(options), request, Path(out), overwrite)
 
 
-class CertifyWorker:
-    """A Ray actor: loads the models once, then certifies one image per call into OUT (atomically)."""
-
-    def __init__(self, options: RunOptions, request: CertificationRequest, out: str, overwrite: bool, threads: int):
-        import torch
-
-        from certseg.pipeline import CertificationPipeline
-
-        torch.set_num_threads(threads)  # as many as the actor was given, not every core of the machine
-        self.pipeline = CertificationPipeline.from_folder(options)
-        self.request, self.out, self.overwrite = request, Path(out), overwrite
-        self.identity = f"{socket.gethostname()}:{os.getpid()}"
-
-    def certify(self, path: str) -> tuple[Outcome, float, str]:
-        started = time.perf_counter()
-        outcome = certify_selected(Path(path), self.out, self.pipeline, self.request, overwrite=self.overwrite,
-                                   quiet=True)
-        return outcome, time.perf_counter() - started, self.identity
-
-    def pid(self) -> int:
-        return os.getpid()
+def certify_one(state: CertifyState, path: str) -> Outcome:
+    return certify_selected(Path(path), state.out, state.pipeline, state.request, overwrite=state.overwrite, quiet=True)
 
 
 def certify_on_ray(inputs: list[Path], out: Path, request: CertificationRequest, options: RunOptions,
                    cluster: ClusterSettings, *, overwrite: bool = False, quiet: bool = False,
                    series: str | None = None, study: str | None = None) -> tuple[int, list[OutcomeRow]]:
     """Certify every chest radiograph under `inputs` on Ray; the exit code and one row per file (also as CSV)."""
-    ray = require_ray()
+    require_ray()
     for source in inputs:
         if not source.exists():
             raise CertSegError(f"{source}: no such file or folder")
@@ -87,12 +66,10 @@ def certify_on_ray(inputs: list[Path], out: Path, request: CertificationRequest,
     remove_stale_staging(out)
     with contextlib.ExitStack() as stack:
         rows, todo = _discover(inputs, out, request, stack, overwrite, series, study)
-        started_ray = _connect(ray, cluster)
         try:
-            rows += _run(ray, todo, out, request, options, cluster, overwrite, quiet)
+            with connected(cluster) as ray:
+                rows += _run(ray, todo, out, request, options, cluster, overwrite, quiet)
         finally:
-            if started_ray:
-                ray.shutdown()
             remove_stale_staging(out)
     rows.sort(key=lambda row: row.file)
     write_table(out / TABLE_FILE, rows)
@@ -130,67 +107,25 @@ def _discover(inputs, out, request, stack, overwrite, series, study) -> tuple[li
     return rows + [_row(o) for o in others], todo
 
 
-def _connect(ray, cluster: ClusterSettings) -> bool:
-    """Join the cluster at `address`, or start a local Ray; True when this call started it."""
-    if ray.is_initialized():
-        return False
-    quiet = {"logging_level": logging.ERROR, "log_to_driver": False, "include_dashboard": False}
-    if cluster.address:
-        try:
-            ray.init(address=cluster.address, **quiet)
-        except (ConnectionError, RuntimeError, ValueError) as error:
-            raise CertSegError(f"--ray-address {cluster.address}: cannot join the cluster ({error})") from None
-    else:
-        ray.init(num_cpus=os.cpu_count(), **quiet)
-    return True
-
-
 def _run(ray, todo: list[Path], out: Path, request, options, cluster, overwrite, quiet) -> list[OutcomeRow]:
     from tqdm import tqdm
 
-    if not todo:
-        return []
-    resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0))
-    count = cluster.workers or gpus or max(1, int(resources.get("CPU", 1)))
-    actor_options = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": 1}
-    threads = 1 if not gpus else max(1, int(resources.get("CPU", 1)) // max(gpus, 1))
-    worker_class = ray.remote(**actor_options)(CertifyWorker)
-
-    def new_worker():
-        return worker_class.options(max_restarts=0).remote(options, request, str(out), overwrite, threads)
-
-    idle = [new_worker() for _ in range(min(count, len(todo)))]
-    queue = [(path, 1) for path in todo]
-    running: dict = {}  # object ref -> (path, attempt, actor)
-    rows: list[OutcomeRow] = []
     progress = tqdm(total=len(todo), desc="images", unit="image", disable=quiet)
-    try:
-        while queue or running:
-            while queue and idle:
-                path, attempt = queue.pop(0)
-                actor = idle.pop()
-                running[actor.certify.remote(str(path))] = (path, attempt, actor)
-            (done,), _ = ray.wait(list(running), num_returns=1)
-            path, attempt, actor = running.pop(done)
-            try:
-                outcome, seconds, worker = ray.get(done)
-            except ray.exceptions.RayActorError:  # the worker died under this image: a fresh one does it again
-                idle.append(new_worker())
-                if attempt < cluster.max_attempts:
-                    queue.append((path, attempt + 1))
-                    continue
-                outcome, seconds, worker = Outcome(path, f"its worker died {attempt} times", Status.FAILED), None, ""
-            else:
-                idle.append(actor)
-            rows.append(_row(outcome, seconds, worker, attempt))
-            progress.update(1)
-            progress.set_postfix(failed=sum(r.status == Status.FAILED for r in rows), refresh=False)
-    finally:
-        progress.close()
-        for actor in idle + [entry[2] for entry in running.values()]:
-            with contextlib.suppress(Exception):
-                ray.kill(actor)
+    failed = 0
+
+    def show(_: int, result: TaskResult) -> None:
+        nonlocal failed
+        failed += result.value is None or result.value.status == Status.FAILED
+        progress.update(1)
+        progress.set_postfix(failed=failed, refresh=False)
+
+    make_state = functools.partial(certify_state, options, request, str(out), overwrite)
+    with contextlib.closing(progress):
+        results = map_on_ray(ray, make_state, certify_one, [str(p) for p in todo], cluster, on_result=show)
+    rows = []
+    for path, result in zip(todo, results):
+        outcome = result.value or Outcome(path, f"its worker died {result.attempts} times", Status.FAILED)
+        rows.append(_row(outcome, result.seconds, result.worker, result.attempts))
     return rows
 
 
