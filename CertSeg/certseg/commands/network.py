@@ -11,6 +11,20 @@ from certseg.commands.options import add_certification_options, certification_re
 from certseg.errors import EXIT_OK
 
 
+# The listener's limits: flag, type, default, meaning (ListenerSettings holds them; README, "On the hospital network").
+LISTENER_LIMITS = (
+    ("--max-object-mb", float, 200.0, "largest object, as received and as inflated"),
+    ("--max-decoded-mb", float, 1024.0, "largest pixel data an object's header may declare"),
+    ("--max-in-flight-mb", float, 1024.0, "memory for objects being received, all associations together"),
+    ("--max-queue-mb", float, 20480.0, "spool size for objects waiting to be certified"),
+    ("--max-associations", positive_int, 32, "connections open at once"),
+    ("--max-associations-per-address", positive_int, 4, "connections open at once from one IP address"),
+    ("--acse-timeout", float, 10.0, "seconds a connection may take to ask for an association"),
+    ("--dimse-timeout", float, 60.0, "seconds to wait for a DIMSE message"),
+    ("--network-timeout", float, 60.0, "seconds an association may stay silent"),
+)
+
+
 def add_parsers(commands) -> None:
     pacs = commands.add_parser("pacs", help="pull chest radiographs from a PACS, certify them, send the SEGs back")
     pacs.add_argument("--server", required=True, help="a server named in the PACS config file")
@@ -48,24 +62,8 @@ def add_parsers(commands) -> None:
                         help="the sender's DIMSE port when --send-to sender (default: %(default)s)")
     listen.add_argument("--config", type=Path, help="PACS config file (see certseg pacs)")
     limits = listen.add_argument_group("limits (a peer's objects and connections)")
-    limits.add_argument("--max-object-mb", type=float, default=200.0,
-                        help="largest object, as received and as inflated (default: %(default)s)")
-    limits.add_argument("--max-decoded-mb", type=float, default=1024.0,
-                        help="largest pixel data an object's header may declare (default: %(default)s)")
-    limits.add_argument("--max-in-flight-mb", type=float, default=1024.0,
-                        help="memory for objects being received, all associations together (default: %(default)s)")
-    limits.add_argument("--max-queue-mb", type=float, default=20480.0,
-                        help="spool size for objects waiting to be certified (default: %(default)s)")
-    limits.add_argument("--max-associations", type=positive_int, default=32,
-                        help="connections open at once (default: %(default)s)")
-    limits.add_argument("--max-associations-per-address", type=positive_int, default=4,
-                        help="connections open at once from one IP address (default: %(default)s)")
-    limits.add_argument("--acse-timeout", type=float, default=10.0,
-                        help="seconds a connection may take to ask for an association (default: %(default)s)")
-    limits.add_argument("--dimse-timeout", type=float, default=60.0,
-                        help="seconds to wait for a DIMSE message (default: %(default)s)")
-    limits.add_argument("--network-timeout", type=float, default=60.0,
-                        help="seconds an association may stay silent (default: %(default)s)")
+    for flag, kind, default, meaning in LISTENER_LIMITS:
+        limits.add_argument(flag, type=kind, default=default, help=f"{meaning} (default: %(default)s)")
     sending = listen.add_argument_group("sending and retention")
     sending.add_argument("--retry-hours", type=float, default=24.0,
                          help="how long a failing send is retried (backoff 2, 4, 8 ... s, at most "
