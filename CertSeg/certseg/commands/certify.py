@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from certseg.commands.options import add_certification_options, certification_request, positive_int, run_options
-from certseg.errors import EXIT_OK
+from certseg.errors import EXIT_OK, CertSegError
 
 
 def add_parsers(commands) -> None:
@@ -40,6 +40,9 @@ def add_parsers(commands) -> None:
 
 def run_certify(args) -> int:
     request, options = certification_request(args), run_options(args)
+    for source in args.input:  # a mistyped path is one line at once, before anything heavy is imported
+        if not source.exists():
+            raise CertSegError(f"{source}: no such file or folder")
     if args.engine == "ray":
         return _run_on_ray(args, request, options)
     import contextlib
@@ -47,7 +50,6 @@ def run_certify(args) -> int:
     from tqdm import tqdm
 
     from certseg.dicom.reading import candidate_files
-    from certseg.pipeline import CertificationPipeline
     from certseg.runner import certify_selected, exit_code_of, nothing_to_certify, select_radiographs
 
     with contextlib.ExitStack() as stack:
@@ -59,6 +61,8 @@ def run_certify(args) -> int:
             outcomes += selection.others
         if not radiographs:
             raise nothing_to_certify(", ".join(map(str, args.input)), outcomes)
+        from certseg.pipeline import CertificationPipeline  # torch, MONAI and diffusers: only now
+
         pipeline = CertificationPipeline.from_folder(options)
         for path in tqdm(radiographs, desc="images", unit="image", disable=args.quiet):
             outcomes.append(certify_selected(path, args.out, pipeline, request, overwrite=args.overwrite,
