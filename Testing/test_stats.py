@@ -85,7 +85,7 @@ def test_radius_is_sigma_times_normal_quantile_and_undefined_at_or_below_half():
 
 
 def test_method_md_reference_numbers():
-    # METHOD.md: tau = 0.75 gives radii 0.169 / 0.337 / 0.674 at sigma 0.25 / 0.5 / 1.0.
+    # docs/method.md §1: tau = 0.75 gives radii 0.169 / 0.337 / 0.674 at sigma 0.25 / 0.5 / 1.0.
     for sigma, expected in [(0.25, 0.169), (0.5, 0.337), (1.0, 0.674)]:
         assert float(radius_from_probability(sigma, 0.75)) == pytest.approx(expected, abs=5e-4)
     # Bonferroni over 256^2 pixels at alpha 0.001, tau 0.75: >= 97 of 100 and >= 824 of 1000 votes.

@@ -5,7 +5,7 @@ square (aspect kept), resize to the model grid with antialiased bilinear
 weights, then clip to [0, 1] (1-Lipschitz).  Its linear part A bounds how far a
 perturbation of the stored image moves the model input, ||A delta|| <= ||A|| ||delta||,
 so a model-space radius R holds for every stored-value perturbation below R / ||A||
-(METHOD.md section 4).
+(docs/method.md §4).
 
 ||A|| is computed exactly, not estimated: the resize is separable (one 1D
 resampling per axis), so A = scale * (V kron H) with V and H the padded 1D

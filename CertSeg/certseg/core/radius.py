@@ -2,7 +2,7 @@
 
 A model-space radius R holds for every stored-value perturbation below R / ||A|| (core.input_map)
 when the window is fixed; a window computed from the image moves with the perturbation, and
-movable_window_radius bounds both together (METHOD.md section 4).
+movable_window_radius bounds both together (docs/method.md §4).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from certseg.core.input_map import ModelInputMap
 
 def radius_in_source_units(model_radius: float, input_map: ModelInputMap,
                            window_from: tuple[np.ndarray, tuple[float, float]] | None = None) -> dict[str, float]:
-    """The certified radius three ways (METHOD.md section 4).
+    """The certified radius three ways (docs/method.md §4).
 
     model_space            L2 in the model input ([0, 1] intensities, model grid)
     stored_values_l2       L2 over the source grid in stored pixel values: R / ||A|| for a fixed

@@ -8,7 +8,7 @@ every pixel, either that class together with the guarantee
     label equals g's label, and no perturbation with L2 norm below
     radius = sigma * Phi^-1(tau) changes it,
 
-or ABSTAIN.  See METHOD.md section 1 and Fischer et al., ICML 2021.  CERTIFY can also test
+or ABSTAIN.  See docs/method.md §1 and Fischer et al., ICML 2021.  CERTIFY can also test
 sequentially, after growing numbers of samples, and stop early (certify_segmentation's `looks`).
 """
 

@@ -5,7 +5,7 @@ Our smoothing noise has std sigma on [0, 1] images, i.e. 2 sigma on [-1, 1], so 
 matching timestep t* has (1 - abar_t*) / abar_t* = (2 sigma)^2.  Scaling the noisy
 image by sqrt(abar_t*) turns it into a valid x_t*, and one epsilon prediction gives
 the estimate of x0.  The denoiser is part of the base segmenter: it changes the
-accuracy under noise, never the certificate's guarantee.  See METHOD.md section 2.
+accuracy under noise, never the certificate's guarantee.  See docs/method.md §2.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Refusing what is not a chest radiograph, from the image itself (METHOD.md section 5).
+"""Refusing what is not a chest radiograph, from the image itself (docs/method.md §7).
 
 Spectral signature (after arXiv 2004.06569): the segmenter's encoder feature maps
 are Fourier transformed; per encoder level, the log power averaged over channels in
