@@ -134,3 +134,28 @@ def test_zip_slip_is_refused(tmp_path):
         with candidate_files(tmp_path / "evil.zip"):
             pass
     assert not (tmp_path.parent / "outside.dcm").exists()
+
+
+def test_a_dicomdir_cannot_point_outside_its_own_folder(small_cr, tmp_path):
+    """A hostile DICOMDIR whose record names ../outside/IMG: refused, the outside file never read."""
+    fileset = FileSet()
+    fileset.add(pydicom.dcmread(small_cr))
+    fileset.write(tmp_path / "media")
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "IMG").write_bytes(small_cr.read_bytes())
+    dicomdir = pydicom.dcmread(tmp_path / "media" / "DICOMDIR")
+    for record in dicomdir.DirectoryRecordSequence:
+        if "ReferencedFileID" in record:
+            record.ReferencedFileID = ["..", "outside", "IMG"]
+    dicomdir.save_as(tmp_path / "media" / "DICOMDIR")
+    with pytest.raises(CertSegError, match="must be inside the DICOMDIR root"):  # pydicom's own check
+        with candidate_files(tmp_path / "media" / "DICOMDIR"):
+            pass
+    for record in dicomdir.DirectoryRecordSequence:  # a symlink inside the media that leads out
+        if "ReferencedFileID" in record:
+            record.ReferencedFileID = ["LINK", "IMG"]
+    dicomdir.save_as(tmp_path / "media" / "DICOMDIR")
+    (tmp_path / "media" / "LINK").symlink_to(tmp_path / "outside")
+    with pytest.raises(CertSegError, match="must be inside the DICOMDIR root"):
+        with candidate_files(tmp_path / "media" / "DICOMDIR"):
+            pass

@@ -96,6 +96,8 @@ def _dicomdir_files(dicomdir: Path) -> list[Path]:
         fileset = FileSet(pydicom.dcmread(dicomdir))
     except (InvalidDicomError, ValueError, OSError) as error:
         raise CertSegError(f"{dicomdir}: unreadable DICOMDIR ({error})") from None
+    # pydicom's FileSet refuses a record that resolves outside the DICOMDIR's folder ('..', or a symlink that
+    # leads out): CertSeg relies on it, and Testing/test_dicom_input.py checks that it still does.
     return [Path(instance.path) for instance in fileset]
 
 
