@@ -258,3 +258,28 @@ def test_a_deflate_bomb_is_refused_before_it_is_inflated(small_cr, tmp_path):
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1 and "inflates to more than 512 MiB" in run.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_every_option_of_every_command_says_what_it_does_and_its_default():
+    import argparse
+
+    from certseg.commands import _all_parsers, parser
+
+    silent = [(command.prog, action.option_strings[0]) for command in _all_parsers(parser())
+              for action in command._actions
+              if action.option_strings and not action.help and not isinstance(action, argparse._HelpAction)]
+    assert silent == []
+    def help_of(prog):
+        return " ".join(next(p for p in _all_parsers(parser()) if p.prog == prog).format_help().split())
+
+    listen_help = help_of("certseg listen")
+    assert "(default: 127.0.0.1" in listen_help and "(default: 11112)" in listen_help
+    certify_help = help_of("certseg certify")
+    assert "(default: holm)" in certify_help and "(default: auto)" in certify_help
+
+
+def test_a_text_file_named_dcm_gets_no_hint_of_an_option_certseg_does_not_have(tmp_path):
+    (tmp_path / "notes.dcm").write_text("not an image\n")
+    run = certseg("certify", tmp_path / "notes.dcm", "--out", tmp_path / "out")
+    assert run.returncode == 2 and "not a DICOM file" in run.stderr
+    assert "force=True" not in run.stderr and len(run.stderr.strip().splitlines()) == 1

@@ -215,3 +215,17 @@ def test_a_series_uid_that_is_a_path_never_leaves_the_output_folder(orthanc, tmp
     assert run.returncode == 1, run.stdout + run.stderr
     assert "SeriesInstanceUID" in run.stderr and "is not a DICOM UID" in run.stderr and "Traceback" not in run.stderr
     assert not escaped.exists() and not list((tmp_path / "out").rglob("seg.dcm"))
+
+
+@pytest.mark.parametrize("command", ["pacs", "listen"])
+def test_without_the_pacs_extra_one_line_names_it_and_nothing_is_made(command, tmp_path):
+    args = {"pacs": ["pacs", "--server", "x", "--study", "1.2.3", "--out", str(tmp_path / "out")],
+            "listen": ["listen", "--spool", str(tmp_path / "spool"), "--send-to", "sender"]}[command]
+    code = ("import sys, runpy; sys.modules['pynetdicom'] = None; sys.modules['dicomweb_client'] = None; "
+            f"sys.argv = ['certseg', *{args!r}]; runpy.run_module('certseg', run_name='__main__')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f'certseg: error: certseg {command} needs the pacs extra (pynetdicom, dicomweb_client missing): '
+        'pip install "certseg[pacs]"']
+    assert not (tmp_path / "out").exists() and not (tmp_path / "spool").exists()

@@ -114,8 +114,8 @@ def summary_line(report: dict[str, Any], target: Path) -> str:
     if ratio is not None and ratio["low"] is not None and ratio["high"] is not None:
         structures += f"; cardiothoracic ratio {ratio['low']:.2f}-{ratio['high']:.2f}"
     return (f"certified {structures}; abstained {report['source_grid']['abstain_fraction']:.1%}; "
-            f"radius {report['radius']['model_space']:.3f} model / {report['radius']['rms_per_source_pixel']:.3g} "
-            f"RMS per pixel; {ood_text(report.get('out_of_distribution'))} -> {target}")
+            f"radius {report['radius']['model_space']:.3f} in model input / {report['radius']['rms_per_source_pixel']:.3g} "
+            f"stored-value RMS per pixel; {ood_text(report.get('out_of_distribution'))} -> {target}")
 
 
 def ood_text(verdict: dict[str, Any] | None) -> str:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from certseg.commands.options import add_certification_options, certification_request, positive_int, run_options
-from certseg.errors import EXIT_OK
+from certseg.errors import EXIT_OK, CertSegError
 
 
 # The listener's limits: flag, type, default, meaning (ListenerSettings holds them; README, "On the hospital network").
@@ -89,7 +89,18 @@ def add_send_options(parser) -> None:
     parser.add_argument("--no-pdf", action="store_true", help="do not send the report page (Encapsulated PDF)")
 
 
+def require_pacs_extra(command: str) -> None:
+    """pynetdicom and dicomweb-client come with the pacs extra: without them, one line and nothing made."""
+    import importlib.util
+
+    missing = [name for name in ("pynetdicom", "dicomweb_client") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise CertSegError(f'certseg {command} needs the pacs extra ({", ".join(missing)} missing): '
+                           f'pip install "certseg[pacs]"')
+
+
 def run_pacs(args) -> int:
+    require_pacs_extra("pacs")
     from certseg.pacs.config import load_server
     from certseg.pacs.query import StudyQuery
     from certseg.pacs.workflow import SendChoice, StudyStatus, connect, exit_code, pull_certify_push
@@ -119,6 +130,7 @@ def run_pacs(args) -> int:
 
 
 def run_listen(args) -> int:
+    require_pacs_extra("listen")
     import datetime
     import threading
 

@@ -38,7 +38,8 @@ def add_certification_options(parser: argparse.ArgumentParser, *, sigmas: bool =
     parser.add_argument("--n", type=int, default=DEFAULT_REQUEST.n, help="estimation samples")
     parser.add_argument("--alpha", type=float, default=DEFAULT_REQUEST.alpha, help="family-wise error level")
     parser.add_argument("--tau", type=float, default=DEFAULT_REQUEST.tau, help="per-pixel probability threshold")
-    parser.add_argument("--correction", default=DEFAULT_REQUEST.correction, choices=list(map(str, Correction)))
+    parser.add_argument("--correction", default=DEFAULT_REQUEST.correction, choices=list(map(str, Correction)),
+                        help="multiple-testing correction over the pixels")
     parser.add_argument("--sequential", action="store_true",
                         help="test after n/8, n/4, n/2, n ... samples (alpha split between the looks) and stop "
                              "once more samples would certify little more")
@@ -62,7 +63,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=positive_int,
                         help="noisy copies per forward pass (default: 2 on CPU, fitted to free memory on CUDA; results "
                              "do not depend on it)")
-    parser.add_argument("--device", default=DEFAULT_OPTIONS.device, choices=DEVICES)
+    parser.add_argument("--device", default=DEFAULT_OPTIONS.device, choices=DEVICES,
+                        help="where the networks run (auto: CUDA when present, else MPS where it works, else CPU)")
     parser.add_argument("--precision", default=DEFAULT_OPTIONS.precision, choices=PRECISION_CHOICES,
                         help="network arithmetic (auto: bf16 in channels-last on CUDA and on CPUs with native bf16, "
                              "else fp32); recorded in the report")

