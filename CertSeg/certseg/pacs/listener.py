@@ -130,10 +130,12 @@ class Listener:
             return self._refuse(sender, None, OUT_OF_RESOURCES, f"object of {len(raw)} bytes over the limit")
         if syntax == DeflatedExplicitVRLittleEndian and inflates_beyond(raw, limit):
             return self._refuse(sender, None, OUT_OF_RESOURCES, f"Deflated object inflates to more than {limit} bytes")
-        try:
+        try:  # everything read from the peer's dataset, so a malformed element is a refusal, never a crash
             dataset = event.dataset
             uids = [str(dataset.get(keyword, "")) for keyword in UID_PATH_KEYWORDS]
             problem = _incomplete(dataset, syntax)
+            declared = declared_pixel_bytes(dataset) if "PixelData" in dataset else 0
+            described = {"sop_class": str(dataset.get("SOPClassUID", "")), "modality": str(dataset.get("Modality", ""))}
         except Exception as error:  # noqa: BLE001
             return self._refuse(sender, None, CANNOT_UNDERSTAND, f"malformed dataset ({first_line(error, 300)})")
         study_uid = uids[0] if uid_problem(uids[0]) is None else None
@@ -144,7 +146,6 @@ class Listener:
             if reason:
                 return self._refuse(sender, study_uid, CANNOT_UNDERSTAND,
                                     f"{keyword} {shown(value)} is not a DICOM UID ({reason})")
-        declared = declared_pixel_bytes(dataset) if "PixelData" in dataset else 0
         if declared > self.settings.max_decoded_bytes:
             return self._refuse(sender, study_uid, OUT_OF_RESOURCES,
                                 f"pixel data declared as {declared} bytes (limit {self.settings.max_decoded_bytes})")
@@ -152,8 +153,7 @@ class Listener:
         if self.spool.size_bytes + len(encoded) > self.settings.max_queue_bytes:
             return self._refuse(sender, study_uid, OUT_OF_RESOURCES, "queue full")
         key = self.spool.add(study_uid, uids[2], encoded, sender)
-        self.log({"event": "received", "study": study_uid, "key": key, "sop_class": str(dataset.SOPClassUID),
-                  "modality": str(dataset.get("Modality", "")), "from": sender["aet"]})
+        self.log({"event": "received", "study": study_uid, "key": key, **described, "from": sender["aet"]})
         return SUCCESS
 
     def _refuse(self, sender: dict, study_uid: str | None, status: int, reason: str) -> int:
