@@ -283,3 +283,25 @@ def test_a_text_file_named_dcm_gets_no_hint_of_an_option_certseg_does_not_have(t
     run = certseg("certify", tmp_path / "notes.dcm", "--out", tmp_path / "out")
     assert run.returncode == 2 and "not a DICOM file" in run.stderr
     assert "force=True" not in run.stderr and len(run.stderr.strip().splitlines()) == 1
+
+
+def test_a_bug_is_not_dressed_up_as_bad_input(tmp_path):
+    """An exception that is not CertSeg's own (injected here) is exit 70 with one line and the traceback in a file;
+    a parameter out of range stays the user's error (exit 2, a ParameterError that is also a ValueError)."""
+    import subprocess
+    import sys
+
+    from certseg.errors import ParameterError
+    from certseg.request import CertificationRequest
+
+    code = ("import sys, runpy, certseg.runner; certseg.runner.select_radiographs = lambda *a, **k: 1 / 0; "
+            f"sys.argv = ['certseg', 'certify', {str(SAMPLE_CR)!r}, '--out', {str(tmp_path / 'out')!r}]; "
+            "runpy.run_module('certseg', run_name='__main__')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 70 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "internal error (ZeroDivisionError" in done.stderr and "this is a bug in CertSeg" in done.stderr
+    report = done.stderr.strip().rsplit(" ", 1)[1]
+    assert "ZeroDivisionError" in open(report).read() and "Traceback" not in done.stderr
+    with pytest.raises(ParameterError):
+        CertificationRequest(sigma=-1.0).validate()
+    assert issubclass(ParameterError, ValueError)

@@ -15,7 +15,7 @@ FOUNDATION = {"certseg", "certseg.errors", "certseg.request", "certseg.progress"
 ALLOWED = {
     "certseg": set(),  # __init__: the lazy public API
     "certseg.errors": set(),
-    "certseg.request": set(),
+    "certseg.request": {"certseg.errors"},
     "certseg.progress": set(),
     "certseg.files": {"certseg.errors"},
     "certseg.names": {"certseg.errors"},

@@ -2,8 +2,10 @@
 
 # 0 success; 1 some images failed (the others were processed); 2 bad input or parameters,
 # or nothing to certify; 3 `certify-array`'s one image refused by the out-of-distribution check
-# (the Slicer module offers an override on this code alone); 130 interrupted.
-EXIT_OK, EXIT_SOME_FAILED, EXIT_BAD_INPUT, EXIT_OUT_OF_DISTRIBUTION, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+# (the Slicer module offers an override on this code alone); 70 an internal error, a bug (EX_SOFTWARE);
+# 130 interrupted.
+EXIT_OK, EXIT_SOME_FAILED, EXIT_BAD_INPUT, EXIT_OUT_OF_DISTRIBUTION = 0, 1, 2, 3
+EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED = 70, 130
 
 # In the one-line refusal of an image the out-of-distribution check rejects; the Slicer module
 # recognises it to offer an override.
@@ -12,6 +14,14 @@ OOD_REFUSAL = "spectral OOD score"
 
 class CertSegError(Exception):
     """A problem with the user's input or parameters, stated as `file: reason`."""
+
+
+class ParameterError(CertSegError, ValueError):
+    """A parameter out of its range or unknown (exit 2).  Also a ValueError, for callers of the Python API."""
+
+
+class InputError(CertSegError, ValueError):
+    """An input CertSeg cannot certify as it is: a flat image, NaN values, not one 2D frame (exit 2)."""
 
 
 class OutOfDistributionError(CertSegError):

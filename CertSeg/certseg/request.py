@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from certseg.errors import ParameterError
+
 
 class Correction(StrEnum):
     """Family-wise multiple-testing correction over the pixels."""
@@ -91,12 +93,12 @@ class CertificationRequest:
     def validate(self) -> None:
         """ValueError with the first problem."""
         if isinstance(self.looks, str) and self.looks != DOUBLING:
-            raise ValueError(f"looks must be counts or {DOUBLING!r}, got {self.looks!r}")
+            raise ParameterError(f"looks must be counts or {DOUBLING!r}, got {self.looks!r}")
         problems = smoothing_problems(sigma=self.sigma, n=self.n, alpha=self.alpha, correction=self.correction,
                                       n0=self.n0, tau=self.tau, looks=() if isinstance(self.looks, str) else self.looks,
                                       stop_tolerance=self.stop_tolerance)
         if problems:
-            raise ValueError(problems[0])
+            raise ParameterError(problems[0])
 
     def arguments(self) -> list[str]:
         """The certification options of the `certseg` command line that ask for exactly this request."""
@@ -126,9 +128,9 @@ class RunOptions:
         for name, value, choices in (("device", self.device, DEVICES), ("precision", self.precision, PRECISION_CHOICES),
                                      ("compile", self.compile, COMPILE_MODES)):
             if value not in choices:
-                raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+                raise ParameterError(f"{name} must be one of {choices}, got {value!r}")
         if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise ParameterError(f"batch_size must be >= 1, got {self.batch_size}")
 
     def arguments(self) -> list[str]:
         """The run options of the `certseg` command line that ask for exactly these."""

@@ -2,7 +2,7 @@
 
 Exit codes (certseg.errors): 0 success; 1 some images failed (the others were processed); 2 bad
 input or parameters, or nothing to certify; 3 certify-array's image refused as out of distribution;
-130 interrupted.
+70 an internal error (a bug; its traceback goes to a file); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -12,22 +12,39 @@ import sys
 
 from certseg import __version__
 from certseg.commands import certify, network, research
-from certseg.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OUT_OF_DISTRIBUTION, CertSegError, OutOfDistributionError
+from certseg.errors import (EXIT_BAD_INPUT, EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, EXIT_OUT_OF_DISTRIBUTION, CertSegError,
+                            OutOfDistributionError)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Only CertSeg's own errors are the user's (one line, exit 2 or 3); anything else is a bug: one line that
+    says so, the traceback in a file for the bug report, exit 70."""
     args = parser().parse_args(argv)
     try:
         return args.run(args)
     except OutOfDistributionError as error:
         print(f"certseg: error: {error}", file=sys.stderr)
         return EXIT_OUT_OF_DISTRIBUTION
-    except (CertSegError, ValueError) as error:
+    except CertSegError as error:
         print(f"certseg: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("certseg: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as error:  # noqa: BLE001 - a bug: never dressed up as the user's bad input
+        report = _write_traceback()
+        print(f"certseg: internal error ({type(error).__name__}: {str(error)[:200]}); this is a bug in CertSeg, "
+              f"please report it with {report}", file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
+
+
+def _write_traceback() -> str:
+    import tempfile
+    import traceback
+
+    with tempfile.NamedTemporaryFile("w", prefix="certseg-bug-", suffix=".txt", delete=False) as stream:
+        stream.write(f"certseg {__version__}\n{' '.join(sys.argv)}\n\n{traceback.format_exc()}")
+    return stream.name
 
 
 class _DefaultsHelpFormatter(argparse.HelpFormatter):

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from certseg.errors import ParameterError
 from certseg.progress import Progress
 
 if TYPE_CHECKING:  # the parameters' record lives with the algorithms that use it
@@ -60,7 +61,7 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         return torch.device("cpu")
     resolved = torch.device(device)
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was requested but no CUDA GPU is available")
+        raise ParameterError("device 'cuda' was requested but no CUDA GPU is available")
     return resolved
 
 

@@ -43,6 +43,7 @@ from certseg.core.stats import (
     reject_hypotheses,
     two_sided_binomial_pvalue,
 )
+from certseg.errors import InputError, ParameterError
 from certseg.progress import Progress
 from certseg.request import DOUBLING, Correction, smoothing_problems
 
@@ -82,7 +83,7 @@ class SmoothingParameters:
         problems += smoothing_problems(sigma=self.sigma, n=self.n, alpha=self.alpha, correction=self.correction,
                                        **(certify_only if self.mode == Mode.CERTIFY else {}))
         if problems:
-            raise ValueError(problems[0])
+            raise ParameterError(problems[0])
 
 
 @dataclass
@@ -352,9 +353,9 @@ def _image_tensor(image: np.ndarray | torch.Tensor, device: str) -> torch.Tensor
     if x.ndim == 3 and x.shape[0] == 1:
         x = x[0]
     if x.ndim != 2 or min(x.shape) < 1:
-        raise ValueError(f"image must be a 2D (H, W) array, got shape {tuple(x.shape)}")
+        raise InputError(f"image must be a 2D (H, W) array, got shape {tuple(x.shape)}")
     if not torch.isfinite(x).all():
-        raise ValueError("image contains NaN or infinite values")
+        raise InputError("image contains NaN or infinite values")
     return x.to(device)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import special, stats
 
+from certseg.errors import ParameterError
 from certseg.request import Correction
 
 
@@ -62,7 +63,7 @@ def reject_hypotheses(pvalues: np.ndarray, alpha: float, correction: str) -> np.
     or "bonferroni".  Returns a boolean array of the shape of `pvalues`.
     """
     if correction not in tuple(Correction):
-        raise ValueError(f"correction must be one of {tuple(map(str, Correction))}, got {correction!r}")
+        raise ParameterError(f"correction must be one of {tuple(map(str, Correction))}, got {correction!r}")
     flat = np.asarray(pvalues, dtype=np.float64).ravel()
     m = flat.size
     if correction == "bonferroni":

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from certseg.errors import InputError
+
 DEFAULT_PERCENTILES = (0.5, 99.5)
 
 
@@ -19,7 +21,7 @@ class IntensityWindow:
 
     def __post_init__(self):
         if not (math.isfinite(self.low) and math.isfinite(self.high) and self.high > self.low):
-            raise ValueError(f"intensity window needs low < high, got [{self.low}, {self.high}]")
+            raise InputError(f"intensity window needs low < high, got [{self.low}, {self.high}]")
 
     @classmethod
     def from_percentiles(cls, image: np.ndarray, percentiles=DEFAULT_PERCENTILES) -> IntensityWindow:

@@ -20,7 +20,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut
 
 from certseg.core.window import IntensityWindow
-from certseg.errors import CertSegError, first_line
+from certseg.errors import CertSegError, InputError, first_line
 from certseg.limits import MAX_INFLATED_BYTES, MAX_PIXELS, file_inflates_beyond
 from certseg.names import UID_PATH_KEYWORDS, shown, uid_problem
 
@@ -213,7 +213,7 @@ def _unsupported_image(header: pydicom.Dataset) -> str | None:
 def _monochrome2(dataset: pydicom.Dataset) -> np.ndarray:
     pixels = np.asarray(apply_modality_lut(dataset.pixel_array, dataset), dtype=np.float64)
     if pixels.ndim != 2:
-        raise ValueError(f"expected one 2D frame, got shape {pixels.shape}")
+        raise InputError(f"expected one 2D frame, got shape {pixels.shape}")
     if _is_monochrome1(dataset):
         pixels = _inversion_constant(dataset) - pixels
     return pixels

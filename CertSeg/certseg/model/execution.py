@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from certseg.errors import ParameterError
 from certseg.request import COMPILE_MODES
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -50,9 +51,9 @@ class Execution:
 
     def validate(self) -> None:
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {self.precision!r}")
+            raise ParameterError(f"precision must be one of {tuple(PRECISIONS)}, got {self.precision!r}")
         if self.compile not in COMPILE_MODES:
-            raise ValueError(f"compile must be one of {COMPILE_MODES}, got {self.compile!r}")
+            raise ParameterError(f"compile must be one of {COMPILE_MODES}, got {self.compile!r}")
 
 
 def _native_cpu_bf16() -> bool:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 import pydicom
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from certseg.errors import CertSegError, first_line
+from certseg.errors import CertSegError, ParameterError, first_line
 from certseg.files import objects_to_send
 from certseg.limits import declared_pixel_bytes, inflates_beyond
 from certseg.names import UID_PATH_KEYWORDS, shown, uid_problem
@@ -65,9 +65,9 @@ class ListenerSettings:
 
     def validate(self) -> None:
         if not 0 < self.port < 65536:
-            raise ValueError(f"listen: port must lie in 1..65535, got {self.port}")
+            raise ParameterError(f"listen: port must lie in 1..65535, got {self.port}")
         if not 0 < len(self.aet) <= 16:
-            raise ValueError(f"listen: AE title must have 1 to 16 characters, got {self.aet!r}")
+            raise ParameterError(f"listen: AE title must have 1 to 16 characters, got {self.aet!r}")
         positive = {"idle time": self.idle_s, "object limit": self.max_object_bytes,
                     "decoded limit": self.max_decoded_bytes, "in-flight limit": self.max_in_flight_bytes,
                     "queue limit": self.max_queue_bytes, "associations": self.max_associations,
@@ -77,11 +77,11 @@ class ListenerSettings:
                     "longest retry interval": self.max_retry_interval_s, "failed retention": self.failed_retention_s}
         for name, value in positive.items():
             if not value > 0:
-                raise ValueError(f"listen: {name} must be positive, got {value}")
+                raise ParameterError(f"listen: {name} must be positive, got {value}")
         if self.retry_window_s < 0:
-            raise ValueError(f"listen: retry window must be >= 0, got {self.retry_window_s}")
+            raise ParameterError(f"listen: retry window must be >= 0, got {self.retry_window_s}")
         if self.max_in_flight_bytes < self.max_object_bytes:
-            raise ValueError("listen: the in-flight limit must hold at least one object of the object limit")
+            raise ParameterError("listen: the in-flight limit must hold at least one object of the object limit")
 
 
 class CertifiedFile(Protocol):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from certseg.errors import ParameterError
+
 CHEST_RADIOGRAPH_MODALITIES = ("CR", "DX")
 _DATE = re.compile(r"^\d{8}$")
 
@@ -19,11 +21,11 @@ class StudyQuery:
 
     def validate(self) -> None:
         if not any((self.study_uid, self.accession, self.patient_id, self.date_from, self.date_to)):
-            raise ValueError("pacs: give a study UID, accession number, patient ID or date range "
+            raise ParameterError("pacs: give a study UID, accession number, patient ID or date range "
                              "(CertSeg never pulls a whole archive)")
         for date in (self.date_from, self.date_to):
             if date is not None and not _DATE.match(date):
-                raise ValueError(f"pacs: dates are YYYYMMDD, got {date!r}")
+                raise ParameterError(f"pacs: dates are YYYYMMDD, got {date!r}")
 
     def matching_keys(self) -> dict[str, str]:
         """Study-level matching keys, in the DICOM keyword form both protocols take."""
