@@ -75,7 +75,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
 
 
 def certification_request(args, sigma: float | None = None) -> CertificationRequest:
-    """The request the options ask for, checked before any file is read (ValueError: one line)."""
+    """The request the options ask for, checked before any file is read (ParameterError: one line)."""
     request = CertificationRequest(
         sigma=args.sigma if sigma is None else sigma, n0=args.n0, n=args.n, alpha=args.alpha, tau=args.tau,
         correction=Correction(args.correction), looks=tuple(args.looks or ()) or (DOUBLING if args.sequential else ()),

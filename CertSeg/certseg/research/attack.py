@@ -39,6 +39,7 @@ from certseg.core.labels import ABSTAIN
 from certseg.core.sampling import fresh_seed
 from certseg.core.smoothing import Certificate
 from certseg.core.stats import binomial_upper_tail_pvalue
+from certseg.errors import ParameterError
 from certseg.model.denoiser import DiffusionDenoiser
 from certseg.model.segmenter import CertifiedSegmenter
 from certseg.pipeline import CertificationPipeline, StoredImage
@@ -61,11 +62,11 @@ class AttackSettings:
 
     def validate(self) -> None:
         if self.steps < 1 or self.noise_draws < 1:
-            raise ValueError(f"steps and noise draws must be >= 1, got {self.steps} and {self.noise_draws}")
+            raise ParameterError(f"steps and noise draws must be >= 1, got {self.steps} and {self.noise_draws}")
         if not self.step_scale > 0:
-            raise ValueError(f"step scale must be > 0, got {self.step_scale}")
+            raise ParameterError(f"step scale must be > 0, got {self.step_scale}")
         if not self.fractions or not all(0 <= f <= 1 for f in self.fractions):
-            raise ValueError(f"epsilon fractions must lie in [0, 1] (the certificate says nothing beyond its "
+            raise ParameterError(f"epsilon fractions must lie in [0, 1] (the certificate says nothing beyond its "
                              f"radius), got {list(self.fractions)}")
 
 

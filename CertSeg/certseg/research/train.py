@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from certseg.core.sampling import resolve_device
 from certseg.core.window import DEFAULT_PERCENTILES
+from certseg.errors import ParameterError
 from certseg.dicom.codes import NUM_CLASSES, label_card
 from certseg.files import write_json
 from certseg.model.denoiser import timestep_for_sigma
@@ -313,7 +314,7 @@ def fit_ood(model_dir: Path, training: list[Sample], held_out: list[Sample], fal
     from certseg.research.data.augment import augment_batch
 
     if not 0 < false_rejection_rate < 1:
-        raise ValueError(f"false rejection rate must lie in (0, 1), got {false_rejection_rate}")
+        raise ParameterError(f"false rejection rate must lie in (0, 1), got {false_rejection_rate}")
     network, card = load_segmenter(model_dir / "segmenter")
     rng = np.random.default_rng(seed)
 
