@@ -24,7 +24,7 @@ ALLOWED = {
     "certseg.core": FOUNDATION,
     "certseg.model": FOUNDATION | {"certseg.core"},
     "certseg.dicom": FOUNDATION | {"certseg.core"},
-    "certseg.results": FOUNDATION | {"certseg.core", "certseg.dicom"},
+    "certseg.results": FOUNDATION | {"certseg.core", "certseg.dicom", "certseg.report"},  # the report's wording
     "certseg.report": FOUNDATION | {"certseg.core", "certseg.dicom"},
     "certseg.pipeline": FOUNDATION | {"certseg.core", "certseg.model"},
     "certseg.runner": FOUNDATION | {"certseg.core", "certseg.dicom", "certseg.results", "certseg.report",

@@ -141,10 +141,7 @@ def panel_summary(report: dict[str, Any]) -> str:
     lines.append(f"  = {radius['rms_per_source_pixel']:.4g} RMS change per pixel")
     verdict = report.get("out_of_distribution")
     if verdict is not None:
-        decision = "looks like a chest radiograph" if verdict["in_distribution"] else \
-            "does NOT look like a chest radiograph (certified because forced)"
-        lines.append(f"Input check: {decision} (spectral score {verdict['score']:.1f}, "
-                     f"threshold {verdict['threshold']:.1f})")
+        lines.append(f"Input check: {input_check(verdict)}")
     params = report["parameters"]
     lines.append(f"sigma {params['sigma']}, n0 {params['n0']}, n {params['n']}, alpha {params['alpha']}, "
                  f"tau {params['tau']}, {params['correction']}, denoiser {'on' if report['denoiser'] else 'off'}, "
@@ -166,15 +163,31 @@ def _ratio_interval(ratio: dict[str, Any] | None, dash: str = "-") -> str | None
     return f"{ratio['low']:.2f}{dash}" + ("unbounded" if ratio["high"] is None else f"{ratio['high']:.2f}")
 
 
+def input_check(verdict: dict[str, Any] | None) -> str:
+    """The out-of-distribution verdict as a sentence (the Slicer panel and the report page)."""
+    if verdict is None:
+        return "no out-of-distribution check in this model folder"
+    decision = "looks like a chest radiograph" if verdict["in_distribution"] else \
+        "does NOT look like a chest radiograph (certified because forced)"
+    return f"{decision} (spectral score {verdict['score']:.1f}, threshold {verdict['threshold']:.1f})"
+
+
+def area_table(report: dict[str, Any]) -> tuple[str, list[tuple[str, dict[str, float]]]]:
+    """The unit areas are shown in (cm² when every structure has a spacing, else pixels) and, per structure,
+    its certified low and high and the clean network's value in that unit."""
+    structures = report["measurements"]["structures"]
+    in_mm2 = all(s["area_mm2"] is not None for s in structures)
+    unit, key, scale = ("cm²", "area_mm2", 0.01) if in_mm2 else ("pixels", "area_pixels", 1.0)
+    return unit, [(s["name"], {k: v * scale for k, v in s[key].items()}) for s in structures]
+
+
 def _measurement_lines(report: dict[str, Any]) -> list[str]:
     """A small table: certified lower and upper bound of each area, and the clean network's value."""
     measurements = report["measurements"]
-    in_mm2 = all(s["area_mm2"] is not None for s in measurements["structures"])
-    unit, key, scale = ("cm²", "area_mm2", 0.01) if in_mm2 else ("pixels", "area_pixels", 1.0)
+    unit, areas = area_table(report)
     lines = [f"Area ({unit})          certified range      clean"]
-    for structure in measurements["structures"]:
-        area = {k: v * scale for k, v in structure[key].items()}
-        lines.append(f"  {structure['name']:<16} {area['low']:>8.1f} - {area['high']:<8.1f} {area['clean']:>8.1f}")
+    for name, area in areas:
+        lines.append(f"  {name:<16} {area['low']:>8.1f} - {area['high']:<8.1f} {area['clean']:>8.1f}")
     ratio = measurements["cardiothoracic_ratio"]
     interval = _ratio_interval(ratio, dash=" - ")
     if interval:

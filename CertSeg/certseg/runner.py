@@ -9,7 +9,7 @@ folder atomically and never replace one unless asked.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
@@ -50,6 +50,7 @@ class Selection:
 
     radiographs: list[Path]
     others: list[Outcome]
+    uids: dict[Path, tuple[str, str, str]] = field(default_factory=dict)  # each radiograph's study, series, SOP
 
 
 def select_radiographs(files: list[Path], request: CertificationRequest, *, series: str | None = None,
@@ -64,6 +65,8 @@ def select_radiographs(files: list[Path], request: CertificationRequest, *, seri
             selection.others.append(Outcome(path, "not in the selected study/series", Status.SKIPPED))
         else:
             selection.radiographs.append(path)
+            selection.uids[path] = (str(header.StudyInstanceUID), str(header.SeriesInstanceUID),
+                                    str(header.SOPInstanceUID))
     return selection
 
 
@@ -77,6 +80,11 @@ def certify_selected(path: Path, out: Path, pipeline: CertificationPipeline, req
     except (ValueError, RuntimeError, OSError, MemoryError) as error:
         # One image's failure (bad geometry, out of memory, disk full) never stops the batch.
         return Outcome(path, f"{type(error).__name__}: {error}", Status.FAILED)
+
+
+def kept(path: Path, target: Path) -> Outcome:
+    """The outcome of a radiograph whose result exists and was not asked to be replaced."""
+    return Outcome(path, f"result kept: {target} exists (use --overwrite to replace it)", Status.KEPT, target)
 
 
 def exit_code_of(outcomes: list[Outcome]) -> int:
@@ -143,7 +151,7 @@ def _certify_dicom_file(path: Path, out: Path, pipeline: CertificationPipeline, 
         return _skipped(radiograph)
     target = result_folder(out, radiograph.uids)  # refused (CertSegError) unless every UID is one
     if target.exists() and not overwrite:
-        return Outcome(path, f"result kept: {target} exists (use --overwrite to replace it)", Status.KEPT, target)
+        return kept(path, target)
     with sample_bar(request.samples, disable=quiet) as progress:
         result = pipeline.certify(stored_image(radiograph), request, progress)
     report = dicom_report(result, pipeline.models, radiograph)

@@ -233,35 +233,27 @@ class Listener:
         except CertSegError as error:  # nothing at all could be read: every claimed object fails with this
             reason = first_line(error, 500)
             examined = [_Unexamined(path, reason) for path in sorted(claimed.glob("*.dcm"))]
-        outputs, certified, failures = [], 0, []
-        for item in examined:
-            path = Path(item.path)
+        by_name = {Path(item.path).name: item for item in examined}
+        outputs, certified, notes = [], 0, []
+        for path in sorted(claimed.glob("*.dcm")):  # every claimed object ends here, none is lost
+            item = by_name.get(path.name) or _Unexamined(path, "not examined by the certification")
+            if item.status == "failed":
+                self.spool.set_aside(key, path, item.message)
+                notes.append((path.name, "failed", item.message))
+                self.log({"event": "failed", "study": study_uid, "key": key, "reason": item.message})
+                continue
+            self.spool.release(path)
             if item.status in ("certified", "kept") and item.result is not None:
                 certified += 1
                 outputs += objects_to_send(item.result, capture=self.settings.send_capture, pdf=self.settings.send_pdf)
-            elif item.status == "failed":
-                failures.append((path, item.message))
             else:
+                notes.append((path.name, item.status, item.message))
                 self.log({"event": "ignored", "study": study_uid, "key": key, "reason": item.message})
-        for path in sorted(claimed.glob("*.dcm")):  # anything certify did not speak of is a failure, never lost
-            if not any(Path(item.path).name == path.name for item in examined):
-                failures.append((path, "not examined by the certification"))
-        with self.spool.lock:
-            record = self.spool.record(key)
-        for item in examined:
-            path = Path(item.path)
-            if path.parent == claimed and path.exists() and item.status != "failed":
-                self.spool.release(path)
-                if item.status not in ("certified", "kept"):
-                    record.note_not_certified(path.name, item.status, item.message)
-        for path, reason in failures:
-            if path.exists():
-                self.spool.set_aside(key, path, reason)
-            record.note_not_certified(path.name, "failed", reason)
-            self.log({"event": "failed", "study": study_uid, "key": key, "reason": reason})
         with self.spool.lock:
             latest = self.spool.record(key)  # receiving threads may have changed it meanwhile
-            latest.not_certified, latest.certified = record.not_certified, latest.certified + certified
+            for note in notes:
+                latest.note_not_certified(*note)
+            latest.certified += certified
             latest.pending = sorted({*latest.pending, *(self.spool.relative(p) for p in outputs)})
             latest.state = self._settled_state(key, latest)
             if outputs:

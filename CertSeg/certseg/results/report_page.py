@@ -17,6 +17,7 @@ import numpy as np
 
 from certseg.core.labels import ABSTAIN
 from certseg.dicom.codes import segments
+from certseg.report import area_table, input_check
 from certseg.results.capture import RESEARCH_ONLY, grayscale, guarantee_words, outline, ratio_verdict
 
 PAGE_IMAGE_SIDE = 1000  # pixels of the page's picture (about 300 dpi at its printed size)
@@ -55,15 +56,10 @@ def page_picture(stored: np.ndarray, labels: np.ndarray, report: dict[str, Any])
 
 def area_rows(report: dict[str, Any]) -> tuple[str, list[tuple[str, str, str]]]:
     """The unit and, per structure, (name, certified interval, clean value) as the page prints them."""
-    structures = report["measurements"]["structures"]
-    in_mm2 = all(s["area_mm2"] is not None for s in structures)
-    unit, key, scale, digits = ("cm2", "area_mm2", 0.01, 1) if in_mm2 else ("pixels", "area_pixels", 1.0, 0)
-    rows = []
-    for structure in structures:
-        area = {k: v * scale for k, v in structure[key].items()}
-        rows.append((structure["name"], f"{area['low']:.{digits}f} - {area['high']:.{digits}f}",
-                     f"{area['clean']:.{digits}f}"))
-    return unit, rows
+    unit, areas = area_table(report)
+    digits = 0 if unit == "pixels" else 1
+    return unit, [(name, f"{a['low']:.{digits}f} - {a['high']:.{digits}f}", f"{a['clean']:.{digits}f}")
+                  for name, a in areas]
 
 
 def facts(report: dict[str, Any]) -> list[tuple[str, str]]:
@@ -74,7 +70,7 @@ def facts(report: dict[str, Any]) -> list[tuple[str, str]]:
                        for kind, m in report["models"].items())
     return [
         ("Abstained", f"{report['source_grid']['abstain_fraction']:.1%} of the image"),
-        ("Input check", _ood_words(report.get("out_of_distribution"))),
+        ("Input check", input_check(report.get("out_of_distribution"))),
         ("DICOM metadata", source.get("metadata_check", {}).get("text", "not checked")),
         ("Models", models),
         ("Parameters", f"sigma {params['sigma']}, n0 {params['n0']}, n {params['n']}, alpha {params['alpha']}, "
@@ -84,14 +80,6 @@ def facts(report: dict[str, Any]) -> list[tuple[str, str]]:
         ("Noise seed", f"{report['noise']['run_seed']} ({report['noise']['source'].split(':')[0]})"),
         ("Software", f"CertSeg {report['certseg_version']}"),
     ]
-
-
-def _ood_words(verdict: dict[str, Any] | None) -> str:
-    if verdict is None:
-        return "no out-of-distribution check in this model folder"
-    decision = ("looks like a chest radiograph the models know" if verdict["in_distribution"]
-                else "does NOT look like a chest radiograph the models know; certified because the user forced it")
-    return f"{decision} (spectral score {verdict['score']:.1f}, threshold {verdict['threshold']:.1f})"
 
 
 def write_report_page(stored: np.ndarray, labels: np.ndarray, report: dict[str, Any], identity: dict[str, str],

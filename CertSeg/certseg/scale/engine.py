@@ -27,7 +27,9 @@ from pathlib import Path
 
 from certseg.errors import CertSegError
 from certseg.request import CertificationRequest, RunOptions
-from certseg.runner import Outcome, Status, certify_selected, exit_code_of, nothing_to_certify, select_radiographs
+from certseg.files import REPORT_FILE
+from certseg.runner import (Outcome, Status, certify_selected, exit_code_of, kept, nothing_to_certify,
+                            select_radiographs)
 from certseg.scale.pool import ClusterSettings, TaskResult, connected, map_on_ray, require_ray
 from certseg.scale.table import TABLE_FILE, OutcomeRow, write_table
 
@@ -78,8 +80,6 @@ def certify_on_ray(inputs: list[Path], out: Path, request: CertificationRequest,
 
 def _discover(inputs, out, request, stack, overwrite, series, study) -> tuple[list[OutcomeRow], list[Path]]:
     """Rows for what is not certified here (skipped, kept) and the radiographs to submit."""
-    import pydicom
-
     from certseg.dicom.reading import candidate_files
     from certseg.names import result_folder
 
@@ -91,15 +91,13 @@ def _discover(inputs, out, request, stack, overwrite, series, study) -> tuple[li
         selection = select_radiographs(files, request, series=series, study=study)
         others += selection.others
         for path in selection.radiographs:
-            header = pydicom.dcmread(path, stop_before_pixels=True)
             try:
-                target = result_folder(out, (header.StudyInstanceUID, header.SeriesInstanceUID, header.SOPInstanceUID))
+                target = result_folder(out, selection.uids[path])  # discovery read the header once
             except CertSegError as error:
                 others.append(Outcome(path, f"refused: {error}", Status.FAILED))
                 continue
-            if (target / "report.json").is_file() and not overwrite:  # complete: resume past it
-                rows.append(_row(Outcome(path, f"result kept: {target} exists (use --overwrite to replace it)",
-                                         Status.KEPT, target)))
+            if (target / REPORT_FILE).is_file() and not overwrite:  # complete: resume past it
+                rows.append(_row(kept(path, target)))
             else:
                 todo.append(path)
     if not todo and not rows:
@@ -132,7 +130,7 @@ def _run(ray, todo: list[Path], out: Path, request, options, cluster, overwrite,
 def _row(outcome: Outcome, seconds: float | None = None, worker: str = "", attempts: int = 0) -> OutcomeRow:
     row = OutcomeRow(str(outcome.path), str(outcome.status), outcome.message,
                      str(outcome.result or ""), seconds=seconds, worker=worker, attempts=attempts)
-    if outcome.result is not None and (outcome.result / "report.json").is_file():
+    if outcome.result is not None and (outcome.result / REPORT_FILE).is_file():
         row.add_report(outcome.result)
     return row
 
