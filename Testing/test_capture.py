@@ -60,7 +60,7 @@ def test_the_report_page_says_what_report_json_says(sample):
         area = structure["area_mm2"]
         assert f"{structure['name']} {area['low'] / 100:.1f} - {area['high'] / 100:.1f} {area['clean'] / 100:.1f}" in text
     ratio = report["measurements"]["cardiothoracic_ratio"]
-    assert f"certified in {ratio['low']:.2f} to {ratio['high']:.2f}" in text and "against 0.5" in text
+    assert f"ratio {ratio['low']:.2f}-{ratio['high']:.2f}, {ratio['verdict_text']}" in text
     assert f"{report['source_grid']['abstain_fraction']:.1%} of the image" in text
     assert f"spectral score {report['out_of_distribution']['score']:.1f}" in text
     assert report["source"]["metadata_check"]["text"] in text

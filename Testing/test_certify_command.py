@@ -162,7 +162,8 @@ def test_report_states_parameters_models_areas_and_radii(sample_result):
         bounds = intervals[structure["name"]]["area_pixels"]
         assert bounds["low"] == structure["certified_pixels"] <= bounds["high"]
     ratio = report["measurements"]["cardiothoracic_ratio"]
-    assert 0.3 < ratio["low"] <= ratio["clean"] <= ratio["high"]  # a normal heart (abstentions widen "high")
+    assert 0.3 < ratio["low"] <= ratio["clean"] <= ratio["high"] <= 1  # a normal heart (abstentions widen "high")
+    assert ratio["verdict"] in ("below", "undecided") and report["laterality_rule"].startswith("midline")
     assert report["intensity_window"]["source"].startswith("DICOM VOI")
     assert (report["intensity_window"]["low"], report["intensity_window"]["high"]) == (0.0, 4096.0)
     radius = report["radius"]

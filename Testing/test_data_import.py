@@ -52,7 +52,7 @@ def test_split_is_fixed_by_the_image_number():
 def test_public_png_copy_imports_with_its_split_laterality_and_card(tmp_path):
     write_jsrt_png_copy(tmp_path / "copy", ["JPCLN001", "JPCLN002", "JPCLN003"])
     card = import_dataset("jsrt-png", tmp_path / "copy", tmp_path / "jsrt", origin="test copy", progress=False)
-    assert card["counts"] == {"train": 1, "validation": 1, "test": 1}
+    assert card["counts"] == {"train": 1, "validation": 1, "test": 1, "acceptance": 0} and card["skipped"] == {}
     assert "redistribution" in card["terms"] and card["origin"] == "test copy"
     written = json.loads((tmp_path / "jsrt" / "dataset.json").read_text())
     assert [(e["name"], e["split"]) for e in written["images"]] == \
@@ -65,6 +65,51 @@ def test_public_png_copy_imports_with_its_split_laterality_and_card(tmp_path):
     assert train.labels[64, 30] == 1 and train.labels[64, 98] == 2 and train.labels[80, 64] == 3
     assert train.labels[20, 40] == 4 and train.labels[20, 88] == 5 and train.labels[120, 5] == 0
     assert load_dataset(tmp_path / "jsrt", ("test",))[0].labels[80, 64] == 3  # heart read from heart_png
+
+
+def write_covid_qu_ex_copy(root):
+    """The COVID-QU-Ex 'Infection Segmentation Data' layout: 8-bit images, one mask for both lungs."""
+    both = _disc((64, 64), (32, 18), 12) | _disc((64, 64), (32, 46), 12)
+    merged = _disc((64, 64), (32, 32), 20)
+    unequal = _disc((64, 64), (32, 18), 14) | _disc((64, 64), (32, 50), 4)
+    stacked = _disc((64, 64), (16, 32), 10) | _disc((64, 64), (48, 32), 10)
+    cases = [("Train", "COVID-19", "covid_3.png", both), ("Train", "Normal", "Normal (11).png", both),
+             ("Train", "Non-COVID", "Non_COVID (5).png", merged), ("Train", "Non-COVID", "Non_COVID (7).png", unequal),
+             ("Train", "COVID-19", "covid_9.png", stacked), ("Val", "Normal", "Normal (4).png", both),
+             ("Test", "COVID-19", "covid_20.png", None)]
+    base = root / "Infection Segmentation Data"
+    for fold, klass, name, mask in cases:
+        for kind, picture in (("images", np.tile(np.arange(64, dtype=np.uint8) * 4, (64, 1))),
+                              ("lung masks", None if mask is None else mask.astype(np.uint8) * 255)):
+            if picture is not None:
+                (base / fold / klass / kind).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(picture).save(base / fold / klass / kind / name)
+
+
+def test_covid_qu_ex_splits_its_lungs_by_side_and_counts_what_it_cannot_split(tmp_path):
+    write_covid_qu_ex_copy(tmp_path / "copy")
+    card = import_dataset("covid-qu-ex", tmp_path / "copy", tmp_path / "covid", origin="test copy", progress=False)
+    assert card["counts"] == {"train": 1, "validation": 1, "test": 1, "acceptance": 1}
+    assert card["skipped"] == {"lung sizes too unequal": ["non_covid_7"], "lungs not side by side": ["covid_9"],
+                               "one lung region": ["non_covid_5"]}
+    splits = {e["name"]: e["split"] for e in card["images"]}
+    assert splits == {"covid_3": "train", "normal_11": "validation", "normal_4": "test", "covid_20": "acceptance"}
+    assert "Val/ -> test" in card["split_rule"] and "Tahir" in card["terms"]
+    (train,) = load_dataset(tmp_path / "covid", ("train",))
+    assert train.annotated == (1, 2) and train.source == "covid-qu-ex"
+    assert train.labels[32, 18] == 1 and train.labels[32, 46] == 2 and train.labels[5, 5] == 0
+    (unlabelled,) = load_dataset(tmp_path / "covid", ("acceptance",))
+    assert unlabelled.annotated == () and not unlabelled.labels.any()
+
+
+def test_equal_dataset_shares_give_each_dataset_half_of_the_draws():
+    from certseg.research.train import sampling_weights
+
+    samples = [Sample(f"a{i}", np.zeros((2, 2)), np.zeros((2, 2), np.uint8), source="jsrt") for i in range(2)]
+    samples += [Sample(f"b{i}", np.zeros((2, 2)), np.zeros((2, 2), np.uint8), source="covid") for i in range(98)]
+    weights = sampling_weights(samples, "equal")
+    assert weights[:2].sum() == pytest.approx(0.5) and weights.sum() == pytest.approx(1.0)
+    assert sampling_weights(samples, "by-size") == pytest.approx(np.full(100, 0.01))
 
 
 def test_import_refuses_what_it_cannot_read_in_one_line(tmp_path, capsys):

@@ -474,8 +474,12 @@ def test_kept_results_go_to_a_new_folder_named_after_the_volume_and_never_overwr
 
 def test_a_batch_line_gives_abstention_and_the_ratio_interval():
     report = {"source_grid": {"abstain_fraction": 0.025},
-              "measurements": {"cardiothoracic_ratio": {"low": 0.41, "high": None, "clean": 0.45}}}
-    assert batch_detail(report) == "abstained 2.5%, cardiothoracic ratio 0.41-unbounded"
+              "measurements": {"cardiothoracic_ratio": {"low": 0.41, "high": 0.47, "clean": 0.45}}}
+    assert batch_detail(report) == ("abstained 2.5%, cardiothoracic ratio 0.41-0.47, below 0.5 for every image "
+                                    "within the radius")
+    report["measurements"]["cardiothoracic_ratio"] = {"low": None, "high": None, "clean": 0.45}
+    assert batch_detail(report) == ("abstained 2.5%, cardiothoracic ratio not certified (no certified heart or no "
+                                    "certified lung)")
     report["measurements"]["cardiothoracic_ratio"] = None
     assert batch_detail(report) == "abstained 2.5%"
 

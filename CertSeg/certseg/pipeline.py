@@ -64,7 +64,8 @@ class CertificationPipeline:
         device = resolve_device(options.device)
         models = load_models(options.model_dir, with_denoiser=options.use_denoiser)
         execution = Execution.requested(options.precision, options.compile, device)
-        segmenter = CertifiedSegmenter(models.network, models.num_classes, models.denoiser, device, execution)
+        segmenter = CertifiedSegmenter(models.network, models.num_classes, models.denoiser, device, execution,
+                                       models.laterality)
         return cls(models, segmenter, options.batch_size)
 
     def certify(self, image: StoredImage, request: CertificationRequest,

@@ -25,7 +25,7 @@ import numpy as np
 
 from certseg import __version__
 from certseg.core.labels import ABSTAIN
-from certseg.core.measurements import certified_measurements
+from certseg.core.measurements import VERDICTS, certified_measurements, ratio_verdict
 from certseg.dicom.reading import Radiograph, metadata_check, raw_value_radius, slicer_grid_spacing
 
 if TYPE_CHECKING:
@@ -84,6 +84,7 @@ def _body(result: CertificationResult, models: LoadedModels, spacing_mm: tuple[f
         "parameters": summary["parameters"],
         "samples_drawn": {"selection": summary["parameters"]["n0"], "estimation": summary["estimation_samples"]},
         "denoiser": models.denoiser is not None,
+        "laterality_rule": None if models.laterality is None else models.laterality.describe(),
         "execution": result.execution,
         "noise": result.noise,
         "models": {kind: card.identity() for kind, card in (("segmenter", models.segmenter_card),
@@ -110,9 +111,9 @@ def summary_line(report: dict[str, Any], target: Path) -> str:
         else f"{s['name']} {s['certified_pixels']} px"
         for s in report["structures"]
     )
-    ratio = report["measurements"]["cardiothoracic_ratio"]
-    if ratio is not None and ratio["low"] is not None and ratio["high"] is not None:
-        structures += f"; cardiothoracic ratio {ratio['low']:.2f}-{ratio['high']:.2f}"
+    ratio = ratio_words(report["measurements"]["cardiothoracic_ratio"])
+    if ratio:
+        structures += f"; {ratio}"
     return (f"certified {structures}; abstained {report['source_grid']['abstain_fraction']:.1%}; "
             f"radius {report['radius']['model_space']:.3f} in model input / {report['radius']['rms_per_source_pixel']:.3g} "
             f"stored-value RMS per pixel; {ood_text(report.get('out_of_distribution'))} -> {target}")
@@ -152,15 +153,25 @@ def panel_summary(report: dict[str, Any]) -> str:
 def batch_detail(report: dict[str, Any]) -> str:
     """A batch's line for one certified radiograph (the Slicer panel): abstained share and the ratio's interval."""
     detail = f"abstained {report['source_grid']['abstain_fraction']:.1%}"
-    ratio = _ratio_interval(report["measurements"]["cardiothoracic_ratio"])
-    return detail + (f", cardiothoracic ratio {ratio}" if ratio else "")
+    ratio = ratio_words(report["measurements"]["cardiothoracic_ratio"])
+    return detail + (f", {ratio}" if ratio else "")
 
 
 def _ratio_interval(ratio: dict[str, Any] | None, dash: str = "-") -> str | None:
-    """The cardiothoracic ratio's certified interval as text ("0.41-0.52", "0.41-unbounded"); None without one."""
-    if ratio is None or ratio["low"] is None:
+    """The cardiothoracic ratio's certified interval as text ("0.41-0.48"); None without one."""
+    if ratio is None or ratio["low"] is None or ratio["high"] is None:
         return None
-    return f"{ratio['low']:.2f}{dash}" + ("unbounded" if ratio["high"] is None else f"{ratio['high']:.2f}")
+    return f"{ratio['low']:.2f}{dash}{ratio['high']:.2f}"
+
+
+def ratio_words(ratio: dict[str, Any] | None) -> str | None:
+    """The interval and its verdict on 0.5 ("cardiothoracic ratio 0.41-0.48, below 0.5 for every image within
+    the radius"); None when the model has no heart and lungs."""
+    if ratio is None:
+        return None
+    interval = _ratio_interval(ratio)
+    verdict = ratio.get("verdict_text") or VERDICTS[ratio_verdict(ratio["low"], ratio["high"])]
+    return f"cardiothoracic ratio {interval}, {verdict}" if interval else f"cardiothoracic ratio {verdict}"
 
 
 def input_check(verdict: dict[str, Any] | None) -> str:
@@ -193,5 +204,7 @@ def _measurement_lines(report: dict[str, Any]) -> list[str]:
     if interval:
         clean = "-" if ratio["clean"] is None else f"{ratio['clean']:.2f}"
         lines.append(f"Cardiothoracic ratio: {interval} (clean {clean})")
+    if ratio is not None:
+        lines.append(f"  against 0.5: {ratio.get('verdict_text') or VERDICTS[ratio_verdict(ratio['low'], ratio['high'])]}")
     lines.append("Ranges hold for the smoothed segmenter with the certificate's probability, within its radius.")
     return lines

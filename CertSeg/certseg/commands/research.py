@@ -82,6 +82,9 @@ def add_parsers(commands) -> None:
                                             help="U-Net channels per level (default: the shipped architecture's)")
     train.choices["segmenter"].add_argument("--validate-every", type=positive_int, default=100,
                                             help="steps between validation Dice checks (the best weights are kept)")
+    train.choices["segmenter"].add_argument("--dataset-shares", choices=("equal", "by-size"), default="equal",
+                                            help="equal: each dataset folder the same share of every batch; "
+                                                 "by-size: every training image equally often")
 
     evaluation = commands.add_parser("evaluate", help="clean and certified Dice on held-out views")
     evaluation.add_argument("--data", type=Path, nargs="+", required=True,
@@ -270,6 +273,7 @@ def run_train(args) -> int:
     if args.model == "segmenter":
         config.channels = tuple(args.channels) if args.channels else None
         config.validate_every = args.validate_every
+        config.dataset_shares = args.dataset_shares
         card = train_segmenter(samples, args.out, config, validation=load_datasets(args.data, ("validation",),
                                                                                    with_drr=False),
                                progress=not args.quiet)

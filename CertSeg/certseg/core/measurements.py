@@ -10,12 +10,32 @@ Proof.  A certified pixel i keeps g's label within the radius, so i in C_c gives
 i certified as c' != c gives g(x')_i = c' != c.  Every pixel is certified (as c or as another
 class) or abstained, so S_c holds all of C_c and nothing outside C_c | A.  QED.
 
-Any measurement that grows with the region (area; the horizontal extent max column - min column
-+ 1) is therefore bounded by its values on C_c and on C_c | A, with the certificate's own
-1 - alpha and against every perturbation below the radius.  The cardiothoracic ratio, heart width
-over thoracic width (the outer edges of both lungs), is bounded by the smallest heart over the
-widest thorax and the widest heart over the smallest thorax.  Abstained pixels anywhere widen the
-upper bounds: an interval is only as tight as the certificate is complete.
+Any measurement that grows with the region is therefore bounded by its values on C_c and on
+C_c | A, with the certificate's own 1 - alpha and against every perturbation below the radius.
+
+The cardiothoracic ratio is measured as radiologists measure it on a frontal film:
+
+    cardiac diameter   the heart's maximal horizontal width (right and left heart borders may lie on
+                       different rows: the sum of both maximal distances to a vertical midline);
+    thoracic diameter  the maximal width of the thorax on one row, from the outer edge of the right
+                       lung to the outer edge of the left lung (the inner margins of the ribs);
+    ratio              cardiac / thoracic, capped at 1 (a heart wider than the chest is not anatomy,
+                       and the cap is monotone, so the bounds below survive it).
+
+Measured on g, abstained pixels anywhere would count as possible heart, and one abstained pixel at the
+lateral chest wall would make the heart as wide as the thorax.  So both diameters are measured from the
+certified structure outwards: on each row, only the horizontal runs of the region that contain a
+certified pixel of it count (`seeded_runs`).  With the seeds K fixed by the certificate, that measure is
+monotone in the region (S in S' puts every run of S that meets K inside a run of S' that meets K), so
+
+    ratio low  = cap(cardiac(C_heart)          / thoracic(C_lungs | A; seeds C_lungs))
+    ratio high = cap(cardiac(C_heart | A; seeds C_heart) / thoracic(C_lungs))
+
+bound the ratio of g(x') for every x' within the radius, and both ends are reached by segmentations
+the certificate allows (tested by simulation).  A run of abstained pixels can only widen the heart
+where it touches the certified heart on the same row: the heart's uncertain border, not a stray pixel
+across the chest.  Without a certified heart or certified lungs there is no interval.  On the clean
+labels (and on reference masks) the seeds are the whole region, which is the plain definition.
 """
 
 from __future__ import annotations
@@ -32,21 +52,77 @@ MEANING = ("low: the certified pixels; high: certified plus abstained pixels. Wi
            "the certified radius. clean: the network's own value on the noise-free image, for comparison")
 
 
+RATIO_THRESHOLD = 0.5  # a cardiothoracic ratio above 0.5 on a PA film is read as an enlarged heart
+VERDICTS = {
+    "below": "below 0.5 for every image within the radius",
+    "above": "above 0.5 for every image within the radius",
+    "undecided": "undecided: the certified interval contains 0.5",
+    "not certified": "not certified (no certified heart or no certified lung)",
+}
+RATIO_DEFINITION = ("cardiac diameter (maximal horizontal heart width) / thoracic diameter (maximal width of both "
+                    "lungs on one row, outer edge to outer edge), capped at 1, on the source grid; certified bounds "
+                    "measure each structure from its certified pixels outwards along the rows")
+
+
 def horizontal_extent(mask: np.ndarray) -> int:
     """Columns from the leftmost to the rightmost pixel of `mask` (0 when empty)."""
     columns = np.flatnonzero(mask.any(axis=0))
     return int(columns[-1] - columns[0] + 1) if columns.size else 0
 
 
+def widest_row(mask: np.ndarray) -> int:
+    """The largest leftmost-to-rightmost width of `mask` on a single row (0 when empty)."""
+    if not mask.any():
+        return 0
+    columns = np.arange(mask.shape[1])
+    right = np.where(mask, columns, -1).max(axis=1)
+    left = np.where(mask, columns, mask.shape[1]).min(axis=1)
+    return int(np.max(np.where(right >= 0, right - left + 1, 0)))
+
+
+def seeded_runs(region: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """The horizontal runs of `region`, row by row, that contain a pixel of `seeds`."""
+    height, width = region.shape
+    starts = region & ~np.pad(region, ((0, 0), (1, 0)))[:, :-1]
+    run_ids = np.where(region, np.cumsum(starts, axis=1) + np.arange(height)[:, None] * (width + 1), 0)
+    seeded = np.unique(run_ids[region & seeds])
+    return np.isin(run_ids, seeded[seeded > 0])
+
+
+def cardiac_diameter(heart: np.ndarray, seeds: np.ndarray | None = None) -> int:
+    return horizontal_extent(heart if seeds is None else seeded_runs(heart, seeds))
+
+
+def thoracic_diameter(lungs: np.ndarray, seeds: np.ndarray | None = None) -> int:
+    return widest_row(lungs if seeds is None else seeded_runs(lungs, seeds))
+
+
+def capped_ratio(cardiac: int, thoracic: int) -> float:
+    """cardiac / thoracic capped at 1; increasing in `cardiac`, decreasing in `thoracic` (0 / 0 is 0)."""
+    if thoracic == 0:
+        return 1.0 if cardiac else 0.0
+    return min(1.0, cardiac / thoracic)
+
+
+def cardiothoracic_ratio(heart: np.ndarray, lungs: np.ndarray) -> float | None:
+    """The plain ratio of a segmentation or of reference masks; None without lungs."""
+    thorax = thoracic_diameter(lungs)
+    return capped_ratio(cardiac_diameter(heart), thorax) if thorax else None
+
+
+def ratio_verdict(low: float | None, high: float | None) -> str:
+    """Which side of 0.5 the certified interval lies on (a key of VERDICTS)."""
+    if low is None or high is None:
+        return "not certified"
+    if high < RATIO_THRESHOLD:
+        return "below"
+    return "above" if low > RATIO_THRESHOLD else "undecided"
+
+
 def region_bounds(labels: np.ndarray, classes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """(smallest, largest) region the smoothed segmenter can give the union of `classes`."""
     certified = np.isin(labels, classes)
     return certified, certified | (labels == ABSTAIN)
-
-
-def cardiothoracic_ratio(heart: np.ndarray, lungs: np.ndarray) -> float | None:
-    thorax = horizontal_extent(lungs)
-    return horizontal_extent(heart) / thorax if thorax else None
 
 
 def certified_measurements(labels: np.ndarray, clean_labels: np.ndarray, classes: Sequence[Label],
@@ -65,19 +141,29 @@ def certified_measurements(labels: np.ndarray, clean_labels: np.ndarray, classes
             "cardiothoracic_ratio": _ratio_bounds(labels, clean_labels, classes)}
 
 
+def ratio_bounds(labels: np.ndarray, heart_value: int, lung_values: tuple[int, ...]) -> tuple[float | None, float | None]:
+    """The certified (low, high) of the capped ratio; (None, None) without a certified heart and lung."""
+    heart_low, heart_high = region_bounds(labels, (heart_value,))
+    lungs_low, lungs_high = region_bounds(labels, lung_values)
+    if not heart_low.any() or not lungs_low.any():
+        return None, None
+    low = capped_ratio(cardiac_diameter(heart_low), thoracic_diameter(lungs_high, seeds=lungs_low))
+    high = capped_ratio(cardiac_diameter(heart_high, seeds=heart_low), thoracic_diameter(lungs_low))
+    return low, high
+
+
 def _ratio_bounds(labels: np.ndarray, clean_labels: np.ndarray, classes: Sequence[Label]) -> dict[str, Any] | None:
     values = {label.name: label.value for label in classes}
     lungs = tuple(values[name] for name in ("right lung", "left lung") if name in values)
     if "heart" not in values or len(lungs) != 2:
         return None  # the model does not segment what the ratio needs
-    heart_low, heart_high = region_bounds(labels, (values["heart"],))
-    lungs_low, lungs_high = region_bounds(labels, lungs)
-    thorax_low, thorax_high = horizontal_extent(lungs_low), horizontal_extent(lungs_high)
-    clean = cardiothoracic_ratio(clean_labels == values["heart"], np.isin(clean_labels, lungs))
+    low, high = ratio_bounds(labels, values["heart"], lungs)
+    verdict = ratio_verdict(low, high)
     return {
-        "low": horizontal_extent(heart_low) / thorax_high if thorax_high else None,
-        "high": horizontal_extent(heart_high) / thorax_low if thorax_low else None,  # None: unbounded
-        "clean": clean,
-        "definition": "maximal horizontal heart width / horizontal extent of both lungs (outer edges), "
-                      "on the source grid",
+        "low": low,
+        "high": high,
+        "clean": cardiothoracic_ratio(clean_labels == values["heart"], np.isin(clean_labels, lungs)),
+        "verdict": verdict,
+        "verdict_text": VERDICTS[verdict],
+        "definition": RATIO_DEFINITION,
     }

@@ -28,6 +28,13 @@ ABSTAINED_COLOR = (255, 0, 255)
 
 CHEST_XRAY = Code("399208008", "SCT", "Plain chest X-ray")
 CARDIOTHORACIC_RATIO = Code("CTR", "99CERTSEG", "Cardiothoracic ratio")  # no standard code found for the ratio
+RATIO_VERDICT = Code("CTRVERDICT", "99CERTSEG", "Cardiothoracic ratio against 0.5 within the certified radius")
+RATIO_VERDICT_VALUES = {  # core.measurements' verdict keys
+    "below": Code("CTRBELOW", "99CERTSEG", "Below 0.5 for every image within the radius"),
+    "above": Code("CTRABOVE", "99CERTSEG", "Above 0.5 for every image within the radius"),
+    "undecided": Code("CTRUNDECIDED", "99CERTSEG", "Undecided: the certified interval contains 0.5"),
+    "not certified": Code("CTRNOTCERT", "99CERTSEG", "Not certified: no certified heart or no certified lung"),
+}
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ import pydicom
 from pydicom.sr.codedict import codes
 
 from certseg import __version__
-from certseg.dicom.codes import CARDIOTHORACIC_RATIO, CHEST_XRAY
+from certseg.core.measurements import ratio_verdict
+from certseg.dicom.codes import CARDIOTHORACIC_RATIO, CHEST_XRAY, RATIO_VERDICT, RATIO_VERDICT_VALUES
 
 
 def write_measurement_sr(path: Path, radiograph, seg_path: Path, report: dict[str, Any]) -> None:
@@ -63,15 +64,20 @@ def _structure_group(seg, structure: dict[str, Any], algorithm):
 
 
 def _ratio_group(ratio: dict[str, Any] | None, algorithm):
-    if ratio is None or ratio["low"] is None:
+    """The ratio's certified ends (Minimum, Maximum), when certified, and its verdict on 0.5 (always) as a
+    qualitative evaluation; None when the model does not measure the ratio."""
+    if ratio is None:
         return None
-    ends = [("low", codes.SCT.Minimum)] + ([("high", codes.SCT.Maximum)] if ratio["high"] is not None else [])
+    certified = ratio["low"] is not None and ratio["high"] is not None
     measurements = [hd.sr.Measurement(name=CARDIOTHORACIC_RATIO, value=float(ratio[end]),
                                       unit=hd.sr.CodedConcept("1", "UCUM", "no units"), derivation=derivation,
-                                      algorithm_id=algorithm) for end, derivation in ends]
+                                      algorithm_id=algorithm)
+                    for end, derivation in (("low", codes.SCT.Minimum), ("high", codes.SCT.Maximum)) if certified]
+    verdict = RATIO_VERDICT_VALUES[ratio.get("verdict") or ratio_verdict(ratio["low"], ratio["high"])]
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="cardiothoracic ratio"),
-        measurements=measurements, algorithm_id=algorithm)
+        measurements=measurements or None, algorithm_id=algorithm,
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=RATIO_VERDICT, value=verdict)])
 
 
 def _drop_frame_numbers(dataset: pydicom.Dataset, radiograph_uid: str) -> None:

@@ -18,6 +18,7 @@ import torch
 
 from certseg.model.cards import ModelCard, ModelError, sha256_of
 from certseg.model.denoiser import DiffusionDenoiser
+from certseg.model.laterality import LateralityRule, rule_for_labels
 from certseg.model.networks import load_denoiser, load_segmenter
 from certseg.model.ood import SpectralDetector
 
@@ -35,6 +36,11 @@ class LoadedModels:
     @property
     def num_classes(self) -> int:
         return self.segmenter_card.num_classes
+
+    @property
+    def laterality(self) -> LateralityRule | None:
+        """The laterality rule of the base function for this segmenter's labels (model.laterality)."""
+        return rule_for_labels({label.name: label.value for label in self.segmenter_card.labels})
 
 
 def load_models(model_dir: Path | str | None = None, *, with_denoiser: bool = True) -> LoadedModels:

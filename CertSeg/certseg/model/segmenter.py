@@ -12,6 +12,7 @@ from certseg.core.smoothing import Certificate, certify_segmentation, predict_se
 from certseg.model.base_function import BaseSegmenterModule
 from certseg.model.denoiser import DiffusionDenoiser
 from certseg.model.execution import Execution, fit_batch_size, prepare
+from certseg.model.laterality import LateralityRule
 from certseg.progress import Progress
 from certseg.request import Correction
 
@@ -21,7 +22,8 @@ class CertifiedSegmenter:
 
     The denoiser, when present, sees each noisy copy once and hands its estimate of
     the clean image to the network (diffusion denoised smoothing); both run in eval
-    mode without gradients on `device`.
+    mode without gradients on `device`.  `laterality`, when given, is part of the base function
+    (model.laterality) and of the clean segmentation alike.
     """
 
     def __init__(
@@ -31,6 +33,7 @@ class CertifiedSegmenter:
         denoiser: DiffusionDenoiser | None = None,
         device: str | torch.device | None = "auto",
         execution: Execution | None = None,
+        laterality: LateralityRule | None = None,
     ):
         self.device = resolve_device(device)
         self.execution = execution or Execution.default_for(self.device)
@@ -41,6 +44,7 @@ class CertifiedSegmenter:
         self.network = network.to(self.device, memory_format=layout).eval()
         self.denoiser = None if denoiser is None else denoiser.to(self.device, memory_format=layout).eval()
         self.num_classes = num_classes
+        self.laterality = laterality
         self._bases: dict[float, tuple[BaseSegmenterModule, BaseSegmenter]] = {}
         self._fitted_batch_sizes: dict[tuple, int] = {}
 
@@ -50,7 +54,8 @@ class CertifiedSegmenter:
 
     def _base(self, sigma: float) -> tuple[BaseSegmenterModule, BaseSegmenter]:
         if sigma not in self._bases:
-            module = BaseSegmenterModule(self.network, self.denoiser, sigma, self.execution, self.device)
+            module = BaseSegmenterModule(self.network, self.denoiser, sigma, self.execution, self.device,
+                                         self.laterality)
             self._bases[sigma] = (module, prepare(module, self.execution))
         return self._bases[sigma]
 
@@ -107,6 +112,8 @@ class CertifiedSegmenter:
 
     @torch.no_grad()
     def segment_clean(self, image: np.ndarray | torch.Tensor) -> np.ndarray:
-        """The network's own labels on the noise-free image (no denoiser, no certificate)."""
+        """The network's own labels on the noise-free image (no denoiser, no certificate; the laterality rule
+        when there is one)."""
         x = torch.as_tensor(image, dtype=torch.float32, device=self.device)[None, None]
-        return self.network(x).max(dim=1).indices[0].cpu().numpy()
+        labels = self.network(x).max(dim=1).indices
+        return (labels if self.laterality is None else self.laterality(labels))[0].cpu().numpy()

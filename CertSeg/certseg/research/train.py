@@ -37,6 +37,8 @@ from certseg.research.architectures import DEFAULT_DENOISER_CONFIG, DEFAULT_SEGM
 from certseg.research.data import Sample, to_model_space
 
 MODEL_SIZE = 256
+MODEL_VERSION = "0.3.0"
+DATASET_SHARES = ("equal", "by-size")
 INTENDED_USE = "Demonstration and research only; not for clinical use."
 
 
@@ -57,6 +59,9 @@ class TrainConfig:
     init: Path | None = None  # a model folder whose weights training starts from
     channels: tuple[int, ...] | None = None  # segmenter U-Net channels; None: the shipped architecture's
     validate_every: int = 100  # segmenter: steps between validation checks (the best weights are kept)
+    # segmenter: "equal" gives every dataset the same share of each batch, so 98 JSRT images with heart and
+    # clavicle masks are not drowned by thousands of lung-only ones; "by-size": every image equally often
+    dataset_shares: str = "equal"
     extra_card: dict[str, Any] = field(default_factory=dict)
 
 
@@ -65,6 +70,18 @@ def model_space_arrays(samples: list[Sample]) -> tuple[torch.Tensor, torch.Tenso
     images = torch.as_tensor(np.stack([p[0] for p in pairs]))[:, None]
     labels = torch.as_tensor(np.stack([p[1] for p in pairs]).astype(np.int64))[:, None]
     return images, labels
+
+
+def sampling_weights(samples: list[Sample], shares: str) -> np.ndarray:
+    """Probability of drawing each image: uniform ("by-size"), or each dataset an equal share ("equal")."""
+    if shares not in DATASET_SHARES:
+        raise ParameterError(f"dataset shares {shares!r}: one of {', '.join(DATASET_SHARES)}")
+    sources = np.array([sample.source for sample in samples])
+    if shares == "by-size":
+        return np.full(len(samples), 1 / len(samples))
+    names, counts = np.unique(sources, return_counts=True)
+    per_image = dict(zip(names, 1 / (counts * len(names))))
+    return np.array([per_image[source] for source in sources])
 
 
 def annotated_classes(samples: list[Sample]) -> torch.Tensor:
@@ -125,9 +142,10 @@ def train_segmenter(samples: list[Sample], out: Path, config: TrainConfig, progr
     rng = np.random.default_rng(config.seed)
     checkpoint = out / "checkpoints" / "segmenter"
     tracker = _ValidationTracker(validation, checkpoint / "best.safetensors") if validation else None
+    weights = sampling_weights(samples, config.dataset_shares)
 
     def step_loss() -> torch.Tensor:
-        index = rng.integers(len(images), size=config.batch_size)
+        index = rng.choice(len(images), size=config.batch_size, p=weights)
         x, y = augment_batch(images[index], labels[index], rng)
         sigma = torch.as_tensor(rng.uniform(*config.noise_sigma, size=(len(x), 1, 1, 1)), dtype=x.dtype)
         x, y = x.to(device), y.to(device)
@@ -142,7 +160,7 @@ def train_segmenter(samples: list[Sample], out: Path, config: TrainConfig, progr
         network.load_state_dict(load_file(str(tracker.path)))
     card = {
         "name": "certseg-cxr-unet",
-        "version": "0.2.0",
+        "version": MODEL_VERSION,
         "task": "chest X-ray multi-class segmentation (JSRT/SCR structure set)",
         "architecture": architecture,
         "labels": label_card(),
@@ -153,6 +171,7 @@ def train_segmenter(samples: list[Sample], out: Path, config: TrainConfig, progr
                      "loss": "partial-label cross-entropy + Dice of annotated classes",
                      "augmentation": "certseg.research.data.augment (geometry, window, gamma, detail, collimation, markers)",
                      "noise_sigma_uniform": list(config.noise_sigma), "seed": config.seed, "images": len(samples),
+                     "dataset_shares": config.dataset_shares,
                      "init": str(config.init) if config.init else None,
                      "validation": tracker.summary() if tracker else None, **config.extra_card},
         "intended_use": INTENDED_USE,
@@ -226,7 +245,7 @@ def train_denoiser(samples: list[Sample], out: Path, config: TrainConfig, progre
     steps = _run(unet, optimizer, step_loss, out / "checkpoints" / "denoiser", config, progress, "denoiser")
     card = {
         "name": "certseg-cxr-ddpm",
-        "version": "0.2.0",
+        "version": MODEL_VERSION,
         "task": "one-shot denoising of chest X-rays for diffusion denoised smoothing",
         "input": {"size": MODEL_SIZE, "range": "[0, 1] model space, scaled to [-1, 1] inside"},
         "training": {"steps": steps, "batch_size": config.batch_size, "learning_rate": config.learning_rate,

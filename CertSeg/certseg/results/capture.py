@@ -13,6 +13,7 @@ import numpy as np
 
 from certseg.core.labels import ABSTAIN
 from certseg.dicom.codes import ABSTAINED_COLOR, segments
+from certseg.report import ratio_words
 
 RESEARCH_ONLY = "RESEARCH ONLY - NOT FOR CLINICAL USE"
 TINT, ABSTAINED_TINT = 0.30, 0.45
@@ -47,18 +48,8 @@ def guarantee_words(report: dict[str, Any]) -> list[str]:
 
 
 def ratio_verdict(ratio: dict[str, Any] | None) -> str:
-    """The cardiothoracic ratio's certified interval against 0.5, in words."""
-    if ratio is None or ratio.get("low") is None:
-        return "cardiothoracic ratio: not certified (no heart or lung pixel certified)"
-    high = ratio.get("high")
-    interval = f"{ratio['low']:.2f} to {'unbounded' if high is None else f'{high:.2f}'}"
-    if ratio["low"] > 0.5:
-        verdict = "above 0.5 for every image within the radius"
-    elif high is not None and high < 0.5:
-        verdict = "below 0.5 for every image within the radius"
-    else:
-        verdict = "undecided against 0.5"
-    return f"cardiothoracic ratio certified in {interval}: {verdict}"
+    """The cardiothoracic ratio's certified interval and its verdict on 0.5, in words."""
+    return ratio_words(ratio) or "cardiothoracic ratio: not measured by this model"
 
 
 def render_capture(stored: np.ndarray, labels: np.ndarray, report: dict[str, Any]) -> np.ndarray:

@@ -70,6 +70,7 @@ def load_drr_dataset(folder: Path) -> list[Sample]:
             name=view["image"],
             stored=sitk.GetArrayFromImage(sitk.ReadImage(str(folder / view["image"]))).astype(np.float64),
             labels=sitk.GetArrayFromImage(sitk.ReadImage(str(folder / view["labels"]))).astype(np.uint8),
+            source="drr",
         )
         for view in card["views"]
     ]

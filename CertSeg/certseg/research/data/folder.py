@@ -8,8 +8,10 @@
 
 The split is fixed by the image's number, never drawn: even numbers (JPCLN002,
 MCUCXR_0002_0, CHNCXR_0002_0, ...) are the test fold, odd numbers ending in 1 are
-validation, the other odd numbers train.  Nothing may train, pick a checkpoint or set a
-threshold on the test fold.
+validation, the other odd numbers train.  A layout whose dataset fixes its own folds
+(COVID-QU-Ex) sets the split itself and states its rule.  Nothing may train, pick a
+checkpoint or set a threshold on the test fold; the `acceptance` split holds images without
+masks, only for measuring how many the out-of-distribution check accepts.
 
 `train` and `evaluate` take any mix of these folders and of DRR folders (data/drr_folder.py);
 a DRR folder is used whole, in whichever role it is given.
@@ -30,7 +32,7 @@ from certseg.research.data.public import LAYOUTS
 from certseg.research.data.sample import Sample
 
 DATASET_FORMAT = "certseg-dataset-1"
-SPLITS = ("train", "validation", "test")
+SPLITS = ("train", "validation", "test", "acceptance")
 SPLIT_RULE = ("number in the image name: even -> test; odd ending in 1 -> validation; other odd -> train")
 WORKING_SIZE = 1024
 
@@ -61,18 +63,20 @@ def import_dataset(layout_name: str, source: Path, out: Path, *, masks: Path | N
     with atomic_directory(out, overwrite=overwrite) as staging:
         (staging / "images").mkdir()
         (staging / "labels").mkdir()
-        for sample in tqdm(layout.read(source, masks), desc=f"import {layout_name}", disable=not progress):
+        skipped: dict[str, list[str]] = {}
+        for sample in tqdm(layout.read(source, masks, skipped), desc=f"import {layout_name}", disable=not progress):
             stored, labels = _to_working_size(sample)
             file = f"{sample.name}.png"
             sitk.WriteImage(sitk.GetImageFromArray(stored), str(staging / "images" / file))
             sitk.WriteImage(sitk.GetImageFromArray(labels), str(staging / "labels" / file))
-            entries.append({"name": sample.name, "split": split_of(sample.name), "image": f"images/{file}",
+            entries.append({"name": sample.name, "split": sample.split or split_of(sample.name), "image": f"images/{file}",
                             "labels": f"labels/{file}", "annotated": list(sample.annotated),
                             "source_shape": list(sample.stored.shape)})
         card = {"format": DATASET_FORMAT, "dataset": layout.dataset, "layout": layout.name,
                 "description": layout.description, "terms": layout.terms, "origin": origin or str(source),
-                "split_rule": SPLIT_RULE, "working_size": WORKING_SIZE, "labels": label_card(),
+                "split_rule": layout.split_rule or SPLIT_RULE, "working_size": WORKING_SIZE, "labels": label_card(),
                 "counts": {split: sum(e["split"] == split for e in entries) for split in SPLITS},
+                "skipped": {reason: sorted(names) for reason, names in sorted(skipped.items())},
                 "images": entries}
         write_json(staging / "dataset.json", card)
     return card
@@ -114,7 +118,7 @@ def load_dataset(folder: Path, splits: tuple[str, ...] = SPLITS) -> list[Sample]
                            f"{DATASET_FORMAT!r} nor {DRR_FORMAT!r}")
     read = lambda path: sitk.GetArrayFromImage(sitk.ReadImage(str(folder / path)))  # noqa: E731
     return [Sample(entry["name"], read(entry["image"]).astype(np.float32), read(entry["labels"]).astype(np.uint8),
-                   tuple(entry["annotated"]))
+                   tuple(entry["annotated"]), entry["split"], card["dataset"])
             for entry in card["images"] if entry["split"] in splits]
 
 

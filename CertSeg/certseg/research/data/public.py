@@ -9,6 +9,9 @@ viewer's left in a frontal view, whatever a folder calls it.
     jsrt-png      the public copy in github:AnishHota/JSRT-Segmentation: JSRT/jsrt_images/images/<name>.IMG.png
                   (2048 x 2048, 8-bit, inverted palette) and JSRT/masks/masks/<structure>/<name>.gif
                   (structure as right_lung, ..., 1024 x 1024; <structure>_png/<name>.png also accepted)
+    covid-qu-ex   COVID-QU-Ex's "Infection Segmentation Data" folder: {Train,Val,Test}/{COVID-19,Non-COVID,
+                  Normal}/images/<name>.png with "lung masks"/<name>.png (256 x 256 8-bit; one mask for both
+                  lungs, split here into right and left; Test has no masks)
     montgomery    CXR_png/<name>.png, ManualMask/{leftMask,rightMask}/<name>.png
     shenzhen      CXR_png/<name>.png, mask/<name>_mask.png (both lungs in one mask; only part of the
                   images have one)
@@ -27,7 +30,10 @@ from typing import Callable
 import numpy as np
 
 from certseg.errors import CertSegError
+from certseg.research.data import covid_qu_ex
 from certseg.research.data.sample import LUNGS, Sample, by_image_side, lung_labels, read_gray, read_mask
+
+Skipped = dict[str, list[str]]  # reason -> names of the images a reader could not label honestly
 
 JSRT_SIZE = 2048
 SCR_STRUCTURES = {"right lung": 1, "left lung": 2, "heart": 3, "right clavicle": 4, "left clavicle": 5}
@@ -43,9 +49,10 @@ class Layout:
     description: str
     terms: str
     read: Callable[..., Iterator[Sample]]
+    split_rule: str = ""  # the layout's own fixed folds; empty: the image number's rule (folder.SPLIT_RULE)
 
 
-def read_jsrt_scr(jsrt: Path, masks: Path | None = None) -> Iterator[Sample]:
+def read_jsrt_scr(jsrt: Path, masks: Path | None = None, skipped: Skipped | None = None) -> Iterator[Sample]:
     """Official JSRT images with SCR's five structures (`masks`: SCR's masks folder)."""
     if masks is None:
         raise CertSegError("the official JSRT layout needs --masks (SCR's masks folder)")
@@ -60,7 +67,7 @@ def _jsrt_image(image_path: Path, masks: Path) -> Sample:
     return _scr_sample(image_path.stem, stored, lambda structure: masks / structure / f"{image_path.stem}.gif")
 
 
-def read_jsrt_png_copy(root: Path, masks: Path | None = None) -> Iterator[Sample]:
+def read_jsrt_png_copy(root: Path, masks: Path | None = None, skipped: Skipped | None = None) -> Iterator[Sample]:
     """The public 8-bit PNG copy of JSRT with SCR masks (`root`: the repository or its JSRT folder)."""
     base = root / "JSRT" if (root / "JSRT").is_dir() else root
     images, mask_root = base / "jsrt_images" / "images", masks or base / "masks" / "masks"
@@ -89,7 +96,7 @@ def _scr_sample(name: str, stored: np.ndarray, mask_path: Callable[[str], Path])
     return Sample(name, stored, labels)
 
 
-def read_montgomery(root: Path, masks: Path | None = None) -> Iterator[Sample]:
+def read_montgomery(root: Path, masks: Path | None = None, skipped: Skipped | None = None) -> Iterator[Sample]:
     mask_root = masks or root / "ManualMask"
     return (_montgomery_image(path, mask_root)
             for path in _nonempty(sorted((root / "CXR_png").glob("*.png")), root / "CXR_png"))
@@ -102,7 +109,7 @@ def _montgomery_image(image_path: Path, mask_root: Path) -> Sample:
     return Sample(image_path.stem, stored, lung_labels(*by_image_side(first, second)), LUNGS)
 
 
-def read_shenzhen(root: Path, masks: Path | None = None) -> Iterator[Sample]:
+def read_shenzhen(root: Path, masks: Path | None = None, skipped: Skipped | None = None) -> Iterator[Sample]:
     mask_folder = masks or root / "mask"
     with_masks = [p for p in sorted((root / "CXR_png").glob("*.png")) if (mask_folder / f"{p.stem}_mask.png").is_file()]
     return (_shenzhen_image(path, mask_folder / f"{path.stem}_mask.png")
@@ -130,6 +137,8 @@ def _nonempty(paths: list[Path], folder: Path) -> list[Path]:
 
 
 LAYOUTS = {layout.name: layout for layout in (
+    Layout("covid-qu-ex", "covid-qu-ex", "COVID-QU-Ex 'Infection Segmentation Data' (256 x 256 PNG, one lung mask "
+           "split into right and left)", covid_qu_ex.TERMS, covid_qu_ex.read_covid_qu_ex, covid_qu_ex.SPLIT_RULE),
     Layout("jsrt", "jsrt", "JSRT (official .IMG) with SCR masks", JSRT_TERMS, read_jsrt_scr),
     Layout("jsrt-png", "jsrt", "JSRT as 8-bit PNG with SCR masks (github:AnishHota/JSRT-Segmentation layout)",
            JSRT_TERMS, read_jsrt_png_copy),

@@ -19,6 +19,8 @@ class Sample:
     stored: np.ndarray  # (H, W) stored pixel values, bright = attenuating
     labels: np.ndarray  # (H, W) uint8 label values
     annotated: tuple[int, ...] = ALL_STRUCTURES  # structures the dataset labels (others are unknown, not background)
+    split: str | None = None  # the split the dataset's own layout fixes; None: the image number's rule
+    source: str = ""  # the dataset it comes from (a dataset folder's "dataset"; "drr" for rendered views)
 
 
 def to_model_space(sample: Sample, size: int, percentiles: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
