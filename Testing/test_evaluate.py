@@ -3,7 +3,19 @@
 import numpy as np
 import pytest
 
-from certseg.research.evaluate import Row, dice_per_structure, markdown_table, write_outputs
+from certseg.commands.research import CONFIGURATION_NAMES
+from certseg.research.evaluate import (
+    Configuration,
+    Evaluation,
+    RatioRecord,
+    Row,
+    dice_per_structure,
+    markdown_table,
+    ratio_summary,
+    scored_labels,
+    wrong_side_shares,
+    write_outputs,
+)
 
 
 def reference_dice(predicted, truth, c):
@@ -35,7 +47,43 @@ def test_outputs_are_written(tmp_path):
     rows = [Row("clean", None, "right lung", 0.97, None, None, None, None),
             Row("segmenter alone", 0.25, "right lung", 0.97, 0.91, 0.05, 1.2, 110),
             Row("segmenter alone", 0.5, "right lung", 0.97, 0.85, 0.09, 1.1, 70)]
-    write_outputs(rows, tmp_path, 0.75)
+    ratios = [RatioRecord("a", "segmenter alone", 0.25, 0.45, 0.46, 0.40, 0.48),
+              RatioRecord("b", "segmenter alone", 0.25, 0.55, 0.50, 0.45, 0.58)]
+    write_outputs(Evaluation(rows, ratios), tmp_path, 0.75)
     assert (tmp_path / "evaluation.csv").read_text().count("\n") == 4
     assert "| segmenter alone | 0.25 | right lung | 0.970 | 0.910 | 5.0% | 1.2 |" in markdown_table(rows)
     assert (tmp_path / "evaluation.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "ctr-bland-altman.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| segmenter alone | 0.25 | 2 | 0.030 | 100.0% | 50.0% | 100.0% |" in (tmp_path / "ctr.md").read_text()
+
+
+def test_ratio_summary_counts_containment_and_decisions_against_an_independent_count():
+    rng = np.random.default_rng(1)
+    records = []
+    for index in range(200):
+        reference = rng.uniform(0.35, 0.65)
+        low, high = sorted(rng.uniform(0.3, 0.7, size=2))
+        records.append(RatioRecord(str(index), "c", 0.25, reference, reference + rng.normal(0, 0.02), low, high))
+    summary = ratio_summary(records)
+    contains = sum(r.low <= r.reference <= r.high for r in records) / 200
+    decided = [r for r in records if r.high < 0.5 or r.low > 0.5]
+    right = sum((r.low > 0.5) == (r.reference > 0.5) for r in decided)
+    assert summary["contains_reference"] == pytest.approx(contains)
+    assert summary["decides"] == pytest.approx(len(decided) / 200)
+    assert summary["decides_rightly"] == pytest.approx(right / len(decided))
+    assert summary["clean_mae"] == pytest.approx(np.mean([abs(r.clean - r.reference) for r in records]))
+
+
+def test_wrong_side_share_and_lung_only_scoring():
+    truth = np.zeros((4, 8), dtype=int)
+    truth[:, :4], truth[:, 4:] = 1, 2
+    labels = truth.copy()
+    labels[0, 4:6] = 1  # 2 of the left lung's 16 pixels given to the right lung
+    assert wrong_side_shares(labels, truth) == (0.0, 2 / 16)
+    labels[1, :2] = 4  # right clavicle over the right lung field
+    assert (scored_labels(labels, lung_only=True)[1, :2] == 1).all()
+    assert (scored_labels(labels, lung_only=False)[1, :2] == 4).all()
+
+
+def test_the_command_names_every_configuration():
+    assert sorted(CONFIGURATION_NAMES.values()) == sorted(map(str, Configuration))

@@ -44,7 +44,8 @@ def main() -> None:
     header = None
     for name, design in designs:
         request = dataclasses.replace(fixed_seed, **design)
-        rows = [r for r in evaluate(samples, models, [request], [configuration], progress=False) if r.sigma is not None]
+        rows = [r for r in evaluate(samples, models, [request], [configuration], progress=False).rows
+                if r.sigma is not None]
         if header is None:
             header = [r.structure for r in rows]
             print("| design | samples / image | " + " | ".join(header) + " | abstained | s / image |")

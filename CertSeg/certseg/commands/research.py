@@ -17,7 +17,12 @@ from certseg.commands.options import (
     positive_int,
     run_options,
 )
-from certseg.errors import EXIT_OK, CertSegError
+from certseg.errors import EXIT_OK, CertSegError, ParameterError
+
+# `evaluate --configurations`: short names of research.evaluate.Configuration (not imported here: torch)
+CONFIGURATION_NAMES = {"alone": "segmenter alone", "denoiser": "denoiser + segmenter",
+                       "alone-no-rule": "segmenter alone, no laterality rule",
+                       "denoiser-no-rule": "denoiser + segmenter, no laterality rule"}
 
 
 def add_parsers(commands) -> None:
@@ -93,6 +98,10 @@ def add_parsers(commands) -> None:
                             help="which split of CertSeg dataset folders to evaluate")
     evaluation.add_argument("--out", type=Path, required=True, help="folder for evaluation.csv/.md/.png")
     evaluation.add_argument("--limit", type=positive_int, help="evaluate only the first LIMIT views")
+    evaluation.add_argument("--every", type=positive_int, default=1,
+                            help="a fixed subset: every EVERY-th view in the dataset folders' order (by name)")
+    evaluation.add_argument("--configurations", nargs="+", default=[], choices=list(CONFIGURATION_NAMES),
+                            help="which base functions to certify (default: alone, and denoiser unless --no-denoiser)")
     evaluation.add_argument("--engine", choices=("local", "ray"), default="local",
                             help="ray: the certifications on a pool of Ray workers (pip install \"certseg[scale]\")")
     evaluation.add_argument("--ray-address", help="join this Ray cluster (default: start a local Ray)")
@@ -148,20 +157,24 @@ def run_evaluate(args) -> int:
 
     requests = [certification_request(args, sigma) for sigma in args.sigma]
     options = run_options(args)
-    samples = load_datasets(args.data, (args.split,))[: args.limit]
-    models = load_models(options.model_dir, with_denoiser=options.use_denoiser)
-    configurations = [Configuration.SEGMENTER_ALONE] + ([Configuration.WITH_DENOISER] if options.use_denoiser else [])
+    samples = load_datasets(args.data, (args.split,))[:: args.every][: args.limit]
+    configurations = [Configuration(CONFIGURATION_NAMES[name]) for name in args.configurations] or \
+        [Configuration.SEGMENTER_ALONE] + ([Configuration.WITH_DENOISER] if options.use_denoiser else [])
+    if any(c.denoised for c in configurations) and not options.use_denoiser:
+        raise ParameterError("--configurations with a denoiser contradict --no-denoiser")
+    models = load_models(options.model_dir, with_denoiser=any(c.denoised for c in configurations))
     if args.engine == "ray":
         from certseg.scale.evaluation import evaluate_on_ray
         from certseg.scale.pool import ClusterSettings
 
-        rows = evaluate_on_ray(samples, models, requests, configurations, options,
-                               ClusterSettings(address=args.ray_address, workers=args.workers), progress=not args.quiet)
+        evaluation = evaluate_on_ray(samples, models, requests, configurations, options,
+                                     ClusterSettings(address=args.ray_address, workers=args.workers),
+                                     progress=not args.quiet)
     else:
-        rows = evaluate(samples, models, requests, configurations, options, progress=not args.quiet)
+        evaluation = evaluate(samples, models, requests, configurations, options, progress=not args.quiet)
     with atomic_directory(args.out, overwrite=args.overwrite) as staging:
-        write_outputs(rows, staging, args.tau)
-    print(markdown_table(rows), end="")
+        write_outputs(evaluation, staging, args.tau)
+    print(markdown_table(evaluation.rows), end="")
     return EXIT_OK
 
 

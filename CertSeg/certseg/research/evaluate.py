@@ -6,7 +6,18 @@ For each image, structure c and configuration:
                     pixel is in no C_c, so it costs every structure it truly belongs to
                     (abstained pixels count as errors); 1 when both sets are empty
     abstention      fraction of the image's pixels that abstain
+    wrong side      share of images where more than 1% of a reference lung is labelled (clean) or
+                    certified as the other lung
 Each figure is averaged over images (MONAI compute_dice per image, then the mean).
+
+On a dataset that annotates the lungs only (COVID-QU-Ex), its lung masks cover the lung field under
+the clavicles, which the SCR convention labels clavicle: there a predicted clavicle pixel counts as
+the same side's lung (a clavicle outside the reference lung is then a false positive of the lung).
+
+Configurations with "no laterality rule" run the network's labels as they are (model.laterality), to
+measure what the rule changes.  On images with heart and lungs annotated, the cardiothoracic ratio of
+the reference masks is compared with the clean value and each certified interval (ctr.csv, ctr.md,
+ctr-bland-altman.png).
 """
 
 from __future__ import annotations
@@ -33,6 +44,20 @@ from certseg.research.data import Sample, to_model_space
 class Configuration(StrEnum):
     SEGMENTER_ALONE = "segmenter alone"
     WITH_DENOISER = "denoiser + segmenter"
+    SEGMENTER_NO_RULE = "segmenter alone, no laterality rule"
+    DENOISER_NO_RULE = "denoiser + segmenter, no laterality rule"
+
+    @property
+    def denoised(self) -> bool:
+        return self in (Configuration.WITH_DENOISER, Configuration.DENOISER_NO_RULE)
+
+    @property
+    def laterality_rule(self) -> bool:
+        return self in (Configuration.SEGMENTER_ALONE, Configuration.WITH_DENOISER)
+
+
+RIGHT_LUNG, LEFT_LUNG, HEART, RIGHT_CLAVICLE, LEFT_CLAVICLE = 1, 2, 3, 4, 5
+WRONG_SIDE_SHARE = 0.01  # more than 1% of a lung given to the other lung counts as a wrong-side image
 
 
 @dataclass
@@ -45,6 +70,7 @@ class Row:
     abstention: float | None
     seconds_per_image: float | None
     samples_per_image: float | None  # n0 + estimation samples drawn (fewer than n0 + n when sequential stops early)
+    wrong_side_images: float | None = None  # lungs: share of images with > 1% of this lung on the other lung
 
 
 def dice_per_structure(predicted: np.ndarray, truth: np.ndarray, num_classes: int) -> np.ndarray:
@@ -54,6 +80,24 @@ def dice_per_structure(predicted: np.ndarray, truth: np.ndarray, num_classes: in
     dice = compute_dice(predicted_onehot, truth_onehot, include_background=False, ignore_empty=False)[0]
     both_empty = (predicted_onehot.sum(dim=(2, 3)) + truth_onehot.sum(dim=(2, 3)))[0, 1:] == 0
     return torch.where(both_empty, torch.ones_like(dice), dice).numpy()
+
+
+def scored_labels(labels: np.ndarray, lung_only: bool) -> np.ndarray:
+    """The labels as a lung-only reference is scored: a clavicle pixel counts as its side's lung."""
+    if not lung_only:
+        return labels
+    scored = labels.copy()
+    scored[labels == RIGHT_CLAVICLE], scored[labels == LEFT_CLAVICLE] = RIGHT_LUNG, LEFT_LUNG
+    return scored
+
+
+def wrong_side_shares(labels: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """(right, left): the share of each reference lung that `labels` gives to the other lung."""
+    shares = []
+    for lung, other in ((RIGHT_LUNG, LEFT_LUNG), (LEFT_LUNG, RIGHT_LUNG)):
+        reference = truth == lung
+        shares.append(float((labels[reference] == other).mean()) if reference.any() else 0.0)
+    return shares[0], shares[1]
 
 
 def _onehot(labels: np.ndarray, num_classes: int) -> torch.Tensor:
@@ -71,6 +115,7 @@ class ImageTask:
     image: np.ndarray
     labels: np.ndarray
     seed: int
+    lung_only: bool = False  # the image's dataset annotates the lungs only (scored_labels)
 
 
 @dataclass(frozen=True)
@@ -79,6 +124,8 @@ class ImageFigures:
     abstention: float
     seconds: float
     samples: int  # n0 + the estimation samples drawn
+    wrong_side: tuple[float, float] = (0.0, 0.0)  # share of each reference lung certified as the other lung
+    ratio: tuple[float | None, float | None] = (None, None)  # the certified cardiothoracic ratio interval
 
 
 @dataclass
@@ -94,8 +141,9 @@ def evaluation_state(models: LoadedModels, configurations: list[Configuration], 
     device = resolve_device(options.device)
     execution = Execution.requested(options.precision, options.compile, device)
     segmenters = {configuration: CertifiedSegmenter(
-        models.network, models.num_classes, models.denoiser if configuration == Configuration.WITH_DENOISER else None,
-        device, execution) for configuration in configurations}
+        models.network, models.num_classes, models.denoiser if configuration.denoised else None,
+        device, execution, models.laterality if configuration.laterality_rule else None)
+        for configuration in configurations}
     return EvaluationState(segmenters, models.num_classes, options.batch_size)
 
 
@@ -103,21 +151,24 @@ def evaluation_state_from_folder(options: RunOptions, configurations: list[Confi
     """The same, loading the models here (a Ray worker's state)."""
     from certseg.model.folder import load_models
 
-    models = load_models(options.model_dir, with_denoiser=Configuration.WITH_DENOISER in configurations)
+    models = load_models(options.model_dir, with_denoiser=any(c.denoised for c in configurations))
     return evaluation_state(models, configurations, options)
 
 
 def certify_task(state: EvaluationState, task: ImageTask) -> ImageFigures:
+    from certseg.core.measurements import ratio_bounds
+
     cert = state.segmenters[task.configuration].certify(task.image, **task.request.smoothing_arguments(),
                                                         batch_size=state.batch_size, seed=task.seed)
-    return ImageFigures(dice_per_structure(cert.labels, task.labels, state.num_classes),
+    return ImageFigures(dice_per_structure(scored_labels(cert.labels, task.lung_only), task.labels, state.num_classes),
                         float(np.mean(cert.labels == ABSTAIN)), float(cert.timings["total"]),
-                        task.request.n0 + cert.estimation_samples)
+                        task.request.n0 + cert.estimation_samples, wrong_side_shares(cert.labels, task.labels),
+                        ratio_bounds(cert.labels, HEART, (RIGHT_LUNG, LEFT_LUNG)))
 
 
 def evaluate(samples: list[Sample], models: LoadedModels, requests: list[CertificationRequest],
              configurations: list[Configuration], options: RunOptions = RunOptions(),
-             progress: bool = True, run_tasks=None) -> list[Row]:
+             progress: bool = True, run_tasks=None) -> Evaluation:
     """Clean Dice, then certified Dice, abstention and cost per configuration and request (one per sigma).
 
     `run_tasks(tasks) -> [ImageFigures]` certifies the tasks elsewhere (a Ray pool, certseg.scale); by default here,
@@ -127,28 +178,89 @@ def evaluate(samples: list[Sample], models: LoadedModels, requests: list[Certifi
     run_seed = fresh_seed() if requests[0].seed is None else requests[0].seed  # one run, one seed
     names = [label.name for label in card.structures]
     pairs = [to_model_space(s, card.input.size, card.input.percentiles) for s in samples]
-    plain = CertifiedSegmenter(models.network, models.num_classes, None, device)
+    lung_only = [lung_only_annotation(s) for s in samples]
     annotated = _annotated_mask(samples, len(names))
-    clean = _mean_over_annotated(
-        [dice_per_structure(plain.segment_clean(x), y, models.num_classes) for x, y in pairs], annotated)
-    rows = [Row("clean", None, name, float(d), None, None, None, None) for name, d in zip(names, clean) if not np.isnan(d)]
+    all_rows: list[Row] = []
+    clean, clean_labels = {}, {}
+    for with_rule in dict.fromkeys(c.laterality_rule for c in configurations):
+        plain = CertifiedSegmenter(models.network, models.num_classes, None, device,
+                                   laterality=models.laterality if with_rule else None)
+        clean_labels[with_rule] = [plain.segment_clean(x) for x, _ in pairs]
+        per_image = [dice_per_structure(scored_labels(labels, only), y, models.num_classes)
+                     for labels, (_, y), only in zip(clean_labels[with_rule], pairs, lung_only)]
+        sides = _wrong_side_images([wrong_side_shares(labels, y) for labels, (_, y) in zip(clean_labels[with_rule], pairs)])
+        configuration = "clean" if with_rule else "clean, no laterality rule"
+        clean[with_rule] = _mean_over_annotated(per_image, annotated)
+        all_rows += [Row(configuration, None, name, float(d), None, None, None, None, sides.get(name))
+                     for name, d in zip(names, clean[with_rule]) if not np.isnan(d)]
     groups = [(configuration, request) for configuration in configurations for request in requests]
-    tasks = [ImageTask(configuration, request, x, y, image_noise_seed(run_seed, sample.name))
-             for configuration, request in groups for sample, (x, y) in zip(samples, pairs)]
+    tasks = [ImageTask(configuration, request, x, y, image_noise_seed(run_seed, sample.name), only)
+             for configuration, request in groups for sample, (x, y), only in zip(samples, pairs, lung_only)]
     if run_tasks is None:
         state = evaluation_state(models, configurations, options)
         figures = [certify_task(state, task) for task in tqdm(tasks, desc="certifying", disable=not progress)]
     else:
         figures = run_tasks(tasks)
+    ratios = []
     for number, (configuration, request) in enumerate(groups):
         group = figures[number * len(samples):(number + 1) * len(samples)]
         mean_dice = _mean_over_annotated([f.dice for f in group], annotated)
-        rows += [
+        sides = _wrong_side_images([f.wrong_side for f in group])
+        all_rows += [
             Row(str(configuration), request.sigma, name, float(c), float(d), float(np.mean([f.abstention for f in group])),
-                float(np.mean([f.seconds for f in group])), float(np.mean([f.samples for f in group])))
-            for name, c, d in zip(names, clean, mean_dice) if not np.isnan(d)
+                float(np.mean([f.seconds for f in group])), float(np.mean([f.samples for f in group])), sides.get(name))
+            for name, c, d in zip(names, clean[configuration.laterality_rule], mean_dice) if not np.isnan(d)
         ]
-    return rows
+        ratios += [RatioRecord(sample.name, str(configuration), request.sigma,
+                               reference_ratio(y), _clean_ratio(labels), *f.ratio)
+                   for sample, (_, y), labels, f in zip(samples, pairs, clean_labels[configuration.laterality_rule], group)
+                   if HEART in sample.annotated and RIGHT_LUNG in sample.annotated]
+    return Evaluation(all_rows, ratios)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    rows: list[Row]
+    ratios: list[RatioRecord]  # images with heart and lungs annotated, per configuration and sigma
+
+
+@dataclass(frozen=True)
+class RatioRecord:
+    """One image's cardiothoracic ratio: from the reference masks, the clean network, the certified interval."""
+
+    image: str
+    configuration: str
+    sigma: float
+    reference: float | None
+    clean: float | None
+    low: float | None
+    high: float | None
+
+    @property
+    def verdict(self) -> str:
+        from certseg.core.measurements import ratio_verdict
+
+        return ratio_verdict(self.low, self.high)
+
+
+def reference_ratio(truth: np.ndarray) -> float | None:
+    from certseg.core.measurements import cardiothoracic_ratio
+
+    return cardiothoracic_ratio(truth == HEART, np.isin(truth, (RIGHT_LUNG, LEFT_LUNG)))
+
+
+def _clean_ratio(labels: np.ndarray) -> float | None:
+    return reference_ratio(labels)
+
+
+def lung_only_annotation(sample: Sample) -> bool:
+    return RIGHT_LUNG in sample.annotated and RIGHT_CLAVICLE not in sample.annotated
+
+
+def _wrong_side_images(shares: list[tuple[float, float]]) -> dict[str, float]:
+    values = np.asarray(shares, dtype=float).reshape(-1, 2)
+    return {"right lung": float(np.mean(values[:, 0] > WRONG_SIDE_SHARE)),
+            "left lung": float(np.mean(values[:, 1] > WRONG_SIDE_SHARE))}
 
 
 def _annotated_mask(samples: list[Sample], num_structures: int) -> np.ndarray:
@@ -163,8 +275,10 @@ def _mean_over_annotated(per_image: list[np.ndarray], annotated: np.ndarray) -> 
         return np.nanmean(values, axis=0) if values.size else values
 
 
-def write_outputs(rows: list[Row], out: Path, tau: float) -> None:
-    """evaluation.csv, evaluation.md and evaluation.png (certified Dice against the radius)."""
+def write_outputs(evaluation: Evaluation, out: Path, tau: float) -> None:
+    """evaluation.csv, evaluation.md and evaluation.png (certified Dice against the radius); with ratio records,
+    ctr.csv, ctr.md and ctr-bland-altman.png."""
+    rows = evaluation.rows
     fields = list(Row.__dataclass_fields__)
     with open(out / "evaluation.csv", "w", newline="") as stream:
         writer = csv.DictWriter(stream, fieldnames=fields)
@@ -172,18 +286,21 @@ def write_outputs(rows: list[Row], out: Path, tau: float) -> None:
         writer.writerows(row.__dict__ for row in rows)
     (out / "evaluation.md").write_text(markdown_table(rows))
     _plot(rows, out / "evaluation.png", tau)
+    if evaluation.ratios:
+        write_ratio_outputs(evaluation.ratios, out)
 
 
 def markdown_table(rows: list[Row]) -> str:
     def show(value, fmt):
         return "-" if value is None else format(value, fmt)
 
-    lines = ["| configuration | sigma | structure | clean Dice | certified Dice | abstained | s / image | samples / image |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| configuration | sigma | structure | clean Dice | certified Dice | abstained | s / image | samples / image "
+             "| wrong-side images |", "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(f"| {row.configuration} | {show(row.sigma, 'g')} | {row.structure} | {row.clean_dice:.3f} | "
                      f"{show(row.certified_dice, '.3f')} | {show(row.abstention, '.1%')} | "
-                     f"{show(row.seconds_per_image, '.1f')} | {show(row.samples_per_image, '.0f')} |")
+                     f"{show(row.seconds_per_image, '.1f')} | {show(row.samples_per_image, '.0f')} | "
+                     f"{show(row.wrong_side_images, '.1%')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -212,6 +329,67 @@ def _plot(rows: list[Row], path: Path, tau: float) -> None:
     axis.set_ylim(0, 1)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7, ncol=2)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def ratio_summary(records: list[RatioRecord]) -> dict[str, float]:
+    """Against the reference: the clean value's mean absolute error, and the shares of certified intervals that
+    contain the reference, that decide the 0.5 question, and that decide it rightly."""
+    usable = [r for r in records if r.reference is not None]
+    decided = [r for r in usable if r.verdict in ("below", "above")]
+    right = [r for r in decided if (r.verdict == "above") == (r.reference > 0.5)]
+    clean = [abs(r.clean - r.reference) for r in usable if r.clean is not None]
+    contains = [r.low is not None and r.low <= r.reference <= r.high for r in usable]
+    return {"images": len(usable), "clean_mae": float(np.mean(clean)) if clean else float("nan"),
+            "contains_reference": float(np.mean(contains)) if usable else float("nan"),
+            "decides": len(decided) / len(usable) if usable else float("nan"),
+            "decides_rightly": len(right) / len(decided) if decided else float("nan")}
+
+
+def write_ratio_outputs(records: list[RatioRecord], out: Path) -> None:
+    with open(out / "ctr.csv", "w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["image", "configuration", "sigma", "reference", "clean", "low", "high", "verdict"])
+        writer.writerows([r.image, r.configuration, r.sigma, r.reference, r.clean, r.low, r.high, r.verdict]
+                         for r in records)
+    lines = ["| configuration | sigma | images | clean MAE | interval contains reference | decides 0.5 | "
+             "decides rightly |", "|---|---|---|---|---|---|---|"]
+    for key in dict.fromkeys((r.configuration, r.sigma) for r in records):
+        summary = ratio_summary([r for r in records if (r.configuration, r.sigma) == key])
+        lines.append(f"| {key[0]} | {key[1]:g} | {summary['images']} | {summary['clean_mae']:.3f} | "
+                     f"{summary['contains_reference']:.1%} | {summary['decides']:.1%} | {summary['decides_rightly']:.1%} |")
+    (out / "ctr.md").write_text("\n".join(lines) + "\n")
+    _bland_altman(records, out / "ctr-bland-altman.png")
+
+
+def _bland_altman(records: list[RatioRecord], path: Path) -> None:
+    """Clean network against reference (difference over mean), with the certified intervals as bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    first = records[0].configuration, records[0].sigma
+    chosen = [r for r in records if (r.configuration, r.sigma) == first and r.reference is not None and r.clean is not None]
+    mean = np.array([(r.clean + r.reference) / 2 for r in chosen])
+    difference = np.array([r.clean - r.reference for r in chosen])
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for r, m in zip(chosen, mean):
+        if r.low is not None:
+            axis.plot([m, m], [r.low - r.reference, r.high - r.reference], color="0.75", linewidth=1)
+    axis.scatter(mean, difference, s=12, color="C0", label="clean network - reference", zorder=3)
+    bias, spread = float(np.mean(difference)), float(np.std(difference, ddof=1)) if len(chosen) > 1 else 0.0
+    for value, style in ((bias, "-"), (bias + 1.96 * spread, "--"), (bias - 1.96 * spread, "--")):
+        axis.axhline(value, color="C3", linestyle=style, linewidth=1)
+    axis.axvline(0.5, color="0.4", linestyle=":", linewidth=1)
+    axis.set_xlabel("mean of network and reference cardiothoracic ratio")
+    axis.set_ylabel("difference (network - reference)")
+    axis.set_title(f"Bland-Altman, {len(chosen)} images; grey: certified interval - reference "
+                   f"({first[0]}, sigma {first[1]:g})", fontsize=9)
+    axis.legend(fontsize=8)
+    axis.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
