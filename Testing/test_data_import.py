@@ -208,3 +208,18 @@ def test_ood_fit_names_its_images_and_hooks_every_encoder_level(tmp_path):
     assert detector["training_images"] == ["JPCLN003", "JPCLN005", "JPCLN007"] and detector["augmented_copies"] == 3
     models = load_models(tmp_path / "models", with_denoiser=False)
     assert len(models.ood_detector.layers) == 3  # two levels and the bottom of the 3-level network
+
+
+def test_the_cosine_schedule_runs_from_the_rate_to_the_final_rate_by_step_alone():
+    from certseg.research.train import _set_learning_rate
+
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    config = TrainConfig(steps=100, learning_rate=1e-3, final_learning_rate=1e-5)
+    rates = []
+    for step in range(101):
+        _set_learning_rate(optimizer, config, step)
+        rates.append(optimizer.param_groups[0]["lr"])
+    assert rates[0] == pytest.approx(1e-3) and rates[-1] == pytest.approx(1e-5) and rates[50] == pytest.approx(5.05e-4)
+    assert all(a >= b for a, b in zip(rates, rates[1:]))
+    _set_learning_rate(optimizer, TrainConfig(steps=100, learning_rate=1e-3), 50)
+    assert optimizer.param_groups[0]["lr"] == rates[-1]  # no final rate: the rate is left alone

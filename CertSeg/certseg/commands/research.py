@@ -77,6 +77,9 @@ def add_parsers(commands) -> None:
         parser_.add_argument("--batch-size", type=positive_int, default=16, help="images per step")
         parser_.add_argument("--learning-rate", type=float, default=1e-3 if model == "segmenter" else 5e-4,
                              help="Adam's learning rate")
+        parser_.add_argument("--final-learning-rate", type=float,
+                             help="decay the learning rate along a cosine to this value at the last step "
+                                  "(default: constant)")
         parser_.add_argument("--max-minutes", type=float, help="stop early (with a checkpoint) after this long")
         parser_.add_argument("--seed", type=int, default=0, help="seed of the data order, augmentation and initialisation")
         parser_.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
@@ -280,6 +283,7 @@ def run_train(args) -> int:
     from certseg.research.train import TrainConfig, train_denoiser, train_segmenter
 
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                         final_learning_rate=args.final_learning_rate,
                          seed=args.seed, max_minutes=args.max_minutes, device=args.device, init=args.init,
                          extra_card={"data": describe(args.data), "command": "certseg " + " ".join(sys.argv[1:])})
     samples = load_datasets(args.data, ("train",))

@@ -9,6 +9,7 @@ always leaves a checkpoint and the finished model folder behind.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,7 @@ class TrainConfig:
     steps: int
     batch_size: int = 16
     learning_rate: float = 1e-3
+    final_learning_rate: float | None = None  # cosine decay from learning_rate to this over the steps; None: constant
     seed: int = 0
     max_minutes: float | None = None
     checkpoint_every: int = 25
@@ -168,6 +170,7 @@ def train_segmenter(samples: list[Sample], out: Path, config: TrainConfig, progr
                   "mapping": "stored values, MONOCHROME2, percentile window -> [0, 1], zero-pad to square, "
                              "antialiased bilinear resize"},
         "training": {"steps": steps, "batch_size": config.batch_size, "learning_rate": config.learning_rate,
+                     "final_learning_rate": config.final_learning_rate,
                      "loss": "partial-label cross-entropy + Dice of annotated classes",
                      "augmentation": "certseg.research.data.augment (geometry, window, gamma, detail, collimation, markers)",
                      "noise_sigma_uniform": list(config.noise_sigma), "seed": config.seed, "images": len(samples),
@@ -249,6 +252,7 @@ def train_denoiser(samples: list[Sample], out: Path, config: TrainConfig, progre
         "task": "one-shot denoising of chest X-rays for diffusion denoised smoothing",
         "input": {"size": MODEL_SIZE, "range": "[0, 1] model space, scaled to [-1, 1] inside"},
         "training": {"steps": steps, "batch_size": config.batch_size, "learning_rate": config.learning_rate,
+                     "final_learning_rate": config.final_learning_rate,
                      "crop": config.crop, "timesteps": [t_low, t_high],
                      "sigma_range": list(config.denoiser_sigma), "seed": config.seed, "images": len(samples),
                      "init": str(config.init) if config.init else None, **config.extra_card},
@@ -265,6 +269,7 @@ def _run(model, optimizer, step_loss, checkpoint: Path, config: TrainConfig, pro
     started = time.monotonic()
     with tqdm(total=config.steps, initial=step, desc=f"train {name}", disable=not progress) as bar:
         while step < config.steps:
+            _set_learning_rate(optimizer, config, step)
             loss = step_loss()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -281,6 +286,17 @@ def _run(model, optimizer, step_loss, checkpoint: Path, config: TrainConfig, pro
                 break
     model.eval()
     return step
+
+
+def _set_learning_rate(optimizer, config: TrainConfig, step: int) -> None:
+    """Cosine decay by the step count alone, so a resumed run continues the same schedule."""
+    if config.final_learning_rate is None:
+        return
+    progress = min(1.0, step / max(1, config.steps))
+    rate = config.final_learning_rate + (config.learning_rate - config.final_learning_rate) * 0.5 * (
+        1 + math.cos(math.pi * progress))
+    for group in optimizer.param_groups:
+        group["lr"] = rate
 
 
 def _save_checkpoint(folder: Path, model, optimizer, step: int) -> None:
