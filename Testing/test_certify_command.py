@@ -3,6 +3,7 @@
 import json
 import shutil
 import subprocess
+import sys
 
 import highdicom as hd
 import numpy as np
@@ -306,3 +307,22 @@ def test_a_bug_is_not_dressed_up_as_bad_input(tmp_path):
     with pytest.raises(ParameterError):
         CertificationRequest(sigma=-1.0).validate()
     assert issubclass(ParameterError, ValueError)
+
+
+@pytest.mark.parametrize("case", ["--help", "--version", "bad sigma", "missing path", "text file", "pacs config"])
+def test_answers_that_need_no_model_never_import_torch(case, tmp_path):
+    """--help, --version and every parameter or input refusal come before torch, MONAI and diffusers load
+    (their import is what made a typo cost a minute; Testing/benchmarks/cli_startup.py times it)."""
+    (tmp_path / "x.dcm").write_text("hello")
+    argv = {"--help": ["certify", "--help"], "--version": ["--version"],
+            "bad sigma": ["certify", str(SAMPLE_CR), "--out", str(tmp_path / "o"), "--sigma", "-1"],
+            "missing path": ["certify", str(tmp_path / "nothing.dcm"), "--out", str(tmp_path / "o")],
+            "text file": ["certify", str(tmp_path / "x.dcm"), "--out", str(tmp_path / "o")],
+            "pacs config": ["pacs", "--server", "x", "--config", str(tmp_path / "none.json"), "--study", "1.2", "--out",
+                            str(tmp_path / "o")]}[case]
+    code = ("import sys\nfrom certseg.commands import main\ntry:\n    code = main(%r)\nexcept SystemExit as exit:\n"
+            "    code = exit.code\nheavy = sorted({'torch', 'monai', 'diffusers'} & set(sys.modules))\n"
+            "print('HEAVY', heavy, 'CODE', code)") % (argv,)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "HEAVY [] CODE" in done.stdout, done.stdout[-500:] + done.stderr[-500:]
+    assert not (tmp_path / "o").exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from enum import StrEnum
 from pathlib import Path
 
@@ -22,11 +23,13 @@ from certseg.errors import EXIT_OK, EXIT_SOME_FAILED, CertSegError, OutOfDistrib
 from certseg.files import atomic_directory
 from certseg.imagefile import read_image
 from certseg.names import result_folder
-from certseg.pipeline import CertificationPipeline, StoredImage
 from certseg.progress import progress_lines, sample_bar
 from certseg.report import dicom_report, image_file_report, summary_line
 from certseg.request import CertificationRequest
 from certseg.results.folder import write_result_folder
+
+if TYPE_CHECKING:  # torch, MONAI and diffusers load with the pipeline: only once there is something to certify
+    from certseg.pipeline import CertificationPipeline, StoredImage
 
 
 class Status(StrEnum):
@@ -129,6 +132,8 @@ def certify_image_file(path: Path, out: Path, pipeline: CertificationPipeline, r
         image.pixels, image.spacing_mm = radiograph.pixels, radiograph.spacing_mm
     if out.exists() and not overwrite:
         raise CertSegError(f"{out}: already exists (use --overwrite to replace it)")
+    from certseg.pipeline import StoredImage
+
     stored = StoredImage(image.pixels, path.name, None if radiograph is None else radiograph.window)
     reporter = progress_lines() if progress_protocol else sample_bar(request.samples, disable=quiet)
     with reporter as progress:
@@ -164,6 +169,8 @@ def _certify_dicom_file(path: Path, out: Path, pipeline: CertificationPipeline, 
 
 def stored_image(radiograph: Radiograph) -> StoredImage:
     """What the pipeline certifies of a radiograph: its stored values, keyed by SOPInstanceUID, with its VOI window."""
+    from certseg.pipeline import StoredImage
+
     return StoredImage(radiograph.pixels, radiograph.uids[2], radiograph.window)
 
 

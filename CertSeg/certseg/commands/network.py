@@ -104,13 +104,14 @@ def run_pacs(args) -> int:
     from certseg.pacs.config import load_server
     from certseg.pacs.query import StudyQuery
     from certseg.pacs.workflow import SendChoice, StudyStatus, connect, exit_code, pull_certify_push
-    from certseg.pipeline import CertificationPipeline
     from certseg.runner import Status, certify_input
 
     request, options = certification_request(args), run_options(args)
     query = StudyQuery(args.study, args.accession, args.patient_id, args.date_from, args.date_to)
     query.validate()
     server = load_server(args.server, args.config)
+    from certseg.pipeline import CertificationPipeline  # torch, MONAI and diffusers: once the request is sound
+
     pipeline = CertificationPipeline.from_folder(options)
 
     def certify(folder: Path):

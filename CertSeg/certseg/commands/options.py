@@ -86,11 +86,12 @@ def certification_request(args, sigma: float | None = None) -> CertificationRequ
 
 def run_options(args) -> RunOptions:
     """The models and execution the options ask for; a missing GPU is a bad parameter, not one failure per image."""
-    from certseg.core.sampling import resolve_device
-
     options = RunOptions(model_dir=getattr(args, "model_dir", None),
                          use_denoiser=not getattr(args, "no_denoiser", False), device=args.device,
                          batch_size=args.batch_size, precision=args.precision, compile=args.compile)
     options.validate()
-    resolve_device(options.device)
+    if options.device not in ("auto", "cpu"):  # asking torch for a GPU costs its import: only when one is named
+        from certseg.core.sampling import resolve_device
+
+        resolve_device(options.device)
     return options
