@@ -42,7 +42,7 @@ from CertSegLib import mrml
 from CertSegLib.batch import BatchQueue, ItemStatus, kept_result_folder
 from CertSegLib.dependencies import installed_version, protected_constraints
 from CertSegLib.process import BackendProcess, Progress
-from CertSegLib.summary import (
+from CertSegLib.backend_call import (
     SELF_TEST_OPTIONS,
     SELF_TEST_REQUEST,
     backend_command,

@@ -127,7 +127,29 @@ def test_the_extension_build_ships_every_backend_file():
     globs = [line.split() for line in cmake.splitlines() if line.startswith("file(GLOB")]
     scripts = next(g for g in globs if g[1] == "CERTSEG_BACKEND_SCRIPTS")
     assert scripts[0] == "file(GLOB_RECURSE" and scripts[-1] == "certseg/*.py)"
-    shipped = set(PACKAGE.parent.glob("certseg/**/*.py"))  # what GLOB_RECURSE certseg/*.py matches
-    assert shipped == set(BACKEND_FILES) and PACKAGE / "research" / "data" / "folder.py" in shipped
+    assert 'list(FILTER CERTSEG_BACKEND_SCRIPTS EXCLUDE REGEX "^certseg/research/")' in cmake
+    matched = set(PACKAGE.parent.glob("certseg/**/*.py"))  # what GLOB_RECURSE certseg/*.py matches
+    shipped = {p for p in matched if not p.is_relative_to(PACKAGE / "research")}  # what the FILTER keeps
+    assert matched == set(BACKEND_FILES) and PACKAGE / "pacs" / "listener.py" in shipped
+    assert not any(p.is_relative_to(PACKAGE / "research") for p in shipped)
     models = next(g for g in globs if g[1] == "CERTSEG_MODELS")
-    assert models[0] == "file(GLOB_RECURSE" and models[-2:] == ["certseg/models/*.json", "certseg/models/*.safetensors)"]
+    assert models[0] == "file(GLOB_RECURSE" and models[-2:] == ["certseg/shipped_models/*.json", "certseg/shipped_models/*.safetensors)"]
+
+
+def test_the_backend_as_the_extension_packs_it_runs_without_research(tmp_path):
+    """The extension's copy of the package has no research/: everything that runs in Slicer still imports, the
+    research commands are simply absent (an unknown command, one line), and certification is offered."""
+    import shutil
+
+    shutil.copytree(PACKAGE, tmp_path / "certseg", ignore=shutil.ignore_patterns("research", "__pycache__"))
+    code = ("import certseg.pipeline, certseg.runner, certseg.results.folder, certseg.pacs.listener, "
+            "certseg.scale.engine\nfrom certseg.commands import main, research_installed\n"
+            "assert not research_installed()\nimport sys\nsys.exit(main(sys.argv[1:]))")
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
+    train = subprocess.run([sys.executable, "-c", code, "train", "segmenter"], capture_output=True, text=True,
+                           env=env, cwd=tmp_path, timeout=300)
+    assert train.returncode == 2 and len(train.stderr.strip().splitlines()) == 1 and "invalid choice: 'train'" in \
+        train.stderr, train.stderr[-1500:]
+    helped = subprocess.run([sys.executable, "-c", code, "certify", "--help"], capture_output=True, text=True,
+                            env=env, cwd=tmp_path, timeout=300)
+    assert helped.returncode == 0 and "--sigma" in helped.stdout

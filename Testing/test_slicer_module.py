@@ -22,7 +22,7 @@ from certseg.report import batch_detail, panel_summary
 from certseg.request import CertificationRequest, RunOptions
 from CertSegLib.batch import BatchQueue, ItemStatus, kept_result_folder
 from CertSegLib.process import EXIT_CANCELLED, BackendProcess, Progress, parse_line
-from CertSegLib.summary import (
+from CertSegLib.backend_call import (
     SELF_TEST_OPTIONS,
     SELF_TEST_REQUEST,
     backend_command,

@@ -1,4 +1,4 @@
 """Slicer-side helpers of the CertSeg module: background backend process, results for the panel.
 
-`process` and `summary` import nothing from Slicer so they are tested outside it.
+`process` and `backend_call` import nothing from Slicer so they are tested outside it.
 """

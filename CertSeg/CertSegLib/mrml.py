@@ -15,7 +15,7 @@ import slicer
 import vtk
 
 from CertSegLib.review import CERTIFIED_DIGESTS_ATTRIBUTE, MODEL_ATTRIBUTE, SlicerSegment, mask_digest
-from CertSegLib.summary import input_problem
+from CertSegLib.backend_call import input_problem
 
 RADIUS_MAP_ATTRIBUTE = "CertSeg.radiusMapOf"  # on a radius map: the ID of the radiograph it belongs to
 REPORT_ATTRIBUTE = "CertSeg.report"  # on a result segmentation: report.json as text

@@ -64,11 +64,18 @@ class _OneLineErrorParser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
 
 
+def research_installed() -> bool:
+    """Training, evaluation, DRRs and attacks (certseg.research) are not packed into the Slicer extension."""
+    import importlib.util
+
+    return importlib.util.find_spec("certseg.research") is not None
+
+
 def parser() -> argparse.ArgumentParser:
     root = _OneLineErrorParser(prog="certseg", description="Certified chest X-ray segmentation.")
     root.add_argument("--version", action="version", version=f"certseg {__version__}")
     commands = root.add_subparsers(dest="command", required=True)
-    for group in (certify, network, research):
+    for group in (certify, network) + ((research,) if research_installed() else ()):
         group.add_parsers(commands)
     for command in _all_parsers(root):
         command.formatter_class = _DefaultsHelpFormatter

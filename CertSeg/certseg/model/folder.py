@@ -6,7 +6,7 @@
     denoiser/card.json             (optional) training data, sha256, intended use
     denoiser/unet/, scheduler/     diffusers save_pretrained output (safetensors)
 
-The shipped defaults live in `certseg/models/`; a user's own models are a local folder in the same format.
+The shipped defaults live in `certseg/shipped_models/`; a user's own models are a local folder in the same format.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from certseg.model.laterality import LateralityRule, rule_for_labels
 from certseg.model.networks import load_denoiser, load_segmenter
 from certseg.model.ood import SpectralDetector
 
-DEFAULT_MODEL_DIR = Path(__file__).parents[1] / "models"
+DEFAULT_MODEL_DIR = Path(__file__).parents[1] / "shipped_models"
 
 
 @dataclass

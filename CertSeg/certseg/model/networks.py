@@ -8,7 +8,7 @@ A model folder holds
     denoiser/unet/                 diffusers UNet2DModel.save_pretrained output (safetensors)
     denoiser/scheduler/            diffusers DDPMScheduler.save_pretrained output
 
-The shipped defaults live in `certseg/models/`; a user's own models are a local
+The shipped defaults live in `certseg/shipped_models/`; a user's own models are a local
 folder in the same format.  The card's sha256 is checked on every load.
 """
 
