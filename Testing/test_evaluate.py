@@ -87,3 +87,10 @@ def test_wrong_side_share_and_lung_only_scoring():
 
 def test_the_command_names_every_configuration():
     assert sorted(CONFIGURATION_NAMES.values()) == sorted(map(str, Configuration))
+
+
+def test_a_recorded_command_names_folders_not_the_machine_they_were_on():
+    from certseg.commands.research import recorded_command
+
+    assert recorded_command(["train", "segmenter", "--data", "/work/data/jsrt", "covid", "--out", "/tmp/m"]) == \
+        "certseg train segmenter --data jsrt covid --out m"

@@ -202,7 +202,7 @@ def run_attack(args) -> int:
     recorded = {**{k: getattr(request, k) for k in ("sigma", "n0", "n", "alpha", "tau", "correction")},
                 "denoiser": pipeline.models.denoiser is not None, "attack": dataclasses.asdict(settings),
                 "spaces": args.space, "images": [image.key for image in images],
-                "command": "certseg " + " ".join(sys.argv[1:])}
+                "command": recorded_command(sys.argv[1:])}
     with atomic_directory(args.out, overwrite=args.overwrite) as staging:
         write_outputs(trials, summary, recorded, staging)
     print(markdown_table(summary), end="")
@@ -278,6 +278,12 @@ def run_data_sample(args) -> int:
     return EXIT_OK
 
 
+def recorded_command(argv: list[str]) -> str:
+    """The command line as a model card or an attack record keeps it: a path by its last part only, so the
+    record names the dataset folders (described beside it) and never the machine they were on."""
+    return "certseg " + " ".join(Path(a).name if Path(a).is_absolute() else a for a in argv)
+
+
 def run_train(args) -> int:
     from certseg.research.data import describe, load_datasets
     from certseg.research.train import TrainConfig, train_denoiser, train_segmenter
@@ -285,7 +291,7 @@ def run_train(args) -> int:
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
                          final_learning_rate=args.final_learning_rate,
                          seed=args.seed, max_minutes=args.max_minutes, device=args.device, init=args.init,
-                         extra_card={"data": describe(args.data), "command": "certseg " + " ".join(sys.argv[1:])})
+                         extra_card={"data": describe(args.data), "command": recorded_command(sys.argv[1:])})
     samples = load_datasets(args.data, ("train",))
     if args.model == "segmenter":
         config.channels = tuple(args.channels) if args.channels else None

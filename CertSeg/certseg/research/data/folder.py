@@ -73,7 +73,7 @@ def import_dataset(layout_name: str, source: Path, out: Path, *, masks: Path | N
                             "labels": f"labels/{file}", "annotated": list(sample.annotated),
                             "source_shape": list(sample.stored.shape)})
         card = {"format": DATASET_FORMAT, "dataset": layout.dataset, "layout": layout.name,
-                "description": layout.description, "terms": layout.terms, "origin": origin or str(source),
+                "description": layout.description, "terms": layout.terms, "origin": origin or source.name,
                 "split_rule": layout.split_rule or SPLIT_RULE, "working_size": WORKING_SIZE, "labels": label_card(),
                 "counts": {split: sum(e["split"] == split for e in entries) for split in SPLITS},
                 "skipped": {reason: sorted(names) for reason, names in sorted(skipped.items())},
