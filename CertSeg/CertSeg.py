@@ -372,6 +372,11 @@ class CertSegLogic(ScriptedLoadableModuleLogic):
             raise ValueError(problem)
         if parameters.device == "cuda" and not self._cudaAvailable():
             raise ValueError(_("No CUDA GPU is available to this Slicer; choose 'cpu' or 'auto'."))
+        # Built (and so validated) before anything is written: a bad parameter leaves no temporary folder behind.
+        request = CertificationRequest(sigma=parameters.sigma, n0=parameters.n0, n=parameters.n, alpha=parameters.alpha,
+                                       tau=parameters.tau, force=force)
+        options = RunOptions(model_dir=Path(parameters.modelFolder) if parameters.modelFolder else None,
+                             use_denoiser=parameters.useDenoiser, device=parameters.device)
         self._workDir = tempfile.mkdtemp(prefix="CertSeg-")
         image = Path(self._workDir) / "input.nrrd"
         # exportNode leaves the volume's own storage node alone (saveNode would repoint it at our temp file).
@@ -379,10 +384,6 @@ class CertSegLogic(ScriptedLoadableModuleLogic):
         if not slicer.util.exportNode(volume, str(image), properties={}):
             raise RuntimeError(_("Could not write the input volume to a temporary file"))
         out = self._resultFolder(parameters, volume)
-        request = CertificationRequest(sigma=parameters.sigma, n0=parameters.n0, n=parameters.n, alpha=parameters.alpha,
-                                       tau=parameters.tau, force=force)
-        options = RunOptions(model_dir=Path(parameters.modelFolder) if parameters.modelFolder else None,
-                             use_denoiser=parameters.useDenoiser, device=parameters.device)
         args = backend_command(self._python(), image, out, request, options, self._sourceDicomFile(volume))
         env = slicer.util.startupEnvironment()
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(MODULE_DIR), env.get("PYTHONPATH", "")]))

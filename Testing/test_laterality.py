@@ -7,6 +7,7 @@ from certseg.core.labels import ABSTAIN
 from certseg.model.folder import load_models
 from certseg.model.laterality import LateralityRule, midline_columns, rule_for_labels
 from certseg.model.segmenter import CertifiedSegmenter
+from certseg.request import CertificationRequest
 
 SIDE, CLASSES = 128, 6
 BACKGROUND, RIGHT_LUNG, LEFT_LUNG, HEART, RIGHT_CLAVICLE, LEFT_CLAVICLE = range(6)
@@ -49,7 +50,7 @@ def wrong_side_chest() -> np.ndarray:
 def certify(labels: np.ndarray, rule: LateralityRule | None) -> np.ndarray:
     segmenter = CertifiedSegmenter(PaintedNetwork(labels), CLASSES, None, "cpu", laterality=rule)
     image = np.full((SIDE, SIDE), 0.5, dtype=np.float32)
-    certificate = segmenter.certify(image, sigma=0.25, n0=5, n=100, alpha=0.001, tau=0.75, seed=0)
+    certificate = segmenter.certify(image, CertificationRequest(sigma=0.25, n0=5, n=100, alpha=0.001, tau=0.75), seed=0)
     return certificate.labels
 
 

@@ -8,6 +8,7 @@ from scipy import stats
 from certseg.core.labels import ABSTAIN
 from certseg.core.smoothing import certify_segmentation, predict_segmentation
 from certseg.core.stats import binomial_upper_tail_pvalue
+from certseg.request import CertificationRequest
 
 
 def threshold_model(batch: torch.Tensor) -> torch.Tensor:
@@ -22,10 +23,14 @@ def true_smoothed(image: np.ndarray, sigma: float):
     return label, np.maximum(p_one, 1 - p_one), np.abs(image - 0.5)
 
 
+ENGINE_ARGUMENTS = ("num_classes", "seed", "batch_size", "device", "progress")
+
+
 def certify(image, **overrides):
-    kwargs = dict(num_classes=2, sigma=0.25, n0=10, n=100, alpha=0.001, tau=0.75, seed=0, device="cpu")
-    kwargs.update(overrides)
-    return certify_segmentation(threshold_model, image, **kwargs)
+    """CERTIFY on the threshold model: request fields and engine arguments may both be overridden."""
+    settings = dict(num_classes=2, sigma=0.25, n0=10, n=100, alpha=0.001, tau=0.75, seed=0, device="cpu") | overrides
+    engine = {key: settings.pop(key) for key in ENGINE_ARGUMENTS if key in settings}
+    return certify_segmentation(threshold_model, image, CertificationRequest(**settings), **engine)
 
 
 def test_confident_pixels_are_certified_with_the_true_label_and_radius():
@@ -152,8 +157,9 @@ def test_selection_samples_are_not_reused_for_counting():
         seen.append(batch.clone())
         return threshold_model(batch)
 
-    certify_segmentation(recording_model, np.full((3, 3), 0.6), num_classes=2, sigma=0.25, n0=5, n=8,
-                         alpha=0.01, tau=0.75, seed=1, batch_size=4, device="cpu")
+    request = CertificationRequest(sigma=0.25, n0=5, n=8, alpha=0.01, tau=0.75)
+    certify_segmentation(recording_model, np.full((3, 3), 0.6), request,
+                         num_classes=2, seed=1, batch_size=4, device="cpu")
     samples = torch.cat(seen)
     assert samples.shape[0] == 13
     assert torch.unique(samples.reshape(13, -1), dim=0).shape[0] == 13
@@ -184,8 +190,8 @@ def test_seed_is_drawn_and_recorded_when_not_given():
 
 def test_predict_returns_significant_majority_labels_without_radius():
     image = np.array([[0.0, 1.0, 0.5]])
-    result = predict_segmentation(threshold_model, image, num_classes=2, sigma=0.25, n=200, alpha=0.001,
-                                  seed=0, device="cpu")
+    result = predict_segmentation(threshold_model, image, CertificationRequest(sigma=0.25, n=200, alpha=0.001),
+                                  num_classes=2, seed=0, device="cpu")
     assert result.radius is None and result.pixel_radius is None
     assert list(result.labels[0, :2]) == [0, 1]
     assert result.labels[0, 2] == ABSTAIN
@@ -196,8 +202,9 @@ def test_multiclass_counts_pick_the_majority_class():
         return torch.bucketize(batch[:, 0], torch.tensor([1 / 3, 2 / 3]))
 
     image = np.array([[0.0, 0.5, 1.0]])
-    cert = certify_segmentation(three_bands, image, num_classes=3, sigma=0.05, n0=10, n=100, alpha=0.001,
-                                tau=0.75, seed=0, device="cpu")
+    request = CertificationRequest(sigma=0.05, n0=10, n=100, alpha=0.001, tau=0.75)
+    cert = certify_segmentation(three_bands, image, request,
+                                num_classes=3, seed=0, device="cpu")
     np.testing.assert_array_equal(cert.labels, [[0, 1, 2]])
 
 
@@ -234,8 +241,9 @@ def test_bad_images_are_refused(image):
 
 def test_base_model_returning_invalid_labels_is_refused():
     with pytest.raises(ValueError, match="labels outside"):
-        certify_segmentation(lambda b: threshold_model(b) + 5, np.zeros((2, 2)), num_classes=2, sigma=0.25,
-                             n0=1, n=1, alpha=0.1, tau=0.75, device="cpu")
+        request = CertificationRequest(sigma=0.25, n0=1, n=1, alpha=0.1, tau=0.75)
+        certify_segmentation(lambda b: threshold_model(b) + 5, np.zeros((2, 2)), request,
+                             num_classes=2, device="cpu")
 
 
 SIDE = 64  # a 64 x 64 image: 4,096 dimensions, enough for the attacker to align with every known draw
@@ -249,8 +257,9 @@ def _noise_of_seed(seed: int, n0: int, n: int, sigma: float) -> torch.Tensor:
         seen.append(batch[:, 0].clone())
         return torch.zeros(batch.shape[0], SIDE, SIDE, dtype=torch.long)
 
-    certify_segmentation(recorder, np.zeros((SIDE, SIDE)), num_classes=2, sigma=sigma, n0=n0, n=n, alpha=0.001,
-                         tau=0.75, seed=seed, device="cpu")
+    request = CertificationRequest(sigma=sigma, n0=n0, n=n, alpha=0.001, tau=0.75)
+    certify_segmentation(recorder, np.zeros((SIDE, SIDE)), request,
+                         num_classes=2, seed=seed, device="cpu")
     return torch.cat(seen)
 
 
@@ -276,8 +285,10 @@ def test_a_seed_known_in_advance_lets_an_attacker_certify_what_fresh_noise_refus
         inside = ((batch.reshape(len(batch), -1).double() - centre) ** 2).sum(dim=1) < radius_squared
         return inside.long()[:, None, None].expand(-1, SIDE, SIDE)
 
-    run = lambda seed: certify_segmentation(ball, crafted, num_classes=2, sigma=sigma, n0=n0, n=n,  # noqa: E731
-                                            alpha=0.001, tau=0.75, seed=seed, device="cpu")
+    request = CertificationRequest(sigma=sigma, n0=n0, n=n, alpha=0.001, tau=0.75)
+    def run(seed):
+        return certify_segmentation(ball, crafted, request, num_classes=2, seed=seed, device="cpu")
+
     attacked = run(0)
     assert attacked.counts[0, 0] == n and (attacked.labels == 1).all()  # certified, though p = 0.25
     honest = run(None)  # the default: fresh OS entropy
@@ -307,8 +318,8 @@ def test_predict_uses_bonferroni_and_keeps_the_family_wise_error_below_alpha():
     image = np.full((5, 10), 0.5 - 0.25 * stats.norm.ppf(0.53))
     errors = 0
     for trial in range(trials):
-        result = predict_segmentation(threshold_model, image, num_classes=2, sigma=0.25, n=100, alpha=alpha,
-                                      seed=trial, device="cpu")
+        result = predict_segmentation(threshold_model, image, CertificationRequest(sigma=0.25, n=100, alpha=alpha),
+                                      num_classes=2, seed=trial, device="cpu")
         errors += bool((result.labels == 1).any())
     assert result.parameters.correction == "bonferroni"
     assert errors / trials <= alpha + 3 * np.sqrt(alpha * (1 - alpha) / trials)

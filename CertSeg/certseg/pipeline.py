@@ -21,7 +21,7 @@ from certseg.core.radius import radius_in_source_units
 from certseg.core.sampling import fresh_seed, image_noise_seed, resolve_device
 from certseg.core.smoothing import Certificate
 from certseg.core.window import IntensityWindow
-from certseg.errors import OOD_REFUSAL, CertSegError, OutOfDistributionError
+from certseg.errors import OOD_REFUSAL, OutOfDistributionError
 from certseg.model.execution import Execution
 from certseg.model.folder import LoadedModels, load_models
 from certseg.model.segmenter import CertifiedSegmenter
@@ -77,7 +77,6 @@ class CertificationPipeline:
         out-of-distribution detector rejects gets no certificate (CertSegError naming score and
         threshold) unless request.force, which the verdict records.
         """
-        request.validate()
         input_map = self.input_map(image)
         percentiles = self.models.segmenter_card.input.percentiles
         window_from = None if image.window is not None else (image.pixels, percentiles)
@@ -87,8 +86,8 @@ class CertificationPipeline:
         model_image = input_map(image.pixels)
         verdict = self._ood_verdict(model_image, request.force)
         run_seed = fresh_seed() if request.seed is None else int(request.seed)
-        certificate = self.segmenter.certify(model_image, batch_size=self.batch_size, progress=progress,
-                                             seed=image_noise_seed(run_seed, image.key), **request.smoothing_arguments())
+        certificate = self.segmenter.certify(model_image, request, batch_size=self.batch_size, progress=progress,
+                                             seed=image_noise_seed(run_seed, image.key))
         return CertificationResult(
             source_labels=input_map.labels_to_source(certificate.labels),
             certificate=certificate,

@@ -85,13 +85,11 @@ class CertificationRequest:
         """Noise samples drawn at most (selection and estimation)."""
         return self.n0 + self.n
 
-    def smoothing_arguments(self) -> dict[str, object]:
-        """The keyword arguments of core.smoothing.certify_segmentation (and CertifiedSegmenter.certify)."""
-        return dict(sigma=self.sigma, n0=self.n0, n=self.n, alpha=self.alpha, tau=self.tau, correction=self.correction,
-                    looks=self.looks or None, stop_tolerance=self.stop_tolerance if self.looks else 0.0)
+    def __post_init__(self) -> None:
+        self.validate()  # built once, valid once: nothing downstream checks these fields again
 
     def validate(self) -> None:
-        """ValueError with the first problem."""
+        """ParameterError (a ValueError) with the first problem."""
         if isinstance(self.looks, str) and self.looks != DOUBLING:
             raise ParameterError(f"looks must be counts or {DOUBLING!r}, got {self.looks!r}")
         problems = smoothing_problems(sigma=self.sigma, n=self.n, alpha=self.alpha, correction=self.correction,

@@ -15,6 +15,7 @@ import torch
 
 from certseg.core import smoothing
 from certseg.core.smoothing import certify_segmentation
+from certseg.request import CertificationRequest
 
 
 def threshold_model(batch: torch.Tensor) -> torch.Tensor:
@@ -38,9 +39,10 @@ def main() -> None:
         with patch:
             certified, drawn = [], []
             for trial in range(args.trials):
-                cert = certify_segmentation(threshold_model, image, num_classes=2, sigma=sigma, n0=10, n=args.n,
-                                            alpha=0.001, tau=0.75, looks="doubling", stop_tolerance=0.002,
-                                            batch_size=256, seed=trial, device="cpu")
+                request = CertificationRequest(sigma=sigma, n0=10, n=args.n, alpha=0.001, tau=0.75, looks="doubling",
+                                               stop_tolerance=0.002)
+                cert = certify_segmentation(threshold_model, image, request, num_classes=2, batch_size=256, seed=trial,
+                                            device="cpu")
                 certified.append(cert.decided.mean())
                 drawn.append(cert.estimation_samples)
             looks = cert.parameters.looks

@@ -80,8 +80,7 @@ def certification_request(args, sigma: float | None = None) -> CertificationRequ
         sigma=args.sigma if sigma is None else sigma, n0=args.n0, n=args.n, alpha=args.alpha, tau=args.tau,
         correction=Correction(args.correction), looks=tuple(args.looks or ()) or (DOUBLING if args.sequential else ()),
         stop_tolerance=args.stop_tolerance, seed=args.seed, force=args.force)
-    request.validate()
-    return request
+    return request  # validated as it was built
 
 
 def run_options(args) -> RunOptions:

@@ -45,7 +45,7 @@ from certseg.core.stats import (
 )
 from certseg.errors import InputError, ParameterError
 from certseg.progress import Progress
-from certseg.request import DOUBLING, Correction, smoothing_problems
+from certseg.request import DOUBLING, CertificationRequest, Correction
 
 
 class Mode(StrEnum):
@@ -71,19 +71,29 @@ class SmoothingParameters:
     looks: tuple[int, ...] = ()  # cumulative estimation samples at which CERTIFY tests; () means (n,)
     stop_tolerance: float = 0.0  # see certify_segmentation
 
+    def __post_init__(self) -> None:
+        """Only what the engine adds to a request is checked here: the request validated its own fields."""
+        if self.num_classes < 2:
+            raise ParameterError(f"num_classes must be >= 2, got {self.num_classes}")
+        if self.batch_size < 1:
+            raise ParameterError(f"batch_size must be >= 1, got {self.batch_size}")
+
+    @classmethod
+    def resolved(cls, mode: Mode, request: CertificationRequest, num_classes: int, seed: int | None,
+                 batch_size: int | None, device, looks: tuple[int, ...] = (), stop_tolerance: float = 0.0):
+        """The request as the engine runs it: the device, batch size and seed resolved (fresh entropy for None)."""
+        resolved = resolve_device(device)
+        predict = mode == Mode.PREDICT
+        return cls(mode=mode, num_classes=int(num_classes), sigma=request.sigma, n0=0 if predict else request.n0,
+                   n=request.n, alpha=request.alpha, tau=None if predict else request.tau,
+                   correction=Correction.BONFERRONI if predict else request.correction,
+                   seed=fresh_seed() if seed is None else int(seed),
+                   batch_size=int(default_batch_size(resolved) if batch_size is None else batch_size),
+                   device=str(resolved), looks=looks, stop_tolerance=float(stop_tolerance))
+
     @property
     def look_sizes(self) -> tuple[int, ...]:
         return self.looks or (self.n,)
-
-    def validate(self) -> None:
-        problems = [] if self.num_classes >= 2 else [f"num_classes must be >= 2, got {self.num_classes}"]
-        if self.batch_size < 1:
-            problems.append(f"batch_size must be >= 1, got {self.batch_size}")
-        certify_only = dict(n0=self.n0, tau=self.tau, looks=self.looks, stop_tolerance=self.stop_tolerance)
-        problems += smoothing_problems(sigma=self.sigma, n=self.n, alpha=self.alpha, correction=self.correction,
-                                       **(certify_only if self.mode == Mode.CERTIFY else {}))
-        if problems:
-            raise ParameterError(problems[0])
 
 
 @dataclass
@@ -140,24 +150,18 @@ class Certificate:
 def certify_segmentation(
     base: BaseSegmenter,
     image: np.ndarray | torch.Tensor,
+    request: CertificationRequest,
     *,
     num_classes: int,
-    sigma: float,
-    n0: int,
-    n: int,
-    alpha: float,
-    tau: float,
-    correction: Correction = Correction.HOLM,
-    looks: Sequence[int] | str | None = None,
-    stop_tolerance: float = 0.0,
-    batch_size: int | None = None,
     seed: int | None = None,
+    batch_size: int | None = None,
     device: str | torch.device | None = "auto",
     progress: Progress | None = None,
 ) -> Certificate:
-    """SegCertify's CERTIFY: certify every pixel of `image` or abstain.
+    """SegCertify's CERTIFY: certify every pixel of `image` or abstain, with `request`'s statistics.
 
     image  (H, W) float image in the base segmenter's input space ([0, 1]).
+    The request's fields (validated when it was built, request.CertificationRequest):
     n0     selection samples: pick each pixel's candidate class (never reused for counting).
     n      estimation samples at most: count votes for the candidate.
     tau    per-pixel probability threshold; certified pixels are robust within
@@ -171,7 +175,8 @@ def certify_segmentation(
            which continuing to n is expected to certify fewer than stop_tolerance x (pixels of
            that candidate class) more pixels in every class.  `estimation_samples` of the
            result says how many were drawn.
-    seed   fixes the noise; None (the default) draws fresh OS entropy, recorded in the parameters.
+    seed   this image's noise seed (callers derive it from the run seed and the image's key); None: the
+           request's seed, and without one fresh OS entropy, recorded in the parameters.
            A seed known before the image is fixed voids the guarantee (an attacker can tune the
            image to the exact draws).  The noise of sample j depends only on (seed, j), never on
            the batch size; the certificate then also equals on the same device in fp32 eager
@@ -179,11 +184,15 @@ def certify_segmentation(
            certificates are reproducible only with the same batch size, device and software.
     batch_size  noisy copies per forward pass; None picks one for the device.
     """
+    sigma, n0, n, alpha, tau, correction = (request.sigma, request.n0, request.n, request.alpha, request.tau,
+                                            request.correction)
+    looks = request.looks
     if looks == DOUBLING:
         looks = doubling_looks(n, tau, alpha, int(np.prod(np.shape(image)[-2:])))
-    params = _parameters(Mode.CERTIFY, num_classes, sigma, n0, n, alpha, tau, correction, seed, batch_size, device,
-                         looks=tuple(int(k) for k in looks) if looks is not None and len(looks) > 1 else (),
-                         stop_tolerance=stop_tolerance)
+    params = SmoothingParameters.resolved(
+        Mode.CERTIFY, request, num_classes, request.seed if seed is None else seed, batch_size, device,
+        looks=tuple(int(k) for k in looks) if len(looks) > 1 else (),
+        stop_tolerance=request.stop_tolerance if len(looks) > 1 else 0.0)
     started = time.perf_counter()
     x = _image_tensor(image, params.device)
     total = n0 + n
@@ -283,13 +292,11 @@ def _continuing_is_futile(counts: np.ndarray, drawn: int, candidates: np.ndarray
 def predict_segmentation(
     base: BaseSegmenter,
     image: np.ndarray | torch.Tensor,
+    request: CertificationRequest,
     *,
     num_classes: int,
-    sigma: float,
-    n: int,
-    alpha: float,
-    batch_size: int | None = None,
     seed: int | None = None,
+    batch_size: int | None = None,
     device: str | torch.device | None = "auto",
     progress: Progress | None = None,
 ) -> Certificate:
@@ -303,7 +310,9 @@ def predict_segmentation(
     its step-down needs valid p-values for hypotheses fixed in advance, which the data-chosen
     "top against runner-up" comparisons are not.  No radius is claimed.
     """
-    params = _parameters(Mode.PREDICT, num_classes, sigma, 0, n, alpha, None, Correction.BONFERRONI, seed, batch_size, device)
+    n, alpha = request.n, request.alpha  # PREDICT uses no n0, tau, correction or looks
+    params = SmoothingParameters.resolved(Mode.PREDICT, request, num_classes, request.seed if seed is None else seed,
+                                          batch_size, device)
     started = time.perf_counter()
     x = _image_tensor(image, params.device)
     votes = count_votes(base, x, params, ESTIMATION_STAGE, 0, n, _offset_progress(progress, 0, n))
@@ -324,28 +333,6 @@ def predict_segmentation(
         estimation_samples=n,
         timings={"estimation": estimated_s - started, "statistics": finished - estimated_s, "total": finished - started},
     )
-
-
-def _parameters(mode, num_classes, sigma, n0, n, alpha, tau, correction, seed, batch_size, device,
-                looks=(), stop_tolerance=0.0) -> SmoothingParameters:
-    resolved = resolve_device(device)
-    params = SmoothingParameters(
-        mode=mode,
-        num_classes=int(num_classes),
-        sigma=float(sigma),
-        n0=int(n0),
-        n=int(n),
-        alpha=float(alpha),
-        tau=None if tau is None else float(tau),
-        correction=correction,
-        seed=fresh_seed() if seed is None else int(seed),
-        batch_size=int(default_batch_size(resolved) if batch_size is None else batch_size),
-        device=str(resolved),
-        looks=looks,
-        stop_tolerance=float(stop_tolerance),
-    )
-    params.validate()
-    return params
 
 
 def _image_tensor(image: np.ndarray | torch.Tensor, device: str) -> torch.Tensor:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import torch
 
@@ -14,7 +12,7 @@ from certseg.model.denoiser import DiffusionDenoiser
 from certseg.model.execution import Execution, fit_batch_size, prepare
 from certseg.model.laterality import LateralityRule
 from certseg.progress import Progress
-from certseg.request import Correction
+from certseg.request import CertificationRequest
 
 
 class CertifiedSegmenter:
@@ -69,46 +67,19 @@ class CertifiedSegmenter:
             self._fitted_batch_sizes[key] = fit_batch_size(self._base(sigma)[0], key[1], self.device)
         return self._fitted_batch_sizes[key]
 
-    def certify(
-        self,
-        image: np.ndarray | torch.Tensor,
-        *,
-        sigma: float,
-        n0: int,
-        n: int,
-        alpha: float,
-        tau: float,
-        correction: Correction = Correction.HOLM,
-        looks: Sequence[int] | str | None = None,
-        stop_tolerance: float = 0.0,
-        batch_size: int | None = None,
-        seed: int | None = None,
-        progress: Progress | None = None,
-    ) -> Certificate:
-        """certify_segmentation() with this model as the base segmenter."""
+    def certify(self, image: np.ndarray | torch.Tensor, request: CertificationRequest, *, seed: int | None = None,
+                batch_size: int | None = None, progress: Progress | None = None) -> Certificate:
+        """certify_segmentation() with this model as the base segmenter (`seed`: this image's noise seed)."""
         return certify_segmentation(
-            self.base_segmenter(sigma), image, num_classes=self.num_classes, sigma=sigma, n0=n0, n=n,
-            alpha=alpha, tau=tau, correction=correction, looks=looks, stop_tolerance=stop_tolerance,
-            batch_size=self._batch_size(batch_size, sigma, image), seed=seed,
-            device=self.device, progress=progress,
-        )
+            self.base_segmenter(request.sigma), image, request, num_classes=self.num_classes, seed=seed,
+            batch_size=self._batch_size(batch_size, request.sigma, image), device=self.device, progress=progress)
 
-    def predict(
-        self,
-        image: np.ndarray | torch.Tensor,
-        *,
-        sigma: float,
-        n: int,
-        alpha: float,
-        batch_size: int | None = None,
-        seed: int | None = None,
-        progress: Progress | None = None,
-    ) -> Certificate:
+    def predict(self, image: np.ndarray | torch.Tensor, request: CertificationRequest, *, seed: int | None = None,
+                batch_size: int | None = None, progress: Progress | None = None) -> Certificate:
+        """predict_segmentation() with this model (the request's sigma, n and alpha)."""
         return predict_segmentation(
-            self.base_segmenter(sigma), image, num_classes=self.num_classes, sigma=sigma, n=n, alpha=alpha,
-            batch_size=self._batch_size(batch_size, sigma, image), seed=seed,
-            device=self.device, progress=progress,
-        )
+            self.base_segmenter(request.sigma), image, request, num_classes=self.num_classes, seed=seed,
+            batch_size=self._batch_size(batch_size, request.sigma, image), device=self.device, progress=progress)
 
     @torch.no_grad()
     def segment_clean(self, image: np.ndarray | torch.Tensor) -> np.ndarray:

@@ -144,7 +144,7 @@ class AttackTarget:
 def model_space_target(name: str, model_image: np.ndarray, segmenter: CertifiedSegmenter,
                        request: CertificationRequest) -> AttackTarget:
     def certify(x: np.ndarray) -> tuple[Certificate, float]:
-        certificate = segmenter.certify(x, seed=fresh_seed(), **request.smoothing_arguments())
+        certificate = segmenter.certify(x, request, seed=fresh_seed())
         return certificate, certificate.radius
 
     return AttackTarget(name, "model", torch.as_tensor(model_image, dtype=torch.float32), lambda x: x, certify)

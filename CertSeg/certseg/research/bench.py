@@ -87,14 +87,15 @@ def run_bench(request: CertificationRequest = CertificationRequest(seed=0), opti
     image = _bench_image(size, seed) if image is None else np.asarray(image, dtype=np.float32)
     size = image.shape[0]
     sigma, n0, n = request.sigma, request.n0, request.n
-    kwargs = dict(request.smoothing_arguments(), batch_size=options.batch_size, seed=seed)
+    run = dict(batch_size=options.batch_size, seed=seed)
     compiling = segmenter.execution.compile != "off"
-    segmenter.certify(image, **(kwargs if compiling else {**kwargs, "n0": 1, "n": 4}))  # allocators, kernels
+    warm_up = request if compiling else dataclasses.replace(request, n0=1, n=4, looks=())
+    segmenter.certify(image, warm_up, **run)  # allocators, kernels
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()
     for _ in range(repeats):
-        certificate = segmenter.certify(image, **kwargs)
+        certificate = segmenter.certify(image, request, **run)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = (time.perf_counter() - started) / repeats
@@ -113,7 +114,7 @@ def run_bench(request: CertificationRequest = CertificationRequest(seed=0), opti
         reference_seconds = time.perf_counter() - started
     flips = changes = None
     if segmenter.execution.precision != "fp32":
-        flips, changes = _precision_cost(segmenter, reference_segmenter, image, kwargs)
+        flips, changes = _precision_cost(segmenter, reference_segmenter, image, request, run)
     return BenchResult(
         device=name, size=size, n0=n0, n=n, batch_size=certificate.parameters.batch_size, denoiser=options.use_denoiser, models=models,
         threads=torch.get_num_threads(), seconds_per_image=seconds, samples_per_second=(n0 + n) / seconds,
@@ -136,14 +137,14 @@ def _bench_image(size: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).uniform(0.0, 1.0, size=(size, size)).astype(np.float32)
 
 
-def _precision_cost(segmenter, reference, image, kwargs) -> tuple[float, float]:
+def _precision_cost(segmenter, reference, image, request, run: dict) -> tuple[float, float]:
     """Fractions of sample labels and of certificate labels that differ from fp32 on the same noise."""
-    sigma, device = kwargs["sigma"], segmenter.device
-    generator = torch.Generator(device=device).manual_seed(kwargs["seed"])
+    sigma, device = request.sigma, segmenter.device
+    generator = torch.Generator(device=device).manual_seed(run["seed"])
     x = torch.as_tensor(image, device=device)[None, None]
     noisy = x + sigma * torch.randn((8, *x.shape[1:]), generator=generator, device=device)
     flips = (segmenter.base_segmenter(sigma)(noisy) != reference.base_segmenter(sigma)(noisy)).float().mean().item()
-    changes = np.mean(segmenter.certify(image, **kwargs).labels != reference.certify(image, **kwargs).labels)
+    changes = np.mean(segmenter.certify(image, request, **run).labels != reference.certify(image, request, **run).labels)
     return flips, float(changes)
 
 

@@ -158,8 +158,8 @@ def evaluation_state_from_folder(options: RunOptions, configurations: list[Confi
 def certify_task(state: EvaluationState, task: ImageTask) -> ImageFigures:
     from certseg.core.measurements import ratio_bounds
 
-    cert = state.segmenters[task.configuration].certify(task.image, **task.request.smoothing_arguments(),
-                                                        batch_size=state.batch_size, seed=task.seed)
+    cert = state.segmenters[task.configuration].certify(task.image, task.request, batch_size=state.batch_size,
+                                                        seed=task.seed)
     return ImageFigures(dice_per_structure(scored_labels(cert.labels, task.lung_only), task.labels, state.num_classes),
                         float(np.mean(cert.labels == ABSTAIN)), float(cert.timings["total"]),
                         task.request.n0 + cert.estimation_samples, wrong_side_shares(cert.labels, task.labels),
