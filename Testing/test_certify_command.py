@@ -113,8 +113,12 @@ def test_measurement_sr_validates_and_states_the_reports_intervals_against_the_s
         interval = expected[labels[int(reference.referenced_segment_numbers[0])]]
         values = {m.derivation.meaning: m.value for m in group.get_measurements()}
         assert values == pytest.approx({"Minimum": interval["low"], "Maximum": interval["high"]})
-    ratio = sr.content.get_image_measurement_groups()[0].get_measurements()
-    assert ratio[0].value == pytest.approx(report["measurements"]["cardiothoracic_ratio"]["low"])
+    (ratio_group,) = sr.content.get_image_measurement_groups()
+    certified = report["measurements"]["cardiothoracic_ratio"]
+    values = {m.derivation.meaning: m.value for m in ratio_group.get_measurements()}
+    assert values == pytest.approx({"Minimum": certified["low"], "Maximum": certified["high"]})
+    (verdict,) = ratio_group.get_qualitative_evaluations()
+    assert verdict.value.meaning.lower().startswith(certified["verdict"])  # "Below 0.5 ..." for "below"
     assert sr.StudyInstanceUID == source.StudyInstanceUID
 
 
