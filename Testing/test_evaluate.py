@@ -54,7 +54,7 @@ def test_outputs_are_written(tmp_path):
     assert "| segmenter alone | 0.25 | right lung | 0.970 | 0.910 | 5.0% | 1.2 |" in markdown_table(rows)
     assert (tmp_path / "evaluation.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "ctr-bland-altman.png").read_bytes()[:4] == b"\x89PNG"
-    assert "| segmenter alone | 0.25 | 2 | 0.030 | 100.0% | 50.0% | 100.0% |" in (tmp_path / "ctr.md").read_text()
+    assert "| segmenter alone | 0.25 | 2 | 0.030 | 100.0% | 100.0% | 50.0% | 100.0% |" in (tmp_path / "ctr.md").read_text()
 
 
 def test_ratio_summary_counts_containment_and_decisions_against_an_independent_count():

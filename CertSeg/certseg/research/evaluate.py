@@ -343,6 +343,7 @@ def ratio_summary(records: list[RatioRecord]) -> dict[str, float]:
     clean = [abs(r.clean - r.reference) for r in usable if r.clean is not None]
     contains = [r.low is not None and r.low <= r.reference <= r.high for r in usable]
     return {"images": len(usable), "clean_mae": float(np.mean(clean)) if clean else float("nan"),
+            "certified": float(np.mean([r.low is not None for r in usable])) if usable else float("nan"),
             "contains_reference": float(np.mean(contains)) if usable else float("nan"),
             "decides": len(decided) / len(usable) if usable else float("nan"),
             "decides_rightly": len(right) / len(decided) if decided else float("nan")}
@@ -354,12 +355,16 @@ def write_ratio_outputs(records: list[RatioRecord], out: Path) -> None:
         writer.writerow(["image", "configuration", "sigma", "reference", "clean", "low", "high", "verdict"])
         writer.writerows([r.image, r.configuration, r.sigma, r.reference, r.clean, r.low, r.high, r.verdict]
                          for r in records)
-    lines = ["| configuration | sigma | images | clean MAE | interval contains reference | decides 0.5 | "
-             "decides rightly |", "|---|---|---|---|---|---|---|"]
+    def share(value: float) -> str:
+        return "-" if np.isnan(value) else f"{value:.1%}"
+
+    lines = ["| configuration | sigma | images | clean MAE | interval certified | interval contains reference | "
+             "decides 0.5 | decides rightly |", "|---|---|---|---|---|---|---|---|"]
     for key in dict.fromkeys((r.configuration, r.sigma) for r in records):
         summary = ratio_summary([r for r in records if (r.configuration, r.sigma) == key])
         lines.append(f"| {key[0]} | {key[1]:g} | {summary['images']} | {summary['clean_mae']:.3f} | "
-                     f"{summary['contains_reference']:.1%} | {summary['decides']:.1%} | {summary['decides_rightly']:.1%} |")
+                     f"{share(summary['certified'])} | {share(summary['contains_reference'])} | "
+                     f"{share(summary['decides'])} | {share(summary['decides_rightly'])} |")
     (out / "ctr.md").write_text("\n".join(lines) + "\n")
     _bland_altman(records, out / "ctr-bland-altman.png")
 
