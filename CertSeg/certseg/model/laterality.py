@@ -20,7 +20,7 @@ deterministic base function (Cohen et al. 2019, Theorem 1 holds for every measur
 a deterministic function of the network's labels, which are a deterministic function of the noisy
 image, so f = rule o network is such a function, and every certified label is a label of the smoothed
 rule o network.  Nothing in the statistics changes; the rule only changes which answers are stable.
-It runs on every noisy copy and on the clean image alike (docs/method.md §1).
+It runs on every noisy copy and on the clean image alike (docs/method.md §5a).
 """
 
 from __future__ import annotations
