@@ -10,6 +10,7 @@ from certseg.core.measurements import (
     cardiothoracic_ratio,
     certified_measurements,
     horizontal_extent,
+    main_regions,
     ratio_verdict,
     seeded_runs,
     thoracic_diameter,
@@ -73,7 +74,7 @@ def test_seeded_runs_keep_only_the_runs_that_touch_a_seed():
     seeds = np.zeros_like(region)
     seeds[0, 4] = True
     assert seeded_runs(region, seeds).astype(int).tolist() == [[0, 0, 0, 1, 1, 1, 0, 0]]
-    assert cardiac_diameter(region, seeds) == 3 and cardiac_diameter(region) == 8
+    assert cardiac_diameter(region, seeds) == 3 and cardiac_diameter(region) == 3  # unseeded: its largest region
 
 
 def test_capped_ratio_is_monotone_and_never_leaves_zero_to_one():
@@ -85,8 +86,9 @@ def test_capped_ratio_is_monotone_and_never_leaves_zero_to_one():
 
 
 def measured_ratio(smoothed: np.ndarray, certified: np.ndarray) -> float:
-    """The certified quantity on one segmentation g(x'): both diameters from the certified pixels outwards."""
-    heart_seeds, lung_seeds = certified == HEART, np.isin(certified, (RIGHT_LUNG, LEFT_LUNG))
+    """The certified quantity on one segmentation g(x'): both diameters from the certified main regions outwards."""
+    heart_seeds = main_regions(certified == HEART, 1.0)
+    lung_seeds = main_regions(np.isin(certified, (RIGHT_LUNG, LEFT_LUNG)), 0.1)
     return capped_ratio(cardiac_diameter(smoothed == HEART, heart_seeds),
                         thoracic_diameter(np.isin(smoothed, (RIGHT_LUNG, LEFT_LUNG)), lung_seeds))
 
@@ -131,6 +133,16 @@ def test_without_a_certified_lung_there_is_no_interval():
                                                  (None, None, "not certified")])
 def test_the_verdict_on_half(low, high, verdict):
     assert ratio_verdict(low, high) == verdict
+
+
+def test_a_stray_heart_speck_is_not_the_heart_in_the_clean_value_nor_in_the_bounds():
+    """The finding on the shipped sample: a few heart pixels far from the heart made the clean ratio 0.82."""
+    labels = chest_labels()
+    labels[60:62, 12:14] = HEART  # a speck inside the right lung, certified
+    plain = cardiothoracic_ratio(labels == HEART, np.isin(labels, (RIGHT_LUNG, LEFT_LUNG)))
+    assert plain == pytest.approx(40 / 110)
+    ratio = certified_measurements(labels, labels, CLASSES, None)["cardiothoracic_ratio"]
+    assert ratio["high"] == pytest.approx(44 / 110) and ratio["low"] <= ratio["clean"] <= ratio["high"]
 
 
 def test_the_plain_ratio_of_reference_masks():

@@ -26,16 +26,19 @@ Measured on g, abstained pixels anywhere would count as possible heart, and one 
 lateral chest wall would make the heart as wide as the thorax.  So both diameters are measured from the
 certified structure outwards: on each row, only the horizontal runs of the region that contain a
 certified pixel of it count (`seeded_runs`).  With the seeds K fixed by the certificate, that measure is
-monotone in the region (S in S' puts every run of S that meets K inside a run of S' that meets K), so
+monotone in the region (S in S' puts every run of S that meets K inside a run of S' that meets K).  The
+seeds are the main regions of the certified structure (the heart's largest certified region; every certified
+lung region at least a tenth of the largest), so a stray certified speck is not the heart either.  With
+K_h and K_l those seeds,
 
-    ratio low  = cap(cardiac(C_heart)          / thoracic(C_lungs | A; seeds C_lungs))
-    ratio high = cap(cardiac(C_heart | A; seeds C_heart) / thoracic(C_lungs))
+    ratio low  = cap(cardiac(C_heart; K_h)     / thoracic(C_lungs | A; K_l))
+    ratio high = cap(cardiac(C_heart | A; K_h) / thoracic(C_lungs; K_l))
 
 bound the ratio of g(x') for every x' within the radius, and both ends are reached by segmentations
 the certificate allows (tested by simulation).  A run of abstained pixels can only widen the heart
 where it touches the certified heart on the same row: the heart's uncertain border, not a stray pixel
 across the chest.  Without a certified heart or certified lungs there is no interval.  On the clean
-labels (and on reference masks) the seeds are the whole region, which is the plain definition.
+labels (and on reference masks) the seeds are the main regions of the region itself.
 """
 
 from __future__ import annotations
@@ -89,12 +92,32 @@ def seeded_runs(region: np.ndarray, seeds: np.ndarray) -> np.ndarray:
     return np.isin(run_ids, seeded[seeded > 0])
 
 
+HEART_KEEP_SHARE = 1.0  # the heart is one organ: its largest region only
+LUNG_KEEP_SHARE = 0.1  # the lungs: every region at least a tenth of the largest (both lungs, not specks)
+
+
+def main_regions(mask: np.ndarray, keep_share: float) -> np.ndarray:
+    """The 8-connected regions of `mask` with at least `keep_share` of the largest one's pixels."""
+    from scipy import ndimage
+
+    components, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    if count == 0:
+        return np.zeros_like(mask, dtype=bool)
+    sizes = np.bincount(components.ravel())[1:]
+    kept = np.flatnonzero(sizes >= keep_share * sizes.max()) + 1
+    return np.isin(components, kept)
+
+
 def cardiac_diameter(heart: np.ndarray, seeds: np.ndarray | None = None) -> int:
-    return horizontal_extent(heart if seeds is None else seeded_runs(heart, seeds))
+    """Seeds None: the heart's own main region (a stray heart pixel across the chest is not the heart)."""
+    seeds = main_regions(heart, HEART_KEEP_SHARE) if seeds is None else seeds
+    return horizontal_extent(seeded_runs(heart, seeds))
 
 
 def thoracic_diameter(lungs: np.ndarray, seeds: np.ndarray | None = None) -> int:
-    return widest_row(lungs if seeds is None else seeded_runs(lungs, seeds))
+    """Seeds None: the lungs' own main regions."""
+    seeds = main_regions(lungs, LUNG_KEEP_SHARE) if seeds is None else seeds
+    return widest_row(seeded_runs(lungs, seeds))
 
 
 def capped_ratio(cardiac: int, thoracic: int) -> float:
@@ -147,8 +170,9 @@ def ratio_bounds(labels: np.ndarray, heart_value: int, lung_values: tuple[int, .
     lungs_low, lungs_high = region_bounds(labels, lung_values)
     if not heart_low.any() or not lungs_low.any():
         return None, None
-    low = capped_ratio(cardiac_diameter(heart_low), thoracic_diameter(lungs_high, seeds=lungs_low))
-    high = capped_ratio(cardiac_diameter(heart_high, seeds=heart_low), thoracic_diameter(lungs_low))
+    heart_seeds, lung_seeds = main_regions(heart_low, HEART_KEEP_SHARE), main_regions(lungs_low, LUNG_KEEP_SHARE)
+    low = capped_ratio(cardiac_diameter(heart_low, heart_seeds), thoracic_diameter(lungs_high, lung_seeds))
+    high = capped_ratio(cardiac_diameter(heart_high, heart_seeds), thoracic_diameter(lungs_low, lung_seeds))
     return low, high
 
 
