@@ -8,6 +8,7 @@ from diffusers.models.unets.unet_2d import UNet2DOutput
 
 from certseg.model.denoiser import DiffusionDenoiser, timestep_for_sigma
 from certseg.model.segmenter import CertifiedSegmenter
+from certseg.request import CertificationRequest
 
 SCHEDULES = [
     dict(beta_schedule="linear"),
@@ -83,8 +84,8 @@ def test_certified_segmenter_runs_the_denoiser_before_the_network():
     denoiser = DiffusionDenoiser(PerfectEpsilon(image[None, None], scheduler.alphas_cumprod), scheduler)
     plain = CertifiedSegmenter(Threshold(), num_classes=2, device="cpu")
     denoised = CertifiedSegmenter(Threshold(), num_classes=2, denoiser=denoiser, device="cpu")
-    kwargs = dict(sigma=sigma, n0=10, n=100, alpha=0.001, tau=0.75, seed=0, batch_size=16)
-    with_denoiser = denoised.certify(image.numpy(), **kwargs)
-    without = plain.certify(image.numpy(), **kwargs)
+    request = CertificationRequest(sigma=sigma, n0=10, n=100, alpha=0.001, tau=0.75)
+    with_denoiser = denoised.certify(image.numpy(), request, seed=0, batch_size=16)
+    without = plain.certify(image.numpy(), request, seed=0, batch_size=16)
     np.testing.assert_array_equal(with_denoiser.labels, (image.numpy() > 0.5).astype(int))
     assert np.all(without.labels[:, 3] == -1)

@@ -139,6 +139,9 @@ def add_parsers(commands) -> None:
                      help="share of held-out views (with their augmented copies) the threshold refuses")
     ood.add_argument("--augmented-copies", type=int, default=0,
                      help="augmented copies of each image in the fit and the threshold (real-export variety)")
+    ood.add_argument("--drr-weight", type=positive_int, default=1,
+                     help="each rendered (DRR) training view enters the fit this many times: a few views of one CT "
+                          "are otherwise too few to shape a detector fitted on thousands of real films")
     ood.set_defaults(run=run_train_ood)
 
 
@@ -235,6 +238,7 @@ def run_train_ood(args) -> int:
 
     if args.held_out:
         training, held_out = load_datasets(args.data, ("train",)), load_datasets(args.held_out, ("validation",))
+        training += [s for s in training if s.source == "drr"] * (args.drr_weight - 1)
     else:
         training = load_datasets(args.data, ("train",), with_drr=False)
         held_out = load_datasets(args.data, ("validation",), with_drr=False)
