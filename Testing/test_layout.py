@@ -10,7 +10,7 @@ import pytest
 
 PACKAGE = Path(__file__).parents[1] / "CertSeg" / "certseg"
 FOUNDATION = {"certseg", "certseg.errors", "certseg.request", "certseg.progress", "certseg.files", "certseg.names",
-              "certseg.limits"}
+              "certseg.limits", "certseg.status"}
 # What each part may import of the package (itself always), at run time; TYPE_CHECKING imports are type hints only.
 ALLOWED = {
     "certseg": set(),  # __init__: the lazy public API
@@ -20,6 +20,7 @@ ALLOWED = {
     "certseg.files": {"certseg.errors"},
     "certseg.names": {"certseg.errors"},
     "certseg.limits": set(),
+    "certseg.status": set(),
     "certseg.imagefile": FOUNDATION,
     "certseg.core": FOUNDATION,
     "certseg.model": FOUNDATION | {"certseg.core"},

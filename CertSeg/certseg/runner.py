@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
-from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
@@ -26,17 +25,11 @@ from certseg.names import result_folder
 from certseg.progress import progress_lines, sample_bar
 from certseg.report import dicom_report, image_file_report, summary_line
 from certseg.request import CertificationRequest
+from certseg.status import Status  # noqa: F401 - re-exported: runner.Status is what callers import
 from certseg.results.folder import write_result_folder
 
 if TYPE_CHECKING:  # torch, MONAI and diffusers load with the pipeline: only once there is something to certify
     from certseg.pipeline import CertificationPipeline, StoredImage
-
-
-class Status(StrEnum):
-    CERTIFIED = "certified"
-    KEPT = "kept"  # the result exists and was not asked to be replaced
-    SKIPPED = "skipped"  # not ours (not a chest radiograph, not the selected series)
-    FAILED = "failed"
 
 
 @dataclass

@@ -29,6 +29,7 @@ from certseg.files import objects_to_send
 from certseg.limits import declared_pixel_bytes, inflates_beyond
 from certseg.names import UID_PATH_KEYWORDS, shown, uid_problem
 from certseg.pacs.spool import Spool, StudyRecord, StudyState
+from certseg.status import Status
 
 if TYPE_CHECKING:
     from certseg.pacs.tls import TlsFiles
@@ -89,7 +90,7 @@ class CertifiedFile(Protocol):
 
     path: Path
     message: str
-    status: str  # certified, kept, skipped (not a chest radiograph), failed
+    status: Status
     result: Path | None
 
 
@@ -237,13 +238,13 @@ class Listener:
         outputs, certified, notes = [], 0, []
         for path in sorted(claimed.glob("*.dcm")):  # every claimed object ends here, none is lost
             item = by_name.get(path.name) or _Unexamined(path, "not examined by the certification")
-            if item.status == "failed":
+            if item.status == Status.FAILED:
                 self.spool.set_aside(key, path, item.message)
                 notes.append((path.name, "failed", item.message))
                 self.log({"event": "failed", "study": study_uid, "key": key, "reason": item.message})
                 continue
             self.spool.release(path)
-            if item.status in ("certified", "kept") and item.result is not None:
+            if item.status in (Status.CERTIFIED, Status.KEPT) and item.result is not None:
                 certified += 1
                 outputs += objects_to_send(item.result, capture=self.settings.send_capture, pdf=self.settings.send_pdf)
             else:
@@ -363,7 +364,7 @@ class Listener:
 class _Unexamined:
     path: Path
     message: str
-    status: str = "failed"
+    status: Status = Status.FAILED
     result: Path | None = None
 
 

@@ -16,6 +16,7 @@ from certseg.errors import EXIT_OK, EXIT_SOME_FAILED, CertSegError, first_line
 from certseg.files import SEG_FILE, objects_to_send
 from certseg.pacs.config import PacsServer
 from certseg.pacs.query import SeriesRef, StudyQuery
+from certseg.status import Status
 
 if TYPE_CHECKING:  # the pacs package never imports the pipeline; it is handed a certify callable
     from certseg.runner import Outcome
@@ -94,7 +95,7 @@ def _one_study(pacs, study_uid: str, refs: list[SeriesRef], certify, send: bool,
                                                                                 pdf=choice.pdf)], study_uid)
             outcome.seconds["send"] = time.perf_counter() - started
             outcome.sent = len(segs)
-        failed = [o for o in outcome.images if o.status == "failed"]  # runner.Status.FAILED
+        failed = [o for o in outcome.images if o.status == Status.FAILED]
         outcome.status = StudyStatus.FAILED if failed else StudyStatus.DONE
         outcome.message = (f"{len(retrieved)} retrieved, {len(segs)} certified, {outcome.sent} SEG sent"
                            + (f", {len(failed)} failed" if failed else "") + "; " + _timings(outcome.seconds))

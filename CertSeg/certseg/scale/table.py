@@ -19,7 +19,7 @@ TABLE_FILE = "certseg-outcomes.csv"
 @dataclass
 class OutcomeRow:
     file: str
-    status: str  # certified, kept, skipped, failed (certseg.runner.Status)
+    status: str  # a certseg.status.Status value, as the CSV stores it
     reason: str
     result: str = ""
     study_uid: str = ""
