@@ -169,9 +169,13 @@ def ratio_words(ratio: dict[str, Any] | None) -> str | None:
     the radius"); None when the model has no heart and lungs."""
     if ratio is None:
         return None
-    interval = _ratio_interval(ratio)
-    verdict = ratio.get("verdict_text") or VERDICTS[ratio_verdict(ratio["low"], ratio["high"])]
+    interval, verdict = _ratio_interval(ratio), _verdict_words(ratio)
     return f"cardiothoracic ratio {interval}, {verdict}" if interval else f"cardiothoracic ratio {verdict}"
+
+
+def _verdict_words(ratio: dict[str, Any]) -> str:
+    """The verdict on 0.5 in words (derived from the ends for a report written before verdicts were stored)."""
+    return ratio.get("verdict_text") or VERDICTS[ratio_verdict(ratio["low"], ratio["high"])]
 
 
 def input_check(verdict: dict[str, Any] | None) -> str:
@@ -205,6 +209,6 @@ def _measurement_lines(report: dict[str, Any]) -> list[str]:
         clean = "-" if ratio["clean"] is None else f"{ratio['clean']:.2f}"
         lines.append(f"Cardiothoracic ratio: {interval} (clean {clean})")
     if ratio is not None:
-        lines.append(f"  against 0.5: {ratio.get('verdict_text') or VERDICTS[ratio_verdict(ratio['low'], ratio['high'])]}")
+        lines.append(f"  against 0.5: {_verdict_words(ratio)}")
     lines.append("Ranges hold for the smoothed segmenter with the certificate's probability, within its radius.")
     return lines

@@ -25,7 +25,7 @@ from certseg.names import result_folder
 from certseg.progress import progress_lines, sample_bar
 from certseg.report import dicom_report, image_file_report, summary_line
 from certseg.request import CertificationRequest
-from certseg.status import Status  # noqa: F401 - re-exported: runner.Status is what callers import
+from certseg.status import Status
 from certseg.results.folder import write_result_folder
 
 if TYPE_CHECKING:  # torch, MONAI and diffusers load with the pipeline: only once there is something to certify

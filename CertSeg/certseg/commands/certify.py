@@ -85,7 +85,7 @@ def _run_on_ray(args, request, options) -> int:
 
 
 def _print_outcomes(outcomes) -> None:
-    from certseg.runner import Status
+    from certseg.status import Status
 
     for path, status, message in outcomes:
         print(f"{path}: {status}: {message}", file=sys.stderr if status == Status.FAILED else sys.stdout)

@@ -104,7 +104,8 @@ def run_pacs(args) -> int:
     from certseg.pacs.config import load_server
     from certseg.pacs.query import StudyQuery
     from certseg.pacs.workflow import SendChoice, StudyStatus, connect, exit_code, pull_certify_push
-    from certseg.runner import Status, certify_input
+    from certseg.runner import certify_input
+    from certseg.status import Status
 
     request, options = certification_request(args), run_options(args)
     query = StudyQuery(args.study, args.accession, args.patient_id, args.date_from, args.date_to)

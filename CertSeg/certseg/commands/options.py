@@ -76,11 +76,10 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
 
 def certification_request(args, sigma: float | None = None) -> CertificationRequest:
     """The request the options ask for, checked before any file is read (ParameterError: one line)."""
-    request = CertificationRequest(
+    return CertificationRequest(  # validated as it is built
         sigma=args.sigma if sigma is None else sigma, n0=args.n0, n=args.n, alpha=args.alpha, tau=args.tau,
         correction=Correction(args.correction), looks=tuple(args.looks or ()) or (DOUBLING if args.sequential else ()),
         stop_tolerance=args.stop_tolerance, seed=args.seed, force=args.force)
-    return request  # validated as it was built
 
 
 def run_options(args) -> RunOptions:

@@ -64,7 +64,7 @@ VERDICTS = {
 }
 RATIO_DEFINITION = ("cardiac diameter (maximal horizontal heart width) / thoracic diameter (maximal width of both "
                     "lungs on one row, outer edge to outer edge), capped at 1, on the source grid; certified bounds "
-                    "measure each structure from its certified pixels outwards along the rows")
+                    "measure each structure from its certified main regions outwards along the rows")
 
 
 def horizontal_extent(mask: np.ndarray) -> int:

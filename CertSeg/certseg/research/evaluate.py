@@ -33,6 +33,7 @@ from monai.metrics import compute_dice
 from tqdm import tqdm
 
 from certseg.core.labels import ABSTAIN
+from certseg.core.measurements import cardiothoracic_ratio, ratio_bounds, ratio_verdict
 from certseg.core.sampling import fresh_seed, image_noise_seed, resolve_device
 from certseg.model.execution import Execution
 from certseg.model.folder import LoadedModels
@@ -156,8 +157,6 @@ def evaluation_state_from_folder(options: RunOptions, configurations: list[Confi
 
 
 def certify_task(state: EvaluationState, task: ImageTask) -> ImageFigures:
-    from certseg.core.measurements import ratio_bounds
-
     cert = state.segmenters[task.configuration].certify(task.image, task.request, batch_size=state.batch_size,
                                                         seed=task.seed)
     return ImageFigures(dice_per_structure(scored_labels(cert.labels, task.lung_only), task.labels, state.num_classes),
@@ -181,14 +180,17 @@ def evaluate(samples: list[Sample], models: LoadedModels, requests: list[Certifi
     lung_only = [lung_only_annotation(s) for s in samples]
     annotated = _annotated_mask(samples, len(names))
     all_rows: list[Row] = []
-    clean, clean_labels = {}, {}
+    clean, clean_ratios = {}, {}
+    with_ratio = [HEART in s.annotated and RIGHT_LUNG in s.annotated for s in samples]
+    references = [plain_ratio(y) if measured else None for (_, y), measured in zip(pairs, with_ratio)]
     for with_rule in dict.fromkeys(c.laterality_rule for c in configurations):
         plain = CertifiedSegmenter(models.network, models.num_classes, None, device,
                                    laterality=models.laterality if with_rule else None)
-        clean_labels[with_rule] = [plain.segment_clean(x) for x, _ in pairs]
-        per_image = [dice_per_structure(scored_labels(labels, only), y, models.num_classes)
-                     for labels, (_, y), only in zip(clean_labels[with_rule], pairs, lung_only)]
-        sides = _wrong_side_images([wrong_side_shares(labels, y) for labels, (_, y) in zip(clean_labels[with_rule], pairs)])
+        labels = [plain.segment_clean(x) for x, _ in pairs]
+        clean_ratios[with_rule] = [plain_ratio(l) if measured else None for l, measured in zip(labels, with_ratio)]
+        per_image = [dice_per_structure(scored_labels(l, only), y, models.num_classes)
+                     for l, (_, y), only in zip(labels, pairs, lung_only)]
+        sides = _wrong_side_images([wrong_side_shares(l, y) for l, (_, y) in zip(labels, pairs)])
         configuration = "clean" if with_rule else "clean, no laterality rule"
         clean[with_rule] = _mean_over_annotated(per_image, annotated)
         all_rows += [Row(configuration, None, name, float(d), None, None, None, None, sides.get(name))
@@ -211,10 +213,9 @@ def evaluate(samples: list[Sample], models: LoadedModels, requests: list[Certifi
                 float(np.mean([f.seconds for f in group])), float(np.mean([f.samples for f in group])), sides.get(name))
             for name, c, d in zip(names, clean[configuration.laterality_rule], mean_dice) if not np.isnan(d)
         ]
-        ratios += [RatioRecord(sample.name, str(configuration), request.sigma,
-                               reference_ratio(y), _clean_ratio(labels), *f.ratio)
-                   for sample, (_, y), labels, f in zip(samples, pairs, clean_labels[configuration.laterality_rule], group)
-                   if HEART in sample.annotated and RIGHT_LUNG in sample.annotated]
+        ratios += [RatioRecord(sample.name, str(configuration), request.sigma, reference, clean_ratio, *f.ratio)
+                   for sample, reference, clean_ratio, f, measured
+                   in zip(samples, references, clean_ratios[configuration.laterality_rule], group, with_ratio) if measured]
     return Evaluation(all_rows, ratios)
 
 
@@ -238,19 +239,12 @@ class RatioRecord:
 
     @property
     def verdict(self) -> str:
-        from certseg.core.measurements import ratio_verdict
-
         return ratio_verdict(self.low, self.high)
 
 
-def reference_ratio(truth: np.ndarray) -> float | None:
-    from certseg.core.measurements import cardiothoracic_ratio
-
-    return cardiothoracic_ratio(truth == HEART, np.isin(truth, (RIGHT_LUNG, LEFT_LUNG)))
-
-
-def _clean_ratio(labels: np.ndarray) -> float | None:
-    return reference_ratio(labels)
+def plain_ratio(labels: np.ndarray) -> float | None:
+    """The cardiothoracic ratio of a label map: reference masks, or the clean network's labels."""
+    return cardiothoracic_ratio(labels == HEART, np.isin(labels, (RIGHT_LUNG, LEFT_LUNG)))
 
 
 def lung_only_annotation(sample: Sample) -> bool:
@@ -355,6 +349,7 @@ def write_ratio_outputs(records: list[RatioRecord], out: Path) -> None:
         writer.writerow(["image", "configuration", "sigma", "reference", "clean", "low", "high", "verdict"])
         writer.writerows([r.image, r.configuration, r.sigma, r.reference, r.clean, r.low, r.high, r.verdict]
                          for r in records)
+
     def share(value: float) -> str:
         return "-" if np.isnan(value) else f"{value:.1%}"
 

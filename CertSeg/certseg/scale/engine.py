@@ -28,10 +28,11 @@ from pathlib import Path
 from certseg.errors import CertSegError
 from certseg.request import CertificationRequest, RunOptions
 from certseg.files import REPORT_FILE
-from certseg.runner import (Outcome, Status, certify_selected, exit_code_of, kept, nothing_to_certify,
+from certseg.runner import (Outcome, certify_selected, exit_code_of, kept, nothing_to_certify,
                             select_radiographs)
 from certseg.scale.pool import ClusterSettings, TaskResult, connected, map_on_ray, require_ray
 from certseg.scale.table import TABLE_FILE, OutcomeRow, write_table
+from certseg.status import Status
 
 SCRATCH = ".certseg-unpacked"  # zips unpacked under OUT, for workers on other machines
 
