@@ -9,7 +9,6 @@ and slicer.packaging; see CertSegLib/dependencies.py).  Calls into Slicer were c
 """
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -36,6 +35,8 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 # The backend's own light modules (no torch): defaults and the report's text are defined there once.
+from certseg.files import PIXEL_RADIUS_FILE, REPORT_FILE, SEG_FILE, SEG_NRRD_FILE
+from certseg.record import Report
 from certseg.report import batch_detail, panel_summary
 from certseg.request import CertificationRequest, RunOptions
 from CertSegLib import mrml
@@ -259,7 +260,7 @@ class CertSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _log(self, text: str):
         self.ui.logText.appendPlainText(text)
 
-    def _onFinished(self, report: Optional[dict], error: Optional[str]):
+    def _onFinished(self, report: Optional[Report], error: Optional[str]):
         """One run ended: alone, show its result or ask about a refusal; in a batch, record it and go on."""
         item = self._queue.current
         if item is None:  # cancelled meanwhile
@@ -410,11 +411,11 @@ class CertSegLogic(ScriptedLoadableModuleLogic):
             report, error = None, None
             try:
                 if code == 0:
-                    report = json.loads((out / "report.json").read_text())
-                    segmentation = self._loadResult(out / "certseg.seg.nrrd", volume, output, report)
-                    self._loadRadiusMap(out / "pixel_radius.nrrd", volume)
+                    report = Report.read(out / REPORT_FILE)
+                    segmentation = self._loadResult(out / SEG_NRRD_FILE, volume, output, report)
+                    self._loadRadiusMap(out / PIXEL_RADIUS_FILE, volume)
                     self._statisticsTable(segmentation, volume)
-                    self._keepDicomSeg(out / "seg.dcm")
+                    self._keepDicomSeg(out / SEG_FILE)
                     self.lastResultFolder = out if parameters.keepResults else self.lastResultFolder
                     if output is None and parameters.inputVolume is volume:
                         parameters.outputSegmentation = segmentation
@@ -503,7 +504,7 @@ class CertSegLogic(ScriptedLoadableModuleLogic):
         return (mrml.database_file(volume, slicer.dicomDatabase)
                 or dicom_file_or_none(storage.GetFileName() if storage else None))
 
-    def _loadResult(self, segNrrd: Path, volume, segmentation, report: dict):
+    def _loadResult(self, segNrrd: Path, volume, segmentation, report: Report):
         """The result as a segmentation tied to the volume and filed beside it (CertSegLib.mrml.load_result)."""
         segmentation = mrml.load_result(slicer.mrmlScene, segNrrd, volume, segmentation, report,
                                         f"{volume.GetName()} CertSeg")
@@ -591,7 +592,7 @@ class CertSegTest(ScriptedLoadableModuleTest):
         parameters.device = SELF_TEST_OPTIONS.device
         self.delayDisplay("Certifying on the CPU")
         report = logic.process(parameters, wait=True)
-        self.assertTrue(report["source"]["reference_dicom"], "the backend did not get the source DICOM file")
+        self.assertTrue(report.source.reference_dicom, "the backend did not get the source DICOM file")
         database = slicer.dicomDatabase
         series = database.seriesForStudy(database.studiesForPatient(database.patients()[0])[0])
         self.assertEqual(len(series), 3, "the SEG and the measurement SR did not reach the DICOM database")
@@ -604,8 +605,8 @@ class CertSegTest(ScriptedLoadableModuleTest):
         self.assertIn("Abstained", names)
         self.assertIn("certified right lung", names)
         self.assertIn("certified left lung", names)
-        lungs = [s for s in report["structures"] if s["name"].endswith("lung")]
-        self.assertTrue(all(s["certified_pixels"] > 0 for s in lungs), lungs)
+        lungs = [s for s in report.structures if s.name.endswith("lung")]
+        self.assertTrue(all(s.certified_pixels > 0 for s in lungs), lungs)
         import numpy as np
 
         labelmap = slicer.util.arrayFromSegmentBinaryLabelmap(
@@ -622,7 +623,7 @@ class CertSegTest(ScriptedLoadableModuleTest):
         for row in range(3):
             for column in range(4):
                 self.assertAlmostEqual(volumeMatrix.GetElement(row, column), segMatrix.GetElement(row, column), 4)
-        self.assertTrue(np.any(labelmap) or report["source_grid"]["abstain_fraction"] == 0)
+        self.assertTrue(np.any(labelmap) or report.source_grid.abstain_fraction == 0)
         self._exportReviewed(parameters.outputSegmentation, volume)
         self.delayDisplay("Test passed")
 

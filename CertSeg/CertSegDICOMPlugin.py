@@ -17,6 +17,7 @@ import slicer
 from DICOMLib import DICOMLoadable, DICOMPlugin
 
 from certseg.dicom.reading import chest_radiograph_refusal
+from certseg.record import ModelIdentity
 from CertSegLib.mrml import database_file, segmentation_from_seg, slicer_segments
 from CertSegLib.review import CERTIFIED_DIGESTS_ATTRIBUTE, MODEL_ATTRIBUTE, reviewed_segments
 from CertSegLib.seg_reader import is_certseg_seg, read_certseg_seg, referenced_instance_uid
@@ -125,7 +126,7 @@ class CertSegDICOMPluginClass(DICOMPlugin):
                 return f"{segmentation.GetName()}: {radiograph.reason}"
             reviewed = reviewed_segments(slicer_segments(segmentation, volume),
                                          json.loads(segmentation.GetAttribute(CERTIFIED_DIGESTS_ATTRIBUTE)))
-            model = json.loads(segmentation.GetAttribute(MODEL_ATTRIBUTE) or '{"name": "unknown", "version": ""}')
+            model = ModelIdentity(**json.loads(segmentation.GetAttribute(MODEL_ATTRIBUTE) or '{"name": "unknown", "version": ""}'))
             target = Path(exportable.directory) / f"CertSeg_reviewed_{exportable.subjectHierarchyItemID}.dcm"
             write_reviewed_seg(target, radiograph, reviewed, model)
         return ""

@@ -10,7 +10,7 @@ import pytest
 
 PACKAGE = Path(__file__).parents[1] / "CertSeg" / "certseg"
 FOUNDATION = {"certseg", "certseg.errors", "certseg.request", "certseg.progress", "certseg.files", "certseg.names",
-              "certseg.limits", "certseg.status"}
+              "certseg.limits", "certseg.status", "certseg.record"}
 # What each part may import of the package (itself always), at run time; TYPE_CHECKING imports are type hints only.
 ALLOWED = {
     "certseg": set(),  # __init__: the lazy public API
@@ -21,6 +21,7 @@ ALLOWED = {
     "certseg.names": {"certseg.errors"},
     "certseg.limits": set(),
     "certseg.status": set(),
+    "certseg.record": {"certseg.errors", "certseg.request"},  # report.json's types: the parameters' enums
     "certseg.imagefile": FOUNDATION,
     "certseg.core": FOUNDATION,
     "certseg.model": FOUNDATION | {"certseg.core"},
@@ -100,7 +101,7 @@ def loaded_after(statement: str) -> set[str]:
 
 def test_dicom_results_and_the_modules_slicer_loads_never_import_torch():
     light = [module_name(p) for p in BACKEND_FILES if part_of(module_name(p)) in {"certseg.dicom", "certseg.results"}]
-    light += ["certseg.request", "certseg.progress", "certseg.report", "certseg.errors", "certseg.files"]
+    light += ["certseg.request", "certseg.progress", "certseg.report", "certseg.record", "certseg.errors", "certseg.files"]
     modules = loaded_after("\n".join(f"import {name}" for name in light))
     assert {"certseg.dicom.seg", "certseg.report", "highdicom"} <= modules  # the imports did happen
     assert "torch" not in modules and "monai" not in modules and "diffusers" not in modules

@@ -17,6 +17,7 @@ from certseg.core.measurements import (
     widest_row,
 )
 from certseg.dicom.codes import label_card
+from certseg.record import Interval, RatioVerdict
 
 RIGHT_LUNG, LEFT_LUNG, HEART = 1, 2, 3
 CLASSES = tuple(Label(entry["value"], entry["name"]) for entry in label_card())
@@ -36,15 +37,15 @@ def chest_labels():
 def test_known_image_gives_the_exact_intervals():
     labels = chest_labels()
     result = certified_measurements(labels, labels, CLASSES, pixel_area_mm2=0.25)
-    heart = next(s for s in result["structures"] if s["name"] == "heart")
+    heart = next(s for s in result.structures if s.name == "heart")
     rim = 44 * 44 - 40 * 40
-    assert heart["area_pixels"] == {"low": 1600, "high": 1600 + rim + 10, "clean": 1600}
-    assert heart["area_mm2"]["low"] == pytest.approx(400.0)
-    ratio = result["cardiothoracic_ratio"]
+    assert heart.area_pixels == Interval(low=1600, high=1600 + rim + 10, clean=1600)
+    assert heart.area_mm2.low == pytest.approx(400.0)
+    ratio = result.cardiothoracic_ratio
     # heart 40 wide, or 44 with its abstained rim on the rows where it is certified; thorax 110 wide on one
     # row, or 111 where the abstained column at 9 touches the right lung
-    assert ratio["low"] == pytest.approx(40 / 111) and ratio["high"] == pytest.approx(44 / 110)
-    assert ratio["verdict"] == "below" and "below 0.5" in ratio["verdict_text"]
+    assert ratio.low == pytest.approx(40 / 111) and ratio.high == pytest.approx(44 / 110)
+    assert ratio.verdict is RatioVerdict.BELOW and "below 0.5" in ratio.verdict_text
 
 
 def test_an_abstained_pixel_across_the_chest_no_longer_widens_the_heart_past_the_thorax():
@@ -56,9 +57,9 @@ def test_an_abstained_pixel_across_the_chest_no_longer_widens_the_heart_past_the
     old_high = horizontal_extent(np.isin(labels, (HEART, ABSTAIN))) / horizontal_extent(
         np.isin(labels, (RIGHT_LUNG, LEFT_LUNG)))
     assert old_high > 1
-    ratio = certified_measurements(labels, labels, CLASSES, None)["cardiothoracic_ratio"]
-    assert 0 <= ratio["low"] <= ratio["clean"] <= ratio["high"] <= 1
-    assert ratio["high"] == pytest.approx(44 / 110)
+    ratio = certified_measurements(labels, labels, CLASSES, None).cardiothoracic_ratio
+    assert 0 <= ratio.low <= ratio.clean <= ratio.high <= 1
+    assert ratio.high == pytest.approx(44 / 110)
 
 
 def test_thoracic_diameter_is_measured_on_one_row():
@@ -100,8 +101,8 @@ def test_every_segmentation_the_certificate_allows_lies_in_the_intervals_and_the
     abstained |= rng.random(labels.shape) < 0.02  # scattered abstentions anywhere
     labels = np.where(abstained, ABSTAIN, labels)
     result = certified_measurements(labels, labels, CLASSES, None)
-    bounds = {s["name"]: s["area_pixels"] for s in result["structures"]}
-    ratio = result["cardiothoracic_ratio"]
+    bounds = {s.name: s.area_pixels for s in result.structures}
+    ratio = result.cardiothoracic_ratio
     seen = []
     for trial in range(300):
         # g on an image within the radius: certified pixels keep their label, abstained ones may be anything
@@ -109,23 +110,23 @@ def test_every_segmentation_the_certificate_allows_lies_in_the_intervals_and_the
         smoothed = np.where(abstained, chosen, labels)
         for label in label_card()[1:]:
             area = int((smoothed == label["value"]).sum())
-            assert bounds[label["name"]]["low"] <= area <= bounds[label["name"]]["high"]
+            assert bounds[label["name"]].low <= area <= bounds[label["name"]].high
         value = measured_ratio(smoothed, labels)
-        assert ratio["low"] - 1e-12 <= value <= ratio["high"] + 1e-12
+        assert ratio.low - 1e-12 <= value <= ratio.high + 1e-12
         seen.append(value)
     heart_everywhere = np.where(abstained, HEART, labels)
-    assert int((heart_everywhere == HEART).sum()) == bounds["heart"]["high"]  # the upper end is attained
-    assert measured_ratio(heart_everywhere, labels) == pytest.approx(ratio["high"])
+    assert int((heart_everywhere == HEART).sum()) == bounds["heart"].high  # the upper end is attained
+    assert measured_ratio(heart_everywhere, labels) == pytest.approx(ratio.high)
     lungs_everywhere = np.where(abstained, RIGHT_LUNG, labels)
-    assert measured_ratio(lungs_everywhere, labels) == pytest.approx(ratio["low"])  # and the lower end
+    assert measured_ratio(lungs_everywhere, labels) == pytest.approx(ratio.low)  # and the lower end
     assert min(seen) < max(seen)
 
 
 def test_without_a_certified_lung_there_is_no_interval():
     labels = np.full((20, 20), ABSTAIN)
     labels[5:15, 5:15] = HEART
-    ratio = certified_measurements(labels, labels, CLASSES, None)["cardiothoracic_ratio"]
-    assert ratio["low"] is None and ratio["high"] is None and ratio["verdict"] == "not certified"
+    ratio = certified_measurements(labels, labels, CLASSES, None).cardiothoracic_ratio
+    assert ratio.low is None and ratio.high is None and ratio.verdict is RatioVerdict.NOT_CERTIFIED
 
 
 @pytest.mark.parametrize("low, high, verdict", [(0.40, 0.49, "below"), (0.51, 0.60, "above"),
@@ -141,8 +142,8 @@ def test_a_stray_heart_speck_is_not_the_heart_in_the_clean_value_nor_in_the_boun
     labels[60:62, 12:14] = HEART  # a speck inside the right lung, certified
     plain = cardiothoracic_ratio(labels == HEART, np.isin(labels, (RIGHT_LUNG, LEFT_LUNG)))
     assert plain == pytest.approx(40 / 110)
-    ratio = certified_measurements(labels, labels, CLASSES, None)["cardiothoracic_ratio"]
-    assert ratio["high"] == pytest.approx(44 / 110) and ratio["low"] <= ratio["clean"] <= ratio["high"]
+    ratio = certified_measurements(labels, labels, CLASSES, None).cardiothoracic_ratio
+    assert ratio.high == pytest.approx(44 / 110) and ratio.low <= ratio.clean <= ratio.high
 
 
 def test_the_plain_ratio_of_reference_masks():

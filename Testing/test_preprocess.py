@@ -74,9 +74,9 @@ def test_radius_in_three_units_is_consistent():
     radii = radius_in_source_units(0.169, input_map)
     # 2x downsampling averages about four pixels (norm ~1/2), times the window scale 1/4095.
     assert input_map.operator_norm() == pytest.approx(0.5 / 4095, rel=0.01)
-    assert radii["model_space"] == 0.169
-    assert radii["stored_values_l2"] == pytest.approx(0.169 / input_map.operator_norm())
-    assert radii["rms_per_source_pixel"] == pytest.approx(radii["stored_values_l2"] / 512)
+    assert radii.model_space == 0.169
+    assert radii.stored_values_l2 == pytest.approx(0.169 / input_map.operator_norm())
+    assert radii.rms_per_source_pixel == pytest.approx(radii.stored_values_l2 / 512)
 
 
 def test_window_from_percentiles_and_bad_windows():
@@ -129,8 +129,8 @@ def test_movable_window_radius_withstands_window_attacks_that_break_the_fixed_wi
     for _ in range(3):
         stored = np.clip(rng.normal(2000, 600, size=(200, 160)), 0, 4095).round()
         input_map = ModelInputMap(stored.shape, 64, IntensityWindow.from_percentiles(stored, PERCENTILES))
-        sound = radius_in_source_units(model_radius, input_map, (stored, PERCENTILES))["stored_values_l2"]
-        fixed = radius_in_source_units(model_radius, input_map)["stored_values_l2"]
+        sound = radius_in_source_units(model_radius, input_map, (stored, PERCENTILES)).stored_values_l2
+        fixed = radius_in_source_units(model_radius, input_map).stored_values_l2
         assert 0 < sound < fixed
         original = input_map(stored)
 
@@ -147,4 +147,4 @@ def test_movable_window_radius_withstands_window_attacks_that_break_the_fixed_wi
     assert broken_fixed == 3
     flat = np.full((20, 20), 100.0)
     flat_map = ModelInputMap(flat.shape, 16, IntensityWindow.from_percentiles(flat, PERCENTILES))
-    assert radius_in_source_units(model_radius, flat_map, (flat, PERCENTILES))["stored_values_l2"] == 0.0
+    assert radius_in_source_units(model_radius, flat_map, (flat, PERCENTILES)).stored_values_l2 == 0.0

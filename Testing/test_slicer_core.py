@@ -12,6 +12,7 @@ import vtk
 import pydicom
 import pytest
 
+from certseg.record import Report
 from support.cli import run_certseg as certseg
 from support.dicom_files import SAMPLE_CR, write_cr_with_spacing
 from support.slicer_core import (
@@ -145,7 +146,7 @@ def loaded_result(scene, certified, variant="calibrated"):
     source, folder = certified[variant]
     volume = add_volume(scene, source, "radiograph")
     file_under_new_study(scene, [volume])
-    report = json.loads((folder / "report.json").read_text())
+    report = Report.read(folder / "report.json")
     segmentation = mrml.load_result(scene, folder / "certseg.seg.nrrd", volume, None, report, "radiograph CertSeg")
     radius_map = mrml.load_radius_map(scene, folder / "pixel_radius.nrrd", volume, "radiograph CertSeg radius")
     return volume, segmentation, radius_map, report
@@ -175,8 +176,8 @@ def test_a_loaded_result_keeps_report_digests_geometry_and_forgets_the_run_folde
     with slicer_scene() as scene:
         volume, segmentation, radius_map, report = loaded_result(scene, certified)
         assert segmentation.GetName() == "radiograph CertSeg" and segmentation.GetStorageNode() is None
-        assert json.loads(segmentation.GetAttribute(mrml.REPORT_ATTRIBUTE)) == report
-        assert json.loads(segmentation.GetAttribute(MODEL_ATTRIBUTE))["name"] == report["models"]["segmenter"]["name"]
+        assert Report.from_json(json.loads(segmentation.GetAttribute(mrml.REPORT_ATTRIBUTE))) == report
+        assert json.loads(segmentation.GetAttribute(MODEL_ATTRIBUTE))["name"] == report.segmenter.name
         digests = json.loads(segmentation.GetAttribute(CERTIFIED_DIGESTS_ATTRIBUTE))
         segments = mrml.slicer_segments(segmentation, volume)
         assert digests == {s.name: mask_digest(s.mask) for s in segments} and "Abstained" in digests
@@ -213,7 +214,7 @@ def test_a_segment_the_reader_edits_in_slicer_is_the_one_the_reviewed_seg_marks(
     changed = [segment.name for segment, was_changed in reviewed if was_changed]
     assert changed == ["right lung (edited, not certified)"]
     write_reviewed_seg(tmp_path / "reviewed.dcm", read_radiograph(source, force=True), reviewed,
-                       report["models"]["segmenter"])
+                       report.segmenter)
     back = read_certseg_seg(tmp_path / "reviewed.dcm")
     assert "right lung (edited, not certified)" in [s.name for s in back.segments]
 

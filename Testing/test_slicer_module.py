@@ -1,12 +1,12 @@
 """Everything of the Slicer module that runs without Slicer: process protocol, Cancel, panel, module shape."""
 
 import ast
-import json
 import os
 import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ElementTree
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -18,6 +18,8 @@ MODULE_DIR = Path(__file__).parents[1] / "CertSeg"
 
 from certseg.commands import parser
 from certseg.commands.options import certification_request
+from certseg.core.measurements import ratio_verdict
+from certseg.record import OodVerdict, RatioMeasurement, Report
 from certseg.report import batch_detail, panel_summary
 from certseg.request import CertificationRequest, RunOptions
 from CertSegLib.batch import BatchQueue, ItemStatus, kept_result_folder
@@ -133,9 +135,9 @@ def test_the_self_test_parameters_certify_the_sample_lungs_through_the_module_co
     process.start()
     events = run_to_end(process, timeout=300)
     assert process.returncode == 0, events
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
-    lungs = [s for s in report["structures"] if s["name"].endswith("lung")]
-    assert len(lungs) == 2 and all(s["certified_pixels"] > 0 for s in lungs)
+    report = Report.read(tmp_path / "out" / "report.json")
+    lungs = [s for s in report.structures if s.name.endswith("lung")]
+    assert len(lungs) == 2 and all(s.certified_pixels > 0 for s in lungs)
 
 
 def test_the_module_command_runs_the_real_backend(tmp_path, random_models):
@@ -151,17 +153,19 @@ def test_the_module_command_runs_the_real_backend(tmp_path, random_models):
     assert process.returncode == 0, events
     progress = [e for e in events if isinstance(e, Progress)]
     assert progress[-1] == Progress(10, 10) and all(a.done < b.done for a, b in zip(progress, progress[1:]))
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    report = Report.read(tmp_path / "out" / "report.json")
     text = panel_summary(report)
     assert "Abstained:" in text and "RMS change per pixel" in text and "right lung" in text
     assert "Area (cm²)" in text and "certified range" in text
-    report["source"]["notes"] = ["spacing from ImagerPixelSpacing (detector plane, not corrected for magnification)"]
-    assert panel_summary(report).startswith("Note: spacing from ImagerPixelSpacing")
-    assert f"cpu in {report['execution']['precision']}" in text
-    assert report["out_of_distribution"] is None  # the untrained test model folder has no detector
-    report["out_of_distribution"] = {"score": 30.0, "threshold": 18.0, "in_distribution": False, "forced": True}
-    assert "does NOT look like a chest radiograph" in panel_summary(report)
-    assert report["source"]["pixel_spacing_mm"] == [0.7, 0.7]
+    noted = replace(report, source=replace(report.source, notes=(
+        "spacing from ImagerPixelSpacing (detector plane, not corrected for magnification)",)))
+    assert panel_summary(noted).startswith("Note: spacing from ImagerPixelSpacing")
+    assert f"cpu in {report.execution.precision}" in text
+    assert report.out_of_distribution is None  # the untrained test model folder has no detector
+    refused = OodVerdict(method="spectral", score=30.0, threshold=18.0, false_rejection_rate=0.02,
+                         in_distribution=False, forced=True)
+    assert "does NOT look like a chest radiograph" in panel_summary(replace(report, out_of_distribution=refused))
+    assert report.source.pixel_spacing_mm == (0.7, 0.7)
 
 
 def test_a_file_loaded_volume_is_gated_through_its_storage_file_only_when_that_is_dicom(small_cr, tmp_path):
@@ -192,16 +196,16 @@ def test_the_metadata_gate_checks_an_exported_volume_through_its_dicom_file(tmp_
     forced = run_certseg("certify-array", image, "--out", tmp_path / "b", "--reference-dicom", tmp_path / "knee.dcm",
                          "--force", *common)
     assert forced.returncode == 0, forced.stderr
-    report = json.loads((tmp_path / "b" / "report.json").read_text())
-    check = report["source"]["metadata_check"]
-    assert check["checked"] and check["refusal"] == "body part KNEE is not CHEST" and "modality CR" in check["found"]
+    report = Report.read(tmp_path / "b" / "report.json")
+    check = report.source.metadata_check
+    assert check.checked and check.refusal == "body part KNEE is not CHEST" and "modality CR" in check.found
     text = panel_summary(report)
     assert "DICOM metadata: modality CR, body part KNEE, view PA in knee.dcm: OVERRIDDEN" in text
     assert "Note: spacing from ImagerPixelSpacing" in text  # the file's caveat, not the image file's silence
     plain = run_certseg("certify-array", image, "--out", tmp_path / "c", *common)
     assert plain.returncode == 0, plain.stderr
-    report = json.loads((tmp_path / "c" / "report.json").read_text())
-    assert report["source"]["metadata_check"]["checked"] is False
+    report = Report.read(tmp_path / "c" / "report.json")
+    assert report.source.metadata_check.checked is False
     assert "DICOM metadata: not checked" in panel_summary(report)
 
 
@@ -224,8 +228,8 @@ def test_an_out_of_distribution_refusal_becomes_a_question_and_the_override_is_r
                                             CertificationRequest(n0=2, n=8, force=True), plain_cpu))
     forced.start()
     assert run_to_end(forced) and forced.returncode == 0
-    report = json.loads((tmp_path / "b" / "report.json").read_text())
-    assert report["out_of_distribution"]["forced"] is True
+    report = Report.read(tmp_path / "b" / "report.json")
+    assert report.out_of_distribution.forced is True
     assert "certified because forced" in panel_summary(report)
     assert ood_refusal("certseg: error: in.nrrd: unreadable image", 2) is None
     assert ood_refusal(events[-1], 2) is None  # the words alone are not the signal
@@ -324,7 +328,7 @@ def test_the_dicom_plugin_reads_back_the_seg_the_backend_wrote(backend_seg, tmp_
     source, seg_path = backend_seg
     seg = read_certseg_seg(seg_path)
     assert seg.referenced_sop_instance_uid == referenced_instance_uid(seg_path) == pydicom.dcmread(source).SOPInstanceUID
-    assert all(layer.certified for layer in seg.segments) and seg.model["name"] == "certseg-cxr-unet"
+    assert all(layer.certified for layer in seg.segments) and seg.model.name == "certseg-cxr-unet"
     nrrd = slicerio.read_segmentation(str(seg_path.parent / "certseg.seg.nrrd"))
     labelmap = nrrd["voxels"][:, :, 0].T  # (rows, columns)
     by_name = {s["name"]: s for s in nrrd["segments"]}
@@ -472,16 +476,21 @@ def test_kept_results_go_to_a_new_folder_named_after_the_volume_and_never_overwr
     assert kept_result_folder(tmp_path, "../..", when).parent == tmp_path
 
 
-def test_a_batch_line_gives_abstention_and_the_ratio_interval():
-    report = {"source_grid": {"abstain_fraction": 0.025},
-              "measurements": {"cardiothoracic_ratio": {"low": 0.41, "high": 0.47, "clean": 0.45}}}
-    assert batch_detail(report) == ("abstained 2.5%, cardiothoracic ratio 0.41-0.47, below 0.5 for every image "
-                                    "within the radius")
-    report["measurements"]["cardiothoracic_ratio"] = {"low": None, "high": None, "clean": 0.45}
-    assert batch_detail(report) == ("abstained 2.5%, cardiothoracic ratio not certified (no certified heart or no "
-                                    "certified lung)")
-    report["measurements"]["cardiothoracic_ratio"] = None
-    assert batch_detail(report) == "abstained 2.5%"
+def test_a_batch_line_gives_abstention_and_the_ratio_interval(certified_sample):
+    report = Report.read(certified_sample[2] / "report.json")
+    report = replace(report, source_grid=replace(report.source_grid, abstain_fraction=0.025))
+
+    def with_ratio(low, high):
+        verdict = ratio_verdict(low, high)
+        ratio = RatioMeasurement(low, high, 0.45, verdict, verdict.words, "definition")
+        return replace(report, measurements=replace(report.measurements, cardiothoracic_ratio=ratio))
+
+    assert batch_detail(with_ratio(0.41, 0.47)) == ("abstained 2.5%, cardiothoracic ratio 0.41-0.47, below 0.5 for "
+                                                    "every image within the radius")
+    assert batch_detail(with_ratio(None, None)) == ("abstained 2.5%, cardiothoracic ratio not certified (no certified "
+                                                    "heart or no certified lung)")
+    no_ratio = replace(report, measurements=replace(report.measurements, cardiothoracic_ratio=None))
+    assert batch_detail(no_ratio) == "abstained 2.5%"
 
 
 def test_reload_forgets_certseglib_and_the_backend_so_edits_are_picked_up(tmp_path):

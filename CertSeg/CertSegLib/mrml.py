@@ -14,6 +14,7 @@ from typing import Optional
 import slicer
 import vtk
 
+from certseg.record import ModelIdentity, Report
 from CertSegLib.review import CERTIFIED_DIGESTS_ATTRIBUTE, MODEL_ATTRIBUTE, SlicerSegment, mask_digest
 from CertSegLib.backend_call import input_problem
 
@@ -84,7 +85,7 @@ def forget_storage(scene, node) -> None:
         scene.RemoveNode(storage)
 
 
-def load_result(scene, seg_nrrd: Path, volume, segmentation, report: dict, name: str):
+def load_result(scene, seg_nrrd: Path, volume, segmentation, report: Report, name: str):
     """The backend's .seg.nrrd as `segmentation` (None: a new node called `name`), tied to `volume`, with the
     report, the certified masks' digests and the model on the node, filed beside the volume."""
     loaded = logic("segmentations").LoadSegmentationFromFile(str(seg_nrrd), True)
@@ -100,9 +101,9 @@ def load_result(scene, seg_nrrd: Path, volume, segmentation, report: dict, name:
         scene.RemoveNode(loaded)
     segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
     segmentation.CreateDefaultDisplayNodes()
-    segmentation.SetAttribute(REPORT_ATTRIBUTE, json.dumps(report))
-    record_certified_segments(segmentation, volume, report["models"]["segmenter"])
-    if (report.get("out_of_distribution") or {}).get("forced"):
+    segmentation.SetAttribute(REPORT_ATTRIBUTE, json.dumps(report.to_json()))
+    record_certified_segments(segmentation, volume, report.segmenter)
+    if report.out_of_distribution is not None and report.out_of_distribution.forced:
         segmentation.SetAttribute(FORCED_ATTRIBUTE, "out-of-distribution check overridden by the user")
     file_beside(scene, segmentation, volume)
     return segmentation
@@ -140,14 +141,14 @@ def slicer_segments(segmentation, volume) -> list:
     return found
 
 
-def record_certified_segments(segmentation, volume, model: dict, certified_names=None) -> None:
+def record_certified_segments(segmentation, volume, model: ModelIdentity, certified_names=None) -> None:
     """Store the certified segments' mask digests and the model on the node: export tells edited segments by them.
 
     `certified_names`: the segments that hold the backend's masks (None: all, as on a fresh result)."""
     digests = {segment.name: mask_digest(segment.mask) for segment in slicer_segments(segmentation, volume)
                if certified_names is None or segment.name in certified_names}
     segmentation.SetAttribute(CERTIFIED_DIGESTS_ATTRIBUTE, json.dumps(digests))
-    segmentation.SetAttribute(MODEL_ATTRIBUTE, json.dumps({"name": model["name"], "version": model["version"]}))
+    segmentation.SetAttribute(MODEL_ATTRIBUTE, json.dumps({"name": model.name, "version": model.version}))
 
 
 def segmentation_from_seg(scene, seg, volume, name: str):

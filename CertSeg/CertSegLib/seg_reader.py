@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 from pydicom.uid import SegmentationStorage
 
+from certseg.record import ModelIdentity
+
 CERTSEG_MANUFACTURER = "CertSeg"
 SLICER_CONTEXT = "Segmentation category and type - DICOM master list"
 ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
@@ -36,7 +38,7 @@ class CertSegSeg:
     referenced_sop_instance_uid: str
     series_description: str
     segments: list[SegmentLayer]
-    model: dict[str, str]  # the certifying segmenter's name and version
+    model: ModelIdentity  # the certifying segmenter's name and version
 
 
 def referenced_instance_uid(path: str | Path) -> str:
@@ -60,14 +62,13 @@ def read_certseg_seg(path: str | Path) -> CertSegSeg:
     numbers = seg.get_segment_numbers()
     pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=references, segment_numbers=numbers,
                                                assert_missing_frames_are_empty=True)[0]
-    segments, model = [], {"name": "unknown", "version": ""}
+    segments, model = [], ModelIdentity("unknown", "")
     for index, number in enumerate(numbers):
         description = seg.get_segment_description(number)
         certified = description.SegmentAlgorithmType == "AUTOMATIC"
         if certified:
             algorithm = description.SegmentationAlgorithmIdentificationSequence[0]
-            model = {"name": str(algorithm.AlgorithmName).removeprefix("CertSeg "),
-                     "version": str(algorithm.AlgorithmVersion)}
+            model = ModelIdentity(str(algorithm.AlgorithmName).removeprefix("CertSeg "), str(algorithm.AlgorithmVersion))
         lab = hd.color.CIELabColor.from_dicom_value(list(description.RecommendedDisplayCIELabValue))
         segments.append(SegmentLayer(
             name=str(description.SegmentLabel),

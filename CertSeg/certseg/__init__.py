@@ -32,7 +32,7 @@ _API = {
     "Execution": "certseg.model.execution",
     "IntensityWindow": "certseg.core.window",
     "LoadedModels": "certseg.model.folder",
-    "ModelError": "certseg.model.cards",
+    "ModelError": "certseg.errors",
     "ModelInputMap": "certseg.core.input_map",
     "RunOptions": "certseg.request",
     "SmoothingParameters": "certseg.core.smoothing",

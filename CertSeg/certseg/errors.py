@@ -1,4 +1,14 @@
-"""The one exception type the command line turns into a one-line message, and the exit codes."""
+"""CertSeg's own errors, which the command line turns into one line and exit 2 (3 for an out-of-distribution
+refusal), and the exit codes.  Anything else that escapes is a bug: exit 70, its traceback in a file.
+
+    CertSegError             the user's input, parameters or files: stated as `where: reason`
+      ParameterError         a parameter out of its range or unknown
+      InputError             an image CertSeg cannot certify as it is
+      ModelError             a model folder that is missing, incomplete or does not match its card
+      NetworkError           a PACS or peer that refused, failed or did not answer
+      OutOfDistributionError the out-of-distribution check refused the image
+      (record.ReportError    a report.json that is not one)
+"""
 
 # 0 success; 1 some images failed (the others were processed); 2 bad input or parameters,
 # or nothing to certify; 3 `certify-array`'s one image refused by the out-of-distribution check
@@ -22,6 +32,14 @@ class ParameterError(CertSegError, ValueError):
 
 class InputError(CertSegError, ValueError):
     """An input CertSeg cannot certify as it is: a flat image, NaN values, not one 2D frame (exit 2)."""
+
+
+class ModelError(CertSegError, ValueError):
+    """A model folder that is missing, incomplete or does not match its card (exit 2: the user named it)."""
+
+
+class NetworkError(CertSegError):
+    """A PACS or DICOM peer that refused an association, failed an operation or did not answer."""
 
 
 class OutOfDistributionError(CertSegError):

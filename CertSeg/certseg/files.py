@@ -59,7 +59,11 @@ MEASUREMENT_SR_FILE = "measurements.dcm"  # TID 1500 SR of the certified measure
 CAPTURE_FILE = "capture.dcm"  # Secondary Capture: the overlay with the certificate burned in
 REPORT_PDF_FILE = "report.pdf"  # the one-page report
 REPORT_PDF_DICOM_FILE = "report-pdf.dcm"  # the same page as Encapsulated PDF
-REPORT_FILE = "report.json"
+REPORT_FILE = "report.json"  # certseg.record.Report
+SEG_NRRD_FILE = "certseg.seg.nrrd"  # the segments for Slicer
+PIXEL_RADIUS_FILE = "pixel_radius.nrrd"  # the per-pixel radius for Slicer
+OVERLAY_FILE = "overlay.png"  # a quick look
+CERTIFICATE_ARRAYS_FILE = "certificate.npz"  # model-grid arrays for research
 
 
 def objects_to_send(folder: Path, *, capture: bool = True, pdf: bool = True) -> list[Path]:

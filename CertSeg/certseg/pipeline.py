@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -26,6 +25,7 @@ from certseg.model.execution import Execution
 from certseg.model.folder import LoadedModels, load_models
 from certseg.model.segmenter import CertifiedSegmenter
 from certseg.progress import Progress
+from certseg.record import ExecutionRecord, Noise, OodVerdict, Radius
 from certseg.request import CertificationRequest, RunOptions
 
 
@@ -43,11 +43,11 @@ class CertificationResult:
     source_labels: np.ndarray  # (H, W) on the source grid, ABSTAIN where no certificate
     certificate: Certificate  # on the model grid
     input_map: ModelInputMap
-    radii: dict[str, float]  # core.radius.radius_in_source_units
-    ood: dict[str, Any] | None  # the out-of-distribution verdict, "forced" when overridden; None without detector
+    radius: Radius  # core.radius.radius_in_source_units
+    ood: OodVerdict | None  # the out-of-distribution verdict, `forced` when overridden; None without detector
     window_source: str
-    execution: dict[str, Any]  # how the base segmenter ran (precision, layout, compilation)
-    noise: dict[str, Any]  # where the noise came from: run seed, image key, fresh or given
+    execution: ExecutionRecord  # how the base segmenter ran (precision, layout, compilation)
+    noise: Noise  # where the noise came from: run seed, image key, fresh or given
     clean_labels: np.ndarray  # (H, W) the network's own labels on the noise-free image, source grid
 
 
@@ -92,10 +92,10 @@ class CertificationPipeline:
             source_labels=input_map.labels_to_source(certificate.labels),
             certificate=certificate,
             input_map=input_map,
-            radii=radius_in_source_units(certificate.radius, input_map, window_from),
+            radius=radius_in_source_units(certificate.radius, input_map, window_from),
             ood=verdict,
             window_source=window_source,
-            execution=dataclasses.asdict(self.segmenter.execution),
+            execution=ExecutionRecord(**dataclasses.asdict(self.segmenter.execution)),
             noise=_noise_record(run_seed, image.key, given=request.seed is not None),
             clean_labels=input_map.labels_to_source(self.segmenter.segment_clean(model_image)),
         )
@@ -106,22 +106,22 @@ class CertificationPipeline:
         window = image.window or IntensityWindow.from_percentiles(image.pixels, spec.percentiles)
         return ModelInputMap(tuple(image.pixels.shape), spec.size, window)
 
-    def _ood_verdict(self, model_image: np.ndarray, force: bool) -> dict[str, Any] | None:
+    def _ood_verdict(self, model_image: np.ndarray, force: bool) -> OodVerdict | None:
         detector = self.models.ood_detector
         if detector is None:
             return None
-        verdict = {**detector.verdict(self.segmenter.network, model_image), "forced": False}
-        if not verdict["in_distribution"]:
-            if not force:
-                raise OutOfDistributionError(
-                    f"does not look like a chest radiograph the models know ({OOD_REFUSAL} "
-                    f"{verdict['score']:.1f} > threshold {verdict['threshold']:.1f}); use --force to certify anyway")
-            verdict["forced"] = True
-        return verdict
+        verdict = detector.verdict(self.segmenter.network, model_image)
+        if verdict.in_distribution:
+            return verdict
+        if not force:
+            raise OutOfDistributionError(
+                f"does not look like a chest radiograph the models know ({OOD_REFUSAL} "
+                f"{verdict.score:.1f} > threshold {verdict.threshold:.1f}); use --force to certify anyway")
+        return dataclasses.replace(verdict, forced=True)
 
 
-def _noise_record(run_seed: int, image_key: str, *, given: bool) -> dict[str, Any]:
-    return {"run_seed": run_seed, "image_key": image_key,
-            "source": "given (--seed): no guarantee against whoever knew it before the image was fixed" if given else
-                      "os-entropy (unknown before the image existed)",
-            "reproduce_with": f"--seed {run_seed}"}
+def _noise_record(run_seed: int, image_key: str, *, given: bool) -> Noise:
+    return Noise(run_seed=run_seed, image_key=image_key,
+                 source="given (--seed): no guarantee against whoever knew it before the image was fixed" if given
+                 else "os-entropy (unknown before the image existed)",
+                 reproduce_with=f"--seed {run_seed}")

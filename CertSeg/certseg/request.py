@@ -16,6 +16,13 @@ from pathlib import Path
 from certseg.errors import ParameterError
 
 
+class Mode(StrEnum):
+    """SegCertify's two procedures: CERTIFY (a guarantee per pixel, or abstain) and PREDICT (no radius)."""
+
+    CERTIFY = "certify"
+    PREDICT = "predict"
+
+
 class Correction(StrEnum):
     """Family-wise multiple-testing correction over the pixels."""
 

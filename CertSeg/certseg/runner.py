@@ -23,6 +23,7 @@ from certseg.files import atomic_directory
 from certseg.imagefile import read_image
 from certseg.names import result_folder
 from certseg.progress import progress_lines, sample_bar
+from certseg.record import Report
 from certseg.report import dicom_report, image_file_report, summary_line
 from certseg.request import CertificationRequest
 from certseg.status import Status
@@ -152,8 +153,8 @@ def _certify_dicom_file(path: Path, out: Path, pipeline: CertificationPipeline, 
         return kept(path, target)
     with sample_bar(request.samples, disable=quiet) as progress:
         result = pipeline.certify(stored_image(radiograph), request, progress)
-    report = dicom_report(result, pipeline.models, radiograph)
-    report["timings_s"]["total_with_decoding"] = time.perf_counter() - started
+    report = dicom_report(result, pipeline.models, radiograph,
+                          extra_timings={"total_with_decoding": time.perf_counter() - started})
     # .seg.nrrd and pixel_radius.nrrd lie on the grid Slicer's DICOM import gives the file (report: slicer_grid)
     geometry = ijk_to_lps(radiograph.dataset, slicer_grid_spacing(radiograph.dataset)[0])
     _write(target, radiograph.pixels, result, report, geometry, radiograph, overwrite)
@@ -167,7 +168,7 @@ def stored_image(radiograph: Radiograph) -> StoredImage:
     return StoredImage(radiograph.pixels, radiograph.uids[2], radiograph.window)
 
 
-def _write(target: Path, pixels: np.ndarray, result, report: dict, geometry: np.ndarray,
+def _write(target: Path, pixels: np.ndarray, result, report: Report, geometry: np.ndarray,
            radiograph: Radiograph | None, overwrite: bool) -> None:
     with atomic_directory(target, overwrite=overwrite) as staging:
         write_result_folder(staging, pixels, result, report, geometry, radiograph)

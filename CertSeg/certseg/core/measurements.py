@@ -44,11 +44,11 @@ labels (and on reference masks) the seeds are the main regions of the region its
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
 from certseg.core.labels import ABSTAIN, BACKGROUND, Label
+from certseg.record import VERDICT_WORDS, AreaMeasurement, Interval, Measurements, RatioMeasurement, RatioVerdict
 
 MEANING = ("low: the certified pixels; high: certified plus abstained pixels. With the certificate's probability "
            "1 - alpha, the smoothed segmenter's value lies in [low, high] on this image and on every image within "
@@ -56,12 +56,6 @@ MEANING = ("low: the certified pixels; high: certified plus abstained pixels. Wi
 
 
 RATIO_THRESHOLD = 0.5  # a cardiothoracic ratio above 0.5 on a PA film is read as an enlarged heart
-VERDICTS = {
-    "below": "below 0.5 for every image within the radius",
-    "above": "above 0.5 for every image within the radius",
-    "undecided": "undecided: the certified interval contains 0.5",
-    "not certified": "not certified (no certified heart or no certified lung)",
-}
 RATIO_DEFINITION = ("cardiac diameter (maximal horizontal heart width) / thoracic diameter (maximal width of both "
                     "lungs on one row, outer edge to outer edge), capped at 1, on the source grid; certified bounds "
                     "measure each structure from its certified main regions outwards along the rows")
@@ -133,13 +127,13 @@ def cardiothoracic_ratio(heart: np.ndarray, lungs: np.ndarray) -> float | None:
     return capped_ratio(cardiac_diameter(heart), thorax) if thorax else None
 
 
-def ratio_verdict(low: float | None, high: float | None) -> str:
-    """Which side of 0.5 the certified interval lies on (a key of VERDICTS)."""
+def ratio_verdict(low: float | None, high: float | None) -> RatioVerdict:
+    """Which side of 0.5 the certified interval lies on."""
     if low is None or high is None:
-        return "not certified"
+        return RatioVerdict.NOT_CERTIFIED
     if high < RATIO_THRESHOLD:
-        return "below"
-    return "above" if low > RATIO_THRESHOLD else "undecided"
+        return RatioVerdict.BELOW
+    return RatioVerdict.ABOVE if low > RATIO_THRESHOLD else RatioVerdict.UNDECIDED
 
 
 def region_bounds(labels: np.ndarray, classes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -149,7 +143,7 @@ def region_bounds(labels: np.ndarray, classes: tuple[int, ...]) -> tuple[np.ndar
 
 
 def certified_measurements(labels: np.ndarray, clean_labels: np.ndarray, classes: Sequence[Label],
-                           pixel_area_mm2: float | None) -> dict[str, Any]:
+                           pixel_area_mm2: float | None) -> Measurements:
     """report.json's `measurements`: area intervals per structure (every class but background) and the
     cardiothoracic ratio's."""
     structures = []
@@ -157,11 +151,11 @@ def certified_measurements(labels: np.ndarray, clean_labels: np.ndarray, classes
         if label.value == BACKGROUND:
             continue
         low, high = region_bounds(labels, (label.value,))
-        pixels = {"low": int(low.sum()), "high": int(high.sum()), "clean": int((clean_labels == label.value).sum())}
-        area = None if pixel_area_mm2 is None else {k: v * pixel_area_mm2 for k, v in pixels.items()}
-        structures.append({"name": label.name, "area_pixels": pixels, "area_mm2": area})
-    return {"meaning": MEANING, "structures": structures,
-            "cardiothoracic_ratio": _ratio_bounds(labels, clean_labels, classes)}
+        pixels = Interval(int(low.sum()), int(high.sum()), int((clean_labels == label.value).sum()))
+        area = None if pixel_area_mm2 is None else Interval(*(value * pixel_area_mm2 for value in
+                                                              (pixels.low, pixels.high, pixels.clean)))
+        structures.append(AreaMeasurement(label.name, pixels, area))
+    return Measurements(MEANING, tuple(structures), _ratio_bounds(labels, clean_labels, classes))
 
 
 def ratio_bounds(labels: np.ndarray, heart_value: int, lung_values: tuple[int, ...]) -> tuple[float | None, float | None]:
@@ -176,18 +170,12 @@ def ratio_bounds(labels: np.ndarray, heart_value: int, lung_values: tuple[int, .
     return low, high
 
 
-def _ratio_bounds(labels: np.ndarray, clean_labels: np.ndarray, classes: Sequence[Label]) -> dict[str, Any] | None:
+def _ratio_bounds(labels: np.ndarray, clean_labels: np.ndarray, classes: Sequence[Label]) -> RatioMeasurement | None:
     values = {label.name: label.value for label in classes}
     lungs = tuple(values[name] for name in ("right lung", "left lung") if name in values)
     if "heart" not in values or len(lungs) != 2:
         return None  # the model does not segment what the ratio needs
     low, high = ratio_bounds(labels, values["heart"], lungs)
     verdict = ratio_verdict(low, high)
-    return {
-        "low": low,
-        "high": high,
-        "clean": cardiothoracic_ratio(clean_labels == values["heart"], np.isin(clean_labels, lungs)),
-        "verdict": verdict,
-        "verdict_text": VERDICTS[verdict],
-        "definition": RATIO_DEFINITION,
-    }
+    clean = cardiothoracic_ratio(clean_labels == values["heart"], np.isin(clean_labels, lungs))
+    return RatioMeasurement(low, high, clean, verdict, VERDICT_WORDS[verdict], RATIO_DEFINITION)

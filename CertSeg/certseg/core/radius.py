@@ -13,10 +13,11 @@ import numpy as np
 import torch
 
 from certseg.core.input_map import ModelInputMap
+from certseg.record import Radius
 
 
 def radius_in_source_units(model_radius: float, input_map: ModelInputMap,
-                           window_from: tuple[np.ndarray, tuple[float, float]] | None = None) -> dict[str, float]:
+                           window_from: tuple[np.ndarray, tuple[float, float]] | None = None) -> Radius:
     """The certified radius three ways (docs/method.md §4).
 
     model_space            L2 in the model input ([0, 1] intensities, model grid)
@@ -35,12 +36,8 @@ def radius_in_source_units(model_radius: float, input_map: ModelInputMap,
     else:
         stored = movable_window_radius(model_radius, input_map, *window_from)
     height, width = input_map.source_shape
-    return {
-        "model_space": model_radius,
-        "stored_values_l2": stored,
-        "rms_per_source_pixel": stored / math.sqrt(height * width),
-        "window_fixed_by_header": window_from is None,
-    }
+    return Radius(model_space=model_radius, stored_values_l2=stored,
+                  rms_per_source_pixel=stored / math.sqrt(height * width), window_fixed_by_header=window_from is None)
 
 
 def movable_window_radius(model_radius: float, input_map: ModelInputMap, stored: np.ndarray,

@@ -18,7 +18,6 @@ import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -45,12 +44,7 @@ from certseg.core.stats import (
 )
 from certseg.errors import InputError, ParameterError
 from certseg.progress import Progress
-from certseg.request import DOUBLING, CertificationRequest, Correction
-
-
-class Mode(StrEnum):
-    CERTIFY = "certify"
-    PREDICT = "predict"
+from certseg.request import DOUBLING, CertificationRequest, Correction, Mode
 
 
 @dataclass(frozen=True)

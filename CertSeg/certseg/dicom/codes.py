@@ -14,6 +14,7 @@ import numpy as np
 from pydicom.sr.coding import Code
 
 from certseg.core.labels import ABSTAIN
+from certseg.record import RatioVerdict
 
 ANATOMICAL_STRUCTURE = Code("123037004", "SCT", "Anatomical Structure")
 RIGHT = Code("24028007", "SCT", "Right")
@@ -29,11 +30,11 @@ ABSTAINED_COLOR = (255, 0, 255)
 CHEST_XRAY = Code("399208008", "SCT", "Plain chest X-ray")
 CARDIOTHORACIC_RATIO = Code("CTR", "99CERTSEG", "Cardiothoracic ratio")  # no standard code found for the ratio
 RATIO_VERDICT = Code("CTRVERDICT", "99CERTSEG", "Cardiothoracic ratio against 0.5 within the certified radius")
-RATIO_VERDICT_VALUES = {  # core.measurements' verdict keys
-    "below": Code("CTRBELOW", "99CERTSEG", "Below 0.5 for every image within the radius"),
-    "above": Code("CTRABOVE", "99CERTSEG", "Above 0.5 for every image within the radius"),
-    "undecided": Code("CTRUNDECIDED", "99CERTSEG", "Undecided: the certified interval contains 0.5"),
-    "not certified": Code("CTRNOTCERT", "99CERTSEG", "Not certified: no certified heart or no certified lung"),
+RATIO_VERDICT_VALUES = {
+    RatioVerdict.BELOW: Code("CTRBELOW", "99CERTSEG", "Below 0.5 for every image within the radius"),
+    RatioVerdict.ABOVE: Code("CTRABOVE", "99CERTSEG", "Above 0.5 for every image within the radius"),
+    RatioVerdict.UNDECIDED: Code("CTRUNDECIDED", "99CERTSEG", "Undecided: the certified interval contains 0.5"),
+    RatioVerdict.NOT_CERTIFIED: Code("CTRNOTCERT", "99CERTSEG", "Not certified: no certified heart or no certified lung"),
 }
 
 

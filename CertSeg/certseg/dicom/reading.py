@@ -23,6 +23,7 @@ from certseg.core.window import IntensityWindow
 from certseg.errors import CertSegError, InputError, first_line
 from certseg.limits import MAX_INFLATED_BYTES, MAX_PIXELS, file_inflates_beyond
 from certseg.names import UID_PATH_KEYWORDS, shown, uid_problem
+from certseg.record import MetadataCheck
 
 CHEST_MODALITIES = {"CR", "DX"}
 CHEST_BODY_PARTS = {"", "CHEST", "THORAX", "LUNG", "TORSO"}
@@ -161,21 +162,21 @@ def read_radiograph(path: Path, force: bool = False) -> Radiograph | Skipped:
     return Radiograph(path, dataset, pixels, spacing, notes, _voi_window(dataset))
 
 
-def metadata_check(radiograph: Radiograph | None) -> dict:
+def metadata_check(radiograph: Radiograph | None) -> MetadataCheck:
     """What the metadata gate saw (report.json's source.metadata_check): the tags it read and its verdict.
 
     None: an image file without a DICOM file behind it, whose modality, body part and view are unknown."""
     if radiograph is None:
-        return {"checked": False, "file": None, "found": None, "refusal": None,
-                "text": "not checked: an image file carries no DICOM modality, body part or view"}
+        return MetadataCheck(checked=False, file=None, found=None, refusal=None,
+                             text="not checked: an image file carries no DICOM modality, body part or view")
     header = radiograph.dataset
     found = (f"modality {header.get('Modality', '') or 'missing'}, "
              f"body part {header.get('BodyPartExamined', '') or 'not stated'}, "
              f"view {header.get('ViewPosition', '') or 'not stated'}")
     refusal = chest_radiograph_refusal(header)
     verdict = f"OVERRIDDEN ({refusal})" if refusal else "a frontal chest radiograph"
-    return {"checked": True, "file": str(radiograph.path), "found": found, "refusal": refusal,
-            "text": f"{found} in {radiograph.path.name}: {verdict}"}
+    return MetadataCheck(checked=True, file=str(radiograph.path), found=found, refusal=refusal,
+                         text=f"{found} in {radiograph.path.name}: {verdict}")
 
 
 def chest_radiograph_refusal(header: pydicom.Dataset | Mapping[str, str]) -> str | None:

@@ -6,7 +6,7 @@ in category ("CERTOUTCOME", "99CERTSEG", "Certification outcome"), documented in
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import highdicom as hd
@@ -16,18 +16,19 @@ from pydicom.sr.codedict import codes
 
 from certseg import __version__
 from certseg.dicom.codes import ANATOMICAL_STRUCTURE, Segment, segments
+from certseg.record import ModelIdentity
 
 
-def write_dicom_seg(path: Path, radiograph, labels: np.ndarray, model: Mapping[str, str]) -> None:
+def write_dicom_seg(path: Path, radiograph, labels: np.ndarray, model: ModelIdentity) -> None:
     """A BINARY DICOM SEG (highdicom) in the source's study, new series, referencing the source image.
 
-    `model`: the segmenter's name and version, as the report records them."""
+    `model`: the segmenter, as the report records it."""
     _write_seg(path, radiograph, [(segment, "AUTOMATIC") for segment in segments(labels)], model,
                "CertSeg certified segmentation", "CERTSEG", "certified structures and abstained region")
 
 
 def write_reviewed_seg(path: Path, radiograph, reviewed: Sequence[tuple[Segment, bool]],
-                       model: Mapping[str, str]) -> None:
+                       model: ModelIdentity) -> None:
     """The segmentation as a reader left it in Slicer: (segment, changed) pairs, changed meaning edited or added.
 
     A segment whose mask is still the certified one keeps its name and AUTOMATIC algorithm type; a changed one
@@ -38,11 +39,11 @@ def write_reviewed_seg(path: Path, radiograph, reviewed: Sequence[tuple[Segment,
                "reviewed in Slicer; MANUAL segments are not certified")
 
 
-def _write_seg(path: Path, radiograph, coded: Sequence[tuple[Segment, str]], model: Mapping[str, str],
+def _write_seg(path: Path, radiograph, coded: Sequence[tuple[Segment, str]], model: ModelIdentity,
                series_description: str, content_label: str, content_description: str) -> None:
     algorithm = hd.AlgorithmIdentificationSequence(
-        name=f"CertSeg {model['name']}", family=codes.cid7162.ArtificialIntelligence,
-        version=model["version"], source="CertSeg randomized smoothing",
+        name=f"CertSeg {model.name}", family=codes.cid7162.ArtificialIntelligence,
+        version=model.version, source="CertSeg randomized smoothing",
     )
     descriptions, masks = [], []
     for number, (segment, algorithm_type) in enumerate(coded, start=1):
@@ -81,7 +82,7 @@ def _write_seg(path: Path, radiograph, coded: Sequence[tuple[Segment, str]], mod
         sop_instance_uid=hd.UID(),
         instance_number=1,
         manufacturer="CertSeg",
-        manufacturer_model_name=model["name"],
+        manufacturer_model_name=model.name,
         software_versions=__version__,
         device_serial_number="n/a",
         series_description=series_description,

@@ -9,28 +9,27 @@ Minimum and Maximum (CID 7464).  The cardiothoracic ratio's ends are an image-le
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import highdicom as hd
 import pydicom
 from pydicom.sr.codedict import codes
 
 from certseg import __version__
-from certseg.core.measurements import ratio_verdict
 from certseg.dicom.codes import CARDIOTHORACIC_RATIO, CHEST_XRAY, RATIO_VERDICT, RATIO_VERDICT_VALUES
+from certseg.record import AreaMeasurement, RatioMeasurement, Report
 
 
-def write_measurement_sr(path: Path, radiograph, seg_path: Path, report: dict[str, Any]) -> None:
+def write_measurement_sr(path: Path, radiograph, seg_path: Path, report: Report) -> None:
     """The SR of `report`'s measurements, referencing the radiograph and the SEG at `seg_path`."""
     seg = pydicom.dcmread(seg_path)
-    model = report["models"]["segmenter"]
-    algorithm = hd.sr.AlgorithmIdentification(name=f"CertSeg {model['name']}", version=model["version"])
+    model = report.segmenter
+    algorithm = hd.sr.AlgorithmIdentification(name=f"CertSeg {model.name}", version=model.version)
     observer = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(uid=hd.UID(), name="CertSeg")))
     groups = [group for group in (_structure_group(seg, structure, algorithm)
-                                  for structure in report["measurements"]["structures"]) if group is not None]
-    ratio = _ratio_group(report["measurements"]["cardiothoracic_ratio"], algorithm)
+                                  for structure in report.measurements.structures) if group is not None]
+    ratio = _ratio_group(report.measurements.cardiothoracic_ratio, algorithm)
     if ratio is not None:
         groups.append(ratio)
     content = hd.sr.MeasurementReport(observation_context=observer,
@@ -44,36 +43,36 @@ def write_measurement_sr(path: Path, radiograph, seg_path: Path, report: dict[st
     sr.save_as(path)
 
 
-def _structure_group(seg, structure: dict[str, Any], algorithm):
-    number = _segment_number(seg, f"certified {structure['name']}")
+def _structure_group(seg, structure: AreaMeasurement, algorithm):
+    number = _segment_number(seg, f"certified {structure.name}")
     if number is None:  # nothing certified: no segment to reference
         return None
-    in_mm2 = structure["area_mm2"] is not None
-    values = structure["area_mm2"] if in_mm2 else structure["area_pixels"]
+    in_mm2 = structure.area_mm2 is not None
+    values = structure.area_mm2 if in_mm2 else structure.area_pixels
     unit = hd.sr.CodedConcept("mm2", "UCUM", "mm2") if in_mm2 else hd.sr.CodedConcept("{pixels}", "UCUM", "pixels")
-    measurements = [hd.sr.Measurement(name=codes.SCT.Area, value=float(values[end]), unit=unit, derivation=derivation,
+    measurements = [hd.sr.Measurement(name=codes.SCT.Area, value=float(value), unit=unit, derivation=derivation,
                                       algorithm_id=algorithm)
-                    for end, derivation in (("low", codes.SCT.Minimum), ("high", codes.SCT.Maximum))]
+                    for value, derivation in ((values.low, codes.SCT.Minimum), (values.high, codes.SCT.Maximum))]
     description = next(d for d in seg.SegmentSequence if d.SegmentNumber == number)
     kind = description.SegmentedPropertyTypeCodeSequence[0]
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=structure["name"]),
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=structure.name),
         referenced_segment=hd.sr.ReferencedSegmentationFrame.from_segmentation(seg, segment_number=number),
         finding_type=hd.sr.CodedConcept(kind.CodeValue, kind.CodingSchemeDesignator, kind.CodeMeaning),
         measurements=measurements, algorithm_id=algorithm)
 
 
-def _ratio_group(ratio: dict[str, Any] | None, algorithm):
+def _ratio_group(ratio: RatioMeasurement | None, algorithm):
     """The ratio's certified ends (Minimum, Maximum), when certified, and its verdict on 0.5 (always) as a
     qualitative evaluation; None when the model does not measure the ratio."""
     if ratio is None:
         return None
-    certified = ratio["low"] is not None and ratio["high"] is not None
-    measurements = [hd.sr.Measurement(name=CARDIOTHORACIC_RATIO, value=float(ratio[end]),
+    ends = () if ratio.interval is None else zip(ratio.interval, (codes.SCT.Minimum, codes.SCT.Maximum))
+    measurements = [hd.sr.Measurement(name=CARDIOTHORACIC_RATIO, value=float(value),
                                       unit=hd.sr.CodedConcept("1", "UCUM", "no units"), derivation=derivation,
                                       algorithm_id=algorithm)
-                    for end, derivation in (("low", codes.SCT.Minimum), ("high", codes.SCT.Maximum)) if certified]
-    verdict = RATIO_VERDICT_VALUES[ratio.get("verdict") or ratio_verdict(ratio["low"], ratio["high"])]
+                    for value, derivation in ends]
+    verdict = RATIO_VERDICT_VALUES[ratio.verdict]
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="cardiothoracic ratio"),
         measurements=measurements or None, algorithm_id=algorithm,

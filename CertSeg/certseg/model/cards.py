@@ -15,10 +15,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from certseg.core.labels import Label
-
-
-class ModelError(ValueError):
-    """A model folder that is missing, incomplete or does not match its card."""
+from certseg.errors import ModelError
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from certseg.record import OodVerdict
+
 # Encoder levels of a 4-level MONAI U-Net (the first shipped architecture); encoder_layers() finds any depth.
 DEFAULT_LAYERS = ("model.0", "model.1.submodule.0", "model.1.submodule.1.submodule.0",
                   "model.1.submodule.1.submodule.1.submodule")
@@ -55,11 +57,11 @@ class SpectralDetector:
         centred = spectral_signatures(network, images, self.layers) - np.asarray(self.mean)
         return np.sqrt(np.einsum("ij,jk,ik->i", centred, np.asarray(self.precision), centred))
 
-    def verdict(self, network: torch.nn.Module, image: np.ndarray) -> dict:
+    def verdict(self, network: torch.nn.Module, image: np.ndarray) -> OodVerdict:
         score = float(self.score(network, image[None])[0])
-        return {"method": "spectral signature of encoder feature maps (Mahalanobis)", "score": score,
-                "threshold": self.threshold, "false_rejection_rate": self.false_rejection_rate,
-                "in_distribution": score <= self.threshold}
+        return OodVerdict(method="spectral signature of encoder feature maps (Mahalanobis)", score=score,
+                          threshold=self.threshold, false_rejection_rate=self.false_rejection_rate,
+                          in_distribution=score <= self.threshold)
 
     def save(self, path: Path) -> None:
         """Mean and precision as safetensors; layers, threshold and rate in its metadata."""

@@ -7,7 +7,7 @@ from pathlib import Path
 import pydicom
 from pydicom import uid
 
-from certseg.errors import CertSegError
+from certseg.errors import NetworkError
 from certseg.pacs.config import PacsServer
 from certseg.pacs.query import CHEST_RADIOGRAPH_MODALITIES, SeriesRef, StudyQuery
 
@@ -42,7 +42,7 @@ class DimsePacs:
         association = ae.associate(address.host, address.port, ae_title=address.called_aet, ext_neg=list(roles),
                                    evt_handlers=list(handlers), tls_args=tls)
         if not association.is_established:
-            raise CertSegError(f"{address.called_aet}@{address.host}:{address.port}: association refused or "
+            raise NetworkError(f"{address.called_aet}@{address.host}:{address.port}: association refused or "
                                f"no answer")
         return association
 
@@ -127,9 +127,9 @@ class DimsePacs:
 def _check(status, operation: str, pending_ok: bool = False) -> None:
     """A DIMSE status that is neither success (nor pending, where allowed) is a failure naming its code."""
     if not status:  # empty Dataset: the peer aborted or timed out
-        raise CertSegError(f"{operation}: no response (association aborted or timed out)")
+        raise NetworkError(f"{operation}: no response (association aborted or timed out)")
     code = int(status.Status)
     if code == 0x0000 or pending_ok and code in (0xFF00, 0xFF01):
         return
     comment = status.get("ErrorComment", "")
-    raise CertSegError(f"{operation} failed with status 0x{code:04X}{f' ({comment})' if comment else ''}")
+    raise NetworkError(f"{operation} failed with status 0x{code:04X}{f' ({comment})' if comment else ''}")

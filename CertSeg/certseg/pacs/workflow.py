@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import requests
 
-from certseg.errors import EXIT_OK, EXIT_SOME_FAILED, CertSegError, first_line
+from certseg.errors import EXIT_OK, EXIT_SOME_FAILED, CertSegError, NetworkError, first_line
 from certseg.files import SEG_FILE, objects_to_send
 from certseg.pacs.config import PacsServer
 from certseg.pacs.query import SeriesRef, StudyQuery
@@ -66,7 +66,7 @@ def pull_certify_push(pacs, query: StudyQuery, certify: Callable[[Path], tuple[i
     try:
         series = pacs.find_series(query)
     except (requests.RequestException, OSError) as error:
-        raise CertSegError(f"query failed: {first_line(error, 300)}") from None
+        raise NetworkError(f"query failed: {first_line(error, 300)}") from None
     if not series:
         raise CertSegError(f"no CR or DX series matches {query.matching_keys()}")
     studies: dict[str, list[SeriesRef]] = {}
@@ -83,7 +83,7 @@ def _one_study(pacs, study_uid: str, refs: list[SeriesRef], certify, send: bool,
             retrieved = [path for index, ref in enumerate(refs) for path in _retrieve(pacs, ref, Path(folder), index)]
             outcome.seconds["retrieve"] = time.perf_counter() - started
             if not retrieved:
-                raise CertSegError("the server sent no image")
+                raise NetworkError("the server sent no image")
             started = time.perf_counter()
             _, outcome.images = certify(Path(folder))
             outcome.seconds["certify"] = time.perf_counter() - started

@@ -160,7 +160,7 @@ def pixel_space_target(image: StoredImage, pipeline: CertificationPipeline,
 
     def certify(values: np.ndarray) -> tuple[Certificate, float]:
         result = pipeline.certify(dataclasses.replace(image, pixels=values), fresh_and_forced)
-        return result.certificate, result.radii["stored_values_l2"]
+        return result.certificate, result.radius.stored_values_l2
 
     return AttackTarget(image.key, "pixels", torch.as_tensor(image.pixels, dtype=torch.float32),
                         lambda x: input_map.linear(x - clean_window.low).clamp(0.0, 1.0), certify)

@@ -35,9 +35,11 @@ from tqdm import tqdm
 from certseg.core.labels import ABSTAIN
 from certseg.core.measurements import cardiothoracic_ratio, ratio_bounds, ratio_verdict
 from certseg.core.sampling import fresh_seed, image_noise_seed, resolve_device
+from certseg.dicom.codes import STRUCTURES
 from certseg.model.execution import Execution
 from certseg.model.folder import LoadedModels
 from certseg.model.segmenter import CertifiedSegmenter
+from certseg.record import RatioVerdict
 from certseg.request import CertificationRequest, RunOptions
 from certseg.research.data import Sample, to_model_space
 
@@ -57,7 +59,10 @@ class Configuration(StrEnum):
         return self in (Configuration.SEGMENTER_ALONE, Configuration.WITH_DENOISER)
 
 
-RIGHT_LUNG, LEFT_LUNG, HEART, RIGHT_CLAVICLE, LEFT_CLAVICLE = 1, 2, 3, 4, 5
+# The label values of dicom.codes.STRUCTURES, the one list the data import writes masks in and the models learn.
+RIGHT_LUNG, LEFT_LUNG, HEART, RIGHT_CLAVICLE, LEFT_CLAVICLE = (
+    {s.name: s.value for s in STRUCTURES}[name]
+    for name in ("right lung", "left lung", "heart", "right clavicle", "left clavicle"))
 WRONG_SIDE_SHARE = 0.01  # more than 1% of a lung given to the other lung counts as a wrong-side image
 
 
@@ -238,7 +243,7 @@ class RatioRecord:
     high: float | None
 
     @property
-    def verdict(self) -> str:
+    def verdict(self) -> RatioVerdict:
         return ratio_verdict(self.low, self.high)
 
 

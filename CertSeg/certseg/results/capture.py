@@ -7,21 +7,20 @@ says what is certified in a radiologist's words; the one-page report (certseg.re
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from certseg.core.labels import ABSTAIN
 from certseg.dicom.codes import ABSTAINED_COLOR, segments
+from certseg.record import RatioMeasurement, Report
 from certseg.report import ratio_words
 
 RESEARCH_ONLY = "RESEARCH ONLY - NOT FOR CLINICAL USE"
 TINT, ABSTAINED_TINT = 0.30, 0.45
 
 
-def grayscale(stored: np.ndarray, report: dict[str, Any]) -> np.ndarray:
+def grayscale(stored: np.ndarray, report: Report) -> np.ndarray:
     """The radiograph in [0, 255] through the intensity window the models saw (report.intensity_window)."""
-    low, high = report["intensity_window"]["low"], report["intensity_window"]["high"]
+    low, high = report.intensity_window.low, report.intensity_window.high
     return np.clip((stored - low) / max(high - low, 1e-9), 0.0, 1.0) * 255.0
 
 
@@ -32,27 +31,26 @@ def outline(mask: np.ndarray, width: int) -> np.ndarray:
     return mask & ~binary_erosion(mask, iterations=width, border_value=0)
 
 
-def guarantee_words(report: dict[str, Any]) -> list[str]:
+def guarantee_words(report: Report) -> list[str]:
     """The certificate in a radiologist's words: what is certified, against what, with which probability, what not."""
-    confidence = 1.0 - report["parameters"]["alpha"]
-    radius = report["radius"]
+    radius = report.radius
     return [
-        f"Each coloured structure is certified pixel by pixel: with probability {confidence:.1%} over CertSeg's own "
-        f"random noise, no change of this image smaller than {radius['stored_values_l2']:.4g} in stored pixel values "
-        f"(L2 over the whole image, about {radius['rms_per_source_pixel']:.3g} per pixel on average) can change "
-        f"those labels.",
+        f"Each coloured structure is certified pixel by pixel: with probability {report.parameters.confidence:.1%} "
+        f"over CertSeg's own random noise, no change of this image smaller than {radius.stored_values_l2:.4g} in "
+        f"stored pixel values (L2 over the whole image, about {radius.rms_per_source_pixel:.3g} per pixel on "
+        f"average) can change those labels.",
         "Magenta pixels are abstained: no label is certified there.",
         "Not covered: larger changes, changes of the DICOM header or geometry, and whether the labels are right "
         "(the certificate is about stability, not correctness).",
     ]
 
 
-def ratio_verdict(ratio: dict[str, Any] | None) -> str:
+def ratio_verdict(ratio: RatioMeasurement | None) -> str:
     """The cardiothoracic ratio's certified interval and its verdict on 0.5, in words."""
     return ratio_words(ratio) or "cardiothoracic ratio: not measured by this model"
 
 
-def render_capture(stored: np.ndarray, labels: np.ndarray, report: dict[str, Any]) -> np.ndarray:
+def render_capture(stored: np.ndarray, labels: np.ndarray, report: Report) -> np.ndarray:
     """RGB uint8 of the radiograph's own size with the certificate burned in."""
     gray = grayscale(stored, report)
     rgb = np.repeat(gray[..., None], 3, axis=-1)
@@ -67,7 +65,7 @@ def render_capture(stored: np.ndarray, labels: np.ndarray, report: dict[str, Any
     return _burn_in_text(rgb.astype(np.uint8), labels, report)
 
 
-def _burn_in_text(rgb: np.ndarray, labels: np.ndarray, report: dict[str, Any]) -> np.ndarray:
+def _burn_in_text(rgb: np.ndarray, labels: np.ndarray, report: Report) -> np.ndarray:
     from PIL import Image, ImageDraw, ImageFont
 
     image = Image.fromarray(rgb)
@@ -80,10 +78,10 @@ def _burn_in_text(rgb: np.ndarray, labels: np.ndarray, report: dict[str, Any]) -
     draw.text((margin, margin), f"CertSeg  {RESEARCH_ONLY}", fill=(255, 255, 0), font=font)
     legend = [(tuple(s.color), f"{s.name}") for s in segments(labels) if s.value != ABSTAIN]
     legend.append((ABSTAINED_COLOR, "abstained (not certified)"))
-    radius = report["radius"]
-    footer = [f"Certified against any change below {radius['stored_values_l2']:.4g} (L2, stored values; "
-              f"~{radius['rms_per_source_pixel']:.3g} per pixel), probability {1 - report['parameters']['alpha']:.1%}",
-              ratio_verdict(report["measurements"]["cardiothoracic_ratio"])]
+    radius = report.radius
+    footer = [f"Certified against any change below {radius.stored_values_l2:.4g} (L2, stored values; "
+              f"~{radius.rms_per_source_pixel:.3g} per pixel), probability {report.parameters.confidence:.1%}",
+              ratio_verdict(report.measurements.cardiothoracic_ratio)]
     line = size + margin
     top = size + 3 * margin
     box_width = max(draw.textlength(text, font=font) for _, text in legend) + 2 * size + 2 * margin

@@ -14,22 +14,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from certseg.dicom.capture import write_encapsulated_pdf, write_secondary_capture
 from certseg.dicom.seg import write_dicom_seg
 from certseg.dicom.sr import write_measurement_sr
-from certseg.files import (CAPTURE_FILE, MEASUREMENT_SR_FILE, REPORT_FILE, REPORT_PDF_DICOM_FILE, REPORT_PDF_FILE,
-                           SEG_FILE, write_json)
+from certseg.files import (CAPTURE_FILE, CERTIFICATE_ARRAYS_FILE, MEASUREMENT_SR_FILE, OVERLAY_FILE, PIXEL_RADIUS_FILE,
+                           REPORT_FILE, REPORT_PDF_DICOM_FILE, REPORT_PDF_FILE, SEG_FILE, SEG_NRRD_FILE, write_json)
+from certseg.record import Report
 from certseg.results.capture import render_capture
 from certseg.results.preview import write_overlay
 from certseg.results.report_page import write_report_page
 from certseg.results.segmentation import segment_tags, write_radius_map, write_seg_nrrd
 
 
-def write_result_folder(folder: Path, stored: np.ndarray, result, report: dict[str, Any], geometry: np.ndarray,
+def write_result_folder(folder: Path, stored: np.ndarray, result, report: Report, geometry: np.ndarray,
                         radiograph=None) -> None:
     """Every output of one image into `folder`: the DICOM objects (DICOM sources only), report.pdf, certseg.seg.nrrd,
     overlay.png, certificate.npz (model-grid arrays for research) and report.json."""
@@ -37,15 +37,15 @@ def write_result_folder(folder: Path, stored: np.ndarray, result, report: dict[s
     page = write_report_page(stored, result.source_labels, report, identity(radiograph))
     (folder / REPORT_PDF_FILE).write_bytes(page)
     if radiograph is not None:
-        write_dicom_seg(folder / SEG_FILE, radiograph, result.source_labels, report["models"]["segmenter"])
+        write_dicom_seg(folder / SEG_FILE, radiograph, result.source_labels, report.segmenter)
         write_measurement_sr(folder / MEASUREMENT_SR_FILE, radiograph, folder / SEG_FILE, report)
         write_secondary_capture(folder / CAPTURE_FILE, capture, radiograph.dataset)
         write_encapsulated_pdf(folder / REPORT_PDF_DICOM_FILE, page, radiograph.dataset)
-    write_seg_nrrd(folder / "certseg.seg.nrrd", result.source_labels, geometry, segment_tags(report))
-    write_overlay(folder / "overlay.png", capture)
-    write_certificate_arrays(folder / "certificate.npz", result, report)
-    write_radius_map(folder / "pixel_radius.nrrd", result, geometry)
-    write_json(folder / REPORT_FILE, report)
+    write_seg_nrrd(folder / SEG_NRRD_FILE, result.source_labels, geometry, segment_tags(report))
+    write_overlay(folder / OVERLAY_FILE, capture)
+    write_certificate_arrays(folder / CERTIFICATE_ARRAYS_FILE, result, report)
+    write_radius_map(folder / PIXEL_RADIUS_FILE, result, geometry)
+    write_json(folder / REPORT_FILE, report.to_json())
 
 
 def identity(radiograph) -> dict[str, str]:
@@ -73,10 +73,10 @@ CERTIFICATE_ARRAYS = {
 }
 
 
-def write_certificate_arrays(path: Path, result, report: dict[str, Any]) -> None:
+def write_certificate_arrays(path: Path, result, report: Report) -> None:
     """certificate.npz: the model-grid arrays and, as `guarantees` (a JSON string), what each one promises."""
     certificate = result.certificate
-    fixed_window = report["radius"]["window_fixed_by_header"]
+    fixed_window = report.radius.window_fixed_by_header
     per_pixel_stored = (certificate.pixel_radius / result.input_map.operator_norm() if fixed_window
                         else np.full_like(certificate.pixel_radius, np.nan))
     guarantees = {**CERTIFICATE_ARRAYS, "alpha": certificate.parameters.alpha,

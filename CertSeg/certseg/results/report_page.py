@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import datetime
 import io
-from typing import Any
-
 import numpy as np
 
 from certseg.core.labels import ABSTAIN
 from certseg.dicom.codes import segments
+from certseg.record import Report
 from certseg.report import area_table, input_check
 from certseg.results.capture import RESEARCH_ONLY, grayscale, guarantee_words, outline, ratio_verdict
 
 PAGE_IMAGE_SIDE = 1000  # pixels of the page's picture (about 300 dpi at its printed size)
 
 
-def page_picture(stored: np.ndarray, labels: np.ndarray, report: dict[str, Any]) -> bytes:
+def page_picture(stored: np.ndarray, labels: np.ndarray, report: Report) -> bytes:
     """PNG of the radiograph, certified structures outlined and named at their centre, abstained hatched."""
     from PIL import Image, ImageDraw, ImageFont
 
@@ -54,35 +53,32 @@ def page_picture(stored: np.ndarray, labels: np.ndarray, report: dict[str, Any])
     return buffer.getvalue()
 
 
-def area_rows(report: dict[str, Any]) -> tuple[str, list[tuple[str, str, str]]]:
+def area_rows(report: Report) -> tuple[str, list[tuple[str, str, str]]]:
     """The unit and, per structure, (name, certified interval, clean value) as the page prints them."""
     unit, areas = area_table(report)
     digits = 0 if unit == "pixels" else 1
-    return unit, [(name, f"{a['low']:.{digits}f} - {a['high']:.{digits}f}", f"{a['clean']:.{digits}f}")
-                  for name, a in areas]
+    return unit, [(name, f"{a.low:.{digits}f} - {a.high:.{digits}f}", f"{a.clean:.{digits}f}") for name, a in areas]
 
 
-def facts(report: dict[str, Any]) -> list[tuple[str, str]]:
+def facts(report: Report) -> list[tuple[str, str]]:
     """(label, value) lines under the table: everything a reader must know to judge the result."""
-    source = report["source"]
-    params = report["parameters"]
-    models = "; ".join(f"{kind} {m['name']} {m['version']} (sha256 {m['sha256'][:12]})"
-                       for kind, m in report["models"].items())
+    params, radius = report.parameters, report.radius
+    models = "; ".join(f"{kind} {m.name} {m.version} (sha256 {m.sha256[:12]})" for kind, m in report.models.items())
     return [
-        ("Abstained", f"{report['source_grid']['abstain_fraction']:.1%} of the image"),
-        ("Input check", input_check(report.get("out_of_distribution"))),
-        ("DICOM metadata", source.get("metadata_check", {}).get("text", "not checked")),
+        ("Abstained", f"{report.source_grid.abstain_fraction:.1%} of the image"),
+        ("Input check", input_check(report.out_of_distribution)),
+        ("DICOM metadata", report.source.metadata_check.text),
         ("Models", models),
-        ("Parameters", f"sigma {params['sigma']}, n0 {params['n0']}, n {params['n']}, alpha {params['alpha']}, "
-                       f"tau {params['tau']}, {params['correction']}, denoiser {'on' if report['denoiser'] else 'off'}"),
-        ("Radius", f"{report['radius']['model_space']:.3f} (model input), {report['radius']['stored_values_l2']:.4g} "
-                   f"(stored values, L2), {report['radius']['rms_per_source_pixel']:.3g} per pixel (RMS)"),
-        ("Noise seed", f"{report['noise']['run_seed']} ({report['noise']['source'].split(':')[0]})"),
-        ("Software", f"CertSeg {report['certseg_version']}"),
+        ("Parameters", f"sigma {params.sigma}, n0 {params.n0}, n {params.n}, alpha {params.alpha}, "
+                       f"tau {params.tau}, {params.correction}, denoiser {'on' if report.denoiser else 'off'}"),
+        ("Radius", f"{radius.model_space:.3f} (model input), {radius.stored_values_l2:.4g} "
+                   f"(stored values, L2), {radius.rms_per_source_pixel:.3g} stored values per pixel (RMS)"),
+        ("Noise seed", f"{report.noise.run_seed} ({report.noise.source.split(':')[0]})"),
+        ("Software", f"CertSeg {report.certseg_version}"),
     ]
 
 
-def write_report_page(stored: np.ndarray, labels: np.ndarray, report: dict[str, Any], identity: dict[str, str],
+def write_report_page(stored: np.ndarray, labels: np.ndarray, report: Report, identity: dict[str, str],
                       when: datetime.datetime | None = None) -> bytes:
     """The PDF's bytes.  `identity`: patient and study lines to print (empty for an image file)."""
     from fpdf import FPDF
@@ -113,8 +109,8 @@ def write_report_page(stored: np.ndarray, labels: np.ndarray, report: dict[str, 
         for width, text in zip(widths, row):
             pdf.cell(width, 5, _latin1(text))
         pdf.ln(5)
-    ratio = report["measurements"]["cardiothoracic_ratio"]
-    clean = "" if ratio is None or ratio.get("clean") is None else f" (clean network {ratio['clean']:.2f})"
+    ratio = report.measurements.cardiothoracic_ratio
+    clean = "" if ratio is None or ratio.clean is None else f" (clean network {ratio.clean:.2f})"
     pdf.set_font("Helvetica", "B", 9)
     pdf.multi_cell(0, 5, _latin1(ratio_verdict(ratio).capitalize() + clean), new_x="LMARGIN", new_y="NEXT")
     pdf.ln(1)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from pydicom.sr.coding import Code
 
 from certseg.dicom.codes import segments
+from certseg.record import Report
 
 SLICER_CONTEXT = "Segmentation category and type - DICOM master list"
 
@@ -37,14 +37,14 @@ def _slicer_code(code: Code) -> list[str]:
     return [code.scheme_designator, code.value, code.meaning]
 
 
-def segment_tags(report: dict[str, Any]) -> dict[str, str]:
+def segment_tags(report: Report) -> dict[str, str]:
     """Parameters and radius as segment tags, for the Slicer module's panel."""
-    params = report["parameters"]
-    tags = {f"CertSeg.{k}": str(params[k]) for k in ("sigma", "n0", "n", "alpha", "tau", "correction")}
-    tags["CertSeg.seed"] = str(report["noise"]["run_seed"])  # what --seed takes to reproduce this run
-    tags.update({f"CertSeg.radius.{k}": f"{report['radius'][k]:.6g}"
-                 for k in ("model_space", "stored_values_l2", "rms_per_source_pixel")})
-    tags["CertSeg.denoiser"] = str(report["denoiser"])
+    params, radius = report.parameters, report.radius
+    tags = {f"CertSeg.{name}": str(getattr(params, name)) for name in ("sigma", "n0", "n", "alpha", "tau", "correction")}
+    tags["CertSeg.seed"] = str(report.noise.run_seed)  # what --seed takes to reproduce this run
+    tags.update({f"CertSeg.radius.{name}": f"{getattr(radius, name):.6g}"
+                 for name in ("model_space", "stored_values_l2", "rms_per_source_pixel")})
+    tags["CertSeg.denoiser"] = str(report.denoiser)
     return tags
 
 

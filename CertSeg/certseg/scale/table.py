@@ -7,11 +7,11 @@
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from certseg.files import REPORT_FILE
+from certseg.record import Report, ReportError
 
 TABLE_FILE = "certseg-outcomes.csv"
 
@@ -35,18 +35,20 @@ class OutcomeRow:
     areas: dict[str, float] = field(default_factory=dict)  # certified area per structure
 
     def add_report(self, folder: Path) -> OutcomeRow:
-        """Fill the result's figures from its report.json (certified or kept)."""
-        report = json.loads((folder / REPORT_FILE).read_text())
-        source = report["source"]
-        self.study_uid = source.get("study_instance_uid", "")
-        self.series_uid = source.get("series_instance_uid", "")
-        self.sop_uid = source.get("sop_instance_uid", "")
-        self.abstain_fraction = report["source_grid"]["abstain_fraction"]
-        in_mm2 = all(s["certified_area_mm2"] is not None for s in report["structures"])
+        """Fill the result's figures from its report.json (certified or kept); a kept result whose report this
+        version cannot read keeps its row, the reason saying why its figures are blank."""
+        try:
+            report = Report.read(folder / REPORT_FILE)
+        except ReportError as error:
+            self.reason = "; ".join(filter(None, (self.reason, f"no figures: {error}")))
+            return self
+        self.study_uid, self.series_uid, self.sop_uid = report.source.uids
+        self.abstain_fraction = report.source_grid.abstain_fraction
+        in_mm2 = all(s.certified_area_mm2 is not None for s in report.structures)
         self.area_unit = "mm2" if in_mm2 else "pixels"
-        self.areas = {s["name"]: s["certified_area_mm2"] if in_mm2 else s["certified_pixels"] for s in report["structures"]}
-        self.segmenter_sha256 = report["models"]["segmenter"]["sha256"]
-        self.denoiser_sha256 = report["models"].get("denoiser", {}).get("sha256", "")
+        self.areas = {s.name: s.certified_area_mm2 if in_mm2 else s.certified_pixels for s in report.structures}
+        self.segmenter_sha256 = report.segmenter.sha256
+        self.denoiser_sha256 = report.models["denoiser"].sha256 if "denoiser" in report.models else ""
         return self
 
 
