@@ -18,12 +18,15 @@ from certseg import __version__
 from certseg.dicom.codes import ANATOMICAL_STRUCTURE, Segment, segments
 from certseg.record import ModelIdentity
 
+# The certified masks are AUTOMATIC (the backend's own); a reader's edit or addition is MANUAL (not certified).
+AUTOMATIC, MANUAL = hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, hd.seg.SegmentAlgorithmTypeValues.MANUAL
+
 
 def write_dicom_seg(path: Path, radiograph, labels: np.ndarray, model: ModelIdentity) -> None:
     """A BINARY DICOM SEG (highdicom) in the source's study, new series, referencing the source image.
 
     `model`: the segmenter, as the report records it."""
-    _write_seg(path, radiograph, [(segment, "AUTOMATIC") for segment in segments(labels)], model,
+    _write_seg(path, radiograph, [(segment, AUTOMATIC) for segment in segments(labels)], model,
                "CertSeg certified segmentation", "CERTSEG", "certified structures and abstained region")
 
 
@@ -34,13 +37,13 @@ def write_reviewed_seg(path: Path, radiograph, reviewed: Sequence[tuple[Segment,
     A segment whose mask is still the certified one keeps its name and AUTOMATIC algorithm type; a changed one
     must be named as such by the caller ("... (edited, not certified)") and is MANUAL: the certificate covers only
     the backend's own masks, which stay in their own series."""
-    _write_seg(path, radiograph, [(segment, "MANUAL" if changed else "AUTOMATIC") for segment, changed in reviewed],
+    _write_seg(path, radiograph, [(segment, MANUAL if changed else AUTOMATIC) for segment, changed in reviewed],
                model, "CertSeg segmentation, reviewed", "REVIEWED",
                "reviewed in Slicer; MANUAL segments are not certified")
 
 
-def _write_seg(path: Path, radiograph, coded: Sequence[tuple[Segment, str]], model: ModelIdentity,
-               series_description: str, content_label: str, content_description: str) -> None:
+def _write_seg(path: Path, radiograph, coded: Sequence[tuple[Segment, hd.seg.SegmentAlgorithmTypeValues]],
+               model: ModelIdentity, series_description: str, content_label: str, content_description: str) -> None:
     algorithm = hd.AlgorithmIdentificationSequence(
         name=f"CertSeg {model.name}", family=codes.cid7162.ArtificialIntelligence,
         version=model.version, source="CertSeg randomized smoothing",
@@ -52,7 +55,7 @@ def _write_seg(path: Path, radiograph, coded: Sequence[tuple[Segment, str]], mod
         description = hd.seg.SegmentDescription(
             segment_number=number, segment_label=segment.name, segmented_property_category=category,
             segmented_property_type=segment.type, algorithm_type=algorithm_type,
-            algorithm_identification=algorithm if algorithm_type == "AUTOMATIC" else None,
+            algorithm_identification=algorithm if algorithm_type is AUTOMATIC else None,
             display_color=hd.color.CIELabColor.from_rgb(*segment.color),
         )
         if segment.modifier:  # laterality, nested in the type's item as PS3.3 C.8.20.4 places it (highdicom has no
