@@ -314,7 +314,8 @@ def test_a_bug_is_not_dressed_up_as_bad_input(tmp_path):
     assert issubclass(ParameterError, ValueError)
 
 
-@pytest.mark.parametrize("case", ["--help", "--version", "bad sigma", "missing path", "text file", "pacs config"])
+@pytest.mark.parametrize("case", ["--help", "--version", "bad sigma", "missing path", "text file", "pacs config",
+                                  "no model folder"])
 def test_answers_that_need_no_model_never_import_torch(case, tmp_path):
     """--help, --version and every parameter or input refusal come before torch, MONAI and diffusers load
     (their import is what made a typo cost a minute; Testing/benchmarks/cli_startup.py times it)."""
@@ -324,7 +325,9 @@ def test_answers_that_need_no_model_never_import_torch(case, tmp_path):
             "missing path": ["certify", str(tmp_path / "nothing.dcm"), "--out", str(tmp_path / "o")],
             "text file": ["certify", str(tmp_path / "x.dcm"), "--out", str(tmp_path / "o")],
             "pacs config": ["pacs", "--server", "x", "--config", str(tmp_path / "none.json"), "--study", "1.2", "--out",
-                            str(tmp_path / "o")]}[case]
+                            str(tmp_path / "o")],
+            "no model folder": ["certify", str(SAMPLE_CR), "--out", str(tmp_path / "o"), "--model-dir", str(tmp_path)],
+            }[case]
     code = ("import sys\nfrom certseg.commands import main\ntry:\n    code = main(%r)\nexcept SystemExit as exit:\n"
             "    code = exit.code\nheavy = sorted({'torch', 'monai', 'diffusers'} & set(sys.modules))\n"
             "print('HEAVY', heavy, 'CODE', code)") % (argv,)

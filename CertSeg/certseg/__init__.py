@@ -27,7 +27,7 @@ _API = {
     "CertificationRequest": "certseg.request",
     "CertificationResult": "certseg.pipeline",
     "CertifiedSegmenter": "certseg.model.segmenter",
-    "DEFAULT_MODEL_DIR": "certseg.model.folder",
+    "DEFAULT_MODEL_DIR": "certseg.model.cards",
     "DiffusionDenoiser": "certseg.model.denoiser",
     "Execution": "certseg.model.execution",
     "IntensityWindow": "certseg.core.window",

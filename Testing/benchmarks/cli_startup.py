@@ -7,8 +7,10 @@ a Markdown table (the machine is whatever runs it: say which in any figure you q
 """
 
 import argparse
+import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,20 +27,27 @@ def cases(folder: Path) -> dict[str, list[str]]:
         "certify --sigma -1 (bad parameter)": ["certify", str(SAMPLE), "--out", out, "--sigma", "-1"],
         "certify of a missing path": ["certify", str(folder / "missing.dcm"), "--out", out],
         "certify of a text file named .dcm": ["certify", str(folder / "x.dcm"), "--out", out],
+        "certify --model-dir of an empty folder": ["certify", str(SAMPLE), "--out", out, "--model-dir", str(folder)],
     }
+
+
+def certseg_command() -> str:
+    """The `certseg` on PATH, else the one installed beside this Python (a venv that is not activated)."""
+    return shutil.which("certseg") or str(Path(sys.executable).with_name("certseg"))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    command = certseg_command()
     with tempfile.TemporaryDirectory() as scratch:
         print("| command | median seconds | exit code |\n|---|---|---|")
         for name, argv in cases(Path(scratch)).items():
             times, code = [], None
             for _ in range(args.repeats):
                 started = time.perf_counter()
-                code = subprocess.run(["certseg", *argv], capture_output=True).returncode
+                code = subprocess.run([command, *argv], capture_output=True).returncode
                 times.append(time.perf_counter() - started)
             print(f"| `certseg {name}` | {statistics.median(times):.2f} | {code} |")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from certseg.model.cards import model_folder
 from certseg.request import (
     COMPILE_MODES,
     DEVICES,
@@ -82,12 +83,15 @@ def certification_request(args, sigma: float | None = None) -> CertificationRequ
         stop_tolerance=args.stop_tolerance, seed=args.seed, force=args.force)
 
 
-def run_options(args) -> RunOptions:
-    """The models and execution the options ask for; a missing GPU is a bad parameter, not one failure per image."""
+def run_options(args, *, needs_models: bool = True) -> RunOptions:
+    """The models and execution the options ask for; a missing GPU or model folder is a bad parameter, not one
+    failure per image, and is told before torch is imported."""
     options = RunOptions(model_dir=getattr(args, "model_dir", None),
                          use_denoiser=not getattr(args, "no_denoiser", False), device=args.device,
                          batch_size=args.batch_size, precision=args.precision, compile=args.compile)
     options.validate()
+    if needs_models:
+        model_folder(options.model_dir, with_denoiser=options.use_denoiser)
     if options.device not in ("auto", "cpu"):  # asking torch for a GPU costs its import: only when one is named
         from certseg.core.sampling import resolve_device
 

@@ -149,7 +149,7 @@ def run_bench(args) -> int:
     from certseg.research.bench import bench_json, run_bench
 
     request = dataclasses.replace(DEFAULT_REQUEST, n0=args.n0, n=args.n, seed=0)
-    result = run_bench(request, run_options(args), size=args.size, random_init=args.random_init,
+    result = run_bench(request, run_options(args, needs_models=not args.random_init), size=args.size, random_init=args.random_init,
                        repeats=args.repeats, reference=args.reference)
     print(bench_json(result) if args.json else result.line())
     return EXIT_OK

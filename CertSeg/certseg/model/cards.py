@@ -98,3 +98,18 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: stream.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+DEFAULT_MODEL_DIR = Path(__file__).parents[1] / "shipped_models"
+
+
+def model_folder(model_dir: Path | str | None, *, with_denoiser: bool) -> Path:
+    """The model folder asked for (None: the shipped models), ModelError unless it holds the cards a run needs.
+
+    Light (no torch): the command line checks a --model-dir with it before anything heavy is imported."""
+    root = Path(model_dir) if model_dir is not None else DEFAULT_MODEL_DIR
+    if not (root / "segmenter" / "card.json").is_file():
+        raise ModelError(f"{root}: no segmenter/card.json (not a CertSeg model folder)")
+    if with_denoiser and not (root / "denoiser" / "card.json").is_file():
+        raise ModelError(f"{root}: no denoiser/card.json (use --no-denoiser to run without one)")
+    return root

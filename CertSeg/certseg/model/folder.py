@@ -16,13 +16,12 @@ from pathlib import Path
 
 import torch
 
-from certseg.model.cards import ModelCard, ModelError, sha256_of
+from certseg.model.cards import ModelCard, ModelError, model_folder, sha256_of
 from certseg.model.denoiser import DiffusionDenoiser
 from certseg.model.laterality import LateralityRule, rule_for_labels
 from certseg.model.networks import load_denoiser, load_segmenter
 from certseg.model.ood import SpectralDetector
 
-DEFAULT_MODEL_DIR = Path(__file__).parents[1] / "shipped_models"
 
 
 @dataclass
@@ -45,14 +44,10 @@ class LoadedModels:
 
 def load_models(model_dir: Path | str | None = None, *, with_denoiser: bool = True) -> LoadedModels:
     """Load the segmenter, its OOD detector when the card names one, and the denoiser when asked for."""
-    root = Path(model_dir) if model_dir is not None else DEFAULT_MODEL_DIR
-    if not (root / "segmenter" / "card.json").is_file():
-        raise ModelError(f"{root}: no segmenter/card.json (not a CertSeg model folder)")
+    root = model_folder(model_dir, with_denoiser=with_denoiser)
     network, segmenter_card = load_segmenter(root / "segmenter")
     denoiser = denoiser_card = None
     if with_denoiser:
-        if not (root / "denoiser" / "card.json").is_file():
-            raise ModelError(f"{root}: no denoiser/card.json (use --no-denoiser to run without one)")
         denoiser, denoiser_card = load_denoiser(root / "denoiser")
     return LoadedModels(network, segmenter_card, denoiser, denoiser_card, _load_detector(segmenter_card))
 

@@ -23,7 +23,8 @@ import torch
 
 from certseg.core.sampling import resolve_device
 from certseg.model.execution import Execution
-from certseg.model.folder import DEFAULT_MODEL_DIR, load_models
+from certseg.model.cards import DEFAULT_MODEL_DIR
+from certseg.model.folder import load_models
 from certseg.model.segmenter import CertifiedSegmenter
 from certseg.request import CertificationRequest, RunOptions
 from certseg.research.architectures import default_denoiser, default_segmenter_network
