@@ -14,11 +14,9 @@ sequentially, after growing numbers of samples, and stop early (certify_segmenta
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -126,19 +124,6 @@ class Certificate:
     @property
     def abstain_fraction(self) -> float:
         return float(np.mean(~self.decided))
-
-    def summary(self) -> dict[str, Any]:
-        """JSON-ready parameters, radius, abstention and timings (no per-pixel arrays)."""
-        return {
-            "parameters": dataclasses.asdict(self.parameters),
-            "radius_model_space": self.radius,
-            "estimation_samples": self.estimation_samples,
-            "abstain_fraction": self.abstain_fraction,
-            "pixels_per_class": {
-                int(c): int(np.sum(self.labels == c)) for c in range(self.parameters.num_classes)
-            },
-            "timings_s": dict(self.timings),
-        }
 
 
 def certify_segmentation(
