@@ -22,6 +22,7 @@ def sample_report(certified_sample) -> tuple[dict, Report]:
 def test_the_backends_report_reads_back_and_writes_the_same_document(certified_sample):
     data, report = sample_report(certified_sample)
     assert report.to_json() == data  # every key the backend writes is a field of the record, and nothing is lost
+    assert json.dumps(report.to_json()) == json.dumps(data)  # not even an int turned into a float
     assert report.source.uids == (data["source"]["study_instance_uid"], data["source"]["series_instance_uid"],
                                   data["source"]["sop_instance_uid"])
     assert report.source.slicer_grid.spacing_from == data["source"]["slicer_grid"]["from"]

@@ -344,10 +344,10 @@ def _converted(hint: Any, value: object, where: str) -> Any:
             return hint(value)
         except ValueError:
             raise ReportError(f"{where} must be one of {[m.value for m in hint]}, got {value!r}") from None
-    if hint is float:
+    if hint is float:  # an int stays an int (a pixel count written as 372928 reads back as written)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ReportError(f"{where} must be a number, got {value!r}")
-        return float(value)
+        return value
     if hint in (int, str, bool):
         if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
             raise ReportError(f"{where} must be {hint.__name__}, got {value!r}")
