@@ -31,9 +31,10 @@ from certseg.core.measurements import certified_measurements
 from certseg.dicom.reading import Radiograph, metadata_check, raw_value_radius, slicer_grid_spacing
 from certseg.files import PIXEL_RADIUS_FILE, SEG_NRRD_FILE
 from certseg.record import (CertifiedStructure, IntensityWindowRecord, Interval, ModelGrid, ModelIdentity, OodVerdict,
-                            Parameters, RatioMeasurement, Report, SamplesDrawn, SlicerGrid, Source, SourceGrid)
+                            Parameters, Radius, RatioMeasurement, Report, SamplesDrawn, SlicerGrid, Source, SourceGrid)
 
 if TYPE_CHECKING:
+    from certseg.core.smoothing import SmoothingParameters
     from certseg.model.folder import LoadedModels
     from certseg.pipeline import CertificationResult
 
@@ -76,7 +77,7 @@ def image_file_report(result: CertificationResult, models: LoadedModels, path: P
     return _report(result, models, source, dataclasses.replace(result.radius, stored_values_units=units))
 
 
-def _report(result: CertificationResult, models: LoadedModels, source: Source, radius,
+def _report(result: CertificationResult, models: LoadedModels, source: Source, radius: Radius,
             extra_timings: dict[str, float] | None = None) -> Report:
     certificate = result.certificate
     spacing_mm = source.pixel_spacing_mm
@@ -111,7 +112,7 @@ def _report(result: CertificationResult, models: LoadedModels, source: Source, r
     )
 
 
-def _parameters(smoothing) -> Parameters:
+def _parameters(smoothing: SmoothingParameters) -> Parameters:
     """The engine's SmoothingParameters as the report states them: every field but the per-image seed, which
     the run seed and the image key give (record.Noise)."""
     return Parameters(**{item.name: getattr(smoothing, item.name) for item in dataclasses.fields(Parameters)})
