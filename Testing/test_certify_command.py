@@ -315,7 +315,8 @@ def test_a_bug_is_not_dressed_up_as_bad_input(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["--help", "--version", "bad sigma", "missing path", "text file", "pacs config",
-                                  "no model folder"])
+                                  "no model folder", "out is a file", "image file missing", "image file unreadable",
+                                  "no dataset"])
 def test_answers_that_need_no_model_never_import_torch(case, tmp_path):
     """--help, --version and every parameter or input refusal come before torch, MONAI and diffusers load
     (their import is what made a typo cost a minute; Testing/benchmarks/cli_startup.py times it)."""
@@ -327,6 +328,10 @@ def test_answers_that_need_no_model_never_import_torch(case, tmp_path):
             "pacs config": ["pacs", "--server", "x", "--config", str(tmp_path / "none.json"), "--study", "1.2", "--out",
                             str(tmp_path / "o")],
             "no model folder": ["certify", str(SAMPLE_CR), "--out", str(tmp_path / "o"), "--model-dir", str(tmp_path)],
+            "out is a file": ["certify", str(SAMPLE_CR), "--out", str(tmp_path / "x.dcm" / "o")],
+            "image file missing": ["certify-array", str(tmp_path / "none.png"), "--out", str(tmp_path / "o")],
+            "image file unreadable": ["certify-array", str(tmp_path / "x.dcm"), "--out", str(tmp_path / "o")],
+            "no dataset": ["evaluate", "--data", str(tmp_path), "--out", str(tmp_path / "o")],
             }[case]
     code = ("import sys\nfrom certseg.commands import main\ntry:\n    code = main(%r)\nexcept SystemExit as exit:\n"
             "    code = exit.code\nheavy = sorted({'torch', 'monai', 'diffusers'} & set(sys.modules))\n"
@@ -343,3 +348,16 @@ def test_a_wrong_model_folder_is_the_users_error_not_a_bug(tmp_path):
     assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1, run.stderr
     assert str(tmp_path / "empty") in run.stderr and "not a CertSeg model folder" in run.stderr
     assert "internal error" not in run.stderr and not (tmp_path / "out").exists()
+
+
+def test_an_out_that_is_a_file_is_refused_at_once_and_the_file_kept(tmp_path):
+    """The finding: `--out` naming a file certified the whole image first, then failed with NotADirectoryError
+    (exit 1, after 10 s); `certify-array --overwrite` onto a file would have replaced the user's file."""
+    mine = tmp_path / "notes.txt"
+    mine.write_text("the user's own file\n")
+    for argv in (["certify", SAMPLE_CR, "--out", mine], ["certify", SAMPLE_CR, "--out", mine / "results"],
+                 ["certify-array", SAMPLE_CR, "--out", mine, "--overwrite"]):
+        run = certseg(*argv)
+        assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
+        assert f"{mine} is a file, not a folder" in run.stderr
+    assert mine.read_text() == "the user's own file\n" and sorted(tmp_path.iterdir()) == [mine]

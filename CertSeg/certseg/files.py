@@ -13,6 +13,21 @@ from typing import Any, Iterator
 from certseg.errors import CertSegError
 
 
+def output_folder_problem(path: Path) -> str | None:
+    """Why results cannot be written under the folder `path` (None: they can): it, or the nearest part of it
+    that exists, is a file or cannot be written.  Checked when the command line is parsed, so a mistyped --out
+    is one line at once instead of a failure per image after the models ran."""
+    for existing in (path, *path.parents):
+        if not existing.exists():
+            continue
+        if not existing.is_dir():
+            return f"{existing} is a file, not a folder"
+        if not os.access(existing, os.W_OK | os.X_OK):
+            return f"{existing} is not writable"
+        return None
+    return None
+
+
 @contextlib.contextmanager
 def atomic_directory(target: Path, *, overwrite: bool) -> Iterator[Path]:
     """Yield a temporary sibling folder that replaces `target` only when the block succeeds.
@@ -64,6 +79,7 @@ SEG_NRRD_FILE = "certseg.seg.nrrd"  # the segments for Slicer
 PIXEL_RADIUS_FILE = "pixel_radius.nrrd"  # the per-pixel radius for Slicer
 OVERLAY_FILE = "overlay.png"  # a quick look
 CERTIFICATE_ARRAYS_FILE = "certificate.npz"  # model-grid arrays for research
+DATASET_CARD = "dataset.json"  # what makes a folder a CertSeg dataset (certseg.research.data)
 
 
 def objects_to_send(folder: Path, *, capture: bool = True, pdf: bool = True) -> list[Path]:

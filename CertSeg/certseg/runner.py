@@ -20,7 +20,7 @@ from certseg.dicom.reading import (Radiograph, Skipped, candidate_files, check_h
                                    slicer_grid_spacing)
 from certseg.errors import EXIT_OK, EXIT_SOME_FAILED, CertSegError, OutOfDistributionError
 from certseg.files import atomic_directory
-from certseg.imagefile import read_image
+from certseg.imagefile import ImageFile, read_image
 from certseg.names import result_folder
 from certseg.progress import progress_lines, sample_bar
 from certseg.record import Report
@@ -109,6 +109,31 @@ def certify_input(source: Path, out: Path, pipeline: CertificationPipeline, requ
     return exit_code_of(outcomes), outcomes
 
 
+@dataclass
+class ImageFileInput:
+    """An image file read and checked, ready to certify: its pixels (the reference DICOM's, when given)."""
+
+    path: Path
+    image: ImageFile
+    radiograph: Radiograph | None  # the reference DICOM, gated and matched to the image
+
+
+def read_image_file_input(path: Path, out: Path, request: CertificationRequest, *,
+                          reference_dicom: Path | None = None, overwrite: bool = False) -> ImageFileInput:
+    """Everything `certify-array` can refuse before a model is loaded: the image, the reference DICOM and its
+    metadata gate, and a result folder that exists (kept unless `overwrite`; a file there is never replaced)."""
+    if out.exists() and not out.is_dir():
+        raise CertSegError(f"{out}: is a file, not a result folder (CertSeg replaces only result folders)")
+    image = read_image(path)
+    radiograph = None
+    if reference_dicom is not None:
+        radiograph = _reference_radiograph(reference_dicom, image.pixels, request.force)
+        image.pixels, image.spacing_mm = radiograph.pixels, radiograph.spacing_mm
+    if out.exists() and not overwrite:
+        raise CertSegError(f"{out}: already exists (use --overwrite to replace it)")
+    return ImageFileInput(path, image, radiograph)
+
+
 def certify_image_file(path: Path, out: Path, pipeline: CertificationPipeline, request: CertificationRequest, *,
                        reference_dicom: Path | None = None, overwrite: bool = False, quiet: bool = False,
                        progress_protocol: bool = False) -> str:
@@ -118,16 +143,18 @@ def certify_image_file(path: Path, out: Path, pipeline: CertificationPipeline, r
     pixel values, photometry, window and spacing are used, the file's geometry kept, and a DICOM SEG
     and SR are written too.  `progress_protocol`: progress lines for the Slicer module, not a bar.
     """
-    image = read_image(path)
-    radiograph = None
-    if reference_dicom is not None:
-        radiograph = _reference_radiograph(reference_dicom, image.pixels, request.force)
-    if radiograph is not None:
-        image.pixels, image.spacing_mm = radiograph.pixels, radiograph.spacing_mm
-    if out.exists() and not overwrite:
-        raise CertSegError(f"{out}: already exists (use --overwrite to replace it)")
+    given = read_image_file_input(path, out, request, reference_dicom=reference_dicom, overwrite=overwrite)
+    return certify_image_file_input(given, out, pipeline, request, overwrite=overwrite, quiet=quiet,
+                                    progress_protocol=progress_protocol)
+
+
+def certify_image_file_input(given: ImageFileInput, out: Path, pipeline: CertificationPipeline,
+                             request: CertificationRequest, *, overwrite: bool = False, quiet: bool = False,
+                             progress_protocol: bool = False) -> str:
+    """Certify an image file already read (read_image_file_input) into `out`; returns the summary line."""
     from certseg.pipeline import StoredImage
 
+    path, image, radiograph = given.path, given.image, given.radiograph
     stored = StoredImage(image.pixels, path.name, None if radiograph is None else radiograph.window)
     reporter = progress_lines() if progress_protocol else sample_bar(request.samples, disable=quiet)
     with reporter as progress:

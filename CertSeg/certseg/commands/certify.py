@@ -5,14 +5,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from certseg.commands.options import add_certification_options, certification_request, positive_int, run_options
+from certseg.commands.options import (add_certification_options, certification_request, output_folder, positive_int,
+                                      run_options)
 from certseg.errors import EXIT_OK, CertSegError
 
 
 def add_parsers(commands) -> None:
     certify = commands.add_parser("certify", help="certify every chest radiograph in a DICOM export")
     certify.add_argument("input", type=Path, nargs="+", help="DICOM files, folders, DICOMDIRs or zips")
-    certify.add_argument("--out", type=Path, required=True, help="results in OUT/<study>/<series>/<instance>/")
+    certify.add_argument("--out", type=output_folder, required=True, help="results in OUT/<study>/<series>/<instance>/")
     certify.add_argument("--study", help="only this StudyInstanceUID")
     certify.add_argument("--series", help="only this SeriesInstanceUID")
     scale = certify.add_argument_group("certifying an archive (pip install \"certseg[scale]\")")
@@ -28,7 +29,7 @@ def add_parsers(commands) -> None:
 
     array = commands.add_parser("certify-array", help="certify one image file (.npy, PNG, TIFF, NRRD, NIfTI)")
     array.add_argument("image", type=Path)
-    array.add_argument("--out", type=Path, required=True, help="result folder (created atomically)")
+    array.add_argument("--out", type=output_folder, required=True, help="result folder (created atomically)")
     array.add_argument("--reference-dicom", type=Path,
                        help="the DICOM file IMAGE was loaded from: pixel values, photometry and spacing come from "
                             "it, geometry from IMAGE, and a DICOM SEG is written too (used by the Slicer module)")
@@ -94,12 +95,15 @@ def _print_outcomes(outcomes) -> None:
 
 
 def run_certify_array(args) -> int:
-    from certseg.pipeline import CertificationPipeline
-    from certseg.runner import certify_image_file
+    from certseg.runner import certify_image_file_input, read_image_file_input
 
     request, options = certification_request(args), run_options(args)
+    given = read_image_file_input(args.image, args.out, request, reference_dicom=args.reference_dicom,
+                                  overwrite=args.overwrite)  # every refusal of the inputs before torch loads
+    from certseg.pipeline import CertificationPipeline
+
     pipeline = CertificationPipeline.from_folder(options)
-    line = certify_image_file(args.image, args.out, pipeline, request, reference_dicom=args.reference_dicom,
-                              overwrite=args.overwrite, quiet=args.quiet, progress_protocol=args.progress_lines)
+    line = certify_image_file_input(given, args.out, pipeline, request, overwrite=args.overwrite, quiet=args.quiet,
+                                    progress_protocol=args.progress_lines)
     print(f"{args.image}: {line}", flush=True)
     return EXIT_OK

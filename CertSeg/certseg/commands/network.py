@@ -7,7 +7,8 @@ import signal
 import sys
 from pathlib import Path
 
-from certseg.commands.options import add_certification_options, certification_request, positive_int, run_options
+from certseg.commands.options import (add_certification_options, certification_request, output_folder, positive_int,
+                                      run_options)
 from certseg.errors import EXIT_OK, CertSegError
 
 
@@ -35,7 +36,7 @@ def add_parsers(commands) -> None:
     pacs.add_argument("--patient-id", help="PatientID")
     pacs.add_argument("--date-from", help="first StudyDate, YYYYMMDD")
     pacs.add_argument("--date-to", help="last StudyDate, YYYYMMDD")
-    pacs.add_argument("--out", type=Path, required=True, help="results in OUT/<study>/<series>/<instance>/")
+    pacs.add_argument("--out", type=output_folder, required=True, help="results in OUT/<study>/<series>/<instance>/")
     pacs.add_argument("--no-send", action="store_true", help="certify but send nothing back")
     add_send_options(pacs)
     add_certification_options(pacs)
@@ -47,7 +48,8 @@ def add_parsers(commands) -> None:
                         help="address to listen on (default: %(default)s, this machine only; give the interface the "
                              "PACS reaches, or 0.0.0.0 for every interface)")
     listen.add_argument("--port", type=int, default=11112, help="TCP port (default: %(default)s)")
-    listen.add_argument("--spool", type=Path, required=True, help="on-disk queue and results (resumed on restart)")
+    listen.add_argument("--spool", type=output_folder, required=True,
+                        help="on-disk queue and results (resumed on restart)")
     listen.add_argument("--allow", nargs="+", default=[], metavar="AET",
                         help="calling AE titles allowed to send (default: any)")
     listen.add_argument("--sop-class", nargs="+", default=[], metavar="UID",

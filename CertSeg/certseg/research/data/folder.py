@@ -27,6 +27,7 @@ import numpy as np
 
 from certseg.dicom.codes import label_card
 from certseg.errors import CertSegError
+from certseg.files import DATASET_CARD
 from certseg.research.data.drr_folder import DRR_FORMAT, load_drr_dataset
 from certseg.research.data.public import LAYOUTS
 from certseg.research.data.sample import Sample
@@ -78,7 +79,7 @@ def import_dataset(layout_name: str, source: Path, out: Path, *, masks: Path | N
                 "counts": {split: sum(e["split"] == split for e in entries) for split in SPLITS},
                 "skipped": {reason: sorted(names) for reason, names in sorted(skipped.items())},
                 "images": entries}
-        write_json(staging / "dataset.json", card)
+        write_json(staging / DATASET_CARD, card)
     return card
 
 
@@ -99,7 +100,7 @@ def _to_working_size(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_card(folder: Path) -> dict:
-    card_path = folder / "dataset.json"
+    card_path = folder / DATASET_CARD
     try:
         return json.loads(card_path.read_text())
     except (OSError, json.JSONDecodeError) as error:
@@ -114,7 +115,7 @@ def load_dataset(folder: Path, splits: tuple[str, ...] = SPLITS) -> list[Sample]
     if card.get("format") == DRR_FORMAT:
         return load_drr_dataset(folder)
     if card.get("format") != DATASET_FORMAT:
-        raise CertSegError(f"{folder / 'dataset.json'}: format {card.get('format')!r} is neither "
+        raise CertSegError(f"{folder / DATASET_CARD}: format {card.get('format')!r} is neither "
                            f"{DATASET_FORMAT!r} nor {DRR_FORMAT!r}")
     read = lambda path: sitk.GetArrayFromImage(sitk.ReadImage(str(folder / path)))  # noqa: E731
     return [Sample(entry["name"], read(entry["image"]).astype(np.float32), read(entry["labels"]).astype(np.uint8),
