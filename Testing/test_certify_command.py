@@ -316,7 +316,7 @@ def test_a_bug_is_not_dressed_up_as_bad_input(tmp_path):
 
 @pytest.mark.parametrize("case", ["--help", "--version", "bad sigma", "missing path", "text file", "pacs config",
                                   "no model folder", "out is a file", "image file missing", "image file unreadable",
-                                  "no dataset"])
+                                  "no dataset", "listen port"])
 def test_answers_that_need_no_model_never_import_torch(case, tmp_path):
     """--help, --version and every parameter or input refusal come before torch, MONAI and diffusers load
     (their import is what made a typo cost a minute; Testing/benchmarks/cli_startup.py times it)."""
@@ -332,6 +332,7 @@ def test_answers_that_need_no_model_never_import_torch(case, tmp_path):
             "image file missing": ["certify-array", str(tmp_path / "none.png"), "--out", str(tmp_path / "o")],
             "image file unreadable": ["certify-array", str(tmp_path / "x.dcm"), "--out", str(tmp_path / "o")],
             "no dataset": ["evaluate", "--data", str(tmp_path), "--out", str(tmp_path / "o")],
+            "listen port": ["listen", "--port", "70000", "--send-to", "sender", "--spool", str(tmp_path / "o")],
             }[case]
     code = ("import sys\nfrom certseg.commands import main\ntry:\n    code = main(%r)\nexcept SystemExit as exit:\n"
             "    code = exit.code\nheavy = sorted({'torch', 'monai', 'diffusers'} & set(sys.modules))\n"

@@ -141,7 +141,6 @@ def run_listen(args) -> int:
     from certseg.pacs.config import DimseAddress, PacsServer, load_server
     from certseg.pacs.listener import Listener
     from certseg.pacs.workflow import connect
-    from certseg.pipeline import CertificationPipeline
     from certseg.runner import certify_input
 
     request, options = certification_request(args), run_options(args)
@@ -152,6 +151,8 @@ def run_listen(args) -> int:
 
         server_context(settings.tls)  # unreadable certificates are one line now, not at the first connection
     destination = None if args.send_to == "sender" else load_server(args.send_to, args.config)
+    from certseg.pipeline import CertificationPipeline  # torch, MONAI and diffusers: once the settings are sound
+
     pipeline = CertificationPipeline.from_folder(options)
 
     def certify(objects: Path, results: Path):
