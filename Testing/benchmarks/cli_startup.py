@@ -28,6 +28,10 @@ def cases(folder: Path) -> dict[str, list[str]]:
         "certify of a missing path": ["certify", str(folder / "missing.dcm"), "--out", out],
         "certify of a text file named .dcm": ["certify", str(folder / "x.dcm"), "--out", out],
         "certify --model-dir of an empty folder": ["certify", str(SAMPLE), "--out", out, "--model-dir", str(folder)],
+        "certify --out of a file": ["certify", str(SAMPLE), "--out", str(folder / "x.dcm")],
+        "certify-array of a missing image": ["certify-array", str(folder / "missing.png"), "--out", out],
+        "listen --port 70000": ["listen", "--port", "70000", "--send-to", "sender", "--spool", out],
+        "evaluate --data of a folder without dataset.json": ["evaluate", "--data", str(folder), "--out", out],
     }
 
 
