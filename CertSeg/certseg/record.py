@@ -95,21 +95,26 @@ class Source:
 
 @dataclass(frozen=True)
 class Parameters:
-    """The smoothing parameters the certificate was computed with (core.smoothing.SmoothingParameters
-    without its per-image seed, which the run seed and the image key give: see Noise)."""
+    """The smoothing parameters the certificate was computed with, defined here once: the engine's
+    core.smoothing.SmoothingParameters adds the per-image seed, which the report leaves out (the run seed and
+    the image key give it: see Noise)."""
 
     mode: Mode
     num_classes: int
     sigma: float
-    n0: int
-    n: int
+    n0: int  # selection samples (0 for predict)
+    n: int  # estimation samples at most
     alpha: float
-    tau: float | None
+    tau: float | None  # None for predict
     correction: Correction
     batch_size: int
     device: str
-    looks: tuple[int, ...] = ()
-    stop_tolerance: float = 0.0
+    looks: tuple[int, ...] = ()  # cumulative estimation samples at which CERTIFY tests; () means (n,)
+    stop_tolerance: float = 0.0  # see core.smoothing.certify_segmentation
+
+    @property
+    def look_sizes(self) -> tuple[int, ...]:
+        return self.looks or (self.n,)
 
     @property
     def confidence(self) -> float:

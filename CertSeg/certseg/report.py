@@ -31,10 +31,9 @@ from certseg.core.measurements import certified_measurements
 from certseg.dicom.reading import Radiograph, metadata_check, raw_value_radius, slicer_grid_spacing
 from certseg.files import PIXEL_RADIUS_FILE, SEG_NRRD_FILE
 from certseg.record import (CertifiedStructure, IntensityWindowRecord, Interval, ModelGrid, ModelIdentity, OodVerdict,
-                            Parameters, Radius, RatioMeasurement, Report, SamplesDrawn, SlicerGrid, Source, SourceGrid)
+                            Radius, RatioMeasurement, Report, SamplesDrawn, SlicerGrid, Source, SourceGrid)
 
 if TYPE_CHECKING:
-    from certseg.core.smoothing import SmoothingParameters
     from certseg.model.folder import LoadedModels
     from certseg.pipeline import CertificationResult
 
@@ -90,7 +89,7 @@ def _report(result: CertificationResult, models: LoadedModels, source: Source, r
     return Report(
         certseg_version=__version__,
         source=source,
-        parameters=_parameters(certificate.parameters),
+        parameters=certificate.parameters.recorded,
         samples_drawn=SamplesDrawn(selection=certificate.parameters.n0, estimation=certificate.estimation_samples),
         denoiser=models.denoiser is not None,
         laterality_rule=None if models.laterality is None else models.laterality.describe(),
@@ -110,12 +109,6 @@ def _report(result: CertificationResult, models: LoadedModels, source: Source, r
         out_of_distribution=result.ood,
         timings_s={**certificate.timings, **(extra_timings or {})},
     )
-
-
-def _parameters(smoothing: SmoothingParameters) -> Parameters:
-    """The engine's SmoothingParameters as the report states them: every field but the per-image seed, which
-    the run seed and the image key give (record.Noise)."""
-    return Parameters(**{item.name: getattr(smoothing, item.name) for item in dataclasses.fields(Parameters)})
 
 
 def summary_line(report: Report, target: Path) -> str:

@@ -14,6 +14,7 @@ sequentially, after growing numbers of samples, and stop early (certify_segmenta
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -42,26 +43,16 @@ from certseg.core.stats import (
 )
 from certseg.errors import InputError, ParameterError
 from certseg.progress import Progress
+from certseg.record import Parameters
 from certseg.request import DOUBLING, CertificationRequest, Correction, Mode
 
 
 @dataclass(frozen=True)
-class SmoothingParameters:
-    """Everything needed to reproduce a certificate bit for bit (with the same model and device)."""
+class SmoothingParameters(Parameters):
+    """Everything needed to reproduce a certificate bit for bit (with the same model and device): the
+    parameters the report records (record.Parameters, defined there once) and this image's noise seed."""
 
-    mode: Mode
-    num_classes: int
-    sigma: float
-    n0: int  # selection samples (0 for predict)
-    n: int  # estimation samples
-    alpha: float
-    tau: float | None  # None for predict
-    correction: Correction
-    seed: int
-    batch_size: int
-    device: str
-    looks: tuple[int, ...] = ()  # cumulative estimation samples at which CERTIFY tests; () means (n,)
-    stop_tolerance: float = 0.0  # see certify_segmentation
+    seed: int = field(kw_only=True)  # this image's; derived from the run seed and the image key (pipeline)
 
     def __post_init__(self) -> None:
         """Only what the engine adds to a request is checked here: the request validated its own fields."""
@@ -84,8 +75,9 @@ class SmoothingParameters:
                    device=str(resolved), looks=looks, stop_tolerance=float(stop_tolerance))
 
     @property
-    def look_sizes(self) -> tuple[int, ...]:
-        return self.looks or (self.n,)
+    def recorded(self) -> Parameters:
+        """What report.json states: every field but the seed (the report's one seed is the run seed)."""
+        return Parameters(**{item.name: getattr(self, item.name) for item in dataclasses.fields(Parameters)})
 
 
 @dataclass
