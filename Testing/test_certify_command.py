@@ -362,3 +362,13 @@ def test_an_out_that_is_a_file_is_refused_at_once_and_the_file_kept(tmp_path):
         assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
         assert f"{mine} is a file, not a folder" in run.stderr
     assert mine.read_text() == "the user's own file\n" and sorted(tmp_path.iterdir()) == [mine]
+
+
+def test_the_run_options_are_valid_by_construction():
+    from certseg.errors import ParameterError
+    from certseg.request import RunOptions
+
+    for bad in ({"device": "tpu"}, {"precision": "fp8"}, {"compile": "always"}, {"batch_size": 0}):
+        with pytest.raises(ParameterError):
+            RunOptions(**bad)
+    assert RunOptions(device="cpu", batch_size=4).batch_size == 4

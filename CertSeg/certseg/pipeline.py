@@ -60,7 +60,6 @@ class CertificationPipeline:
     @classmethod
     def from_folder(cls, options: RunOptions = RunOptions()) -> CertificationPipeline:
         """Load and check the models `options` name (ModelError naming the file otherwise), once."""
-        options.validate()
         device = resolve_device(options.device)
         models = load_models(options.model_dir, with_denoiser=options.use_denoiser)
         execution = Execution.requested(options.precision, options.compile, device)

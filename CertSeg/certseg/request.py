@@ -129,6 +129,9 @@ class RunOptions:
     precision: str = "auto"
     compile: str = "off"
 
+    def __post_init__(self) -> None:
+        self.validate()  # like the request: an instance is valid by construction
+
     def validate(self) -> None:
         for name, value, choices in (("device", self.device, DEVICES), ("precision", self.precision, PRECISION_CHOICES),
                                      ("compile", self.compile, COMPILE_MODES)):

@@ -100,7 +100,6 @@ def run_options(args, *, needs_models: bool = True) -> RunOptions:
     options = RunOptions(model_dir=getattr(args, "model_dir", None),
                          use_denoiser=not getattr(args, "no_denoiser", False), device=args.device,
                          batch_size=args.batch_size, precision=args.precision, compile=args.compile)
-    options.validate()
     if needs_models:
         model_folder(options.model_dir, with_denoiser=options.use_denoiser)
     if options.device not in ("auto", "cpu"):  # asking torch for a GPU costs its import: only when one is named
