@@ -6,7 +6,6 @@ image loses nothing and certifies nothing twice.  Each run is a real `certseg` p
 import csv
 import json
 import shutil
-import signal
 import subprocess
 import sys
 import time
