@@ -30,7 +30,7 @@ from certseg.core.labels import ABSTAIN
 from certseg.core.measurements import certified_measurements
 from certseg.dicom.reading import Radiograph, metadata_check, raw_value_radius, slicer_grid_spacing
 from certseg.files import PIXEL_RADIUS_FILE, SEG_NRRD_FILE
-from certseg.record import (CertifiedStructure, IntensityWindowRecord, Interval, ModelGrid, ModelIdentity, OodVerdict,
+from certseg.record import (CertifiedStructure, IntensityWindowRecord, Interval, ModelGrid, OodVerdict,
                             Radius, RatioMeasurement, Report, SamplesDrawn, SlicerGrid, Source, SourceGrid)
 
 if TYPE_CHECKING:
@@ -95,7 +95,7 @@ def _report(result: CertificationResult, models: LoadedModels, source: Source, r
         laterality_rule=None if models.laterality is None else models.laterality.describe(),
         execution=result.execution,
         noise=result.noise,
-        models={kind: ModelIdentity(**card.identity()) for kind, card in cards if card is not None},
+        models={kind: card.identity() for kind, card in cards if card is not None},
         radius=radius,
         model_grid=ModelGrid(size=result.input_map.model_size, abstain_fraction=certificate.abstain_fraction),
         source_grid=SourceGrid(shape=tuple(result.input_map.source_shape),

@@ -48,7 +48,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from certseg.core.labels import ABSTAIN, BACKGROUND, Label
-from certseg.record import VERDICT_WORDS, AreaMeasurement, Interval, Measurements, RatioMeasurement, RatioVerdict
+from certseg.record import AreaMeasurement, Interval, Measurements, RatioMeasurement, RatioVerdict
 
 MEANING = ("low: the certified pixels; high: certified plus abstained pixels. With the certificate's probability "
            "1 - alpha, the smoothed segmenter's value lies in [low, high] on this image and on every image within "
@@ -178,4 +178,4 @@ def _ratio_bounds(labels: np.ndarray, clean_labels: np.ndarray, classes: Sequenc
     low, high = ratio_bounds(labels, values["heart"], lungs)
     verdict = ratio_verdict(low, high)
     clean = cardiothoracic_ratio(clean_labels == values["heart"], np.isin(clean_labels, lungs))
-    return RatioMeasurement(low, high, clean, verdict, VERDICT_WORDS[verdict], RATIO_DEFINITION)
+    return RatioMeasurement(low, high, clean, verdict, verdict.words, RATIO_DEFINITION)

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 from certseg.core.labels import Label
 from certseg.errors import ModelError
+from certseg.record import ModelIdentity
 
 
 @dataclass(frozen=True)
@@ -52,9 +53,9 @@ class ModelCard:
         """The labels without background."""
         return self.labels[1:]
 
-    def identity(self) -> dict[str, str]:
+    def identity(self) -> ModelIdentity:
         """What a report records of the model: name, version and the weights' sha256."""
-        return {"name": self.name, "version": self.version, "sha256": self.sha256}
+        return ModelIdentity(self.name, self.version, self.sha256)
 
     @classmethod
     def read(cls, folder: Path, *, segmenter: bool) -> ModelCard:

@@ -60,9 +60,9 @@ class Configuration(StrEnum):
 
 
 # The label values of dicom.codes.STRUCTURES, the one list the data import writes masks in and the models learn.
+_VALUE_OF = {s.name: s.value for s in STRUCTURES}
 RIGHT_LUNG, LEFT_LUNG, HEART, RIGHT_CLAVICLE, LEFT_CLAVICLE = (
-    {s.name: s.value for s in STRUCTURES}[name]
-    for name in ("right lung", "left lung", "heart", "right clavicle", "left clavicle"))
+    _VALUE_OF[name] for name in ("right lung", "left lung", "heart", "right clavicle", "left clavicle"))
 WRONG_SIDE_SHARE = 0.01  # more than 1% of a lung given to the other lung counts as a wrong-side image
 
 
