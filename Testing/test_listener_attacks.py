@@ -2,6 +2,7 @@
 garbage, floods, unknown AEs, TLS.  Every loop is bounded; every refusal must be a log line; the node must keep
 serving a good sender throughout, and nothing may be written outside the spool."""
 
+import contextlib
 import socket
 import struct
 import subprocess
@@ -202,5 +203,30 @@ def test_dicom_tls_verifies_peers_both_ways_and_a_silent_peer_cannot_stall_the_h
         assert sum("TLS handshake failed" in r["reason"] for r in dropped) >= 3
         echo_over_tls(listener.port, certificates, "client")
         assert listener.records()[0]["tls"] is True
+    finally:
+        listener.stop()
+
+
+def test_half_a_pdu_from_many_addresses_cannot_lock_out_a_real_sender(tmp_path, good_cr):
+    """36 connections from 9 loopback addresses, each sending the 6-byte header of an A-ASSOCIATE-RQ and then
+    nothing, reopened whenever the node closes one: more than the node's 32 slots.  pynetdicom alone waits for the
+    rest of such a PDU for ever; the node must time the read out, log it, and keep serving a sender elsewhere."""
+    listener = RunningListener(tmp_path, None, "--idle", "600")
+    half_pdu = struct.pack(">BBL", 0x01, 0, 200)
+    try:
+        with contextlib.ExitStack() as stack:
+            held = [stack.enter_context(idle_sockets(listener.port, 4, source=f"127.0.0.{n}", payload=half_pdu))
+                    for n in range(2, 11)]
+            deadline = time.monotonic() + 10
+            while sum(map(len, held)) < 36 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(1.5)  # every held socket has sent its half PDU and gone silent
+            statuses = []
+            for _ in range(4):
+                statuses.append(c_store(listener.port, fresh(good_cr)))
+                time.sleep(1.0)
+        assert statuses == [0x0000] * 4
+        dropped = [r for r in listener.records() if r["event"] == "dropped" and r["address"] != "127.0.0.1"]
+        assert any("closed to admit a new connection" in r["reason"] for r in dropped)
     finally:
         listener.stop()

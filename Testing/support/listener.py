@@ -106,8 +106,9 @@ def second_instance(path, folder, name="second.dcm"):
 
 
 @contextlib.contextmanager
-def idle_sockets(port: int, count: int, source: str = "127.0.0.2"):
-    """`count` TCP connections from `source` that never send a byte, reopened whenever the node closes one."""
+def idle_sockets(port: int, count: int, source: str = "127.0.0.2", payload: bytes = b""):
+    """`count` TCP connections from `source` that send `payload` (default: not a byte) and then nothing more,
+    reopened whenever the node closes one."""
     stop = threading.Event()
     opened = []
 
@@ -121,6 +122,8 @@ def idle_sockets(port: int, count: int, source: str = "127.0.0.2"):
                     time.sleep(0.1)
                     continue
                 opened.append(1)
+                with contextlib.suppress(OSError):
+                    connection.sendall(payload)
                 connection.settimeout(0.2)
                 while not stop.is_set():  # until the node closes it (recv returns b"" or fails)
                     try:

@@ -23,6 +23,7 @@ LISTENER_LIMITS = (
     ("--acse-timeout", float, 10.0, "seconds a connection may take to ask for an association"),
     ("--dimse-timeout", float, 60.0, "seconds to wait for a DIMSE message"),
     ("--network-timeout", float, 60.0, "seconds an association may stay silent"),
+    ("--pdu-timeout", float, 10.0, "seconds a peer may take to send one PDU, from its first byte to its last"),
 )
 
 
@@ -196,7 +197,7 @@ def listener_settings(args):
         max_decoded_bytes=megabytes["max_decoded_mb"], max_in_flight_bytes=megabytes["max_in_flight_mb"],
         max_queue_bytes=megabytes["max_queue_mb"], max_associations=args.max_associations,
         max_associations_per_address=args.max_associations_per_address, acse_timeout_s=args.acse_timeout,
-        dimse_timeout_s=args.dimse_timeout, network_timeout_s=args.network_timeout,
+        dimse_timeout_s=args.dimse_timeout, network_timeout_s=args.network_timeout, pdu_timeout_s=args.pdu_timeout,
         max_retry_interval_s=args.max_retry_interval, retry_window_s=args.retry_hours * 3600.0,
         failed_retention_s=args.keep_failed_days * 86400.0, tls=tls, send_capture=not args.no_capture,
         send_pdf=not args.no_pdf)

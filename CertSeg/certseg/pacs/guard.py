@@ -5,7 +5,11 @@ send one hold a slot each until the ACSE timeout; and it wraps TLS sockets in th
 one peer that never finishes its handshake stops every other connection.  GuardedAssociationServer
 refuses a connection at once when its address already holds `max_per_address` connections or the node
 holds `max_connections`, does the TLS handshake in the connection's own thread under the ACSE timeout,
-and closes any connection whose PDU says it is larger than `max_pdu_bytes` before reading it.
+closes any connection whose PDU says it is larger than `max_pdu_bytes` before reading it, and bounds every
+read: a PDU must arrive whole within `pdu_timeout_s` of its first byte (pynetdicom itself waits for ever once
+a PDU has begun).  When the node is full, the connection that has been silent longest (at least
+`evict_after_s`) is closed to admit the new one, so peers that only hold sockets open cannot lock out a
+sender that sends.
 ReceiveBudget bounds the bytes held in memory for objects still being received: per association (one
 object at a time, at most the object limit) and across all associations together.
 """
@@ -15,11 +19,15 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+
+
+REFUSAL_LOG_INTERVAL_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -28,24 +36,65 @@ class ConnectionLimits:
     max_per_address: int = 4
     handshake_timeout_s: float = 10.0
     max_pdu_bytes: int = 4 * 2**20  # we offer 16 kB PDUs; a peer ignoring that still may not send more
+    pdu_timeout_s: float = 10.0  # from a PDU's first byte to its last
+    evict_after_s: float = 1.0  # silence that makes a connection the one closed when the node is full
+
+
+@dataclass
+class _Connection:
+    """One accepted socket, from accept to close: what eviction needs to know of it."""
+
+    socket: socket.socket
+    host: str
+    last_activity: float  # time.monotonic() of its accept or its latest bytes
+    evicted: bool = False
+    association: threading.Thread | None = None  # pynetdicom's Association, once the handler made it
+
+    @property
+    def open(self) -> bool:
+        """Not evicted, and its association (which outlives the handler's thread) not finished."""
+        finished = self.association is not None and self.association.ident is not None \
+            and not self.association.is_alive()
+        return not (self.evicted or finished)
 
 
 class GuardedRequestHandler(RequestHandler):
-    """pynetdicom's handler, with the association's socket refusing to read an oversized PDU."""
+    """pynetdicom's handler, with the association's socket reading each PDU under a size and a time limit."""
 
     def _create_association(self):
         association = super()._create_association()
         server: GuardedAssociationServer = self.server
         transport = association.dul.socket
-        unbounded = transport.recv
-        limit = server.limits.max_pdu_bytes
+        host, request = str(self.client_address[0]), self.request
+        server.attach(request, association)
 
-        def bounded_recv(count: int):
-            if count > limit:  # pynetdicom would read (and hold) every byte the PDU header declares
-                server.report({"event": "dropped", "address": self.client_address[0],
-                               "reason": f"PDU of {count} bytes over the {limit}-byte limit"})
+        def bounded_recv(count: int) -> bytearray:
+            """pynetdicom's AssociationSocket.recv (loop until `count` bytes or the peer closes), bounded."""
+            if count > server.limits.max_pdu_bytes:  # pynetdicom would read (and hold) every byte declared
+                server.report({"event": "dropped", "address": host,
+                               "reason": f"PDU of {count} bytes over the {server.limits.max_pdu_bytes}-byte limit"})
+                association.certseg_dropped = True
                 raise OSError(f"PDU of {count} bytes refused")
-            return unbounded(count)
+            deadline = time.monotonic() + server.limits.pdu_timeout_s
+            received = bytearray()
+            while len(received) < count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    server.report({"event": "dropped", "address": host,
+                                   "reason": f"PDU not complete within {server.limits.pdu_timeout_s:g} s "
+                                             f"({len(received)} of {count} bytes)"})
+                    association.certseg_dropped = True  # one log line for this connection, not two
+                    raise TimeoutError("PDU too slow")
+                transport.socket.settimeout(remaining)
+                try:
+                    chunk = transport.socket.recv(min(count - len(received), 65536))
+                except TimeoutError:
+                    continue  # the deadline check above reports it
+                if not chunk:
+                    return received  # the peer closed: pynetdicom sees a short PDU and closes too
+                received.extend(chunk)
+                server.touch(request)
+            return received
 
         transport.recv = bounded_recv
         return association
@@ -59,16 +108,36 @@ class GuardedAssociationServer(ThreadedAssociationServer):
     def __init__(self, ae, address, ae_title, contexts, ssl_context=None, evt_handlers=None, *,
                  limits: ConnectionLimits, report: Callable[[dict], None]):
         self.limits, self.report = limits, report
-        self._starting: Counter[str] = Counter()  # accepted, association thread not yet running
-        self._starting_lock = threading.Lock()
+        self._connections: dict[int, _Connection] = {}  # id(socket) -> every connection from accept to close
+        self._connections_lock = threading.Lock()
+        self._evicted_at: dict[str, float] = {}  # address -> when a connection of it was last closed to make room
+        self._refusals: dict[str, tuple[float, int]] = {}  # address -> (last refusal logged, refused since)
         super().__init__(ae, address, ae_title, contexts, ssl_context, evt_handlers,
                          request_handler=GuardedRequestHandler)
 
     def open_connections(self) -> Counter[str]:
-        counts = Counter(str(a.requestor.address) for a in self.active_associations)
-        with self._starting_lock:
-            counts.update(self._starting)
-        return counts
+        with self._connections_lock:
+            return self._open_counts()
+
+    def _open_counts(self) -> Counter[str]:
+        """Open connections per address; forgets those that have closed.  Called with the lock held."""
+        for key in [key for key, c in self._connections.items() if not c.open]:
+            del self._connections[key]
+        return Counter(c.host for c in self._connections.values())
+
+    def attach(self, request, association) -> None:
+        """The association pynetdicom made for `request`: the connection is open while it runs."""
+        with self._connections_lock:
+            connection = self._connections.get(id(request))
+            if connection is not None:
+                connection.association = association
+
+    def touch(self, request) -> None:
+        """The connection of `request` has just received bytes."""
+        with self._connections_lock:
+            connection = self._connections.get(id(request))
+            if connection is not None:
+                connection.last_activity = time.monotonic()
 
     def get_request(self):
         assert self.socket is not None
@@ -80,18 +149,62 @@ class GuardedAssociationServer(ThreadedAssociationServer):
 
     def verify_request(self, request, client_address) -> bool:
         host = str(client_address[0])
-        counts = self.open_connections()
-        total = sum(counts.values())
-        if counts[host] >= self.limits.max_per_address:
-            reason = f"{counts[host]} connections already open from this address (limit {self.limits.max_per_address})"
-        elif total >= self.limits.max_connections:
-            reason = f"{total} connections already open (limit {self.limits.max_connections})"
-        else:
-            with self._starting_lock:
-                self._starting[host] += 1
-            return True
-        self.report({"event": "dropped", "address": host, "reason": reason})
+        with self._connections_lock:
+            counts = self._open_counts()
+            total = sum(counts.values())
+            if counts[host] >= self.limits.max_per_address:
+                reason = f"{counts[host]} connections already open from this address (limit {self.limits.max_per_address})"
+            elif total >= self.limits.max_connections and not self._make_room_for(host):
+                reason = f"{total} connections already open, none to close for this address (limit {self.limits.max_connections})"
+            else:
+                self._connections[id(request)] = _Connection(request, host, time.monotonic())
+                return True
+            logged = self._refusal_to_log(host)
+        if logged is not None:
+            self.report({"event": "dropped", "address": host, "reason": reason,
+                         **({"refused_since_last_line": logged} if logged else {})})
         return False
+
+    def _refusal_to_log(self, host: str) -> int | None:
+        """A peer refused in a loop writes one line per address per REFUSAL_LOG_INTERVAL_S, with the count refused
+        meanwhile: the log stays readable and bounded.  None: this refusal is only counted.  Lock held."""
+        now = time.monotonic()
+        last, since = self._refusals.get(host, (-float("inf"), 0))
+        if now - last < REFUSAL_LOG_INTERVAL_S:
+            self._refusals[host] = (last, since + 1)
+            return None
+        if len(self._refusals) > 4096:
+            self._refusals = {h: v for h, v in self._refusals.items() if now - v[0] < REFUSAL_LOG_INTERVAL_S}
+        self._refusals[host] = (now, 0)
+        return since
+
+    def _make_room_for(self, host: str) -> bool:
+        """Close the connection silent longest (at least evict_after_s) to admit one from `host`; False when none is.
+
+        An address that lost a connection this way within the PDU timeout gets no other: otherwise peers that
+        reconnect as soon as they are closed would close each other in a storm.  Called with the lock held.
+        Shutting the socket down wakes its thread's read, which then ends the association."""
+        now = time.monotonic()
+        if now - self._evicted_at.get(host, -float("inf")) < self.limits.pdu_timeout_s:
+            return False
+        silent = [c for c in self._connections.values() if c.open and now - c.last_activity >= self.limits.evict_after_s]
+        if not silent:
+            return False
+        victim = min(silent, key=lambda c: c.last_activity)
+        victim.evicted = True
+        if len(self._evicted_at) > 4096:  # bounded: forget addresses whose cool-down is over
+            self._evicted_at = {h: t for h, t in self._evicted_at.items() if now - t < self.limits.pdu_timeout_s}
+        self._evicted_at[victim.host] = now
+        if victim.association is not None:
+            victim.association.certseg_dropped = True  # logged here, not again when it closes
+        try:
+            victim.socket.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.report({"event": "dropped", "address": victim.host,
+                     "reason": f"closed to admit a new connection: the node was full ({self.limits.max_connections}) "
+                               f"and this one had been silent for {now - victim.last_activity:.1f} s"})
+        return True
 
     def process_request_thread(self, request, client_address) -> None:
         host = str(client_address[0])
@@ -104,13 +217,15 @@ class GuardedAssociationServer(ThreadedAssociationServer):
                                  "reason": f"TLS handshake failed: {str(error)[:200] or type(error).__name__}"})
                     self.shutdown_request(request)
                     return
-            request.settimeout(None)  # from here pynetdicom's own ACSE, DIMSE and network timeouts govern
+            # From here pynetdicom's ACSE, DIMSE and network timeouts govern the waits between PDUs, and
+            # bounded_recv the reading of each PDU; the socket must never block without a limit.
+            request.settimeout(self.limits.pdu_timeout_s)
             super().process_request_thread(request, client_address)
         finally:
-            with self._starting_lock:
-                self._starting[host] -= 1
-                if self._starting[host] <= 0:
-                    del self._starting[host]
+            with self._connections_lock:  # a connection whose association never started is closed now
+                connection = self._connections.get(id(request))
+                if connection is not None and connection.association is None:
+                    del self._connections[id(request)]
 
     def shutdown_request(self, request) -> None:
         try:

@@ -56,6 +56,7 @@ class ListenerSettings:
     acse_timeout_s: float = 10.0
     dimse_timeout_s: float = 60.0
     network_timeout_s: float = 60.0
+    pdu_timeout_s: float = 10.0  # from a PDU's first byte to its last (pynetdicom alone waits for ever)
     first_retry_s: float = 2.0
     max_retry_interval_s: float = 300.0
     retry_window_s: float = 24 * 3600.0
@@ -74,7 +75,7 @@ class ListenerSettings:
                     "queue limit": self.max_queue_bytes, "associations": self.max_associations,
                     "associations per address": self.max_associations_per_address,
                     "ACSE timeout": self.acse_timeout_s, "DIMSE timeout": self.dimse_timeout_s,
-                    "network timeout": self.network_timeout_s, "first retry": self.first_retry_s,
+                    "network timeout": self.network_timeout_s, "PDU timeout": self.pdu_timeout_s, "first retry": self.first_retry_s,
                     "longest retry interval": self.max_retry_interval_s, "failed retention": self.failed_retention_s}
         for name, value in positive.items():
             if not value > 0:
@@ -188,7 +189,7 @@ class Listener:
             if self.budget is not None:
                 self.budget.release(event.assoc)
             if not any(getattr(event.assoc, flag, False) for flag in
-                       ("certseg_established", "certseg_rejected", "certseg_aborting")):
+                       ("certseg_established", "certseg_rejected", "certseg_aborting", "certseg_dropped")):
                 self.log({"event": "dropped", "address": requestor.address,
                           "reason": f"no valid association request within the ACSE timeout "
                                     f"({self.settings.acse_timeout_s:g} s): idle, or not DICOM"})
@@ -330,7 +331,10 @@ class Listener:
         settings = self.settings
         ae = AE(ae_title=settings.aet)
         ae.require_calling_aet = list(settings.allowed_aets)
-        ae.maximum_associations = settings.max_associations
+        # The guard (certseg.pacs.guard) holds the cap on connections; pynetdicom's own count also holds the
+        # threads of connections already closed to admit new ones (each waits out the ACSE timeout), so it
+        # gets room for them to finish.
+        ae.maximum_associations = 4 * settings.max_associations
         ae.acse_timeout, ae.dimse_timeout = settings.acse_timeout_s, settings.dimse_timeout_s
         ae.network_timeout = settings.network_timeout_s
         ae.add_supported_context(Verification)
@@ -342,7 +346,7 @@ class Listener:
         handlers += [(event, self._association_event) for event in
                      (evt.EVT_ESTABLISHED, evt.EVT_REJECTED, evt.EVT_ABORTED, evt.EVT_CONN_CLOSE)]
         limits = ConnectionLimits(settings.max_associations, settings.max_associations_per_address,
-                                  settings.acse_timeout_s)
+                                  settings.acse_timeout_s, pdu_timeout_s=settings.pdu_timeout_s)
         self.server = ae.make_server((settings.bind, settings.port), evt_handlers=handlers,
                                      ssl_context=server_context(settings.tls) if settings.tls else None,
                                      server_class=GuardedAssociationServer, limits=limits, report=self.log)
