@@ -159,3 +159,68 @@ def test_a_dicomdir_cannot_point_outside_its_own_folder(small_cr, tmp_path):
     with pytest.raises(CertSegError, match="must be inside the DICOMDIR root"):
         with candidate_files(tmp_path / "media" / "DICOMDIR"):
             pass
+
+
+def test_a_dicom_file_that_is_also_a_zip_is_read_as_dicom_and_never_unpacked(small_cr, tmp_path):
+    import zipfile as zipmodule
+
+    from support.dicom_files import with_zip_tail, zeros_zip
+
+    path = with_zip_tail(small_cr, tmp_path / "tail.dcm", zeros_zip(64 * 2**20))
+    assert zipmodule.is_zipfile(path) and pydicom.dcmread(path).Modality == "CR"
+    with candidate_files(path) as files:
+        assert files == [path]  # before: 64 MiB of zeros written to the temporary folder, and the CR lost
+    assert isinstance(read_radiograph(path), Radiograph)
+
+
+def test_received_files_are_never_unpacked_even_when_they_are_zips(tmp_path):
+    from support.dicom_files import nested_zip
+
+    received = tmp_path / "received"
+    received.mkdir()
+    (received / "object.dcm").write_bytes(nested_zip(3))
+    with candidate_files(received, unpack_archives=False) as files:
+        assert files == [received / "object.dcm"]
+
+
+@pytest.mark.parametrize("case, words", [
+    ("nested", "zip nested deeper than 3 archives"),
+    ("bomb", "inflates more than 200 times its stored size"),
+    ("slip", "points outside the archive"),
+])
+def test_hostile_zips_given_to_certify_are_one_line_and_exit_2(case, words, tmp_path):
+    """A zip nested 600 deep raised RecursionError (exit 70) and a bomb filled the temporary folder."""
+    from support.cli import run_certseg
+    from support.dicom_files import nested_zip, zeros_zip
+
+    archive = tmp_path / f"{case}.zip"
+    if case == "nested":
+        archive.write_bytes(nested_zip(600))
+    elif case == "bomb":
+        archive.write_bytes(zeros_zip(300 * 2**20))
+    else:
+        with zipfile.ZipFile(archive, "w") as opened:
+            opened.writestr("../../escaped\x1b[31m.dcm", b"x")
+    done = run_certseg("certify", str(archive), "--out", str(tmp_path / "out"))
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0] and str(archive) in lines[0], done.stderr
+    assert "\x1b" not in done.stderr and not (tmp_path / "out").exists()
+
+
+def test_archive_limits_count_what_is_written_not_what_the_zip_declares(tmp_path):
+    from certseg.dicom.archives import ArchiveLimits, UnpackBudget, unpack
+    from support.dicom_files import zeros_zip
+
+    archive = tmp_path / "a.zip"
+    archive.write_bytes(zeros_zip(3 * 2**20))
+    budget = UnpackBudget(ArchiveLimits(max_total_bytes=5 * 2**20, max_ratio=10_000))
+    unpack(archive, tmp_path / "one", budget, depth=1)
+    with pytest.raises(CertSegError, match="unpack to more than"):
+        unpack(archive, tmp_path / "two", budget, depth=1)
+    two = tmp_path / "two.zip"
+    with zipfile.ZipFile(two, "w") as opened:
+        opened.writestr("a.dcm", b"a")
+        opened.writestr("b.dcm", b"b")
+    with pytest.raises(CertSegError, match="more than 1 files"):
+        unpack(two, tmp_path / "three", UnpackBudget(ArchiveLimits(max_members=1)), depth=1)

@@ -230,3 +230,19 @@ def test_half_a_pdu_from_many_addresses_cannot_lock_out_a_real_sender(tmp_path, 
         assert any("closed to admit a new connection" in r["reason"] for r in dropped)
     finally:
         listener.stop()
+
+
+def test_a_received_radiograph_that_is_also_a_zip_is_certified_never_unpacked(tmp_path, small_cr):
+    """A valid DICOM file whose last private element holds a zip nested 600 deep: the listener used to unpack
+    it (a RecursionError set the study aside, and its radiograph was never certified)."""
+    from support.dicom_files import nested_zip, with_zip_tail
+
+    listener = RunningListener(tmp_path, None)
+    try:
+        hostile = with_zip_tail(small_cr, tmp_path / "tail.dcm", nested_zip(600))
+        assert c_store(listener.port, hostile) == 0x0000
+        outcome = listener.wait_for(lambda r: r["event"] in ("certified", "failed"), timeout_s=120)
+        assert outcome["event"] == "certified", outcome
+        assert not list((tmp_path / "spool" / "failed").rglob("*.dcm"))
+    finally:
+        listener.stop()

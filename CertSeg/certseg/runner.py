@@ -94,12 +94,15 @@ def nothing_to_certify(source: object, outcomes: list[Outcome]) -> CertSegError:
 
 def certify_input(source: Path, out: Path, pipeline: CertificationPipeline, request: CertificationRequest, *,
                   overwrite: bool = False, quiet: bool = False, series: str | None = None,
-                  study: str | None = None, none_is_an_error: bool = True) -> tuple[int, list[Outcome]]:
+                  study: str | None = None, none_is_an_error: bool = True,
+                  received: bool = False) -> tuple[int, list[Outcome]]:
     """Certify every selected chest radiograph under `source`; returns the exit code and one outcome per file.
 
+    `received`: the files came from a network peer (the listener, `pacs`): they are read as the files they
+    are, never unpacked as archives.
     `none_is_an_error`: no chest radiograph at all is a CertSegError (the command line's exit 2); the
     listener asks for the outcomes instead, to say of each object why it was not certified."""
-    with candidate_files(source) as files:
+    with candidate_files(source, unpack_archives=not received) as files:
         selection = select_radiographs(files, request, series=series, study=study)
         outcomes = list(selection.others)
         if not selection.radiographs and none_is_an_error:

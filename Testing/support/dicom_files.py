@@ -146,3 +146,40 @@ def declared_pixel_bomb(source: Path, rows: int = 60000, columns: int = 60000) -
     dataset["PixelData"].VR = "OB"
     dataset.file_meta.TransferSyntaxUID = pydicom.uid.RLELossless
     return dataset
+
+
+def nested_zip(depth: int, innermost: bytes = b"not dicom\n") -> bytes:
+    """A zip holding a zip holding ... `depth` levels deep, each level a few hundred bytes."""
+    import io
+    import zipfile
+
+    data, name = innermost, "note.txt"
+    for level in range(depth):
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+            archive.writestr(name, data)
+        data, name = buffer.getvalue(), f"level{level}.zip"
+    return data
+
+
+def zeros_zip(inflated_bytes: int, name: str = "zeros.dcm") -> bytes:
+    """A zip of one member of `inflated_bytes` zeros: about a thousand times smaller than it inflates."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        with archive.open(name, "w", force_zip64=True) as member:
+            chunk = bytes(2**20)
+            for _ in range(inflated_bytes // len(chunk)):
+                member.write(chunk)
+    return buffer.getvalue()
+
+
+def with_zip_tail(source: Path, path: Path, archive: bytes) -> Path:
+    """A valid DICOM file whose last element (private, after the pixel data) holds a zip: so the file is a zip too."""
+    dataset = pydicom.dcmread(source)
+    block = dataset.private_block(0x7FE1, "CERTSEG TEST", create=True)
+    block.add_new(0x00, "OB", archive)
+    dataset.save_as(path, enforce_file_format=True)
+    return path

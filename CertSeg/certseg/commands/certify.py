@@ -16,6 +16,9 @@ def add_parsers(commands) -> None:
     certify.add_argument("--out", type=output_folder, required=True, help="results in OUT/<study>/<series>/<instance>/")
     certify.add_argument("--study", help="only this StudyInstanceUID")
     certify.add_argument("--series", help="only this SeriesInstanceUID")
+    certify.add_argument("--no-zip", action="store_true",
+                         help="read zip archives as the files they are, never unpacked (for objects a network peer "
+                              "sent, as the Orthanc plugin does)")
     scale = certify.add_argument_group("certifying an archive (pip install \"certseg[scale]\")")
     scale.add_argument("--engine", choices=("local", "ray"), default="local",
                        help="local: one image after another in this process (default); ray: a pool of workers on a "
@@ -56,7 +59,8 @@ def run_certify(args) -> int:
     with contextlib.ExitStack() as stack:
         radiographs, outcomes = [], []
         for source in args.input:  # discovery first: a folder with nothing to certify says so before models load
-            selection = select_radiographs(stack.enter_context(candidate_files(source)), request,
+            files = stack.enter_context(candidate_files(source, unpack_archives=not args.no_zip))
+            selection = select_radiographs(files, request,
                                            series=args.series, study=args.study)
             radiographs += selection.radiographs
             outcomes += selection.others

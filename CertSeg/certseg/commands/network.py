@@ -119,7 +119,8 @@ def run_pacs(args) -> int:
     pipeline = CertificationPipeline.from_folder(options)
 
     def certify(folder: Path):
-        return certify_input(folder, args.out, pipeline, request, overwrite=args.overwrite, quiet=args.quiet)
+        return certify_input(folder, args.out, pipeline, request, overwrite=args.overwrite, quiet=args.quiet,
+                             received=True)
 
     outcomes = pull_certify_push(connect(server), query, certify, send=not args.no_send,
                                  choice=SendChoice(capture=not args.no_capture, pdf=not args.no_pdf))
@@ -157,7 +158,8 @@ def run_listen(args) -> int:
     pipeline = CertificationPipeline.from_folder(options)
 
     def certify(objects: Path, results: Path):
-        return certify_input(objects, results, pipeline, request, quiet=True, none_is_an_error=False)[1]
+        return certify_input(objects, results, pipeline, request, quiet=True, none_is_an_error=False,
+                             received=True)[1]
 
     def send(paths: list[Path], record) -> None:
         server = destination or PacsServer("sender", calling_aet=args.aet, dimse=DimseAddress(

@@ -1,15 +1,16 @@
 """Finding chest radiographs in what a PACS exported, and decoding them.
 
 INPUT may be a DICOM file, a folder (searched recursively; non-DICOM files are
-skipped), a DICOMDIR, or a zip of any of these.  Every file ends up either as a
-`Radiograph` or as a `Skipped` with the reason, never as an exception.
+skipped), a DICOMDIR, or (where the caller allows archives: a path a user named)
+a zip of any of these, unpacked under limits (certseg.dicom.archives).  Every
+file ends up either as a `Radiograph` or as a `Skipped` with the reason, never
+as an exception.
 """
 
 from __future__ import annotations
 
 import contextlib
 import tempfile
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -20,6 +21,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut
 
 from certseg.core.window import IntensityWindow
+from certseg.dicom.archives import UnpackBudget, is_archive, unpack
 from certseg.errors import CertSegError, InputError, first_line
 from certseg.limits import MAX_INFLATED_BYTES, MAX_PIXELS, file_inflates_beyond
 from certseg.names import UID_PATH_KEYWORDS, shown, uid_problem
@@ -55,39 +57,39 @@ class Radiograph:
 
 
 @contextlib.contextmanager
-def candidate_files(source: Path, scratch_parent: Path | None = None) -> Iterator[list[Path]]:
-    """Every file that might be DICOM under `source` (zip archives unpacked to a temporary folder, made in
-    `scratch_parent` when given: a cluster's workers must see it)."""
+def candidate_files(source: Path, scratch_parent: Path | None = None, *,
+                    unpack_archives: bool = True) -> Iterator[list[Path]]:
+    """Every file that might be DICOM under `source`.
+
+    `unpack_archives`: zip archives are unpacked (under limits) to a temporary folder, made in
+    `scratch_parent` when given (a cluster's workers must see it).  False for what a network peer sent: a
+    received object is read as the file it is, never as an archive."""
     if not source.exists():
         raise CertSegError(f"{source}: no such file or folder")
     with tempfile.TemporaryDirectory(prefix="certseg-", dir=scratch_parent) as scratch:
-        yield _expand(source, Path(scratch))
+        budget = UnpackBudget() if unpack_archives else None
+        yield _expand(source, Path(scratch), budget, depth=0)
 
 
-def _expand(source: Path, scratch: Path) -> list[Path]:
+def _expand(source: Path, scratch: Path, budget: UnpackBudget | None, depth: int,
+            archive: str | None = None) -> list[Path]:
+    """The files under `source`; `archive`: the user's name of the archive `source` was unpacked from."""
     if source.is_dir():
         files = sorted(p for p in source.rglob("*") if p.is_file())
-        return [f for path in files for f in (_expand(path, scratch) if zipfile.is_zipfile(path) else [path])]
-    if zipfile.is_zipfile(source):
+        return [f for path in files for f in _expand_file(path, scratch, budget, depth, archive, source)]
+    return _expand_file(source, scratch, budget, depth, archive, source.parent)
+
+
+def _expand_file(path: Path, scratch: Path, budget: UnpackBudget | None, depth: int, archive: str | None,
+                 root: Path) -> list[Path]:
+    if budget is not None and is_archive(path):
         target = scratch / f"zip{len(list(scratch.iterdir()))}"
-        _safe_extract(source, target)
-        return _expand(target, scratch)
-    if source.name.upper() == "DICOMDIR":
-        return _dicomdir_files(source)
-    return [source]
-
-
-def _safe_extract(archive: Path, target: Path) -> None:
-    """Extract a zip, refusing members that would land outside `target` (zip slip)."""
-    try:
-        with zipfile.ZipFile(archive) as opened:
-            for member in opened.infolist():
-                destination = (target / member.filename).resolve()
-                if not destination.is_relative_to(target.resolve()):
-                    raise CertSegError(f"{archive}: member {member.filename!r} points outside the archive")
-            opened.extractall(target)
-    except (zipfile.BadZipFile, OSError) as error:
-        raise CertSegError(f"{archive}: unreadable zip archive ({error})") from None
+        name = str(path) if archive is None else f"{archive}, member {shown(str(path.relative_to(root)))}"
+        unpack(path, target, budget, depth + 1, shown_as=name)
+        return _expand(target, scratch, budget, depth + 1, name)
+    if path.name.upper() == "DICOMDIR":
+        return _dicomdir_files(path)
+    return [path]
 
 
 def _dicomdir_files(dicomdir: Path) -> list[Path]:

@@ -67,7 +67,7 @@ def certify_study(study_id, command, arguments, sent=(SEG, SR, CAPTURE, PDF)):
         for index, instance in enumerate(radiographs):
             with open(os.path.join(inputs, f"{index:05d}.dcm"), "wb") as stream:
                 stream.write(orthanc.RestApiGet(f"/instances/{instance}/file"))
-        done = subprocess.run([*command, "certify", inputs, "--out", results, "--quiet", *arguments],
+        done = subprocess.run([*command, "certify", inputs, "--out", results, "--quiet", "--no-zip", *arguments],
                               capture_output=True, text=True, errors="replace")
         stored = 0
         for root, _, files in os.walk(results):
