@@ -224,3 +224,23 @@ def test_archive_limits_count_what_is_written_not_what_the_zip_declares(tmp_path
         opened.writestr("b.dcm", b"b")
     with pytest.raises(CertSegError, match="more than 1 files"):
         unpack(two, tmp_path / "three", UnpackBudget(ArchiveLimits(max_members=1)), depth=1)
+
+
+@pytest.mark.parametrize("encoder", [["dcmcjpls", "+el"], ["dcmcjpeg", "+el"], "JPEG2000Lossless"])
+def test_a_codestream_larger_than_its_header_is_refused_before_decoding(small_cr, tmp_path, encoder):
+    """The decode limits read the header; the codec allocates what the codestream says (a 104 KB JPEG 2000 whose
+    codestream said 20000 x 20000 took the listener from 1.0 to 3.4 GB)."""
+    compressed = tmp_path / "compressed.dcm"
+    if isinstance(encoder, str):
+        dataset = pydicom.dcmread(small_cr)
+        dataset.compress(getattr(pydicom.uid, encoder))
+        dataset.save_as(compressed, enforce_file_format=True)
+    else:
+        run_tool(*encoder, small_cr, compressed)
+    assert isinstance(read_radiograph(compressed), Radiograph)  # the honest file still reads
+    from support.dicom_files import lying_codestream
+
+    lying = lying_codestream(compressed, tmp_path / "lying.dcm", 3000, 4000)
+    skipped = read_radiograph(lying)
+    assert isinstance(skipped, Skipped) and skipped.failed
+    assert "the codestream declares 3000 x 4000 pixels" in skipped.reason and "refused before decoding" in skipped.reason

@@ -246,3 +246,19 @@ def test_a_received_radiograph_that_is_also_a_zip_is_certified_never_unpacked(tm
         assert not list((tmp_path / "spool" / "failed").rglob("*.dcm"))
     finally:
         listener.stop()
+
+
+def test_a_jpeg2000_codestream_larger_than_its_header_is_refused_on_receipt(node, small_cr, tmp_path):
+    from support.dicom_files import lying_codestream
+
+    compressed = tmp_path / "j2k.dcm"
+    dataset = pydicom.dcmread(small_cr)
+    dataset.compress(pydicom.uid.JPEG2000Lossless)
+    dataset.save_as(compressed, enforce_file_format=True)
+    lying = pydicom.dcmread(lying_codestream(compressed, tmp_path / "lying.dcm", 20000, 20000))
+    lying.SOPInstanceUID = lying.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    before, before_mb = len(node.records()), node.peak_memory_mb()
+    assert c_store(node.port, lying, syntax=pydicom.uid.JPEG2000Lossless) == 0xA700
+    refusal = node.wait_for(lambda r: r["event"] == "refused", after=before, timeout_s=10)
+    assert "the codestream declares 20000 x 20000 pixels" in refusal["reason"]
+    assert node.peak_memory_mb() - before_mb < 100

@@ -183,3 +183,30 @@ def test_an_unexpected_error_sets_the_objects_aside_and_the_node_goes_on(tmp_pat
     assert [r["reason"] for r in node.events("failed")] == ["internal error: KeyError: 'a bug'"]
     assert node.sent == [b"CR"]  # the other study went on
     assert len(list((tmp_path / "spool" / "failed").rglob("*.dcm"))) == 1
+
+
+class _Killed(BaseException):
+    """What the worker sees of its process dying (out of memory, SIGKILL): nothing after it runs."""
+
+
+def test_objects_whose_certification_keeps_killing_the_node_are_set_aside_not_retried_for_ever(tmp_path):
+    node = Node(tmp_path)
+    node.receive("1.1", b"CR")
+    calls = []
+
+    def dies(objects, results):
+        calls.append(objects)
+        raise _Killed()
+
+    for restart in range(2):  # the process dies in the certification, twice; each time it is restarted
+        listener = Listener(node.listener.settings, dies, node.send, node.log.append)
+        with pytest.raises(_Killed):
+            listener.work_once(later(11))
+    restarted = Listener(node.listener.settings, dies, node.send, node.log.append)
+    restarted.work_once(later(11))  # used to certify them again: a third death, and so on for ever
+    assert len(calls) == 2
+    failed = node.events("failed")
+    assert failed and "ended the node 2 times" in failed[-1]["reason"]
+    assert len(list((tmp_path / "spool" / "failed").rglob("*.dcm"))) == 1
+    restarted.work_once(later(30))
+    assert len(calls) == 2  # nothing left to retry

@@ -183,3 +183,27 @@ def with_zip_tail(source: Path, path: Path, archive: bytes) -> Path:
     block.add_new(0x00, "OB", archive)
     dataset.save_as(path, enforce_file_format=True)
     return path
+
+
+def lying_codestream(compressed: Path, path: Path, rows: int, columns: int) -> Path:
+    """A copy of a compressed (JPEG, JPEG-LS or JPEG 2000) file whose codestream declares rows x columns while its
+    header keeps the true size: what a decoder allocates follows the codestream."""
+    import struct
+
+    from pydicom.encaps import encapsulate, generate_fragments
+
+    dataset = pydicom.dcmread(compressed)
+    items = generate_fragments(dataset.PixelData)
+    next(items)  # the Basic Offset Table
+    frame = bytearray(b"".join(bytes(item) for item in items))
+    siz = frame.find(b"\xff\x4f\xff\x51")
+    if siz >= 0:  # JPEG 2000: Xsiz, Ysiz with zero offsets
+        frame[siz + 8:siz + 24] = struct.pack(">4I", columns, rows, 0, 0)
+    else:  # JPEG or JPEG-LS: the frame header's lines and samples per line
+        position = 2
+        while frame[position + 1] not in (0xC0, 0xC1, 0xC3, 0xF7):
+            position += 2 + struct.unpack(">H", frame[position + 2:position + 4])[0]
+        frame[position + 5:position + 9] = struct.pack(">HH", rows, columns)
+    dataset.PixelData = encapsulate([bytes(frame)])
+    dataset.save_as(path, enforce_file_format=True)
+    return path

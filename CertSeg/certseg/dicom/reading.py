@@ -23,7 +23,7 @@ from pydicom.pixels import apply_modality_lut
 from certseg.core.window import IntensityWindow
 from certseg.dicom.archives import UnpackBudget, is_archive, unpack
 from certseg.errors import CertSegError, InputError, first_line
-from certseg.limits import MAX_INFLATED_BYTES, MAX_PIXELS, file_inflates_beyond
+from certseg.limits import MAX_INFLATED_BYTES, MAX_PIXELS, codestream_problem, file_inflates_beyond
 from certseg.names import UID_PATH_KEYWORDS, shown, uid_problem
 from certseg.record import MetadataCheck
 
@@ -151,6 +151,9 @@ def read_radiograph(path: Path, force: bool = False) -> Radiograph | Skipped:
         return Skipped(path, f"unreadable DICOM file ({first_line(error, 200)})", failed=True)
     if "PixelData" not in dataset:
         return Skipped(path, "no pixel data", failed=True)
+    mismatch = codestream_problem(dataset)  # before the codec allocates what its codestream says
+    if mismatch:
+        return Skipped(path, mismatch, failed=True)
     try:
         pixels = _monochrome2(dataset)
     except Exception as error:  # every codec failure becomes one line naming the transfer syntax

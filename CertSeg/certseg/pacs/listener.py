@@ -26,7 +26,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from certseg.errors import CertSegError, ParameterError, first_line
 from certseg.files import objects_to_send
-from certseg.limits import declared_pixel_bytes, inflates_beyond
+from certseg.limits import codestream_problem, declared_pixel_bytes, inflates_beyond
 from certseg.names import UID_PATH_KEYWORDS, shown, uid_problem
 from certseg.pacs.spool import Spool, StudyRecord, StudyState
 from certseg.status import Status
@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 
 SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC210
 COMMAND_SLACK_BYTES = 64 * 2**10  # command set and PDU headers around an object
+# Claimed objects are certified again after a restart; objects whose certification killed the node this many
+# times (out of memory, a codec crash) are set aside instead, or the node would die on them for ever.
+MAX_INTERRUPTED_CERTIFICATIONS = 2
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,7 @@ class Listener:
             uids = [str(dataset.get(keyword, "")) for keyword in UID_PATH_KEYWORDS]
             problem = _incomplete(dataset, syntax)
             declared = declared_pixel_bytes(dataset) if "PixelData" in dataset else 0
+            mismatch = codestream_problem(dataset, syntax) if declared <= self.settings.max_decoded_bytes else None
             described = {"sop_class": str(dataset.get("SOPClassUID", "")), "modality": str(dataset.get("Modality", ""))}
         except Exception as error:  # noqa: BLE001
             return self._refuse(sender, None, CANNOT_UNDERSTAND, f"malformed dataset ({first_line(error, 300)})")
@@ -151,6 +155,8 @@ class Listener:
         if declared > self.settings.max_decoded_bytes:
             return self._refuse(sender, study_uid, OUT_OF_RESOURCES,
                                 f"pixel data declared as {declared} bytes (limit {self.settings.max_decoded_bytes})")
+        if mismatch:
+            return self._refuse(sender, study_uid, OUT_OF_RESOURCES, mismatch)
         encoded = event.encoded_dataset()
         if self.spool.size_bytes + len(encoded) > self.settings.max_queue_bytes:
             return self._refuse(sender, study_uid, OUT_OF_RESOURCES, "queue full")
@@ -215,6 +221,13 @@ class Listener:
     def _work_on(self, key: str, now: float) -> None:
         record = self.spool.record(key)
         idle = now - record.last_received >= self.settings.idle_s
+        if self.spool.has_claimed(key) and record.certifications_begun >= MAX_INTERRUPTED_CERTIFICATIONS:
+            self._set_aside_claimed(key, f"their certification ended the node {record.certifications_begun} times "
+                                         f"(killed, or out of memory): set aside, not tried again")
+            with self.spool.lock:
+                record = self.spool.record(key)
+                record.certifications_begun = 0
+                self.spool.save(key, record)
         if self.spool.has_claimed(key) or idle and self.spool.has_incoming(key):
             record = self._certify(key)
         if record.pending and record.state == StudyState.SENDING and now >= record.next_send:
@@ -229,7 +242,11 @@ class Listener:
 
     def _certify(self, key: str) -> StudyRecord:
         claimed = self.spool.claim(key)
-        study_uid = self.spool.record(key).study_uid
+        with self.spool.lock:  # counted on disk first: a certification that kills the node is known at restart
+            record = self.spool.record(key)
+            record.certifications_begun += 1
+            self.spool.save(key, record)
+        study_uid = record.study_uid
         try:
             examined = self.certify(claimed, self.spool.results(key))
         except CertSegError as error:  # nothing at all could be read: every claimed object fails with this
@@ -256,6 +273,7 @@ class Listener:
             for note in notes:
                 latest.note_not_certified(*note)
             latest.certified += certified
+            latest.certifications_begun = 0
             latest.pending = sorted({*latest.pending, *(self.spool.relative(p) for p in outputs)})
             latest.state = self._settled_state(key, latest)
             if outputs:

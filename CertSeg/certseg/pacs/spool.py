@@ -53,6 +53,7 @@ class StudyRecord:
     first_failure: float | None = None
     next_send: float = 0.0
     not_certified: list[dict] = field(default_factory=list)  # {"object", "status", "reason"}, latest last
+    certifications_begun: int = 0  # begun on the claimed objects and not finished: each one a dead worker
 
     @classmethod
     def from_json(cls, data: dict) -> StudyRecord:
