@@ -372,3 +372,29 @@ def test_the_run_options_are_valid_by_construction():
         with pytest.raises(ParameterError):
             RunOptions(**bad)
     assert RunOptions(device="cpu", batch_size=4).batch_size == 4
+
+
+def test_a_result_is_kept_only_for_the_pixels_it_certified(small_cr, tmp_path):
+    """certify used to keep a result by its folder name alone: other pixels under the same UIDs got the old one."""
+    from certseg.dicom.reading import read_radiograph
+    from certseg.record import Report
+
+    out = tmp_path / "out"
+    first = certseg("certify", small_cr, "--out", out, *FAST, "--no-denoiser", "--force")
+    assert first.returncode == 0, first.stderr
+    report_path = next(out.rglob("report.json"))
+    assert Report.read(report_path).source.pixel_sha256 == read_radiograph(small_cr).pixel_sha256
+    again = certseg("certify", small_cr, "--out", out, *FAST, "--no-denoiser", "--force")
+    assert again.returncode == 0 and "result kept" in again.stdout
+    changed = pydicom.dcmread(small_cr)
+    pixels = changed.pixel_array.copy()
+    pixels[:10] = 0
+    changed.PixelData = pixels.tobytes()
+    changed.save_as(tmp_path / "changed.dcm", enforce_file_format=True)
+    before = report_path.read_bytes()
+    refused = certseg("certify", tmp_path / "changed.dcm", "--out", out, *FAST, "--no-denoiser", "--force")
+    assert refused.returncode == 1 and "certified other pixels under the same UIDs" in refused.stderr
+    assert "--overwrite" in refused.stderr and report_path.read_bytes() == before
+    replaced = certseg("certify", tmp_path / "changed.dcm", "--out", out, "--overwrite", *FAST, "--no-denoiser", "--force")
+    assert replaced.returncode == 0
+    assert Report.read(report_path).source.pixel_sha256 == read_radiograph(tmp_path / "changed.dcm").pixel_sha256

@@ -187,3 +187,34 @@ def test_results_outlive_a_maintenance_window_and_are_sent_after_a_restart(tmp_p
         finally:
             listener.stop()
     assert [r["radiographs"] for r in listener.events("certified")] == [1]  # certified once, sent after restart
+
+
+def test_an_instance_sent_again_with_other_pixels_is_certified_anew_not_answered_with_its_old_seg(tmp_path, small_cr):
+    """The same SOP Instance UID received again with different pixels after its study was sent: the old SEG used
+    to be sent again as the certificate of the new pixels."""
+    archive = SlowStorageSCP()
+    archive.release.set()
+    listener = RunningListener(tmp_path, archive.port)
+    try:
+        assert c_store(listener.port, small_cr) == 0x0000
+        listener.wait_for(lambda r: r["event"] == "sent", timeout_s=120)
+        changed = pydicom.dcmread(small_cr)
+        pixels = changed.pixel_array.copy()
+        pixels[: pixels.shape[0] // 2] = pixels[: pixels.shape[0] // 2] // 2  # other pixels, same UIDs
+        changed.PixelData = pixels.tobytes()
+        before = len(listener.records())
+        assert c_store(listener.port, changed) == 0x0000
+        listener.wait_for(lambda r: r["event"] == "sent", after=before, timeout_s=120)
+        superseded = listener.events("superseded")
+        assert superseded and "certified other pixels" in superseded[0]["reason"]
+        segs = [d for d in archive.stored if d.Modality == "SEG"]
+        assert len(segs) == 2 and segs[0].SOPInstanceUID != segs[1].SOPInstanceUID
+        from certseg.dicom.reading import read_radiograph
+        from certseg.record import Report
+
+        changed.save_as(tmp_path / "changed.dcm", enforce_file_format=True)
+        report = Report.read(next((tmp_path / "spool" / "results").rglob("report.json")))
+        assert report.source.pixel_sha256 == read_radiograph(tmp_path / "changed.dcm", force=True).pixel_sha256
+    finally:
+        listener.stop()
+        archive.close()

@@ -87,6 +87,7 @@ class Source:
     transfer_syntax: str = ""
     slicer_grid: SlicerGrid | None = None
     reference_dicom: str = ""  # certify-array: the DICOM file whose values the image carries
+    pixel_sha256: str = ""  # the decoded values certified (dicom.reading.pixel_digest); "" in reports before 0.3.1
 
     @property
     def uids(self) -> tuple[str, str, str]:

@@ -28,7 +28,7 @@ import numpy as np
 from certseg import __version__
 from certseg.core.labels import ABSTAIN
 from certseg.core.measurements import certified_measurements
-from certseg.dicom.reading import Radiograph, metadata_check, raw_value_radius, slicer_grid_spacing
+from certseg.dicom.reading import Radiograph, metadata_check, pixel_digest, raw_value_radius, slicer_grid_spacing
 from certseg.files import PIXEL_RADIUS_FILE, SEG_NRRD_FILE
 from certseg.record import (CertifiedStructure, IntensityWindowRecord, Interval, ModelGrid, OodVerdict,
                             Radius, RatioMeasurement, Report, SamplesDrawn, SlicerGrid, Source, SourceGrid)
@@ -55,7 +55,7 @@ def dicom_report(result: CertificationResult, models: LoadedModels, radiograph: 
                     transfer_syntax=str(radiograph.dataset.file_meta.get("TransferSyntaxUID", "")),
                     pixel_spacing_mm=tuple(radiograph.spacing_mm) if radiograph.spacing_mm else None,
                     slicer_grid=slicer_grid(radiograph), notes=tuple(radiograph.notes),
-                    metadata_check=metadata_check(radiograph))
+                    metadata_check=metadata_check(radiograph), pixel_sha256=radiograph.pixel_sha256)
     return _report(result, models, source, radius, extra_timings)
 
 
@@ -67,12 +67,15 @@ def slicer_grid(radiograph: Radiograph) -> SlicerGrid:
 
 
 def image_file_report(result: CertificationResult, models: LoadedModels, path: Path,
-                      spacing_mm: tuple[float, float] | None, reference: Radiograph | None) -> Report:
-    """The report of a certified image file (`certify-array`), its values from the `reference` DICOM when given."""
+                      spacing_mm: tuple[float, float] | None, reference: Radiograph | None,
+                      pixels: np.ndarray) -> Report:
+    """The report of a certified image file (`certify-array`) of values `pixels`, from the `reference` DICOM when
+    given."""
     units = IMAGE_FILE_UNITS if reference is None else REFERENCE_DICOM_UNITS
     source = Source(file=str(path), reference_dicom="" if reference is None else str(reference.path),
                     pixel_spacing_mm=None if spacing_mm is None else tuple(spacing_mm),
-                    notes=() if reference is None else tuple(reference.notes), metadata_check=metadata_check(reference))
+                    notes=() if reference is None else tuple(reference.notes), metadata_check=metadata_check(reference),
+                    pixel_sha256=pixel_digest(pixels))
     return _report(result, models, source, dataclasses.replace(result.radius, stored_values_units=units))
 
 

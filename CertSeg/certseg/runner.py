@@ -18,8 +18,8 @@ from tqdm import tqdm
 
 from certseg.dicom.reading import (Radiograph, Skipped, candidate_files, check_header, ijk_to_lps, read_radiograph,
                                    slicer_grid_spacing)
-from certseg.errors import EXIT_OK, EXIT_SOME_FAILED, CertSegError, OutOfDistributionError
-from certseg.files import atomic_directory
+from certseg.errors import EXIT_OK, EXIT_SOME_FAILED, CertSegError, OutOfDistributionError, first_line
+from certseg.files import REPORT_FILE, atomic_directory
 from certseg.imagefile import ImageFile, read_image
 from certseg.names import result_folder
 from certseg.progress import progress_lines, sample_bar
@@ -39,6 +39,7 @@ class Outcome:
     message: str
     status: Status
     result: Path | None = None  # the result folder (certified or kept)
+    superseded: str | None = None  # certified anew: why the earlier result under the same UIDs no longer held
 
 
 @dataclass
@@ -68,10 +69,14 @@ def select_radiographs(files: list[Path], request: CertificationRequest, *, seri
 
 
 def certify_selected(path: Path, out: Path, pipeline: CertificationPipeline, request: CertificationRequest, *,
-                     overwrite: bool = False, quiet: bool = False) -> Outcome:
-    """One selected radiograph into OUT/<study>/<series>/<instance>/; every failure is an outcome, never a raise."""
+                     overwrite: bool = False, quiet: bool = False, replace_changed: bool = False) -> Outcome:
+    """One selected radiograph into OUT/<study>/<series>/<instance>/; every failure is an outcome, never a raise.
+
+    A result already there is kept only when it certified these very pixels (report.json's pixel digest);
+    one for other pixels under the same UIDs is replaced when `replace_changed` (CertSeg's own spool: the
+    listener) and refused otherwise (a user's folder is never overwritten unasked)."""
     try:
-        return _certify_dicom_file(path, out, pipeline, request, overwrite, quiet)
+        return _certify_dicom_file(path, out, pipeline, request, overwrite, quiet, replace_changed)
     except CertSegError as error:
         return Outcome(path, f"refused: {error}", Status.FAILED)
     except (ValueError, RuntimeError, OSError, MemoryError) as error:
@@ -80,8 +85,31 @@ def certify_selected(path: Path, out: Path, pipeline: CertificationPipeline, req
 
 
 def kept(path: Path, target: Path) -> Outcome:
-    """The outcome of a radiograph whose result exists and was not asked to be replaced."""
-    return Outcome(path, f"result kept: {target} exists (use --overwrite to replace it)", Status.KEPT, target)
+    """The outcome of a radiograph whose result exists, certified its pixels, and was not asked to be replaced."""
+    return Outcome(path, f"result kept: {target} exists and certified these pixels (use --overwrite to replace it)",
+                   Status.KEPT, target)
+
+
+def previous_result(target: Path, radiograph: Radiograph) -> str | None:
+    """Why the result in `target` is not the certificate of `radiograph`'s pixels (None: it is one)."""
+    try:
+        previous = Report.read(target / REPORT_FILE).source.pixel_sha256
+    except CertSegError as error:
+        return f"its report is unreadable ({first_line(error, 200)})"
+    if not previous:
+        return "its report names no pixel digest (written by an earlier version)"
+    if previous != radiograph.pixel_sha256:
+        return "it certified other pixels under the same UIDs"
+    return None
+
+
+def kept_or_refused(path: Path, target: Path, radiograph: Radiograph) -> Outcome:
+    """An existing result, not to be replaced: kept if it certified these pixels, else this image fails."""
+    mismatch = previous_result(target, radiograph)
+    if mismatch is None:
+        return kept(path, target)
+    return Outcome(path, f"refused: {target} exists but {mismatch}; use --overwrite to certify this file",
+                   Status.FAILED)
 
 
 def exit_code_of(outcomes: list[Outcome]) -> int:
@@ -95,7 +123,7 @@ def nothing_to_certify(source: object, outcomes: list[Outcome]) -> CertSegError:
 def certify_input(source: Path, out: Path, pipeline: CertificationPipeline, request: CertificationRequest, *,
                   overwrite: bool = False, quiet: bool = False, series: str | None = None,
                   study: str | None = None, none_is_an_error: bool = True,
-                  received: bool = False) -> tuple[int, list[Outcome]]:
+                  received: bool = False, replace_changed: bool = False) -> tuple[int, list[Outcome]]:
     """Certify every selected chest radiograph under `source`; returns the exit code and one outcome per file.
 
     `received`: the files came from a network peer (the listener, `pacs`): they are read as the files they
@@ -108,7 +136,8 @@ def certify_input(source: Path, out: Path, pipeline: CertificationPipeline, requ
         if not selection.radiographs and none_is_an_error:
             raise nothing_to_certify(source, outcomes)
         for path in tqdm(selection.radiographs, desc="images", unit="image", disable=quiet):
-            outcomes.append(certify_selected(path, out, pipeline, request, overwrite=overwrite, quiet=quiet))
+            outcomes.append(certify_selected(path, out, pipeline, request, overwrite=overwrite, quiet=quiet,
+                                             replace_changed=replace_changed))
     return exit_code_of(outcomes), outcomes
 
 
@@ -167,20 +196,24 @@ def certify_image_file_input(given: ImageFileInput, out: Path, pipeline: Certifi
             raise error.located(path) from None  # its own exit code: the Slicer module asks about an override
         except CertSegError as error:
             raise CertSegError(f"{path}: {error}") from None
-    report = image_file_report(result, pipeline.models, path, image.spacing_mm, radiograph)
+    report = image_file_report(result, pipeline.models, path, image.spacing_mm, radiograph, image.pixels)
     _write(out, image.pixels, result, report, image.ijk_to_lps, radiograph, overwrite)
     return summary_line(report, out)
 
 
 def _certify_dicom_file(path: Path, out: Path, pipeline: CertificationPipeline, request: CertificationRequest,
-                        overwrite: bool, quiet: bool) -> Outcome:
+                        overwrite: bool, quiet: bool, replace_changed: bool) -> Outcome:
     started = time.perf_counter()
     radiograph = read_radiograph(path, request.force)
     if isinstance(radiograph, Skipped):
         return _skipped(radiograph)
     target = result_folder(out, radiograph.uids)  # refused (CertSegError) unless every UID is one
+    superseded = None
     if target.exists() and not overwrite:
-        return kept(path, target)
+        superseded = previous_result(target, radiograph)
+        if superseded is None or not replace_changed:
+            return kept_or_refused(path, target, radiograph)
+        overwrite = True  # CertSeg's own spool: the new pixels are certified, the old result superseded
     with sample_bar(request.samples, disable=quiet) as progress:
         result = pipeline.certify(stored_image(radiograph), request, progress)
     report = dicom_report(result, pipeline.models, radiograph,
@@ -188,7 +221,10 @@ def _certify_dicom_file(path: Path, out: Path, pipeline: CertificationPipeline, 
     # .seg.nrrd and pixel_radius.nrrd lie on the grid Slicer's DICOM import gives the file (report: slicer_grid)
     geometry = ijk_to_lps(radiograph.dataset, slicer_grid_spacing(radiograph.dataset)[0])
     _write(target, radiograph.pixels, result, report, geometry, radiograph, overwrite)
-    return Outcome(path, summary_line(report, target), Status.CERTIFIED, target)
+    line = summary_line(report, target)
+    if superseded:
+        line = f"certified anew, superseding the earlier result ({superseded}): {line}"
+    return Outcome(path, line, Status.CERTIFIED, target, superseded)
 
 
 def stored_image(radiograph: Radiograph) -> StoredImage:

@@ -159,7 +159,7 @@ def run_listen(args) -> int:
 
     def certify(objects: Path, results: Path):
         return certify_input(objects, results, pipeline, request, quiet=True, none_is_an_error=False,
-                             received=True)[1]
+                             received=True, replace_changed=True)[1]
 
     def send(paths: list[Path], record) -> None:
         server = destination or PacsServer("sender", calling_aet=args.aet, dimse=DimseAddress(

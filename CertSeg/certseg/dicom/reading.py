@@ -10,6 +10,8 @@ as an exception.
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +56,19 @@ class Radiograph:
     @property
     def uids(self) -> tuple[str, str, str]:
         return (str(self.dataset.StudyInstanceUID), str(self.dataset.SeriesInstanceUID), str(self.dataset.SOPInstanceUID))
+
+    @functools.cached_property
+    def pixel_sha256(self) -> str:
+        """The digest of what was decoded (the values certified): a result is bound to these pixels."""
+        return pixel_digest(self.pixels)
+
+
+def pixel_digest(pixels: np.ndarray) -> str:
+    """sha256 over an image's shape and its values as little-endian float64, row by row."""
+    values = np.ascontiguousarray(pixels, dtype="<f8")
+    digest = hashlib.sha256(repr(values.shape).encode())
+    digest.update(values.tobytes())
+    return digest.hexdigest()
 
 
 @contextlib.contextmanager

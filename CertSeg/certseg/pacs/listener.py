@@ -264,6 +264,9 @@ class Listener:
             self.spool.release(path)
             if item.status in (Status.CERTIFIED, Status.KEPT) and item.result is not None:
                 certified += 1
+                if getattr(item, "superseded", None):  # the same UIDs came back with other pixels
+                    self.log({"event": "superseded", "study": study_uid, "key": key,
+                              "reason": f"{item.superseded}: certified anew, the new results sent"})
                 outputs += objects_to_send(item.result, capture=self.settings.send_capture, pdf=self.settings.send_pdf)
             else:
                 notes.append((path.name, item.status, item.message))

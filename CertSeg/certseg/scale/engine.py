@@ -28,7 +28,7 @@ from pathlib import Path
 from certseg.errors import CertSegError
 from certseg.request import CertificationRequest, RunOptions
 from certseg.files import REPORT_FILE
-from certseg.runner import (Outcome, certify_selected, exit_code_of, kept, nothing_to_certify,
+from certseg.runner import (Outcome, certify_selected, exit_code_of, kept_or_refused, nothing_to_certify,
                             select_radiographs)
 from certseg.scale.pool import ClusterSettings, TaskResult, connected, map_on_ray, require_ray
 from certseg.scale.table import TABLE_FILE, OutcomeRow, write_table
@@ -79,6 +79,15 @@ def certify_on_ray(inputs: list[Path], out: Path, request: CertificationRequest,
     return exit_code_of([Outcome(Path(r.file), r.reason, Status(r.status)) for r in rows]), rows
 
 
+def _kept_or_refused(path: Path, target: Path, request) -> Outcome:
+    from certseg.dicom.reading import Skipped, read_radiograph
+
+    radiograph = read_radiograph(path, request.force)
+    if isinstance(radiograph, Skipped):
+        return Outcome(path, radiograph.reason, Status.FAILED if radiograph.failed else Status.SKIPPED)
+    return kept_or_refused(path, target, radiograph)
+
+
 def _discover(inputs, out, request, stack, overwrite, series, study) -> tuple[list[OutcomeRow], list[Path]]:
     """Rows for what is not certified here (skipped, kept) and the radiographs to submit."""
     from certseg.dicom.reading import candidate_files
@@ -97,8 +106,8 @@ def _discover(inputs, out, request, stack, overwrite, series, study) -> tuple[li
             except CertSegError as error:
                 others.append(Outcome(path, f"refused: {error}", Status.FAILED))
                 continue
-            if (target / REPORT_FILE).is_file() and not overwrite:  # complete: resume past it
-                rows.append(_row(kept(path, target)))
+            if (target / REPORT_FILE).is_file() and not overwrite:  # complete: resume past it, if it certified these pixels
+                rows.append(_row(_kept_or_refused(path, target, request)))
             else:
                 todo.append(path)
     if not todo and not rows:
