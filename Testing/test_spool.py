@@ -40,7 +40,7 @@ class Node:
             kind = path.read_bytes()
             if kind == b"CT":
                 examined.append(Examined(path, "modality CT is not a radiograph", "skipped", None))
-            elif kind == b"BAD":
+            elif kind.startswith(b"BAD"):
                 examined.append(Examined(path, "refused: spectral OOD score 40.1 over 28.6", "failed", None))
             else:
                 result = results / path.stem
@@ -210,3 +210,49 @@ def test_objects_whose_certification_keeps_killing_the_node_are_set_aside_not_re
     assert len(list((tmp_path / "spool" / "failed").rglob("*.dcm"))) == 1
     restarted.work_once(later(30))
     assert len(calls) == 2  # nothing left to retry
+
+
+def test_failed_objects_count_against_the_queue_and_are_capped_oldest_first(tmp_path):
+    """failed/ was outside the queue's count and kept for 7 days whatever its size (42 MB under a 20 MB limit)."""
+    node = Node(tmp_path, max_queue_bytes=4000, max_failed_bytes=1000)
+    for study in range(6):
+        node.receive("1.1", b"BAD" + bytes(400), study=f"1.2.{study}")
+    node.listener.work_once(later(11))
+    failed = tmp_path / "spool" / "failed"
+    held = sum(p.stat().st_size for p in failed.rglob("*.dcm"))
+    assert 0 < held <= 1000
+    assert node.listener.spool.queued_bytes == held  # counted against the queue limit
+    assert any("over the 1000-byte limit" in r["reason"] for r in node.events("pruned"))
+
+
+def test_finished_studies_are_pruned_and_the_worker_visits_only_active_ones(tmp_path):
+    node = Node(tmp_path, finished_retention_s=3600)
+    for study in range(50):
+        node.receive("1.1", study=f"1.3.{study}")
+    node.listener.work_once(later(11))
+    assert len(node.sent) == 50 and not node.listener.spool.active
+    reads = []
+    record = node.listener.spool.record
+    node.listener.spool.record = lambda key: reads.append(key) or record(key)
+    node.listener.work_once(later(12))  # used to reread every study's record each second
+    assert reads == []
+    node.receive("1.1", b"CR-again", study="1.3.7")
+    assert len(node.listener.spool.active) == 1
+    node.listener.spool.record = record
+    node.listener.work_once(later(3600 + 60))  # the study that came back is certified, sent, and old too by then
+    assert len(node.sent) == 51 and len(node.events("pruned")) == 50
+    assert node.listener.spool.keys() == [] and not list((tmp_path / "spool" / "results").iterdir())
+
+
+def test_staging_left_by_a_killed_process_is_swept_at_start(tmp_path):
+    node = Node(tmp_path)
+    node.receive("1.1")
+    key = node.listener.spool.keys()[0]
+    stale_object = node.listener.spool.incoming(key) / "0123.partial"
+    stale_object.write_bytes(b"half an object")
+    stale_result = node.listener.spool.results(key) / "1.2" / ".3.4.abcd.partial"
+    stale_result.mkdir(parents=True)
+    (stale_result / "seg.dcm").write_bytes(b"half a SEG")
+    restarted = Listener(node.listener.settings, node.certify, node.send, node.log.append)
+    assert not stale_object.exists() and not stale_result.exists()
+    assert node.events("swept") and restarted.spool.has_incoming(key)

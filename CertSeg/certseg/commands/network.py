@@ -76,6 +76,11 @@ def add_parsers(commands) -> None:
     sending.add_argument("--keep-failed-days", type=float, default=7.0,
                          help="how long radiographs that could not be certified are kept in SPOOL/failed "
                               "(default: %(default)s)")
+    sending.add_argument("--max-failed-mb", type=float,
+                         help="most that SPOOL/failed may hold, oldest pruned first (default: a quarter of "
+                              "--max-queue-mb, which counts it too)")
+    sending.add_argument("--keep-finished-days", type=float, default=7.0,
+                         help="how long the records and results of finished studies are kept (default: %(default)s)")
     add_send_options(sending)
     tls = listen.add_argument_group("DICOM TLS (optional)")
     tls.add_argument("--tls-cert", type=Path, help="this node's certificate (PEM); with --tls-key, TLS is on")
@@ -201,5 +206,7 @@ def listener_settings(args):
         max_associations_per_address=args.max_associations_per_address, acse_timeout_s=args.acse_timeout,
         dimse_timeout_s=args.dimse_timeout, network_timeout_s=args.network_timeout, pdu_timeout_s=args.pdu_timeout,
         max_retry_interval_s=args.max_retry_interval, retry_window_s=args.retry_hours * 3600.0,
-        failed_retention_s=args.keep_failed_days * 86400.0, tls=tls, send_capture=not args.no_capture,
+        failed_retention_s=args.keep_failed_days * 86400.0,
+        max_failed_bytes=None if args.max_failed_mb is None else int(args.max_failed_mb * 2**20),
+        finished_retention_s=args.keep_finished_days * 86400.0, tls=tls, send_capture=not args.no_capture,
         send_pdf=not args.no_pdf)

@@ -64,6 +64,9 @@ class ListenerSettings:
     max_retry_interval_s: float = 300.0
     retry_window_s: float = 24 * 3600.0
     failed_retention_s: float = 7 * 24 * 3600.0
+    max_failed_bytes: int | None = None  # failed/ at most; None: a quarter of the queue limit
+    finished_retention_s: float = 7 * 24 * 3600.0  # records and results of finished studies
+    housekeeping_interval_s: float = 60.0  # pruning failed/ and finished studies
     tls: TlsFiles | None = None
     send_capture: bool = True  # the secondary capture beside each SEG and SR
     send_pdf: bool = True  # the report page as Encapsulated PDF
@@ -79,7 +82,9 @@ class ListenerSettings:
                     "associations per address": self.max_associations_per_address,
                     "ACSE timeout": self.acse_timeout_s, "DIMSE timeout": self.dimse_timeout_s,
                     "network timeout": self.network_timeout_s, "PDU timeout": self.pdu_timeout_s, "first retry": self.first_retry_s,
-                    "longest retry interval": self.max_retry_interval_s, "failed retention": self.failed_retention_s}
+                    "longest retry interval": self.max_retry_interval_s, "failed retention": self.failed_retention_s,
+                    "finished retention": self.finished_retention_s, "failed limit": self.failed_limit_bytes,
+                    "housekeeping interval": self.housekeeping_interval_s}
         for name, value in positive.items():
             if not value > 0:
                 raise ParameterError(f"listen: {name} must be positive, got {value}")
@@ -87,6 +92,12 @@ class ListenerSettings:
             raise ParameterError(f"listen: retry window must be >= 0, got {self.retry_window_s}")
         if self.max_in_flight_bytes < self.max_object_bytes:
             raise ParameterError("listen: the in-flight limit must hold at least one object of the object limit")
+        if self.failed_limit_bytes > self.max_queue_bytes:
+            raise ParameterError("listen: the limit on failed objects cannot exceed the queue limit")
+
+    @property
+    def failed_limit_bytes(self) -> int:
+        return self.max_queue_bytes // 4 if self.max_failed_bytes is None else self.max_failed_bytes
 
 
 class CertifiedFile(Protocol):
@@ -113,6 +124,10 @@ class Listener:
         self.spool = Spool(settings.spool)
         self.server = None
         self.budget = None
+        self._next_housekeeping = 0.0
+        if self.spool.swept:
+            log({"event": "swept", "reason": f"{len(self.spool.swept)} half-written objects or result folders left "
+                                              f"by a stopped process removed"})
         self._resume_unsent()
 
     # -- receiving (pynetdicom's threads) -----------------------------------------------------
@@ -158,7 +173,7 @@ class Listener:
         if mismatch:
             return self._refuse(sender, study_uid, OUT_OF_RESOURCES, mismatch)
         encoded = event.encoded_dataset()
-        if self.spool.size_bytes + len(encoded) > self.settings.max_queue_bytes:
+        if self.spool.queued_bytes + len(encoded) > self.settings.max_queue_bytes:
             return self._refuse(sender, study_uid, OUT_OF_RESOURCES, "queue full")
         key = self.spool.add(study_uid, uids[2], encoded, sender)
         self.log({"event": "received", "study": study_uid, "key": key, **described, "from": sender["aet"]})
@@ -208,15 +223,30 @@ class Listener:
 
     # -- working (one worker thread) -----------------------------------------------------------
     def work_once(self, now: float | None = None) -> None:
-        """Certify every idle study, (re)send every study whose send is due, prune old failures."""
+        """Certify every idle study, (re)send every study whose send is due; now and then, prune.
+
+        Only active studies are visited (the spool's `active`): a settled one leaves the set, and a new object
+        puts its study back, so a pass costs what the active studies cost, not the whole history."""
         now = time.time() if now is None else now
-        for key in self.spool.keys():
+        for key in sorted(self.spool.active):
             try:
                 self._work_on(key, now)
             except Exception as error:  # noqa: BLE001 - one study's bug must not stop the node or loop on it
                 self._set_aside_claimed(key, f"internal error: {type(error).__name__}: {first_line(error, 300)}")
-        for key in self.spool.prune_failed(self.settings.failed_retention_s, now):
-            self.log({"event": "pruned", "key": key, "reason": "failed objects past their retention time"})
+            with self.spool.lock:  # under the lock: an object arriving meanwhile keeps its study active
+                if self.spool.is_settled(key):
+                    self.spool.active.discard(key)
+        if now >= self._next_housekeeping:
+            self._next_housekeeping = now + self.settings.housekeeping_interval_s
+            self._housekeeping(now)
+
+    def _housekeeping(self, now: float) -> None:
+        settings = self.settings
+        for key in self.spool.prune_failed(settings.failed_retention_s, now, settings.failed_limit_bytes):
+            self.log({"event": "pruned", "key": key, "reason": "failed objects past their retention time or over "
+                                                               f"the {settings.failed_limit_bytes}-byte limit"})
+        for key in self.spool.prune_finished(settings.finished_retention_s, now):
+            self.log({"event": "pruned", "key": key, "reason": "a finished study past its retention time"})
 
     def _work_on(self, key: str, now: float) -> None:
         record = self.spool.record(key)

@@ -5,14 +5,16 @@
     SPOOL/studies/<key>/claimed/     objects taken by the certification that is running (or was, before a crash)
     SPOOL/results/<key>/...          certify's result folders (kept: a rerun never certifies an image twice)
     SPOOL/failed/<key>/              chest radiographs that could not be certified, with reasons.json;
-                                     out of the queue's count, pruned after the retention time
+                                     counted in the queue's size, capped, pruned after the retention time
 
 `<key>` is a hash of the Study Instance UID and objects are named by a hash of their SOP Instance UID:
 nothing a peer sends becomes a path.  An object moves incoming -> claimed -> (deleted | failed/) and only
 the certification that claimed it may delete it, so an object received while its study is being certified
 or sent waits in incoming/ for a certification of its own; nothing is deleted uncertified.  Every write is
 a rename, so a crash leaves whole files, and a restart resumes: claimed objects are certified again (their
-results are kept, not recomputed) and pending sends are sent again.
+results are kept, not recomputed) and pending sends are sent again; staging left by a killed write
+(`*.partial`, `.*.old`) is swept.  The worker visits only active studies (`active`); finished ones are pruned
+after their retention time by the housekeeping pass.
 """
 
 from __future__ import annotations
@@ -82,8 +84,27 @@ class Spool:
         for part in ("studies", "results", "failed"):
             (root / part).mkdir(parents=True, exist_ok=True)
         self.lock = threading.Lock()
+        self.swept = self._sweep_staging()
         # Counted once here and kept up to date, not re-scanned on every C-STORE of a busy node.
         self.size_bytes = sum(p.stat().st_size for p in (root / "studies").glob("*/*/*.dcm"))
+        self.failed_bytes = sum(p.stat().st_size for p in (root / "failed").glob("*/*.dcm"))
+        self.active: set[str] = set(self.keys())  # studies the worker must visit; all of them until it has
+
+    @property
+    def queued_bytes(self) -> int:
+        """What counts against the queue limit: objects waiting or being certified, and those set aside."""
+        return self.size_bytes + self.failed_bytes
+
+    def _sweep_staging(self) -> list[Path]:
+        """Remove what a killed process left half-written: objects being stored, result folders being written."""
+        stale = [*self.root.glob("studies/*/incoming/*.partial"), *self.root.glob("results/**/.*.partial"),
+                 *self.root.glob("results/**/.*.old")]
+        for path in stale:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        return stale
 
     # -- paths -------------------------------------------------------------------------------
     def study_folder(self, key: str) -> Path:
@@ -121,6 +142,7 @@ class Spool:
             replaced = target.stat().st_size if target.exists() else 0  # a peer may send an instance again
             os.replace(partial, target)
             self.size_bytes += len(encoded) - replaced
+            self.active.add(key)
             record = self.record(key) or StudyRecord(study_uid, sender)
             record.sender, record.last_received, record.received = sender, time.time(), record.received + 1
             if record.state in (StudyState.SENT, StudyState.DONE):
@@ -161,18 +183,48 @@ class Spool:
         reasons = json.loads(reasons_file.read_text()) if reasons_file.is_file() else {}
         with self.lock:
             size = path.stat().st_size
+            replaced = (folder / path.name).stat().st_size if (folder / path.name).exists() else 0
             os.replace(path, folder / path.name)
             self.size_bytes -= size
+            self.failed_bytes += size - replaced
         write_json(reasons_file, {**reasons, path.name: reason})
         return folder / path.name
 
-    def prune_failed(self, older_than_s: float, now: float) -> list[str]:
-        """Remove failed/<key>/ folders untouched for `older_than_s`; returns their keys."""
+    def prune_failed(self, older_than_s: float, now: float, max_bytes: int | None = None) -> list[str]:
+        """Remove failed/<key>/ folders untouched for `older_than_s`, then the oldest until they hold at most
+        `max_bytes`; returns their keys."""
+        folders = sorted((f for f in (self.root / "failed").iterdir() if f.is_dir()), key=lambda f: f.stat().st_mtime)
         pruned = []
-        for folder in (self.root / "failed").iterdir():
-            if folder.is_dir() and now - folder.stat().st_mtime > older_than_s:
-                shutil.rmtree(folder, ignore_errors=True)
-                pruned.append(folder.name)
+        for folder in folders:
+            too_old = now - folder.stat().st_mtime > older_than_s
+            if not too_old and (max_bytes is None or self.failed_bytes <= max_bytes):
+                continue
+            size = sum(p.stat().st_size for p in folder.glob("*.dcm"))
+            shutil.rmtree(folder, ignore_errors=True)
+            with self.lock:
+                self.failed_bytes -= size
+            pruned.append(folder.name)
+        return pruned
+
+    def is_settled(self, key: str) -> bool:
+        """Nothing for the worker to do until a new object arrives (or a restart resumes an unsent study)."""
+        record = self.record(key)
+        return (record is None or record.state in (StudyState.SENT, StudyState.DONE, StudyState.UNSENT)) \
+            and not self.has_incoming(key) and not self.has_claimed(key)
+
+    def prune_finished(self, older_than_s: float, now: float) -> list[str]:
+        """Remove the records and results of studies finished (sent, or nothing to send) more than `older_than_s`
+        ago; returns their keys.  A study that arrives again later is a new study."""
+        pruned = []
+        for key in self.keys():
+            with self.lock:
+                record = self.record(key)
+                if key in self.active or record is None or record.state not in (StudyState.SENT, StudyState.DONE) \
+                        or now - record.last_received <= older_than_s or not self.is_settled(key):
+                    continue
+                shutil.rmtree(self.study_folder(key), ignore_errors=True)
+                shutil.rmtree(self.results(key), ignore_errors=True)
+            pruned.append(key)
         return pruned
 
     def relative(self, path: Path) -> str:
