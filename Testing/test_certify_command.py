@@ -398,3 +398,16 @@ def test_a_result_is_kept_only_for_the_pixels_it_certified(small_cr, tmp_path):
     replaced = certseg("certify", tmp_path / "changed.dcm", "--out", out, "--overwrite", *FAST, "--no-denoiser", "--force")
     assert replaced.returncode == 0
     assert Report.read(report_path).source.pixel_sha256 == read_radiograph(tmp_path / "changed.dcm").pixel_sha256
+
+
+@pytest.mark.parametrize("keyword", ["Modality", "BodyPartExamined", "PhotometricInterpretation"])
+def test_a_file_cannot_forge_lines_or_escape_sequences_in_certseg_output(small_cr, tmp_path, keyword):
+    dataset = pydicom.dcmread(small_cr)
+    forged = "X\r\ncertseg: 1 certified\x1b[2J\x9b31m"
+    setattr(dataset, keyword, forged)
+    dataset.save_as(tmp_path / "forged.dcm", enforce_file_format=True)
+    done = certseg("certify", tmp_path / "forged.dcm", "--out", tmp_path / "out", *FAST)
+    output = done.stdout + done.stderr
+    assert done.returncode in (1, 2) and not {"\x1b", "\r", "\x9b"} & set(output)
+    assert not any(line.startswith("certseg: 1 certified") for line in output.splitlines())
+    assert "\\x1b[2J" in output  # shown, escaped

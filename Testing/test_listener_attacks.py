@@ -262,3 +262,28 @@ def test_a_jpeg2000_codestream_larger_than_its_header_is_refused_on_receipt(node
     refusal = node.wait_for(lambda r: r["event"] == "refused", after=before, timeout_s=10)
     assert "the codestream declares 20000 x 20000 pixels" in refusal["reason"]
     assert node.peak_memory_mb() - before_mb < 100
+
+
+@pytest.mark.parametrize("title", [b"STORE\x1b[2JSCU", b"STORE\\SCU", b"STORE\nFORGED"])
+def test_a_malformed_calling_ae_title_is_logged_as_malformed(node, title):
+    """It was logged as 'no valid association request within the ACSE timeout' (or an association limit)."""
+    before = len(node.records())
+    with socket.create_connection(("127.0.0.1", node.port), timeout=5) as connection:
+        connection.sendall(association_request(b"CERTSEG", title))
+        connection.settimeout(5)
+        with contextlib.suppress(OSError):
+            while connection.recv(4096):
+                pass
+    line = node.wait_for(lambda r: r["event"] in ("dropped", "rejected", "aborted"), after=before, timeout_s=10)
+    assert "calling AE title" in line["reason"] and "malformed" in line["reason"], line
+
+
+def association_request(called: bytes, calling: bytes) -> bytes:
+    """An A-ASSOCIATE-RQ PDU (PS3.8 9.3.2) for Verification, with AE titles written as given."""
+    def item(kind: int, body: bytes) -> bytes:
+        return struct.pack(">BBH", kind, 0, len(body)) + body
+
+    context = item(0x20, bytes([1, 0, 0, 0]) + item(0x30, b"1.2.840.10008.1.1") + item(0x40, b"1.2.840.10008.1.2"))
+    body = (struct.pack(">HH", 1, 0) + called.ljust(16) + calling.ljust(16) + bytes(32)
+            + item(0x10, b"1.2.840.10008.3.1.1.1") + context + item(0x50, item(0x51, struct.pack(">I", 16384))))
+    return struct.pack(">BBL", 0x01, 0, len(body)) + body

@@ -229,3 +229,24 @@ def test_without_the_pacs_extra_one_line_names_it_and_nothing_is_made(command, t
         f'certseg: error: certseg {command} needs the pacs extra (pynetdicom, dicomweb_client missing): '
         'pip install "certseg[pacs]"']
     assert not (tmp_path / "out").exists() and not (tmp_path / "spool").exists()
+
+
+def test_secrets_are_never_printed_and_any_password_works(orthanc, tmp_path):
+    """A token ending in a carriage return was printed whole (the HTTP library quotes the header), a user:password
+    in the server URL was printed in 401 errors, and a non-Latin-1 password ended in exit 70."""
+    token = "s3cr3t-token-value"
+    run = pacs({"web": {"dicomweb": orthanc.dicomweb_url}}, tmp_path, "--server", "web", "--patient-id", "X",
+               "--out", tmp_path / "out", *FAST, env={"CERTSEG_PACS_TOKEN": token + "\r"})
+    assert run.returncode == 2 and token not in run.stdout + run.stderr, run.stderr
+    assert "$CERTSEG_PACS_TOKEN" in run.stderr and "control character" in run.stderr
+    password = "url-pass-word"
+    in_url = orthanc.dicomweb_url.replace("http://", f"http://someone:{password}@")
+    run = pacs({"web": {"dicomweb": in_url}}, tmp_path, "--server", "web", "--patient-id", "X",
+               "--out", tmp_path / "out", *FAST)
+    assert run.returncode == 2 and "401" in run.stderr and password not in run.stdout + run.stderr, run.stderr
+    for wrong in ("pässwörd-€", "密码"):
+        run = pacs({"web": {"dicomweb": orthanc.dicomweb_url}}, tmp_path, "--server", "web", "--patient-id", "X",
+                   "--out", tmp_path / "out", *FAST, env={"CERTSEG_PACS_USERNAME": USER, "CERTSEG_PACS_PASSWORD": wrong})
+        assert run.returncode == 2 and "401" in run.stderr and wrong not in run.stderr, run.stderr
+        assert len(run.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()

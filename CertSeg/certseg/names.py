@@ -10,6 +10,7 @@ UID; both together also hold for any other name a caller joins.
 from __future__ import annotations
 
 import re
+import unicodedata
 from pathlib import Path
 
 from certseg.errors import CertSegError
@@ -30,6 +31,21 @@ def uid_problem(value: object) -> str | None:
     if not all(UID_COMPONENT.fullmatch(component) for component in text.split(".")):
         return "an empty component or one with a leading zero"
     return None
+
+
+def printable(text: object) -> str:
+    """`text` with every character that could move a terminal's cursor, start a new log line or reorder what is
+    shown (control characters such as CR, LF and ESC, line and paragraph separators, bidirectional overrides)
+    written as an escape (\\x1b, \\u202e): a file's or a peer's value can never forge a line of CertSeg's."""
+    return "".join(_escaped(c) if unicodedata.category(c) in UNPRINTABLE_CATEGORIES else c for c in str(text))
+
+
+UNPRINTABLE_CATEGORIES = {"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"}
+
+
+def _escaped(character: str) -> str:
+    code = ord(character)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def shown(value: object, limit: int = 80) -> str:

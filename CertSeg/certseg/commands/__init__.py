@@ -12,6 +12,7 @@ import sys
 
 from certseg import __version__
 from certseg.commands import certify, network, research
+from certseg.names import printable
 from certseg.errors import (EXIT_BAD_INPUT, EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, EXIT_OUT_OF_DISTRIBUTION, CertSegError,
                             OutOfDistributionError)
 
@@ -23,17 +24,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except OutOfDistributionError as error:
-        print(f"certseg: error: {error}", file=sys.stderr)
+        print(f"certseg: error: {printable(error)}", file=sys.stderr)
         return EXIT_OUT_OF_DISTRIBUTION
     except CertSegError as error:
-        print(f"certseg: error: {error}", file=sys.stderr)
+        print(f"certseg: error: {printable(error)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("certseg: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as error:  # noqa: BLE001 - a bug: never dressed up as the user's bad input
         report = _write_traceback()
-        print(f"certseg: internal error ({type(error).__name__}: {str(error)[:200]}); this is a bug in CertSeg, "
+        print(f"certseg: internal error ({type(error).__name__}: {printable(str(error)[:200])}); this is a bug in CertSeg, "
               f"please report it with {report}", file=sys.stderr)
         return EXIT_INTERNAL_ERROR
 

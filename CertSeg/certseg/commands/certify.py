@@ -8,6 +8,7 @@ from pathlib import Path
 from certseg.commands.options import (add_certification_options, certification_request, output_folder, positive_int,
                                       run_options)
 from certseg.errors import EXIT_OK, CertSegError
+from certseg.names import printable
 
 
 def add_parsers(commands) -> None:
@@ -93,7 +94,7 @@ def _print_outcomes(outcomes) -> None:
     from certseg.status import Status
 
     for path, status, message in outcomes:
-        print(f"{path}: {status}: {message}", file=sys.stderr if status == Status.FAILED else sys.stdout)
+        print(printable(f"{path}: {status}: {message}"), file=sys.stderr if status == Status.FAILED else sys.stdout)
     counts = {s: sum(status == s for _, status, _ in outcomes) for s in Status}
     print("certseg: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
 
@@ -109,5 +110,5 @@ def run_certify_array(args) -> int:
     pipeline = CertificationPipeline.from_folder(options)
     line = certify_image_file_input(given, args.out, pipeline, request, overwrite=args.overwrite, quiet=args.quiet,
                                     progress_protocol=args.progress_lines)
-    print(f"{args.image}: {line}", flush=True)
+    print(printable(f"{args.image}: {line}"), flush=True)
     return EXIT_OK

@@ -10,6 +10,7 @@ from pathlib import Path
 from certseg.commands.options import (add_certification_options, certification_request, output_folder, positive_int,
                                       run_options)
 from certseg.errors import EXIT_OK, CertSegError
+from certseg.names import printable
 
 
 # The listener's limits: flag, type, default, meaning (ListenerSettings holds them; README, "On the hospital network").
@@ -132,8 +133,8 @@ def run_pacs(args) -> int:
     for study in outcomes:
         for image in study.images:
             stream = sys.stderr if image.status == Status.FAILED else sys.stdout
-            print(f"  {image.status}: {image.message}", file=stream)
-        print(f"study {study.study_uid}: {study.status}: {study.message}",
+            print(printable(f"  {image.status}: {image.message}"), file=stream)
+        print(printable(f"study {study.study_uid}: {study.status}: {study.message}"),
               file=sys.stderr if study.status == StudyStatus.FAILED else sys.stdout)
     counts = {s: sum(o.status == s for o in outcomes) for s in StudyStatus}
     print(f"certseg pacs ({server.name}, {server.protocol}): " + ", ".join(f"{v} studies {k}" for k, v in counts.items()))

@@ -26,7 +26,7 @@ from certseg.core.window import IntensityWindow
 from certseg.dicom.archives import UnpackBudget, is_archive, unpack
 from certseg.errors import CertSegError, InputError, first_line
 from certseg.limits import MAX_INFLATED_BYTES, MAX_PIXELS, codestream_problem, file_inflates_beyond
-from certseg.names import UID_PATH_KEYWORDS, shown, uid_problem
+from certseg.names import UID_PATH_KEYWORDS, printable, shown, uid_problem
 from certseg.record import MetadataCheck
 
 CHEST_MODALITIES = {"CR", "DX"}
@@ -190,9 +190,9 @@ def metadata_check(radiograph: Radiograph | None) -> MetadataCheck:
         return MetadataCheck(checked=False, file=None, found=None, refusal=None,
                              text="not checked: an image file carries no DICOM modality, body part or view")
     header = radiograph.dataset
-    found = (f"modality {header.get('Modality', '') or 'missing'}, "
-             f"body part {header.get('BodyPartExamined', '') or 'not stated'}, "
-             f"view {header.get('ViewPosition', '') or 'not stated'}")
+    found = printable(f"modality {header.get('Modality', '') or 'missing'}, "
+                      f"body part {header.get('BodyPartExamined', '') or 'not stated'}, "
+                      f"view {header.get('ViewPosition', '') or 'not stated'}")
     refusal = chest_radiograph_refusal(header)
     verdict = f"OVERRIDDEN ({refusal})" if refusal else "a frontal chest radiograph"
     return MetadataCheck(checked=True, file=str(radiograph.path), found=found, refusal=refusal,
@@ -205,20 +205,20 @@ def chest_radiograph_refusal(header: pydicom.Dataset | Mapping[str, str]) -> str
     `header`: a dataset, or its Modality, BodyPartExamined and ViewPosition by keyword (a DICOM database's)."""
     modality = str(header.get("Modality", "")).upper()
     if modality not in CHEST_MODALITIES:
-        return f"modality {modality or 'missing'} is not a radiograph (CR, DX)"
+        return f"modality {printable(modality[:64]) or 'missing'} is not a radiograph (CR, DX)"
     body_part = str(header.get("BodyPartExamined", "")).upper()
     if body_part not in CHEST_BODY_PARTS:
-        return f"body part {body_part} is not CHEST"
+        return f"body part {printable(body_part[:64])} is not CHEST"
     view = str(header.get("ViewPosition", "")).upper()
     if view not in FRONTAL_VIEWS:
-        return f"view position {view} is not frontal (PA or AP)"
+        return f"view position {printable(view[:64])} is not frontal (PA or AP)"
     return None
 
 
 def _unsupported_image(header: pydicom.Dataset) -> str | None:
     photometric = str(header.get("PhotometricInterpretation", "")).upper()
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        return f"photometric interpretation {photometric or 'missing'} is not grayscale"
+        return f"photometric interpretation {printable(photometric[:64]) or 'missing'} is not grayscale"
     if int(header.get("SamplesPerPixel", 1)) != 1:
         return f"{header.SamplesPerPixel} samples per pixel (expected 1)"
     if int(header.get("NumberOfFrames", 1) or 1) != 1:

@@ -11,7 +11,9 @@ Config file (JSON; `--config`, else $CERTSEG_PACS_CONFIG, else ~/.config/certseg
 
 Secrets: $CERTSEG_PACS_USERNAME and $CERTSEG_PACS_PASSWORD (HTTP basic) or $CERTSEG_PACS_TOKEN
 (bearer), or "username"/"password"/"token" in the file, which must then be readable by its owner
-only.  TLS certificates are verified unless the server's entry says "verify": false.
+only; a user:password in the DICOMweb URL is taken out of it and used as those.  A secret is never
+printed: one holding a control character (a line end copied with it) is refused naming where it came
+from, not its value.  TLS certificates are verified unless the server's entry says "verify": false.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ from __future__ import annotations
 import json
 import os
 import stat
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from certseg.errors import CertSegError
 from certseg.pacs.tls import TlsFiles
@@ -68,9 +72,41 @@ def load_server(name: str, config_path: Path | None = None, environ=os.environ) 
     entry = dict(servers[name])
     if any(entry.get(field) for field in SECRET_FIELDS) and path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise CertSegError(f"{path}: holds a password or token but others may read it (chmod 600 {path})")
+    _credentials_out_of_url(entry)
     for field in SECRET_FIELDS:
-        entry[field] = environ.get(f"CERTSEG_PACS_{field.upper()}") or entry.get(field)
+        variable = f"CERTSEG_PACS_{field.upper()}"
+        origin = f"${variable}" if environ.get(variable) else f"{path}: server {name!r}, {field!r}"
+        entry[field] = environ.get(variable) or entry.get(field)
+        if entry[field] is not None:
+            entry[field] = _checked_secret(field, entry[field], origin)
     return _server(name, entry, path)
+
+
+def _credentials_out_of_url(entry: dict) -> None:
+    """A user:password in the DICOMweb URL moves into username/password (unless those are given): a URL is
+    printed in error messages, a secret never is."""
+    url = entry.get("dicomweb")
+    if not isinstance(url, str) or "@" not in url:
+        return
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return
+    entry.setdefault("username", unquote(parts.username or ""))
+    entry.setdefault("password", unquote(parts.password or ""))
+    host = parts.netloc.rpartition("@")[2]
+    entry["dicomweb"] = urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
+def _checked_secret(field: str, value: object, origin: str) -> str:
+    """A secret as HTTP can carry it, or a CertSegError naming where it came from (never its value)."""
+    text = str(value)
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in text):
+        raise CertSegError(f"{origin}: the {field} holds a control character (a line end copied with it?)")
+    if field == "token" and not text.isascii():
+        raise CertSegError(f"{origin}: a bearer token is ASCII; this one is not")
+    if field == "username" and ":" in text:
+        raise CertSegError(f"{origin}: a user name for HTTP basic authentication cannot hold ':'")
+    return text
 
 
 def _server(name: str, entry: dict, path: Path) -> PacsServer:

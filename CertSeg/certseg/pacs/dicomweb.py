@@ -1,63 +1,139 @@
-"""QIDO-RS, WADO-RS and STOW-RS through dicomweb-client, never asking the server to transcode."""
+"""QIDO-RS, WADO-RS and STOW-RS through dicomweb-client, never asking the server to transcode, under limits.
+
+A server may be slow, huge or hostile: every operation has a deadline (a query with all its pages, one
+study's retrieval, one store), every response a byte limit, a query a page limit (and a server that
+ignores `offset` is caught repeating itself), a study a byte limit; instances are retrieved one at a time,
+so memory holds one instance, not a series.  Every failure is a NetworkError whose text never holds a
+secret (token, password, credentials in the URL) or a raw control character.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
 import requests
 
+from certseg.errors import NetworkError
 from certseg.pacs.config import PacsServer
+from certseg.pacs.http import BoundedSession, network_error
 from certseg.pacs.query import CHEST_RADIOGRAPH_MODALITIES, SeriesRef, StudyQuery
 
 # transfer-syntax=*: the instances as stored (real servers crash or refuse when asked to convert).
 AS_STORED = (("application/dicom", "*"),)
 
 
+@dataclass(frozen=True)
+class TransferLimits:
+    read_timeout_s: float = 60.0  # one socket read
+    query_deadline_s: float = 300.0  # a search with all its pages
+    study_deadline_s: float = 1800.0  # retrieving one study; storing its results
+    page_size: int = 200
+    max_pages: int = 50  # per search: 10,000 results
+    max_response_bytes: int = 512 * 2**20  # one response: a page of results, one instance
+    max_study_bytes: int = 8 * 2**30  # one series, retrieved
+
+
 class DicomWebPacs:
-    def __init__(self, server: PacsServer, timeout_s: float = 60.0):
+    def __init__(self, server: PacsServer, limits: TransferLimits = TransferLimits()):
         from dicomweb_client.api import DICOMwebClient
 
-        session = _ConfiguredTlsSession() if server.ca_bundle or not server.verify else requests.Session()
-        session.verify = server.ca_bundle or server.verify
+        self.limits = limits
+        self.secrets = tuple(s for s in (server.token, server.password) if s)
+        session = BoundedSession(limits.max_response_bytes, verify=server.ca_bundle or server.verify)
         headers = {}
         if server.token:
             headers["Authorization"] = f"Bearer {server.token}"
-        elif server.username:
-            session.auth = (server.username, server.password or "")
-        self.client = DICOMwebClient(server.dicomweb, session=session, headers=headers, timeout=timeout_s)
+        elif server.username:  # UTF-8, as RFC 7617 allows: requests alone would refuse a non-Latin-1 password
+            session.auth = (server.username.encode(), (server.password or "").encode())
+        self.session = session
+        self.client = DICOMwebClient(server.dicomweb, session=session, headers=headers,
+                                     timeout=(limits.read_timeout_s, limits.read_timeout_s))
 
     def find_series(self, query: StudyQuery) -> list[SeriesRef]:
-        studies = self.client.search_for_studies(search_filters=query.matching_keys(), get_remaining=True)
-        found = []
-        for study in studies:
-            study_uid = _value(study, "0020000D")
-            for series in self.client.search_for_series(study_uid, get_remaining=True):
-                modality = _value(series, "00080060")
-                if modality in CHEST_RADIOGRAPH_MODALITIES:
-                    found.append(SeriesRef(study_uid, _value(series, "0020000E"), modality))
-        return found
+        with self._operation("the query", self.limits.query_deadline_s):
+            found = []
+            for study in self._all_pages(self.client.search_for_studies, "0020000D",
+                                         search_filters=query.matching_keys()):
+                study_uid = _value(study, "0020000D")
+                for series in self._all_pages(self.client.search_for_series, "0020000E", study_uid):
+                    modality = _value(series, "00080060")
+                    if modality in CHEST_RADIOGRAPH_MODALITIES:
+                        found.append(SeriesRef(study_uid, _value(series, "0020000E"), modality))
+            return found
 
     def retrieve_series(self, series: SeriesRef, folder: Path) -> list[Path]:
-        paths = []
-        for dataset in self.client.retrieve_series(series.study_uid, series.series_uid, media_types=AS_STORED):
-            path = folder / f"{len(paths):05d}.dcm"
-            dataset.save_as(path, enforce_file_format=True)
-            paths.append(path)
-        return paths
+        """Each instance of the series into `folder`, one at a time, within the byte and time limits."""
+        budget = [self.limits.max_study_bytes]
+        with self._operation(f"retrieving series {series.series_uid}", self.limits.study_deadline_s):
+            instances = self._all_pages(self.client.search_for_instances, "00080018", series.study_uid,
+                                        series.series_uid)
+            paths = []
+            for instance in instances:
+                dataset = self._one_instance(series, _value(instance, "00080018"))
+                path = folder / f"{len(paths):05d}.dcm"  # never a name the server chose
+                dataset.save_as(path, enforce_file_format=True)
+                budget[0] -= path.stat().st_size
+                if budget[0] < 0:
+                    raise NetworkError(f"series {series.series_uid} is larger than the "
+                                       f"{self.limits.max_study_bytes // 2**20} MiB limit")
+                paths.append(path)
+            return paths
 
     def store(self, paths: list[Path], study_uid: str) -> None:
-        self.client.store_instances([pydicom.dcmread(p) for p in paths], study_instance_uid=study_uid)
+        with self._operation(f"storing into study {study_uid}", self.limits.study_deadline_s):
+            self.client.store_instances([pydicom.dcmread(p) for p in paths], study_instance_uid=study_uid)
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _operation(self, what: str, seconds: float):
+        return _Operation(self, what, seconds)
+
+    def _one_instance(self, series: SeriesRef, sop_uid: str) -> pydicom.Dataset:
+        try:
+            return self.client.retrieve_instance(series.study_uid, series.series_uid, sop_uid, media_types=AS_STORED)
+        except (pydicom.errors.InvalidDicomError, ValueError, TypeError, AttributeError, EOFError) as error:
+            raise NetworkError(f"instance {sop_uid[:64]}: the server's answer is not a DICOM object "
+                               f"({type(error).__name__})") from None
+
+    def _all_pages(self, search, key_tag: str, *args, **kwargs) -> list[dict]:
+        """Every result of a QIDO search, page by page, stopping at the page limit or when a page brings nothing
+        new (a server that ignores `offset` repeats its first page for ever)."""
+        results, seen = [], set()
+        for page_number in range(self.limits.max_pages):
+            page = search(*args, limit=self.limits.page_size, offset=len(results), **kwargs) or []
+            fresh = [item for item in page if _value(item, key_tag) not in seen]
+            if page and not fresh:
+                raise NetworkError(f"the server repeats its results after {len(results)} (it ignores the query's "
+                                   f"offset): stopped after {page_number + 1} pages")
+            seen.update(_value(item, key_tag) for item in fresh)
+            results += fresh
+            if len(page) < self.limits.page_size:
+                return results
+        raise NetworkError(f"more than {self.limits.max_pages} pages of {self.limits.page_size} results: "
+                           f"narrow the query")
 
 
-class _ConfiguredTlsSession(requests.Session):
-    """Keeps the server's own CA bundle (or verify=false): plain requests lets $REQUESTS_CA_BUNDLE override
-    a session's verify (psf/requests#3829), which would silently ignore the config file."""
+class _Operation:
+    """One operation under its deadline; every failure inside it becomes one redacted NetworkError."""
 
-    def merge_environment_settings(self, url, proxies, stream, verify, cert):
-        settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
-        settings["verify"] = self.verify
-        return settings
+    def __init__(self, pacs: DicomWebPacs, what: str, seconds: float):
+        self.pacs, self.what, self.seconds = pacs, what, seconds
+        self._deadline = None
+
+    def __enter__(self):
+        self._deadline = self.pacs.session.deadline(self.seconds, self.what)
+        self._deadline.__enter__()
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        try:
+            self._deadline.__exit__(kind, error, traceback)
+        except NetworkError as raised:
+            raise network_error(raised, self.what, self.pacs.secrets) from None
+        if error is not None and isinstance(error, (requests.RequestException, OSError, ValueError, NetworkError)):
+            raise network_error(error, self.what, self.pacs.secrets) from None
+        return False
 
 
 def _value(attributes: dict, tag: str) -> str:

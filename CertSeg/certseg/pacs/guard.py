@@ -26,8 +26,26 @@ from dataclasses import dataclass
 
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
+from certseg.names import shown
+
 
 REFUSAL_LOG_INTERVAL_S = 10.0
+AE_TITLE_FORBIDDEN = set("\\") | {chr(c) for c in range(32)} | {chr(127)}
+
+
+def association_request_problem(body: bytes) -> str | None:
+    """Why an A-ASSOCIATE-RQ's AE titles are malformed (PS3.5 6.2: default repertoire, no backslash or control
+    characters, not all spaces), naming the title as a log line may carry it; None when both are well formed."""
+    for name, field in (("called", body[4:20]), ("calling", body[20:36])):
+        try:
+            title = field.decode("ascii")
+        except UnicodeDecodeError:
+            return f"{name} AE title {shown(field.decode('latin-1'))} is malformed (characters outside ASCII)"
+        if set(title) & AE_TITLE_FORBIDDEN:
+            return f"{name} AE title {shown(title)} is malformed (a backslash or control character)"
+        if not title.strip():
+            return f"{name} AE title is empty or all spaces"
+    return None
 
 
 @dataclass(frozen=True)
@@ -67,6 +85,7 @@ class GuardedRequestHandler(RequestHandler):
         transport = association.dul.socket
         host, request = str(self.client_address[0]), self.request
         server.attach(request, association)
+        last_header = bytearray()  # the 6-byte header of the PDU being read: its type says what the body is
 
         def bounded_recv(count: int) -> bytearray:
             """pynetdicom's AssociationSocket.recv (loop until `count` bytes or the peer closes), bounded."""
@@ -94,6 +113,11 @@ class GuardedRequestHandler(RequestHandler):
                     return received  # the peer closed: pynetdicom sees a short PDU and closes too
                 received.extend(chunk)
                 server.touch(request)
+            if count == 6:
+                last_header[:] = received
+            elif last_header[:1] == b"\x01" and (problem := association_request_problem(bytes(received))):
+                server.report({"event": "dropped", "address": host, "reason": problem})
+                association.certseg_dropped = True  # pynetdicom refuses it as an undecodable PDU: say why here
             return received
 
         transport.recv = bounded_recv
