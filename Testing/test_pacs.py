@@ -250,3 +250,44 @@ def test_secrets_are_never_printed_and_any_password_works(orthanc, tmp_path):
         assert run.returncode == 2 and "401" in run.stderr and wrong not in run.stderr, run.stderr
         assert len(run.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("behaviour, limits, words", [
+    ("ignores-offset", {}, "repeats its results"),
+    ("drips", {"query_seconds": 5}, "took longer than 5 s in all"),
+    ("huge", {"max_response_mb": 20}, "exceeds the 20971520-byte limit"),
+])
+def test_a_misbehaving_dicomweb_server_meets_overall_limits(behaviour, limits, words, tmp_path):
+    """A server ignoring `offset` kept pacs querying (1,895 requests in 90 s), one sending a byte a second hung it
+    past 150 s, and a 2 GB answer took 8.9 GB of memory: each now ends in one line, in bounded time and memory."""
+    import resource
+    import time
+
+    from support.dicomweb_server import MisbehavingDicomWeb
+
+    server = MisbehavingDicomWeb(behaviour)
+    try:
+        started = time.monotonic()
+        run = pacs({"web": {"dicomweb": server.url, **({"limits": limits} if limits else {})}}, tmp_path,
+                   "--server", "web", "--patient-id", "X", "--out", tmp_path / "out", *FAST)
+        took = time.monotonic() - started
+    finally:
+        server.close()
+    assert run.returncode == 2 and words in run.stderr, run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1 and took < 30
+    assert len(server.requests) < 10
+    assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss < 1_500_000  # kB: far below the 200 MB x 4 it held
+
+
+def test_an_instance_that_is_not_dicom_fails_its_study_only(tmp_path):
+    from support.dicomweb_server import MisbehavingDicomWeb
+
+    server = MisbehavingDicomWeb("bad-part", write_cr_with_spacing(tmp_path / "good.dcm", "calibrated", seed=5))
+    try:
+        run = pacs({"web": {"dicomweb": server.url}}, tmp_path, "--server", "web", "--patient-id", "X",
+                   "--out", tmp_path / "out", "--no-send", "--force", *FAST)
+    finally:
+        server.close()
+    assert run.returncode == 1, run.stderr  # one study failed, the other was certified
+    assert "study 1.2.3.1: failed" in run.stderr and "not a DICOM object" in run.stderr
+    assert "1 studies done, 1 studies failed" in run.stdout and len(list((tmp_path / "out").rglob("seg.dcm"))) == 1

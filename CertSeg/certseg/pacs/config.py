@@ -34,6 +34,26 @@ DEFAULT_CONFIG = Path.home() / ".config" / "certseg" / "pacs.json"
 
 
 @dataclass(frozen=True)
+class TransferLimits:
+    """What one DICOMweb operation may take (certseg.pacs.dicomweb); a server's "limits" entry sets them."""
+
+    read_timeout_s: float = 60.0  # one socket read
+    query_deadline_s: float = 300.0  # a search with all its pages
+    study_deadline_s: float = 1800.0  # retrieving one series; storing one study's results
+    page_size: int = 200
+    max_pages: int = 50  # per search: 10,000 results
+    max_response_bytes: int = 512 * 2**20  # one response: a page of results, one instance
+    max_study_bytes: int = 8 * 2**30  # one series, retrieved
+
+
+# The config file's names for them, and the factor from the file's unit to the field's.
+LIMIT_SETTINGS = {"read_timeout_seconds": ("read_timeout_s", 1), "query_seconds": ("query_deadline_s", 1),
+                  "study_seconds": ("study_deadline_s", 1), "page_size": ("page_size", 1),
+                  "max_pages": ("max_pages", 1), "max_response_mb": ("max_response_bytes", 2**20),
+                  "max_series_mb": ("max_study_bytes", 2**20)}
+
+
+@dataclass(frozen=True)
 class DimseAddress:
     host: str
     port: int
@@ -52,6 +72,7 @@ class PacsServer:
     token: str | None = None
     verify: bool = True
     ca_bundle: str | None = None
+    limits: TransferLimits = TransferLimits()
 
     @property
     def protocol(self) -> str:
@@ -110,7 +131,7 @@ def _checked_secret(field: str, value: object, origin: str) -> str:
 
 
 def _server(name: str, entry: dict, path: Path) -> PacsServer:
-    known = {"dicomweb", "dimse", "calling_aet", "verify", "ca_bundle", *SECRET_FIELDS}
+    known = {"dicomweb", "dimse", "calling_aet", "verify", "ca_bundle", "limits", *SECRET_FIELDS}
     unknown = set(entry) - known
     if unknown:
         raise CertSegError(f"{path}: server {name!r} has unknown settings {sorted(unknown)}")
@@ -129,7 +150,20 @@ def _server(name: str, entry: dict, path: Path) -> PacsServer:
     return PacsServer(name, dicomweb=entry.get("dicomweb"), dimse=dimse,
                       calling_aet=str(entry.get("calling_aet", "CERTSEG")), username=entry.get("username"),
                       password=entry.get("password"), token=entry.get("token"),
-                      verify=bool(entry.get("verify", True)), ca_bundle=entry.get("ca_bundle"))
+                      verify=bool(entry.get("verify", True)), ca_bundle=entry.get("ca_bundle"),
+                      limits=_limits(entry.get("limits") or {}, name, path))
+
+
+def _limits(entry: dict, name: str, path: Path) -> TransferLimits:
+    if not isinstance(entry, dict) or set(entry) - set(LIMIT_SETTINGS):
+        raise CertSegError(f"{path}: server {name!r}: 'limits' takes {', '.join(LIMIT_SETTINGS)}")
+    values = {}
+    for key, value in entry.items():
+        field, unit = LIMIT_SETTINGS[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise CertSegError(f"{path}: server {name!r}: limits.{key} must be a positive number, got {value!r}")
+        values[field] = int(value * unit) if field in ("page_size", "max_pages") or unit > 1 else float(value)
+    return TransferLimits(**values)
 
 
 def _tls(entry: dict | None) -> TlsFiles | None:

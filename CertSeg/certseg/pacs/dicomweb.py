@@ -9,13 +9,12 @@ secret (token, password, credentials in the URL) or a raw control character.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
 import requests
 
-from certseg.errors import NetworkError
+from certseg.errors import NetworkError, first_line
 from certseg.pacs.config import PacsServer
 from certseg.pacs.http import BoundedSession, network_error
 from certseg.pacs.query import CHEST_RADIOGRAPH_MODALITIES, SeriesRef, StudyQuery
@@ -24,22 +23,11 @@ from certseg.pacs.query import CHEST_RADIOGRAPH_MODALITIES, SeriesRef, StudyQuer
 AS_STORED = (("application/dicom", "*"),)
 
 
-@dataclass(frozen=True)
-class TransferLimits:
-    read_timeout_s: float = 60.0  # one socket read
-    query_deadline_s: float = 300.0  # a search with all its pages
-    study_deadline_s: float = 1800.0  # retrieving one study; storing its results
-    page_size: int = 200
-    max_pages: int = 50  # per search: 10,000 results
-    max_response_bytes: int = 512 * 2**20  # one response: a page of results, one instance
-    max_study_bytes: int = 8 * 2**30  # one series, retrieved
-
-
 class DicomWebPacs:
-    def __init__(self, server: PacsServer, limits: TransferLimits = TransferLimits()):
+    def __init__(self, server: PacsServer):
         from dicomweb_client.api import DICOMwebClient
 
-        self.limits = limits
+        self.limits = limits = server.limits
         self.secrets = tuple(s for s in (server.token, server.password) if s)
         session = BoundedSession(limits.max_response_bytes, verify=server.ca_bundle or server.verify)
         headers = {}
@@ -50,6 +38,9 @@ class DicomWebPacs:
         self.session = session
         self.client = DICOMwebClient(server.dicomweb, session=session, headers=headers,
                                      timeout=(limits.read_timeout_s, limits.read_timeout_s))
+        # dicomweb-client retries a failed request 5 times with sleeps no deadline can interrupt (a server over
+        # the byte limit cost 30 s): a failed operation fails its study here, and the listener retries sends.
+        self.client.set_http_retry_params(retry=False)
 
     def find_series(self, query: StudyQuery) -> list[SeriesRef]:
         with self._operation("the query", self.limits.query_deadline_s):
@@ -94,7 +85,7 @@ class DicomWebPacs:
             return self.client.retrieve_instance(series.study_uid, series.series_uid, sop_uid, media_types=AS_STORED)
         except (pydicom.errors.InvalidDicomError, ValueError, TypeError, AttributeError, EOFError) as error:
             raise NetworkError(f"instance {sop_uid[:64]}: the server's answer is not a DICOM object "
-                               f"({type(error).__name__})") from None
+                               f"({type(error).__name__}: {first_line(error, 200)})") from None
 
     def _all_pages(self, search, key_tag: str, *args, **kwargs) -> list[dict]:
         """Every result of a QIDO search, page by page, stopping at the page limit or when a page brings nothing

@@ -42,6 +42,9 @@ class _TrackingAdapter(HTTPAdapter):
     def init_poolmanager(self, *args, **kwargs):
         super().init_poolmanager(*args, **kwargs)
         self.connections: weakref.WeakSet = weakref.WeakSet()
+        # http.client hands a connection's socket to its response when the response has no length (it closes
+        # the connection object): bodies being read are interrupted through their response.
+        self.responses: weakref.WeakSet = weakref.WeakSet()
         tracked = self.connections
 
         def tracking(base):
@@ -60,6 +63,9 @@ class _TrackingAdapter(HTTPAdapter):
         for connection in list(self.connections):
             with contextlib.suppress(OSError, AttributeError):
                 connection.sock.shutdown(socket.SHUT_RDWR)
+        for response in list(self.responses):
+            with contextlib.suppress(OSError, AttributeError, ValueError, RuntimeError):
+                response.shutdown()  # urllib3's own way to stop a read from another thread
 
 
 class BoundedSession(requests.Session):
@@ -122,6 +128,7 @@ class BoundedSession(requests.Session):
             raise NetworkError(f"the server's response of {int(declared)} bytes is over the "
                                f"{self.max_response_bytes}-byte limit")
         body = bytearray()
+        self.adapter.responses.add(response.raw)
         try:
             while chunk := response.raw.read1(READ_CHUNK, decode_content=True):
                 body += chunk
