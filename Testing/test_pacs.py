@@ -23,12 +23,12 @@ def orthanc(tmp_path_factory):
         yield server
 
 
-def pacs(config: dict, folder, *args, env=None):
+def pacs(config: dict, folder, *args, env=None, timeout_s: float = 600):
     config_path = folder / "pacs.json"
     config_path.write_text(json.dumps({"servers": config}))
     environment = {**os.environ, "CERTSEG_PACS_CONFIG": str(config_path), **(env or {})}
     return subprocess.run([sys.executable, "-m", "certseg", "pacs", *map(str, args)], capture_output=True, text=True,
-                          env=environment)
+                          env=environment, timeout=timeout_s)
 
 
 CREDENTIALS = {"CERTSEG_PACS_USERNAME": USER, "CERTSEG_PACS_PASSWORD": PASSWORD}
@@ -269,7 +269,7 @@ def test_a_misbehaving_dicomweb_server_meets_overall_limits(behaviour, limits, w
     try:
         started = time.monotonic()
         run = pacs({"web": {"dicomweb": server.url, **({"limits": limits} if limits else {})}}, tmp_path,
-                   "--server", "web", "--patient-id", "X", "--out", tmp_path / "out", *FAST)
+                   "--server", "web", "--patient-id", "X", "--out", tmp_path / "out", *FAST, timeout_s=60)
         took = time.monotonic() - started
     finally:
         server.close()
@@ -285,7 +285,7 @@ def test_an_instance_that_is_not_dicom_fails_its_study_only(tmp_path):
     server = MisbehavingDicomWeb("bad-part", write_cr_with_spacing(tmp_path / "good.dcm", "calibrated", seed=5))
     try:
         run = pacs({"web": {"dicomweb": server.url}}, tmp_path, "--server", "web", "--patient-id", "X",
-                   "--out", tmp_path / "out", "--no-send", "--force", *FAST)
+                   "--out", tmp_path / "out", "--no-send", "--force", *FAST, timeout_s=300)
     finally:
         server.close()
     assert run.returncode == 1, run.stderr  # one study failed, the other was certified
