@@ -411,3 +411,14 @@ def test_a_file_cannot_forge_lines_or_escape_sequences_in_certseg_output(small_c
     assert done.returncode in (1, 2) and not {"\x1b", "\r", "\x9b"} & set(output)
     assert not any(line.startswith("certseg: 1 certified") for line in output.splitlines())
     assert "\\x1b[2J" in output  # shown, escaped
+
+
+def test_a_secondary_capture_claiming_modality_cr_is_not_certified(small_cr, tmp_path):
+    from pydicom.uid import SecondaryCaptureImageStorage
+
+    dataset = pydicom.dcmread(small_cr)
+    dataset.SOPClassUID = dataset.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    dataset.save_as(tmp_path / "capture.dcm", enforce_file_format=True)
+    done = certseg("certify", tmp_path / "capture.dcm", "--out", tmp_path / "out", *FAST)
+    assert done.returncode == 2 and "Secondary Capture Image Storage is not a CR or DX image" in done.stderr
+    assert not (tmp_path / "out").exists()

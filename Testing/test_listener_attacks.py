@@ -287,3 +287,27 @@ def association_request(called: bytes, calling: bytes) -> bytes:
     body = (struct.pack(">HH", 1, 0) + called.ljust(16) + calling.ljust(16) + bytes(32)
             + item(0x10, b"1.2.840.10008.3.1.1.1") + context + item(0x50, item(0x51, struct.pack(">I", 16384))))
     return struct.pack(">BBL", 0x01, 0, len(body)) + body
+
+
+def test_a_command_naming_another_instance_than_its_dataset_is_refused_and_logged(node, good_cr, tmp_path):
+    """A C-STORE whose Affected SOP Instance UID differs from the dataset's was accepted, and nothing logged."""
+    from pynetdicom import _config
+
+    dataset = fresh(good_cr)
+    dataset.save_as(tmp_path / "mismatch.dcm", enforce_file_format=True)
+    other = generate_uid()  # what the command will say: the file meta's UID, the same length as the dataset's
+    other = (other + "1" * 64)[: len(str(dataset.SOPInstanceUID))].rstrip(".")
+    data = (tmp_path / "mismatch.dcm").read_bytes()
+    meta_end = data.index(str(dataset.SOPInstanceUID).encode())  # its first occurrence: in the file meta
+    (tmp_path / "mismatch.dcm").write_bytes(data[:meta_end] + other.ljust(len(str(dataset.SOPInstanceUID))).encode()
+                                            + data[meta_end + len(str(dataset.SOPInstanceUID)):])
+    assert pydicom.dcmread(tmp_path / "mismatch.dcm").file_meta.MediaStorageSOPInstanceUID != dataset.SOPInstanceUID
+    before = len(node.records())
+    _config.STORE_SEND_CHUNKED_DATASET = True  # the command from the file meta, the dataset's bytes as they are
+    try:
+        status = c_store(node.port, tmp_path / "mismatch.dcm")
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = False
+    assert status == 0xC210
+    refusal = node.wait_for(lambda r: r["event"] == "refused", after=before, timeout_s=10)
+    assert "Affected SOP Instance UID" in refusal["reason"] and str(dataset.SOPInstanceUID) in refusal["reason"]

@@ -110,13 +110,13 @@ def test_tls_verifies_the_certificate_by_default_and_trusts_a_given_ca_bundle(or
         assert "1 retrieved, 1 certified, 0 SEG sent" in trusted.stdout
 
 
-def orthanc_with_the_plugin(folder):
+def orthanc_with_the_plugin(folder, **plugin_settings):
     import certseg.pacs
     from support.orthanc import DICOMWEB_PLUGIN, PYTHON_PLUGIN
 
     script = os.path.join(os.path.dirname(certseg.pacs.__file__), "orthanc_plugin.py")
-    settings = {"PythonScript": script,
-                "CertSeg": {"Command": [sys.executable, "-m", "certseg"], "Arguments": [*FAST, "--force"]}}
+    settings = {"PythonScript": script, "CertSeg": {"Command": [sys.executable, "-m", "certseg"],
+                                                    "Arguments": [*FAST, "--force"], **plugin_settings}}
     return running_orthanc(folder, plugins=(DICOMWEB_PLUGIN, PYTHON_PLUGIN), extra=settings)
 
 
@@ -139,9 +139,9 @@ def test_the_orthanc_plugin_never_writes_where_a_series_uid_points(tmp_path):
             server.upload(hostile)
         log = server.folder / "orthanc.log"
         deadline = time.monotonic() + 120
-        while log.read_text().count("0 SEG stored (exit 2)") < 2 and time.monotonic() < deadline:
+        while log.read_text().count("0 SEG stored (exit 2,") < 2 and time.monotonic() < deadline:
             time.sleep(0.5)
-        refusals = [line for line in log.read_text().splitlines() if "0 SEG stored (exit 2)" in line]
+        refusals = [line for line in log.read_text().splitlines() if "0 SEG stored (exit 2," in line]
         assert len(refusals) == 2, log.read_text()[-3000:]
         assert all("SeriesInstanceUID" in line and "is not a DICOM UID" in line for line in refusals)
     assert not escaped.exists() and not list(tmp_path.glob("escaped*"))
@@ -161,9 +161,9 @@ def test_the_orthanc_plugin_certifies_a_new_study_exactly_once(tmp_path):
             time.sleep(0.5)
         assert server.series_modalities(study) == every, (server.folder / "orthanc.log").read_text()[-3000:]
         log = server.folder / "orthanc.log"
-        while "already holds a CertSeg SEG" not in log.read_text() and time.monotonic() < deadline:
+        while "every radiograph already examined; skipped" not in log.read_text() and time.monotonic() < deadline:
             time.sleep(0.5)  # the stored SEG made the study change and become stable again (StableAge 2 s)
-        assert "already holds a CertSeg SEG; skipped" in log.read_text()
+        assert "every radiograph already examined; skipped" in log.read_text()
         assert server.series_modalities(study) == every
 
 
@@ -291,3 +291,42 @@ def test_an_instance_that_is_not_dicom_fails_its_study_only(tmp_path):
     assert run.returncode == 1, run.stderr  # one study failed, the other was certified
     assert "study 1.2.3.1: failed" in run.stderr and "not a DICOM object" in run.stderr
     assert "1 studies done, 1 studies failed" in run.stdout and len(list((tmp_path / "out").rglob("seg.dcm"))) == 1
+
+
+@pytest.mark.slow
+def test_a_forged_certseg_seg_does_not_block_its_study_and_a_slow_study_does_not_block_the_next(tmp_path):
+    """A SEG titled like CertSeg's blocked its study for ever (the plugin recognised CertSeg's SEG by its title
+    alone), and the plugin's one worker ran certify without a time limit."""
+    import time
+
+    from pydicom.uid import SegmentationStorage, generate_uid
+
+    source = write_cr_with_spacing(tmp_path / "cr.dcm", "calibrated", seed=33)
+    forged = pydicom.dcmread(source)
+    forged.Modality, forged.SOPClassUID = "SEG", SegmentationStorage
+    forged.SeriesDescription = "CertSeg certified segmentation"
+    forged.SeriesInstanceUID, forged.SOPInstanceUID = generate_uid(), generate_uid()
+    forged.file_meta.MediaStorageSOPClassUID = SegmentationStorage
+    forged.file_meta.MediaStorageSOPInstanceUID = forged.SOPInstanceUID
+    forged.save_as(tmp_path / "forged.dcm", enforce_file_format=True)
+    study = str(forged.StudyInstanceUID)
+    with orthanc_with_the_plugin(tmp_path / "orthanc") as server:
+        server.upload(tmp_path / "forged.dcm")
+        server.upload(source)
+        deadline = time.monotonic() + 120
+        while "SR" not in server.series_modalities(study) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert {"CR", "SEG", "SR"} <= set(server.series_modalities(study)), (server.folder / "orthanc.log").read_text()[-3000:]
+    slow = write_cr_with_spacing(tmp_path / "slow.dcm", "calibrated", seed=34)
+    with orthanc_with_the_plugin(tmp_path / "orthanc-slow", TimeoutSecondsPerRadiograph=1) as server:
+        server.upload(slow)
+        log = server.folder / "orthanc.log"
+        deadline = time.monotonic() + 60
+        while "certification stopped after 1 s" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert "certification stopped after 1 s" in log.read_text(), log.read_text()[-3000:]
+        started = time.monotonic()
+        server.upload(write_cr_with_spacing(tmp_path / "next.dcm", "calibrated", seed=35))
+        while log.read_text().count("certification stopped after 1 s") < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert log.read_text().count("certification stopped after 1 s") == 2 and time.monotonic() - started < 30

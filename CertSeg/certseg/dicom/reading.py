@@ -30,6 +30,9 @@ from certseg.names import UID_PATH_KEYWORDS, printable, shown, uid_problem
 from certseg.record import MetadataCheck
 
 CHEST_MODALITIES = {"CR", "DX"}
+# Computed Radiography, Digital X-Ray for Presentation and for Processing: a secondary capture (a photo or
+# screenshot of a film) that says Modality CR is not a radiograph's stored values.
+RADIOGRAPH_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1.1"}
 CHEST_BODY_PARTS = {"", "CHEST", "THORAX", "LUNG", "TORSO"}
 FRONTAL_VIEWS = {"", "PA", "AP"}
 PLAUSIBLE_SPACING_MM = (0.02, 5.0)
@@ -203,6 +206,10 @@ def chest_radiograph_refusal(header: pydicom.Dataset | Mapping[str, str]) -> str
     """Why the metadata gate refuses a file (None: a frontal chest radiograph, or tags that do not say).
 
     `header`: a dataset, or its Modality, BodyPartExamined and ViewPosition by keyword (a DICOM database's)."""
+    sop_class = str(header.get("SOPClassUID", "") or "")
+    if sop_class and sop_class not in RADIOGRAPH_SOP_CLASSES:
+        name = pydicom.uid.UID(sop_class).name if sop_class.replace(".", "").isdigit() else printable(sop_class[:64])
+        return f"SOP class {name} is not a CR or DX image"
     modality = str(header.get("Modality", "")).upper()
     if modality not in CHEST_MODALITIES:
         return f"modality {printable(modality[:64]) or 'missing'} is not a radiograph (CR, DX)"

@@ -34,7 +34,7 @@ from certseg.status import Status
 if TYPE_CHECKING:
     from certseg.pacs.tls import TlsFiles
 
-SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC210
+SUCCESS, OUT_OF_RESOURCES, DATASET_DOES_NOT_MATCH, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xA900, 0xC210
 COMMAND_SLACK_BYTES = 64 * 2**10  # command set and PDU headers around an object
 # Claimed objects are certified again after a restart; objects whose certification killed the node this many
 # times (out of memory, a codec crash) are set aside instead, or the node would die on them for ever.
@@ -157,6 +157,7 @@ class Listener:
             declared = declared_pixel_bytes(dataset) if "PixelData" in dataset else 0
             mismatch = codestream_problem(dataset, syntax) if declared <= self.settings.max_decoded_bytes else None
             described = {"sop_class": str(dataset.get("SOPClassUID", "")), "modality": str(dataset.get("Modality", ""))}
+            command = (str(event.request.AffectedSOPClassUID or ""), str(event.request.AffectedSOPInstanceUID or ""))
         except Exception as error:  # noqa: BLE001
             return self._refuse(sender, None, CANNOT_UNDERSTAND, f"malformed dataset ({first_line(error, 300)})")
         study_uid = uids[0] if uid_problem(uids[0]) is None else None
@@ -167,6 +168,14 @@ class Listener:
             if reason:
                 return self._refuse(sender, study_uid, CANNOT_UNDERSTAND,
                                     f"{keyword} {shown(value)} is not a DICOM UID ({reason})")
+        if command[1] != uids[2]:
+            return self._refuse(sender, study_uid, CANNOT_UNDERSTAND,
+                                f"the command's Affected SOP Instance UID {shown(command[1])} is not the dataset's "
+                                f"{shown(uids[2])}")
+        if command[0] != described["sop_class"]:
+            return self._refuse(sender, study_uid, DATASET_DOES_NOT_MATCH,
+                                f"the command's Affected SOP Class UID {shown(command[0])} is not the dataset's "
+                                f"{shown(described['sop_class'])}")
         if declared > self.settings.max_decoded_bytes:
             return self._refuse(sender, study_uid, OUT_OF_RESOURCES,
                                 f"pixel data declared as {declared} bytes (limit {self.settings.max_decoded_bytes})")
@@ -241,10 +250,8 @@ class Listener:
             self._housekeeping(now)
 
     def _housekeeping(self, now: float) -> None:
+        self._prune_failed(now)
         settings = self.settings
-        for key in self.spool.prune_failed(settings.failed_retention_s, now, settings.failed_limit_bytes):
-            self.log({"event": "pruned", "key": key, "reason": "failed objects past their retention time or over "
-                                                               f"the {settings.failed_limit_bytes}-byte limit"})
         for key in self.spool.prune_finished(settings.finished_retention_s, now):
             self.log({"event": "pruned", "key": key, "reason": "a finished study past its retention time"})
 
@@ -314,7 +321,15 @@ class Listener:
             self.spool.save(key, latest)
         if certified:
             self.log({"event": "certified", "study": study_uid, "key": key, "radiographs": certified})
+        if any(status == "failed" for _, status, _ in notes):
+            self._prune_failed(time.time())  # the cap holds at once, not only at the next housekeeping
         return latest
+
+    def _prune_failed(self, now: float) -> None:
+        settings = self.settings
+        for key in self.spool.prune_failed(settings.failed_retention_s, now, settings.failed_limit_bytes):
+            self.log({"event": "pruned", "key": key, "reason": "failed objects past their retention time or over "
+                                                               f"the {settings.failed_limit_bytes}-byte limit"})
 
     def _settled_state(self, key: str, record: StudyRecord) -> StudyState:
         if record.pending:
