@@ -9,6 +9,7 @@ folder atomically and never replace one unless asked.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from pathlib import Path
@@ -31,6 +32,9 @@ from certseg.results.folder import write_result_folder
 
 if TYPE_CHECKING:  # torch, MONAI and diffusers load with the pipeline: only once there is something to certify
     from certseg.pipeline import CertificationPipeline, StoredImage
+
+
+DecodingHook = Callable[[Path, bool], None]  # (path, started): called around each decoding
 
 
 @dataclass
@@ -69,14 +73,15 @@ def select_radiographs(files: list[Path], request: CertificationRequest, *, seri
 
 
 def certify_selected(path: Path, out: Path, pipeline: CertificationPipeline, request: CertificationRequest, *,
-                     overwrite: bool = False, quiet: bool = False, replace_changed: bool = False) -> Outcome:
+                     overwrite: bool = False, quiet: bool = False, replace_changed: bool = False,
+                     decoding: DecodingHook | None = None) -> Outcome:
     """One selected radiograph into OUT/<study>/<series>/<instance>/; every failure is an outcome, never a raise.
 
     A result already there is kept only when it certified these very pixels (report.json's pixel digest);
     one for other pixels under the same UIDs is replaced when `replace_changed` (CertSeg's own spool: the
     listener) and refused otherwise (a user's folder is never overwritten unasked)."""
     try:
-        return _certify_dicom_file(path, out, pipeline, request, overwrite, quiet, replace_changed)
+        return _certify_dicom_file(path, out, pipeline, request, overwrite, quiet, replace_changed, decoding)
     except CertSegError as error:
         return Outcome(path, f"refused: {error}", Status.FAILED)
     except (ValueError, RuntimeError, OSError, MemoryError) as error:
@@ -123,11 +128,12 @@ def nothing_to_certify(source: object, outcomes: list[Outcome]) -> CertSegError:
 def certify_input(source: Path, out: Path, pipeline: CertificationPipeline, request: CertificationRequest, *,
                   overwrite: bool = False, quiet: bool = False, series: str | None = None,
                   study: str | None = None, none_is_an_error: bool = True,
-                  received: bool = False, replace_changed: bool = False) -> tuple[int, list[Outcome]]:
+                  received: bool = False, replace_changed: bool = False,
+                  decoding: DecodingHook | None = None) -> tuple[int, list[Outcome]]:
     """Certify every selected chest radiograph under `source`; returns the exit code and one outcome per file.
 
     `received`: the files came from a network peer (the listener, `pacs`): they are read as the files they
-    are, never unpacked as archives.
+    are, never unpacked as archives.  `decoding(path, started)` is called before and after each decoding.
     `none_is_an_error`: no chest radiograph at all is a CertSegError (the command line's exit 2); the
     listener asks for the outcomes instead, to say of each object why it was not certified."""
     with candidate_files(source, unpack_archives=not received) as files:
@@ -137,7 +143,7 @@ def certify_input(source: Path, out: Path, pipeline: CertificationPipeline, requ
             raise nothing_to_certify(source, outcomes)
         for path in tqdm(selection.radiographs, desc="images", unit="image", disable=quiet):
             outcomes.append(certify_selected(path, out, pipeline, request, overwrite=overwrite, quiet=quiet,
-                                             replace_changed=replace_changed))
+                                             replace_changed=replace_changed, decoding=decoding))
     return exit_code_of(outcomes), outcomes
 
 
@@ -202,9 +208,14 @@ def certify_image_file_input(given: ImageFileInput, out: Path, pipeline: Certifi
 
 
 def _certify_dicom_file(path: Path, out: Path, pipeline: CertificationPipeline, request: CertificationRequest,
-                        overwrite: bool, quiet: bool, replace_changed: bool) -> Outcome:
+                        overwrite: bool, quiet: bool, replace_changed: bool,
+                        decoding: DecodingHook | None = None) -> Outcome:
     started = time.perf_counter()
+    if decoding is not None:
+        decoding(path, True)
     radiograph = read_radiograph(path, request.force)
+    if decoding is not None:
+        decoding(path, False)
     if isinstance(radiograph, Skipped):
         return _skipped(radiograph)
     target = result_folder(out, radiograph.uids)  # refused (CertSegError) unless every UID is one

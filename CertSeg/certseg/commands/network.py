@@ -163,9 +163,9 @@ def run_listen(args) -> int:
 
     pipeline = CertificationPipeline.from_folder(options)
 
-    def certify(objects: Path, results: Path):
+    def certify(objects: Path, results: Path, decoding):
         return certify_input(objects, results, pipeline, request, quiet=True, none_is_an_error=False,
-                             received=True, replace_changed=True)[1]
+                             received=True, replace_changed=True, decoding=decoding)[1]
 
     def send(paths: list[Path], record) -> None:
         server = destination or PacsServer("sender", calling_aet=args.aet, dimse=DimseAddress(

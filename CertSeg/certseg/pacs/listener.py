@@ -36,9 +36,10 @@ if TYPE_CHECKING:
 
 SUCCESS, OUT_OF_RESOURCES, DATASET_DOES_NOT_MATCH, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xA900, 0xC210
 COMMAND_SLACK_BYTES = 64 * 2**10  # command set and PDU headers around an object
-# Claimed objects are certified again after a restart; objects whose certification killed the node this many
-# times (out of memory, a codec crash) are set aside instead, or the node would die on them for ever.
-MAX_INTERRUPTED_CERTIFICATIONS = 2
+# Claimed objects are certified again after a restart.  An object found being decoded at this many restarts
+# (a codec that ran out of memory or crashed) is set aside instead, or the node would die on it for ever.
+# Only decoding counts: a node stopped while it runs the models (a restart, a deploy) is no fault of the image.
+MAX_DEATHS_IN_DECODING = 2
 
 
 @dataclass(frozen=True)
@@ -112,12 +113,14 @@ class CertifiedFile(Protocol):
 class Listener:
     """The SCP, and the worker that certifies idle studies and sends their results.
 
-    `certify(objects_folder, results_folder)` -> one CertifiedFile per file it examined;
+    `certify(objects_folder, results_folder, decoding)` -> one CertifiedFile per file it examined, calling
+    `decoding(path, started)` before and after it decodes each object;
     `send(paths, record)` raises on failure (the record names the study and its sender);
     `log(record)` writes one log line.
     """
 
-    def __init__(self, settings: ListenerSettings, certify: Callable[[Path, Path], list[CertifiedFile]],
+    def __init__(self, settings: ListenerSettings,
+                 certify: Callable[[Path, Path, Callable[[Path, bool], None]], list[CertifiedFile]],
                  send: Callable[[list[Path], StudyRecord], None], log: Callable[[dict], None]):
         settings.validate()
         self.settings, self.certify, self.send, self.log = settings, certify, send, log
@@ -258,13 +261,8 @@ class Listener:
     def _work_on(self, key: str, now: float) -> None:
         record = self.spool.record(key)
         idle = now - record.last_received >= self.settings.idle_s
-        if self.spool.has_claimed(key) and record.certifications_begun >= MAX_INTERRUPTED_CERTIFICATIONS:
-            self._set_aside_claimed(key, f"their certification ended the node {record.certifications_begun} times "
-                                         f"(killed, or out of memory): set aside, not tried again")
-            with self.spool.lock:
-                record = self.spool.record(key)
-                record.certifications_begun = 0
-                self.spool.save(key, record)
+        if record.decoding is not None:
+            self._count_death_in_decoding(key)
         if self.spool.has_claimed(key) or idle and self.spool.has_incoming(key):
             record = self._certify(key)
         if record.pending and record.state == StudyState.SENDING and now >= record.next_send:
@@ -279,13 +277,9 @@ class Listener:
 
     def _certify(self, key: str) -> StudyRecord:
         claimed = self.spool.claim(key)
-        with self.spool.lock:  # counted on disk first: a certification that kills the node is known at restart
-            record = self.spool.record(key)
-            record.certifications_begun += 1
-            self.spool.save(key, record)
-        study_uid = record.study_uid
+        study_uid = self.spool.record(key).study_uid
         try:
-            examined = self.certify(claimed, self.spool.results(key))
+            examined = self.certify(claimed, self.spool.results(key), self._decoding_marker(key))
         except CertSegError as error:  # nothing at all could be read: every claimed object fails with this
             reason = first_line(error, 500)
             examined = [_Unexamined(path, reason) for path in sorted(claimed.glob("*.dcm"))]
@@ -313,7 +307,6 @@ class Listener:
             for note in notes:
                 latest.note_not_certified(*note)
             latest.certified += certified
-            latest.certifications_begun = 0
             latest.pending = sorted({*latest.pending, *(self.spool.relative(p) for p in outputs)})
             latest.state = self._settled_state(key, latest)
             if outputs:
@@ -324,6 +317,29 @@ class Listener:
         if any(status == "failed" for _, status, _ in notes):
             self._prune_failed(time.time())  # the cap holds at once, not only at the next housekeeping
         return latest
+
+    def _decoding_marker(self, key: str) -> Callable[[Path, bool], None]:
+        """What certify calls around each decoding: the object's name is on disk while its codec runs."""
+        def mark(path: Path, started: bool) -> None:
+            with self.spool.lock:
+                record = self.spool.record(key)
+                record.decoding = Path(path).name if started else None
+                self.spool.save(key, record)
+        return mark
+
+    def _count_death_in_decoding(self, key: str) -> None:
+        """The node died while decoding `record.decoding` (found at a restart): count it; set it aside at the limit."""
+        with self.spool.lock:
+            record = self.spool.record(key)
+            name, record.decoding = record.decoding, None
+            deaths = record.decode_deaths.get(name, 0) + 1
+            record.decode_deaths = {**record.decode_deaths, name: deaths}
+            self.spool.save(key, record)
+        path = self.spool.claimed(key) / name
+        if deaths >= MAX_DEATHS_IN_DECODING and path.is_file():
+            reason = f"decoding it ended the node {deaths} times (out of memory, or a codec crash): set aside"
+            self.spool.set_aside(key, path, reason)
+            self.log({"event": "failed", "study": record.study_uid, "key": key, "reason": reason})
 
     def _prune_failed(self, now: float) -> None:
         settings = self.settings

@@ -55,7 +55,8 @@ class StudyRecord:
     first_failure: float | None = None
     next_send: float = 0.0
     not_certified: list[dict] = field(default_factory=list)  # {"object", "status", "reason"}, latest last
-    certifications_begun: int = 0  # begun on the claimed objects and not finished: each one a dead worker
+    decoding: str | None = None  # the claimed object being decoded; still set at a restart: it killed the node
+    decode_deaths: dict[str, int] = field(default_factory=dict)  # object -> restarts that found it being decoded
 
     @classmethod
     def from_json(cls, data: dict) -> StudyRecord:
