@@ -133,7 +133,8 @@ def test_an_image_received_while_its_study_is_being_sent_is_certified_and_sent_t
 def test_non_chest_and_failed_studies_leave_the_queue_and_failures_carry_the_pipelines_reason(tmp_path):
     """Without --force: CT traffic is acknowledged, logged and removed, so it cannot fill the queue; a CR the
     out-of-distribution check refuses moves to failed/ with that reason; a chest CR still gets in."""
-    listener = RunningListener(tmp_path, None, "--max-queue-mb", "0.25", "--retry-hours", "0.0005", force=False)
+    listener = RunningListener(tmp_path, None, "--max-queue-mb", "0.25", "--max-failed-mb", "0.2", "--retry-hours",
+                               "0.0005", force=False)
     try:
         source = pydicom.dcmread(write_cr_with_spacing(tmp_path / "cr.dcm", "calibrated", seed=27))
         for index in range(3):  # each about 96 kB: three together would overflow the 0.25 MB queue
