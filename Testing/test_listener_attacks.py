@@ -21,7 +21,8 @@ from support.tools import require_tool
 def node(tmp_path_factory):
     """One listener for the attacks that do not need a fresh one; its destination is down (nothing is sent)."""
     folder = tmp_path_factory.mktemp("node")
-    listener = RunningListener(folder, None, "--max-object-mb", "1", "--acse-timeout", "2", "--idle", "600")
+    listener = RunningListener(folder, None, "--max-object-mb", "1", "--acse-timeout", "2", "--pdu-timeout", "3",
+                               "--idle", "600")
     yield listener
     listener.stop()
 

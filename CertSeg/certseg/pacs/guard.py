@@ -30,6 +30,7 @@ from certseg.names import shown
 
 
 REFUSAL_LOG_INTERVAL_S = 10.0
+READ_SLICE_S = 0.5
 AE_TITLE_FORBIDDEN = set("\\") | {chr(c) for c in range(32)} | {chr(127)}
 
 
@@ -96,6 +97,9 @@ class GuardedRequestHandler(RequestHandler):
                 raise OSError(f"PDU of {count} bytes refused")
             deadline = time.monotonic() + server.limits.pdu_timeout_s
             received = bytearray()
+            connection = transport.socket  # pynetdicom sets it to None when the association closes it
+            if connection is None:
+                raise OSError("the connection is closed")
             while len(received) < count:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -104,9 +108,11 @@ class GuardedRequestHandler(RequestHandler):
                                              f"({len(received)} of {count} bytes)"})
                     association.certseg_dropped = True  # one log line for this connection, not two
                     raise TimeoutError("PDU too slow")
-                transport.socket.settimeout(remaining)
+                # Short slices: an association ended meanwhile (its ACSE timeout) closes this socket, which a
+                # blocked read would not notice; the next slice's read then fails and the DUL ends.
+                connection.settimeout(min(remaining, READ_SLICE_S))
                 try:
-                    chunk = transport.socket.recv(min(count - len(received), 65536))
+                    chunk = connection.recv(min(count - len(received), 65536))
                 except TimeoutError:
                     continue  # the deadline check above reports it
                 if not chunk:
