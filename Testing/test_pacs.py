@@ -27,27 +27,29 @@ def pacs(config: dict, folder, *args, env=None, timeout_s: float = 600):
     return pacs_measured(config, folder, *args, env=env, timeout_s=timeout_s)[0]
 
 
-def pacs_measured(config: dict, folder, *args, env=None, timeout_s: float = 600):
-    """`certseg pacs` in a process of its own: its result and its own peak memory (kB), read with wait4."""
-    import threading
+# Runs `certseg` and, as it exits, writes its own peak memory (VmHWM, kB) to the file named first.  Read inside
+# the process: a forked child's rusage counts the memory its parent (the test runner) held before the exec.
+PEAK_REPORTING_CERTSEG = """
+import atexit, runpy, sys
+peak_file = sys.argv[1]
+def report():
+    with open("/proc/self/status") as status, open(peak_file, "w") as out:
+        out.write(next(line.split()[1] for line in status if line.startswith("VmHWM")))
+atexit.register(report)
+sys.argv = ["certseg", *sys.argv[2:]]
+runpy.run_module("certseg", run_name="__main__")
+"""
 
+
+def pacs_measured(config: dict, folder, *args, env=None, timeout_s: float = 600):
+    """`certseg pacs` in a process of its own: its result, and its own peak memory in kB."""
     config_path = folder / "pacs.json"
     config_path.write_text(json.dumps({"servers": config}))
     environment = {**os.environ, "CERTSEG_PACS_CONFIG": str(config_path), **(env or {})}
-    command = [sys.executable, "-m", "certseg", "pacs", *map(str, args)]
-    with open(folder / "pacs.out", "w+") as out, open(folder / "pacs.err", "w+") as err:
-        process = subprocess.Popen(command, stdout=out, stderr=err, env=environment, text=True)
-        timer = threading.Timer(timeout_s, process.kill)
-        timer.start()
-        try:
-            _, status, usage = os.wait4(process.pid, 0)
-        finally:
-            timer.cancel()
-        process.returncode = os.waitstatus_to_exitcode(status)
-        if process.returncode < 0:
-            raise subprocess.TimeoutExpired(command, timeout_s)
-        out.seek(0), err.seek(0)
-        return subprocess.CompletedProcess(command, process.returncode, out.read(), err.read()), usage.ru_maxrss
+    peak_file = folder / "pacs-peak-kb.txt"
+    run = subprocess.run([sys.executable, "-c", PEAK_REPORTING_CERTSEG, str(peak_file), "pacs", *map(str, args)],
+                         capture_output=True, text=True, env=environment, timeout=timeout_s)
+    return run, int(peak_file.read_text()) if peak_file.is_file() else None
 
 
 CREDENTIALS = {"CERTSEG_PACS_USERNAME": USER, "CERTSEG_PACS_PASSWORD": PASSWORD}
