@@ -111,11 +111,10 @@ class BoundedSession(requests.Session):
 
     def request(self, method, url, **kwargs):
         kwargs["stream"] = True  # the body is read here, under the byte limit, never all at once unbounded
-        if self._deadline is not None:
+        if self._deadline is not None:  # no single read may outlast the operation's deadline
             remaining = max(self._deadline - time.monotonic(), 0.001)
-            connect, read = kwargs.get("timeout") or (remaining, remaining)
-            if not isinstance(kwargs.get("timeout"), tuple):
-                connect = read = kwargs.get("timeout") or remaining
+            given = kwargs.get("timeout")
+            connect, read = given if isinstance(given, tuple) else (given or remaining, given or remaining)
             kwargs["timeout"] = (min(connect, remaining), min(read, remaining))
         response = super().request(method, url, **kwargs)
         self._read_body(response)
