@@ -9,6 +9,8 @@ secret (token, password, credentials in the URL) or a raw control character.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
@@ -77,8 +79,14 @@ class DicomWebPacs:
             self.client.store_instances([pydicom.dcmread(p) for p in paths], study_instance_uid=study_uid)
 
     # -- helpers --------------------------------------------------------------------------------
-    def _operation(self, what: str, seconds: float):
-        return _Operation(self, what, seconds)
+    @contextlib.contextmanager
+    def _operation(self, what: str, seconds: float) -> Iterator[None]:
+        """One operation under its deadline; every failure inside it becomes one redacted NetworkError."""
+        try:
+            with self.session.deadline(seconds, what):
+                yield
+        except (requests.RequestException, OSError, ValueError, NetworkError) as error:
+            raise network_error(error, what, self.secrets) from None
 
     def _one_instance(self, series: SeriesRef, sop_uid: str) -> pydicom.Dataset:
         try:
@@ -103,28 +111,6 @@ class DicomWebPacs:
                 return results
         raise NetworkError(f"more than {self.limits.max_pages} pages of {self.limits.page_size} results: "
                            f"narrow the query")
-
-
-class _Operation:
-    """One operation under its deadline; every failure inside it becomes one redacted NetworkError."""
-
-    def __init__(self, pacs: DicomWebPacs, what: str, seconds: float):
-        self.pacs, self.what, self.seconds = pacs, what, seconds
-        self._deadline = None
-
-    def __enter__(self):
-        self._deadline = self.pacs.session.deadline(self.seconds, self.what)
-        self._deadline.__enter__()
-        return self
-
-    def __exit__(self, kind, error, traceback):
-        try:
-            self._deadline.__exit__(kind, error, traceback)
-        except NetworkError as raised:
-            raise network_error(raised, self.what, self.pacs.secrets) from None
-        if error is not None and isinstance(error, (requests.RequestException, OSError, ValueError, NetworkError)):
-            raise network_error(error, self.what, self.pacs.secrets) from None
-        return False
 
 
 def _value(attributes: dict, tag: str) -> str:
