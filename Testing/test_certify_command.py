@@ -97,6 +97,37 @@ def test_seg_states_only_valid_spacing_whatever_the_source_carries(variant, tmp_
     assert (stated is None) == (variant in ("zero", "missing"))
 
 
+@pytest.mark.parametrize("placed", [False, True], ids=["unplaced-cr", "dx-with-plane-and-frame"])
+def test_seg_places_its_plane_where_viewers_place_the_radiograph(placed, tmp_path):
+    """Web viewers draw a SEG only through its plane orientation, which the standard allows only with a
+    Frame of Reference: the SEG has one, its one plane is the radiograph's own (identity at the origin when
+    the radiograph states none), and its pixels still map onto the radiograph's through Derivation Image."""
+    source_path = write_cr_with_spacing(tmp_path / "source.dcm", "calibrated")
+    source = pydicom.dcmread(source_path)
+    if placed:
+        source.FrameOfReferenceUID, source.PositionReferenceIndicator = hd.UID(), ""
+        source.ImageOrientationPatient, source.ImagePositionPatient = [0, 1, 0, 0, 0, -1], [10, 20, 30]
+        source.save_as(source_path)
+    run = certseg("certify", source_path, "--out", tmp_path / "out", "--no-denoiser", "--force", *FAST)
+    assert run.returncode == 0, run.stderr
+    seg_path = next((tmp_path / "out").rglob("seg.dcm"))
+    seg = pydicom.dcmread(seg_path)
+    assert seg.FrameOfReferenceUID != "" and (seg.FrameOfReferenceUID == source.get("FrameOfReferenceUID")) == placed
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    orientation = [float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient]
+    assert orientation == ([0, 1, 0, 0, 0, -1] if placed else [1, 0, 0, 0, 1, 0])
+    positions = {tuple(float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient)
+                 for frame in seg.PerFrameFunctionalGroupsSequence}
+    assert positions == {(10.0, 20.0, 30.0) if placed else (0.0, 0.0, 0.0)}  # one plane, every segment in it
+    assert {frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+            for frame in seg.PerFrameFunctionalGroupsSequence} == {source.SOPInstanceUID}
+    check = subprocess.run([require_tool("dciodvfy"), str(seg_path)], capture_output=True, text=True)
+    assert not [line for line in (check.stdout + check.stderr).splitlines() if line.startswith("Error")]
+    read = hd.seg.segread(seg_path)
+    by_source = read.get_pixels_by_source_instance([source.SOPInstanceUID], combine_segments=False)
+    assert by_source.shape == (1, source.Rows, source.Columns, len(read.segment_numbers))
+
+
 def test_measurement_sr_validates_and_states_the_reports_intervals_against_the_segs_segments(sample_result):
     _, source, folder = sample_result
     check = subprocess.run([require_tool("dciodvfy"), str(folder / "measurements.dcm")], capture_output=True, text=True)

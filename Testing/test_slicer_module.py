@@ -315,6 +315,42 @@ def backend_seg(tmp_path_factory):
     return source, next((folder / "out").rglob("seg.dcm"))
 
 
+def seg_as_earlier_versions_wrote_it(seg_path: Path, path: Path) -> Path:
+    """The SEG in the layout CertSeg wrote before it placed its plane: no Frame of Reference, no plane position
+    or orientation, one dimension (the segment number); such SEGs are in PACS archives."""
+    import pydicom
+
+    dataset = pydicom.dcmread(seg_path)
+    for keyword in ("FrameOfReferenceUID", "PositionReferenceIndicator"):
+        dataset.pop(keyword)
+    del dataset.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence
+    for frame in dataset.PerFrameFunctionalGroupsSequence:
+        del frame.PlanePositionSequence
+        frame.FrameContentSequence[0].DimensionIndexValues = frame.FrameContentSequence[0].DimensionIndexValues[0]
+    dataset.DimensionIndexSequence = dataset.DimensionIndexSequence[:1]
+    dataset.PatientOrientation = ""  # Type 2C without a plane, as those versions wrote it
+    dataset.save_as(path)
+    return path
+
+
+@pytest.mark.parametrize("layout", ["current", "earlier"])
+def test_the_dicom_plugin_reads_segs_of_every_version_the_same(backend_seg, layout, tmp_path):
+    from CertSegLib.seg_reader import read_certseg_seg
+
+    _, seg_path = backend_seg
+    path = seg_path if layout == "current" else seg_as_earlier_versions_wrote_it(seg_path, tmp_path / "earlier.dcm")
+    if layout == "earlier":
+        from support.tools import require_tool
+
+        check = subprocess.run([require_tool("dciodvfy"), str(path)], capture_output=True, text=True)
+        assert not [line for line in (check.stdout + check.stderr).splitlines() if line.startswith("Error")]
+    read, current = read_certseg_seg(path), read_certseg_seg(seg_path)
+    assert [layer.name for layer in read.segments] == [layer.name for layer in current.segments]
+    for layer, reference in zip(read.segments, current.segments):
+        np.testing.assert_array_equal(layer.mask, reference.mask)
+    assert read.referenced_sop_instance_uid == current.referenced_sop_instance_uid
+
+
 def test_the_dicom_plugin_reads_back_the_seg_the_backend_wrote(backend_seg, tmp_path):
     """The plugin's reading half, outside Slicer: every segment's mask, colour and terminology, and the
     radiograph it lies on, from a SEG `certseg certify` wrote."""

@@ -20,6 +20,10 @@ from certseg.record import ModelIdentity
 
 # The certified masks are AUTOMATIC (the backend's own); a reader's edit or addition is MANUAL (not certified).
 AUTOMATIC, MANUAL = hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, hd.seg.SegmentAlgorithmTypeValues.MANUAL
+IDENTITY_PLANE = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)  # rows along x, columns along y: where viewers put an unplaced image
+NOMINAL_SPACING = (1.0, 1.0)  # only to let highdicom build the plane; never stated in the SEG
+# A projection has no slice; dcmqi (Slicer's SEG reader) and highdicom's reader still need a thickness.
+NOMINAL_SLICE_THICKNESS_MM = 1.0
 
 
 def write_dicom_seg(path: Path, radiograph, labels: np.ndarray, model: ModelIdentity) -> None:
@@ -64,17 +68,7 @@ def _write_seg(path: Path, radiograph, coded: Sequence[tuple[Segment, hd.seg.Seg
                 hd.sr.CodedConcept.from_code(segment.modifier)]
         descriptions.append(description)
         masks.append(segment.mask)
-    # Projection images have no Frame of Reference, so Slice Thickness is not required; dcmqi (Slicer's
-    # DICOM SEG reader) and highdicom's reader still need it, so we state the nominal 1 mm.
-    measures, source = None, radiograph.dataset
-    if radiograph.spacing_mm is not None:
-        measures = hd.PixelMeasuresSequence(pixel_spacing=list(radiograph.spacing_mm), slice_thickness=1.0)
-    elif "PixelSpacing" in source:
-        # Without measures highdicom copies the source's Pixel Spacing, which we found unusable (0\0 on a
-        # real CR, which dciodvfy rejects): the SEG then states no spacing, as the report does.
-        source = pydicom.Dataset(source)
-        source.file_meta = radiograph.dataset.file_meta
-        del source.PixelSpacing
+    source, spacing = placed_source(radiograph)
     segmentation = hd.seg.Segmentation(
         source_images=[source],
         pixel_array=np.stack(masks, axis=-1)[None],
@@ -91,10 +85,37 @@ def _write_seg(path: Path, radiograph, coded: Sequence[tuple[Segment, hd.seg.Seg
         series_description=series_description,
         content_label=content_label,
         content_description=content_description,
-        pixel_measures=measures,
+        pixel_measures=hd.PixelMeasuresSequence(pixel_spacing=list(spacing or NOMINAL_SPACING), slice_thickness=NOMINAL_SLICE_THICKNESS_MM),
         omit_empty_frames=False,
     )
-    if "FrameOfReferenceUID" not in segmentation:
-        # General Image: Patient Orientation is Type 2C without a frame of reference; highdicom leaves it out.
-        segmentation.PatientOrientation = radiograph.dataset.get("PatientOrientation", "")
+    if spacing is None:
+        # Pixel Measures may be left out beside the Derivation Image group, and is: the report has no spacing.
+        del segmentation.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence
     segmentation.save_as(path)
+
+
+def placed_source(radiograph) -> tuple[pydicom.Dataset, tuple[float, float] | None]:
+    """The radiograph as highdicom is given it, placed in a plane, and the SEG's pixel spacing (None: unknown).
+
+    A projection radiograph (CR, most DX) has no Frame of Reference and no plane, and a SEG on it needs none:
+    the Derivation Image functional group maps each SEG pixel onto a radiograph pixel (PS3.3 A.51.5.1).  But
+    web viewers built on cornerstone (OHIF) draw a SEG only through its Plane Orientation (Patient), and
+    PS3.3 Table A.51-2 allows that group, beside Derivation Image, only with a Frame of Reference.  So the SEG
+    carries a Frame of Reference of its own (the radiograph's, when it has one) and places its single plane
+    where viewers place the radiograph: the radiograph's own orientation and position when it states them
+    (some DX do), else the identity plane at the origin, as Slicer's DICOM import, cornerstone and
+    `reading.ijk_to_lps` place an image without them.  That plane locates the frame for display; it says
+    nothing of the patient's anatomy, which the radiograph's Patient Orientation states.
+    """
+    dataset = radiograph.dataset
+    source = pydicom.Dataset(dataset)
+    source.file_meta = dataset.file_meta
+    if "FrameOfReferenceUID" not in source:
+        source.FrameOfReferenceUID = hd.UID()
+        source.PositionReferenceIndicator = ""
+    source.ImageOrientationPatient = [float(v) for v in dataset.get("ImageOrientationPatient") or IDENTITY_PLANE]
+    source.ImagePositionPatient = [float(v) for v in dataset.get("ImagePositionPatient") or (0.0, 0.0, 0.0)]
+    # highdicom places the plane with the source's Pixel Spacing; the SEG states the report's calibrated spacing.
+    source.PixelSpacing = list(radiograph.spacing_mm or NOMINAL_SPACING)
+    source.SliceThickness = NOMINAL_SLICE_THICKNESS_MM
+    return source, radiograph.spacing_mm
