@@ -138,20 +138,52 @@ def test_measurement_sr_validates_and_states_the_reports_intervals_against_the_s
     labels = {int(d.SegmentNumber): d.SegmentLabel for d in seg.SegmentSequence}
     expected = {f"certified {m['name']}": m["area_mm2"] for m in report["measurements"]["structures"]}
     groups = sr.content.get_planar_roi_measurement_groups()
-    assert len(groups) == sum(label in expected for label in labels.values())
-    for group in groups:
+    by_segment = [g for g in groups if g.referenced_segmentation_frame is not None]
+    by_region = {g.tracking_uid: g for g in groups if g.roi is not None}
+    assert len(by_segment) == sum(label in expected for label in labels.values())
+    for group in by_segment:
         reference = group.referenced_segmentation_frame
         assert reference.referenced_sop_instance_uid == seg.SOPInstanceUID
         interval = expected[labels[int(reference.referenced_segment_numbers[0])]]
         values = {m.derivation.meaning: m.value for m in group.get_measurements()}
         assert values == pytest.approx({"Minimum": interval["low"], "Maximum": interval["high"]})
-    (ratio_group,) = sr.content.get_image_measurement_groups()
+        # the same finding (tracking UID) has an image region, which viewers such as OHIF draw
+        assert by_region[group.tracking_uid].tracking_identifier == group.tracking_identifier
+        assert not by_region[group.tracking_uid].get_measurements()  # each value is stated once
+    (ratio_group,) = [g for g in by_region.values() if g.tracking_identifier == "cardiothoracic ratio"]
+    assert len(by_region) == len(by_segment) + 1  # every group a viewer lists has a region to draw
+    for group in by_region.values():
+        assert group.roi.graphic_type.value == "POLYLINE"
+        assert group.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    # the ratio is drawn on the heart's largest certified region: the pixel centres inside its polygon are that
+    # region's pixels (checked with matplotlib's point-in-polygon, not the code that traced it)
+    heart_number = next(n for n, label in labels.items() if label == "certified heart")
+    heart = hd.seg.segread(folder / "seg.dcm").get_pixels_by_source_instance(
+        [source.SOPInstanceUID], segment_numbers=[heart_number])[0, :, :, 0] > 0
+    assert np.array_equal(pixels_inside(ratio_group.roi.value, heart.shape), largest_region(heart))
     certified = report["measurements"]["cardiothoracic_ratio"]
     values = {m.derivation.meaning: m.value for m in ratio_group.get_measurements()}
     assert values == pytest.approx({"Minimum": certified["low"], "Maximum": certified["high"]})
     (verdict,) = ratio_group.get_qualitative_evaluations()
     assert verdict.value.meaning.lower().startswith(certified["verdict"])  # "Below 0.5 ..." for "below"
+    assert not sr.content.get_image_measurement_groups()  # a group without a region breaks OHIF's SR viewport
     assert sr.StudyInstanceUID == source.StudyInstanceUID
+
+
+def pixels_inside(polygon: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Pixels whose centres (column + 0.5, row + 0.5 in DICOM image coordinates) lie inside the polygon."""
+    from matplotlib.path import Path as PolygonPath
+
+    row, column = np.mgrid[0:shape[0], 0:shape[1]]
+    centres = np.column_stack([column.ravel() + 0.5, row.ravel() + 0.5])
+    return PolygonPath(polygon).contains_points(centres).reshape(shape)
+
+
+def largest_region(mask: np.ndarray) -> np.ndarray:
+    from scipy import ndimage
+
+    regions, _ = ndimage.label(mask)
+    return regions == 1 + int(np.argmax(np.bincount(regions.ravel())[1:]))
 
 
 def test_seg_nrrd_reads_back_with_slicerio_on_the_source_geometry(sample_result):

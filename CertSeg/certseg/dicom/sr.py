@@ -2,8 +2,18 @@
 
 Each certified structure is a planar ROI group (TID 1410) that references its segment of the
 CertSeg SEG; its area is two measurements, the certified interval's ends, with derivation
-Minimum and Maximum (CID 7464).  The cardiothoracic ratio's ends are an image-level group
-(TID 1501).  The values and their guarantee are report.json's `measurements`.
+Minimum and Maximum (CID 7464).  Beside it, a second planar ROI group with the same tracking
+identifier and UID (the same finding) gives the image region: the outline of the structure's
+largest certified region on the radiograph (core.outline), which viewers that draw SR regions
+(OHIF) draw and list with the measurements.  TID 1410 takes one ROI per group, a segment or an
+image region, hence two groups; the measurements sit only in the segment's group, so no value is
+stated twice.
+
+The cardiothoracic ratio, when certified, is a planar ROI group on the heart's largest certified
+region (the region its cardiac diameter is measured from): its interval's ends and its verdict on
+0.5.  A ratio that is not certified (no certified heart or lung) has no group: a group without an
+image region breaks OHIF's SR viewport, and report.json states why.  The values and their guarantee
+are report.json's `measurements`.
 """
 
 from __future__ import annotations
@@ -11,25 +21,34 @@ from __future__ import annotations
 from pathlib import Path
 
 import highdicom as hd
+import numpy as np
 import pydicom
 from pydicom.sr.codedict import codes
 
 from certseg import __version__
-from certseg.dicom.codes import CARDIOTHORACIC_RATIO, CHEST_XRAY, RATIO_VERDICT, RATIO_VERDICT_VALUES
+from certseg.core.outline import main_region_outline
+from certseg.dicom.codes import CARDIOTHORACIC_RATIO, CHEST_XRAY, HEART, RATIO_VERDICT, RATIO_VERDICT_VALUES, segments
 from certseg.record import AreaMeasurement, RatioMeasurement, Report
 
+HEART_SEGMENT = "certified heart"
 
-def write_measurement_sr(path: Path, radiograph, seg_path: Path, report: Report) -> None:
-    """The SR of `report`'s measurements, referencing the radiograph and the SEG at `seg_path`."""
+
+def write_measurement_sr(path: Path, radiograph, seg_path: Path, report: Report, labels: np.ndarray) -> None:
+    """The SR of `report`'s measurements, referencing the radiograph and the SEG at `seg_path` (written from
+    `labels`, the certified labels on the radiograph's grid, whose regions the SR outlines)."""
     seg = pydicom.dcmread(seg_path)
+    masks = {segment.name: segment.mask for segment in segments(labels)}
+    image = hd.sr.SourceImageForRegion(referenced_sop_class_uid=radiograph.dataset.SOPClassUID,
+                                       referenced_sop_instance_uid=radiograph.dataset.SOPInstanceUID)
     model = report.segmenter
     algorithm = hd.sr.AlgorithmIdentification(name=f"CertSeg {model.name}", version=model.version)
     observer = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(uid=hd.UID(), name="CertSeg")))
-    groups = [group for group in (_structure_group(seg, structure, algorithm)
-                                  for structure in report.measurements.structures) if group is not None]
-    ratio = _ratio_group(report.measurements.cardiothoracic_ratio, algorithm)
+    groups = []
+    for structure in report.measurements.structures:
+        groups += _structure_groups(seg, structure, masks, image, algorithm)
+    ratio = _ratio_group(report.measurements.cardiothoracic_ratio, masks.get(HEART_SEGMENT), image, algorithm)
     if ratio is not None:
         groups.append(ratio)
     content = hd.sr.MeasurementReport(observation_context=observer,
@@ -43,10 +62,14 @@ def write_measurement_sr(path: Path, radiograph, seg_path: Path, report: Report)
     sr.save_as(path)
 
 
-def _structure_group(seg, structure: AreaMeasurement, algorithm):
-    number = _segment_number(seg, f"certified {structure.name}")
+def _structure_groups(seg, structure: AreaMeasurement, masks: dict[str, np.ndarray], image, algorithm) -> list:
+    """The structure's segment group (its area interval) and its outline group, one finding; none when nothing of
+    it is certified."""
+    name = f"certified {structure.name}"
+    number = _segment_number(seg, name)
     if number is None:  # nothing certified: no segment to reference
-        return None
+        return []
+    tracking = hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=structure.name)
     in_mm2 = structure.area_mm2 is not None
     values = structure.area_mm2 if in_mm2 else structure.area_pixels
     unit = hd.sr.CodedConcept("mm2", "UCUM", "mm2") if in_mm2 else hd.sr.CodedConcept("{pixels}", "UCUM", "pixels")
@@ -55,27 +78,37 @@ def _structure_group(seg, structure: AreaMeasurement, algorithm):
                     for value, derivation in ((values.low, codes.SCT.Minimum), (values.high, codes.SCT.Maximum))]
     description = next(d for d in seg.SegmentSequence if d.SegmentNumber == number)
     kind = description.SegmentedPropertyTypeCodeSequence[0]
-    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=structure.name),
+    finding = hd.sr.CodedConcept(kind.CodeValue, kind.CodingSchemeDesignator, kind.CodeMeaning)
+    by_segment = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking,
         referenced_segment=hd.sr.ReferencedSegmentationFrame.from_segmentation(seg, segment_number=number),
-        finding_type=hd.sr.CodedConcept(kind.CodeValue, kind.CodingSchemeDesignator, kind.CodeMeaning),
-        measurements=measurements, algorithm_id=algorithm)
+        finding_type=finding, measurements=measurements, algorithm_id=algorithm)
+    by_region = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking, referenced_region=_outline_region(masks[name], image), finding_type=finding,
+        algorithm_id=algorithm)
+    return [by_segment, by_region]
 
 
-def _ratio_group(ratio: RatioMeasurement | None, algorithm):
-    """The ratio's certified ends (Minimum, Maximum), when certified, and its verdict on 0.5 (always) as a
-    qualitative evaluation; None when the model does not measure the ratio."""
-    if ratio is None:
+def _outline_region(mask: np.ndarray, image) -> hd.sr.ImageRegion:
+    return hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=main_region_outline(mask),
+                             source_image=image)
+
+
+def _ratio_group(ratio: RatioMeasurement | None, heart: np.ndarray | None, image, algorithm):
+    """The certified ratio's ends (Minimum, Maximum) and its verdict on 0.5, on the heart's largest certified
+    region; None when the model does not measure the ratio or it is not certified (then there is no heart or
+    lung to measure it on, and no region to give)."""
+    if ratio is None or ratio.interval is None or heart is None or not heart.any():
         return None
-    ends = () if ratio.interval is None else zip(ratio.interval, (codes.SCT.Minimum, codes.SCT.Maximum))
     measurements = [hd.sr.Measurement(name=CARDIOTHORACIC_RATIO, value=float(value),
                                       unit=hd.sr.CodedConcept("1", "UCUM", "no units"), derivation=derivation,
                                       algorithm_id=algorithm)
-                    for value, derivation in ends]
+                    for value, derivation in zip(ratio.interval, (codes.SCT.Minimum, codes.SCT.Maximum))]
     verdict = RATIO_VERDICT_VALUES[ratio.verdict]
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="cardiothoracic ratio"),
-        measurements=measurements or None, algorithm_id=algorithm,
+        referenced_region=_outline_region(heart, image), finding_type=HEART, measurements=measurements,
+        algorithm_id=algorithm,
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=RATIO_VERDICT, value=verdict)])
 
 

@@ -38,7 +38,7 @@ def write_result_folder(folder: Path, stored: np.ndarray, result, report: Report
     (folder / REPORT_PDF_FILE).write_bytes(page)
     if radiograph is not None:
         write_dicom_seg(folder / SEG_FILE, radiograph, result.source_labels, report.segmenter)
-        write_measurement_sr(folder / MEASUREMENT_SR_FILE, radiograph, folder / SEG_FILE, report)
+        write_measurement_sr(folder / MEASUREMENT_SR_FILE, radiograph, folder / SEG_FILE, report, result.source_labels)
         write_secondary_capture(folder / CAPTURE_FILE, capture, radiograph.dataset)
         write_encapsulated_pdf(folder / REPORT_PDF_DICOM_FILE, page, radiograph.dataset)
     write_seg_nrrd(folder / SEG_NRRD_FILE, result.source_labels, geometry, segment_tags(report))
