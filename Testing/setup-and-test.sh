@@ -4,14 +4,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # The DICOM tests convert files with DCMTK and validate DICOM SEG with dciodvfy (dicom3tools); the PACS
 # tests run a real Orthanc with its DICOMweb and Python plugins (never orthanc-gdcm: it crashes this
-# Orthanc on JPEG 2000).
+# Orthanc on JPEG 2000); the viewer tests fetch OHIF with npm and open it in Debian's Chromium.
 if ! command -v dcmcjpeg >/dev/null || ! command -v dciodvfy >/dev/null || ! command -v Orthanc >/dev/null \
-   || [ ! -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then
+   || [ ! -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || ! command -v chromium >/dev/null \
+   || ! command -v npm >/dev/null; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-      dcmtk dicom3tools orthanc orthanc-dicomweb orthanc-python >/dev/null
+      dcmtk dicom3tools orthanc orthanc-dicomweb orthanc-python chromium \
+      $(command -v npm >/dev/null || echo npm) >/dev/null
   else
-    echo "warning: install dcmtk, dicom3tools, orthanc, orthanc-dicomweb and orthanc-python for the tests" >&2
+    echo "warning: install dcmtk, dicom3tools, orthanc, orthanc-dicomweb, orthanc-python, chromium and npm" \
+         "for the tests" >&2
   fi
 fi
 python3 -m venv .venv

@@ -1,4 +1,5 @@
-"""`certseg pacs` (pull, certify, push back) and `certseg listen` (a DICOM node that certifies what it receives)."""
+"""`certseg pacs` (pull, certify, push back), `certseg listen` (a DICOM node that certifies what it receives) and
+`certseg viewer` (OHIF, the web viewer, over a DICOMweb PACS)."""
 
 from __future__ import annotations
 
@@ -90,6 +91,50 @@ def add_parsers(commands) -> None:
                                                  "the sender when results go back to it)")
     add_certification_options(listen)
     listen.set_defaults(run=run_listen)
+
+
+    viewer = commands.add_parser("viewer", help="serve OHIF, the web viewer, over a DICOMweb PACS (read-only)")
+    viewer.add_argument("--server", required=True, help="a DICOMweb server named in the PACS config file")
+    viewer.add_argument("--config", type=Path, help="PACS config file (as for `certseg pacs`)")
+    viewer.add_argument("--ohif", type=Path, required=True, help="folder holding OHIF's build (@ohif/app's dist/)")
+    viewer.add_argument("--install-ohif", action="store_true",
+                        help="first fetch @ohif/app with npm into --ohif (its sha512 checked), if not there yet")
+    viewer.add_argument("--bind", default="127.0.0.1",
+                        help="address to serve on (default: %(default)s, this machine only)")
+    viewer.add_argument("--port", type=int, default=3000, help="TCP port (default: %(default)s)")
+    viewer.set_defaults(run=run_viewer)
+
+
+def run_viewer(args) -> int:
+    require_pacs_extra("viewer")
+    from certseg.pacs.config import load_server
+    from certseg.pacs.viewer import Upstream, ViewerServer, install_ohif, ohif_folder_problem
+
+    server = load_server(args.server, args.config)
+    if not server.dicomweb:
+        raise CertSegError(f"server {server.name!r} is DIMSE only: the viewer needs a DICOMweb server")
+    if args.install_ohif and ohif_folder_problem(args.ohif):
+        install_ohif(args.ohif)
+    upstream = Upstream(server.dicomweb, server.username, server.password, server.token,
+                        server.ca_bundle or server.verify, server.limits.read_timeout_s)
+    try:
+        viewer = ViewerServer((args.bind, args.port), args.ohif, upstream)
+    except OSError as error:
+        raise CertSegError(f"cannot serve on {args.bind}:{args.port}: {error.strerror}") from None
+    signal.signal(signal.SIGTERM, _stop_serving)
+    print(f"certseg viewer: OHIF on {viewer.url}/ over {server.name} ({server.dicomweb}), read-only", flush=True)
+    try:
+        viewer.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        viewer.server_close()
+    return EXIT_OK
+
+
+def _stop_serving(signum, frame):
+    """SIGTERM stops the viewer as Ctrl-C does: it holds nothing that needs finishing."""
+    raise KeyboardInterrupt
 
 
 def add_send_options(parser) -> None:
