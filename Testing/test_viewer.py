@@ -300,3 +300,63 @@ def test_certseg_viewer_refuses_bad_settings_in_one_line(case, tmp_path):
                       "--port", str(free_port()))
     assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1, run.stderr
     assert {"no-build": "no index.html", "dimse-server": "DIMSE only", "unknown-server": "no server named"}[case] in run.stderr
+
+
+def test_the_reference_deployment_certifies_what_it_receives_and_serves_it_to_the_viewer(tmp_path):
+    """One command: Orthanc with DICOMweb and CertSeg's plugin, OHIF beside it; a CR sent by DICOM comes back
+    certified in the same study, visible through the viewer; a peer not allowed is refused; SIGTERM stops all."""
+    import requests
+
+    from support.tools import require_tool
+
+    storage = tmp_path / "site"
+    http_port, dicom_port, viewer_port = free_port(), free_port(), free_port()
+    log = open(tmp_path / "deployment.log", "w+")
+    process = subprocess.Popen([sys.executable, "-m", "certseg", "reference-deployment", "--storage", str(storage),
+                                "--http-port", str(http_port), "--dicom-port", str(dicom_port), "--viewer-port",
+                                str(viewer_port), "--stable-seconds", "2",
+                                "--certify-arguments", "--no-denoiser --n0 2 --n 80"],
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    sample = Path(__file__).parents[1] / "CertSeg" / "Resources" / "SampleData" / "sample_cr.dcm"
+    try:
+        deadline = time.monotonic() + 300
+        while "deployment ready" not in (tmp_path / "deployment.log").read_text():
+            assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "deployment.log").read_text()
+            time.sleep(0.5)
+        assert (storage / "pacs.json").stat().st_mode & 0o077 == 0  # the viewer's credentials: owner only
+        send = [require_tool("storescu"), "-xv", "-aec", "CERTSEG_PACS", "127.0.0.1", str(dicom_port), str(sample)]
+        intruder = subprocess.run([*send[:1], "-aet", "INTRUDER", *send[1:]], capture_output=True, text=True, timeout=60)
+        assert intruder.returncode != 0 and "Not Recognized" in intruder.stdout + intruder.stderr
+        sent = subprocess.run(send, capture_output=True, text=True, timeout=60)
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        study = pydicom.dcmread(sample, stop_before_pixels=True).StudyInstanceUID
+        viewer = f"http://127.0.0.1:{viewer_port}"
+        modalities: set[str] = set()
+        deadline = time.monotonic() + 240
+        while not {"SEG", "SR"} <= modalities and time.monotonic() < deadline:
+            time.sleep(2)
+            series = requests.get(f"{viewer}/dicom-web/studies/{study}/series", timeout=10)
+            modalities = {item["00080060"]["Value"][0] for item in series.json()} if series.status_code == 200 else set()
+        assert modalities == {"CR", "SEG", "SR", "OT", "DOC"}, (storage / "orthanc.log").read_text()[-3000:]
+        assert requests.get(f"{viewer}/", timeout=10).text.startswith("<!doctype html>")  # OHIF, fetched on first start
+        assert requests.get(f"http://127.0.0.1:{http_port}/studies", timeout=10).status_code == 401  # Orthanc wants a login
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            code = process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            code = None
+        log.close()
+    assert code == 0, (tmp_path / "deployment.log").read_text()
+    with pytest.raises(OSError):  # Orthanc stopped with it
+        socket_connect(http_port)
+
+
+def socket_connect(port: int) -> None:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=2):
+        pass

@@ -104,6 +104,40 @@ def add_parsers(commands) -> None:
     viewer.add_argument("--port", type=int, default=3000, help="TCP port (default: %(default)s)")
     viewer.set_defaults(run=run_viewer)
 
+    site = commands.add_parser("reference-deployment",
+                               help="Orthanc that certifies what it receives, with OHIF beside it, on this machine")
+    site.add_argument("--storage", type=Path, required=True,
+                      help="folder for everything: Orthanc's files, its log, OHIF, the viewer's credentials")
+    site.add_argument("--http-port", type=int, default=8042, help="Orthanc's HTTP and DICOMweb port (this machine only)")
+    site.add_argument("--dicom-port", type=int, default=4242, help="Orthanc's DICOM port")
+    site.add_argument("--aet", default="CERTSEG_PACS", help="Orthanc's AE title")
+    site.add_argument("--allow", nargs="+", default=["STORESCU@127.0.0.1"], metavar="AET@HOST",
+                      help="DICOM peers allowed to send (default: %(default)s, DCMTK's storescu on this machine)")
+    site.add_argument("--viewer-port", type=int, default=3000, help="OHIF's port")
+    site.add_argument("--viewer-bind", default="127.0.0.1", help="address OHIF is served on (default: %(default)s)")
+    site.add_argument("--stable-seconds", type=int, default=10,
+                      help="a study is certified this long after its last object arrived")
+    site.add_argument("--certify-arguments", default="", metavar="ARGS",
+                      help='options added to `certseg certify`, as one string (e.g. "--no-denoiser")')
+    site.set_defaults(run=run_reference_deployment)
+
+
+def run_reference_deployment(args) -> int:
+    require_pacs_extra("reference-deployment")
+    import shlex
+
+    from certseg.pacs.deployment import AllowedPeer, Deployment, serve
+
+    deployment = Deployment(args.storage, args.http_port, args.dicom_port, args.viewer_port, args.viewer_bind,
+                            args.aet, tuple(AllowedPeer.parse(text) for text in args.allow),
+                            tuple(shlex.split(args.certify_arguments)), args.stable_seconds)
+    signal.signal(signal.SIGTERM, _stop_serving)
+    try:
+        return serve(deployment, announce=lambda text: print(text, flush=True))
+    except KeyboardInterrupt:
+        print("certseg reference-deployment: stopped", flush=True)
+        return EXIT_OK
+
 
 def run_viewer(args) -> int:
     require_pacs_extra("viewer")
