@@ -1,8 +1,9 @@
 """CertSeg's own DICOM SEG files, read with highdicom for the DICOM plugin (no Slicer needed here).
 
-dcmqi, Slicer's usual SEG reader, cannot read a SEG on a projection radiograph without a Frame
-of Reference; CertSeg's SEG references its source image instance by instance, so its frames map
-onto the radiograph's pixels one to one.
+dcmqi, Slicer's usual SEG reader, cannot read the SEGs earlier versions wrote on a projection
+radiograph, without a Frame of Reference; every CertSeg SEG references its source image through
+Derivation Image, so its frames map onto the radiograph's pixels one to one, whatever plane (if any)
+it also states.
 """
 
 from __future__ import annotations
