@@ -170,6 +170,25 @@ def test_measurement_sr_validates_and_states_the_reports_intervals_against_the_s
     assert sr.StudyInstanceUID == source.StudyInstanceUID
 
 
+def test_an_sr_with_nothing_certified_states_the_ratio_not_certified_on_the_whole_image(small_cr, tmp_path):
+    """n = 4 certifies no pixel: the SR still says why there is no ratio, in a group a viewer can draw."""
+    run = certseg("certify", small_cr, "--out", tmp_path / "out", "--n0", "1", "--n", "4", "--no-denoiser",
+                  "--quiet", "--force")
+    assert run.returncode == 0, run.stderr
+    sr_path = next((tmp_path / "out").rglob("measurements.dcm"))
+    report = json.loads((sr_path.parent / "report.json").read_text())
+    assert report["measurements"]["cardiothoracic_ratio"]["verdict"] == "not certified"
+    check = subprocess.run([require_tool("dciodvfy"), str(sr_path)], capture_output=True, text=True)
+    assert not [line for line in (check.stdout + check.stderr).splitlines() if line.startswith("Error")]
+    (group,) = hd.sr.srread(sr_path).content.get_planar_roi_measurement_groups()
+    assert group.tracking_identifier == "cardiothoracic ratio" and not group.get_measurements()
+    (verdict,) = group.get_qualitative_evaluations()
+    assert verdict.value.meaning.startswith("Not certified")
+    source = pydicom.dcmread(small_cr)
+    corners = {tuple(point) for point in group.roi.value.tolist()}
+    assert corners == {(0, 0), (source.Columns, 0), (source.Columns, source.Rows), (0, source.Rows)}
+
+
 def pixels_inside(polygon: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Pixels whose centres (column + 0.5, row + 0.5 in DICOM image coordinates) lie inside the polygon."""
     from matplotlib.path import Path as PolygonPath

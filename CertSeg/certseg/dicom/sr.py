@@ -9,11 +9,12 @@ largest certified region on the radiograph (core.outline), which viewers that dr
 image region, hence two groups; the measurements sit only in the segment's group, so no value is
 stated twice.
 
-The cardiothoracic ratio, when certified, is a planar ROI group on the heart's largest certified
-region (the region its cardiac diameter is measured from): its interval's ends and its verdict on
-0.5.  A ratio that is not certified (no certified heart or lung) has no group: a group without an
-image region breaks OHIF's SR viewport, and report.json states why.  The values and their guarantee
-are report.json's `measurements`.
+The cardiothoracic ratio is a planar ROI group with its verdict on 0.5 and, when certified, its
+interval's ends, on the heart's largest certified region (the region its cardiac diameter is
+measured from); a ratio that is not certified (no certified heart or lung) is stated on the whole
+image.  Every group has an image region: a group without one breaks OHIF's SR viewport.  With nothing
+certified and no ratio measured, one group on the whole image says "abstained".  The values and
+their guarantee are report.json's `measurements`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from pydicom.sr.codedict import codes
 
 from certseg import __version__
 from certseg.core.outline import main_region_outline
-from certseg.dicom.codes import CARDIOTHORACIC_RATIO, CHEST_XRAY, HEART, RATIO_VERDICT, RATIO_VERDICT_VALUES, segments
+from certseg.dicom.codes import (ABSTAINED_TYPE, CARDIOTHORACIC_RATIO, CHEST_XRAY, HEART, RATIO_VERDICT,
+                                 RATIO_VERDICT_VALUES, segments)
 from certseg.record import AreaMeasurement, RatioMeasurement, Report
 
 HEART_SEGMENT = "certified heart"
@@ -48,9 +50,15 @@ def write_measurement_sr(path: Path, radiograph, seg_path: Path, report: Report,
     groups = []
     for structure in report.measurements.structures:
         groups += _structure_groups(seg, structure, masks, image, algorithm)
-    ratio = _ratio_group(report.measurements.cardiothoracic_ratio, masks.get(HEART_SEGMENT), image, algorithm)
+    whole_image = _whole_image_region(radiograph.dataset, image)
+    ratio = _ratio_group(report.measurements.cardiothoracic_ratio, masks.get(HEART_SEGMENT), whole_image, image,
+                         algorithm)
     if ratio is not None:
         groups.append(ratio)
+    if not groups:  # nothing certified and no ratio measured: say so, on the whole image (TID 1500 needs a group)
+        groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="abstained"),
+            referenced_region=whole_image, finding_type=ABSTAINED_TYPE, algorithm_id=algorithm))
     content = hd.sr.MeasurementReport(observation_context=observer,
                                       procedure_reported=CHEST_XRAY, imaging_measurements=groups)
     sr = hd.sr.ComprehensiveSR(
@@ -94,22 +102,30 @@ def _outline_region(mask: np.ndarray, image) -> hd.sr.ImageRegion:
                              source_image=image)
 
 
-def _ratio_group(ratio: RatioMeasurement | None, heart: np.ndarray | None, image, algorithm):
-    """The certified ratio's ends (Minimum, Maximum) and its verdict on 0.5, on the heart's largest certified
-    region; None when the model does not measure the ratio or it is not certified (then there is no heart or
-    lung to measure it on, and no region to give)."""
-    if ratio is None or ratio.interval is None or heart is None or not heart.any():
+def _ratio_group(ratio: RatioMeasurement | None, heart: np.ndarray | None, whole_image, image, algorithm):
+    """The ratio's verdict on 0.5 and, when certified, its interval's ends (Minimum, Maximum), on the heart's
+    largest certified region; on the whole image when the ratio is not certified. None when the model does not
+    measure the ratio."""
+    if ratio is None:
         return None
+    certified = ratio.interval is not None and heart is not None and heart.any()
     measurements = [hd.sr.Measurement(name=CARDIOTHORACIC_RATIO, value=float(value),
                                       unit=hd.sr.CodedConcept("1", "UCUM", "no units"), derivation=derivation,
                                       algorithm_id=algorithm)
-                    for value, derivation in zip(ratio.interval, (codes.SCT.Minimum, codes.SCT.Maximum))]
+                    for value, derivation in zip(ratio.interval, (codes.SCT.Minimum, codes.SCT.Maximum))] if certified else None
     verdict = RATIO_VERDICT_VALUES[ratio.verdict]
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="cardiothoracic ratio"),
-        referenced_region=_outline_region(heart, image), finding_type=HEART, measurements=measurements,
-        algorithm_id=algorithm,
+        referenced_region=_outline_region(heart, image) if certified else whole_image, finding_type=HEART,
+        measurements=measurements, algorithm_id=algorithm,
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=RATIO_VERDICT, value=verdict)])
+
+
+def _whole_image_region(dataset, image) -> hd.sr.ImageRegion:
+    """The radiograph's full extent as a closed polyline: the region of a statement about the whole image."""
+    rows, columns = float(dataset.Rows), float(dataset.Columns)
+    corners = np.array([[0, 0], [columns, 0], [columns, rows], [0, rows], [0, 0]], dtype=np.float32)
+    return hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=corners, source_image=image)
 
 
 def _drop_frame_numbers(dataset: pydicom.Dataset, radiograph_uid: str) -> None:
