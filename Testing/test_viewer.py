@@ -261,6 +261,29 @@ def test_the_viewer_never_writes_to_the_pacs(viewer_over_orthanc, method):
     assert orthanc.rest("GET", "/instances").json() == before
 
 
+def test_a_refused_write_closes_its_connection_so_its_body_is_never_read_as_a_request(viewer_over_orthanc):
+    import http.client
+
+    url, _, _ = viewer_over_orthanc
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    smuggled = b"GET /dicom-web/studies HTTP/1.1\r\nHost: x\r\n\r\n"
+    connection.request("POST", "/dicom-web/studies", body=smuggled)
+    answer = connection.getresponse()
+    answer.read()
+    assert answer.status == 405 and answer.getheader("Connection") == "close"
+
+
+def test_a_forged_host_header_never_reaches_the_metadata(viewer_over_orthanc):
+    import requests
+
+    url, _, results = viewer_over_orthanc
+    study = pydicom.dcmread(results / "seg.dcm", stop_before_pixels=True).StudyInstanceUID
+    forged = requests.get(f"{url}/dicom-web/studies/{study}/metadata", headers={"Host": 'evil"},{"x'}, timeout=30)
+    assert forged.status_code == 200 and 'evil"' not in forged.text
+    forged.json()  # still JSON
+
+
 @pytest.mark.parametrize("path", ["/../secret.txt", "/%2e%2e/secret.txt", "/dicom-web/../../tools/find",
                                   "/dicom-web/%2e%2e/%2e%2e/instances", "/ohif%5c..%5csecret.txt", "/x%00.js"])
 def test_the_viewer_refuses_paths_that_climb_out(viewer_over_orthanc, path):

@@ -22,6 +22,7 @@ import hashlib
 import http.server
 import mimetypes
 import posixpath
+import re
 import shutil
 import subprocess
 import tarfile
@@ -43,6 +44,7 @@ DICOMWEB_PREFIX = "/dicom-web/"
 CHUNK_BYTES = 256 * 1024
 REWRITTEN_BYTES = 64 * 2**20  # a larger JSON answer passes unchanged (metadata of one study is far smaller)
 JSON_TYPES = ("application/dicom+json", "application/json")
+HOST_HEADER = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 # Forwarded both ways: what DICOMweb content negotiation and caching need, nothing that identifies the browser.
 REQUEST_HEADERS = ("Accept", "Range", "If-None-Match", "If-Modified-Since")
 RESPONSE_HEADERS = ("Content-Type", "Content-Length", "Content-Range", "ETag", "Last-Modified", "Cache-Control")
@@ -162,6 +164,9 @@ class _ViewerHandler(http.server.BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "text/plain; charset=utf-8")
         self.send_header("Content-Length", str(len(body)))
+        if self.command not in ("GET", "HEAD"):  # its body is never read: the connection cannot carry another request
+            self.close_connection = True
+            self.send_header("Connection", "close")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
@@ -237,7 +242,7 @@ class _ViewerHandler(http.server.BaseHTTPRequestHandler):
         body = response.raw.read(REWRITTEN_BYTES + 1, decode_content=False)
         whole = len(body) <= REWRITTEN_BYTES
         if whole:
-            here = f"http://{self.headers.get('Host', '%s:%d' % self.server.server_address[:2])}{DICOMWEB_PREFIX}"
+            here = f"http://{self._host()}{DICOMWEB_PREFIX}"
             body = body.replace(self.server.upstream.dicomweb.rstrip("/").encode() + b"/", here.encode())
         self.send_response(response.status_code)
         for name in ("Content-Type", "ETag", "Last-Modified", "Cache-Control"):
@@ -250,6 +255,11 @@ class _ViewerHandler(http.server.BaseHTTPRequestHandler):
         else:  # too large to rewrite: what was read, then the rest, as it came
             self.wfile.write(f"{len(body):x}\r\n".encode() + body + b"\r\n")
             self._copy_body(response, chunked=True)
+
+    def _host(self) -> str:
+        """How the browser reached this server (its Host header, when it is a plain host[:port])."""
+        host = self.headers.get("Host", "")
+        return host if HOST_HEADER.fullmatch(host) else "%s:%d" % self.server.server_address[:2]
 
     def _copy_body(self, response, chunked: bool) -> None:
         for block in response.raw.stream(CHUNK_BYTES, decode_content=False):
