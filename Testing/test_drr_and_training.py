@@ -64,6 +64,25 @@ def test_training_writes_loadable_models_and_resumes(tiny_dataset, tmp_path):
     assert json.loads((tmp_path / "checkpoints" / "segmenter" / "state.json").read_text())["step"] == 3
 
 
+@pytest.mark.parametrize("train", [train_segmenter, train_denoiser], ids=["segmenter", "denoiser"])
+def test_two_steps_and_one_resumed_step_are_the_three_steps_of_one_run(tiny_dataset, tmp_path, train):
+    """Resume restores everything a step draws from: weights, optimizer, torch's and numpy's random states."""
+    from safetensors.numpy import load_file
+
+    samples = load_drr_dataset(tiny_dataset)
+    config = dict(steps=3, batch_size=2, checkpoint_every=1, device="cpu", crop=32, final_learning_rate=1e-4)
+    train(samples, tmp_path / "straight", TrainConfig(**config), progress=False)
+    train(samples, tmp_path / "resumed", TrainConfig(**config, pause_at=2), progress=False)
+    name = train.__name__.removeprefix("train_")
+    assert json.loads((tmp_path / "resumed" / "checkpoints" / name / "state.json").read_text())["step"] == 2
+    train(samples, tmp_path / "resumed", TrainConfig(**config), progress=False)
+    weights = {run: load_file(str(tmp_path / run / "checkpoints" / name / "state.safetensors"))
+               for run in ("straight", "resumed")}
+    assert weights["straight"].keys() == weights["resumed"].keys()
+    for key, value in weights["straight"].items():
+        np.testing.assert_array_equal(value, weights["resumed"][key], err_msg=key)
+
+
 def test_tampered_weights_are_refused(tiny_dataset, tmp_path):
     train_segmenter(load_drr_dataset(tiny_dataset), tmp_path, TrainConfig(steps=1, batch_size=1, device="cpu"),
                     progress=False)

@@ -94,6 +94,9 @@ def add_parsers(commands) -> None:
                              help="decay the learning rate along a cosine to this value at the last step "
                                   "(default: constant)")
         parser_.add_argument("--max-minutes", type=float, help="stop early (with a checkpoint) after this long")
+        parser_.add_argument("--pause-at", type=positive_int, metavar="STEP",
+                             help="stop after this step (with a checkpoint), keeping the schedule of --steps: a "
+                                  "later run with the same --steps resumes exactly where this one paused")
         parser_.add_argument("--seed", type=int, default=0, help="seed of the data order, augmentation and initialisation")
         parser_.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                              help="where to train (auto: CUDA when present, else CPU)")
@@ -309,7 +312,7 @@ def run_train(args) -> int:
 
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
                          final_learning_rate=args.final_learning_rate,
-                         seed=args.seed, max_minutes=args.max_minutes, device=args.device, init=args.init,
+                         seed=args.seed, max_minutes=args.max_minutes, pause_at=args.pause_at, device=args.device, init=args.init,
                          extra_card={"data": describe(args.data), "command": recorded_command(sys.argv[1:])})
     samples = load_datasets(args.data, ("train",))
     if args.model == "segmenter":

@@ -1,9 +1,12 @@
 """`certseg train segmenter|denoiser`: seeded, resumable training on model-space images.
 
 Checkpoints are safetensors (weights and optimizer tensors) plus a JSON file
-(step, optimizer hyper-parameters, random states); nothing is pickled.
-Training stops at `steps` or after `max_minutes`, whichever comes first, and
-always leaves a checkpoint and the finished model folder behind.
+(step, optimizer hyper-parameters, and every random state a step draws from:
+torch's, CUDA's when present, and the numpy generator that picks batches,
+augmentations and noise levels); nothing is pickled.  A resumed run is the run
+it continues, step for step (tested: 2 steps + 1 resumed = 3 steps).
+Training stops at `steps`, at `pause_at` or after `max_minutes`, whichever comes
+first, and always leaves a checkpoint and the finished model folder behind.
 """
 
 from __future__ import annotations
@@ -51,6 +54,9 @@ class TrainConfig:
     final_learning_rate: float | None = None  # cosine decay from learning_rate to this over the steps; None: constant
     seed: int = 0
     max_minutes: float | None = None
+    # stop after this step, checkpointed, keeping the learning-rate schedule of `steps`: a session's share of a
+    # longer run, which a later run with the same `steps` resumes exactly
+    pause_at: int | None = None
     checkpoint_every: int = 25
     device: str = "auto"
     # segmenter: noise augmentation sigma drawn uniformly from this range per image (the smoothing noise)
@@ -157,7 +163,7 @@ def train_segmenter(samples: list[Sample], out: Path, config: TrainConfig, progr
         if tracker is not None and (step % config.validate_every == 0 or step == config.steps):
             tracker.check(network, step)
 
-    steps = _run(network, optimizer, step_loss, checkpoint, config, progress, "segmenter", after_step)
+    steps = _run(network, optimizer, step_loss, checkpoint, config, progress, "segmenter", rng, after_step)
     if tracker is not None and tracker.best_step is not None:
         network.load_state_dict(load_file(str(tracker.path)))
     card = {
@@ -245,7 +251,7 @@ def train_denoiser(samples: list[Sample], out: Path, config: TrainConfig, progre
         x_t = scheduler.add_noise(x0, noise, t.cpu()).to(device)
         return torch.nn.functional.mse_loss(unet(x_t, t).sample, noise)
 
-    steps = _run(unet, optimizer, step_loss, out / "checkpoints" / "denoiser", config, progress, "denoiser")
+    steps = _run(unet, optimizer, step_loss, out / "checkpoints" / "denoiser", config, progress, "denoiser", rng)
     card = {
         "name": "certseg-cxr-ddpm",
         "version": MODEL_VERSION,
@@ -262,9 +268,12 @@ def train_denoiser(samples: list[Sample], out: Path, config: TrainConfig, progre
 
 
 def _run(model, optimizer, step_loss, checkpoint: Path, config: TrainConfig, progress: bool, name: str,
-         after_step=None) -> int:
-    """The training loop shared by both models: resume, step, checkpoint, stop on steps or time."""
-    step = _load_checkpoint(checkpoint, model, optimizer) if checkpoint.exists() else 0
+         rng: np.random.Generator, after_step=None) -> int:
+    """The training loop shared by both models: resume, step, checkpoint, stop on steps, pause or time.
+
+    `rng` is the generator `step_loss` draws batches, augmentations and noise levels from: its state is
+    checkpointed with torch's, so a resumed run draws what the uninterrupted run would have."""
+    step = _load_checkpoint(checkpoint, model, optimizer, rng) if checkpoint.exists() else 0
     model.train()
     started = time.monotonic()
     with tqdm(total=config.steps, initial=step, desc=f"train {name}", disable=not progress) as bar:
@@ -278,11 +287,12 @@ def _run(model, optimizer, step_loss, checkpoint: Path, config: TrainConfig, pro
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}")
             out_of_time = config.max_minutes is not None and time.monotonic() - started > 60 * config.max_minutes
+            paused = config.pause_at is not None and step >= config.pause_at
             if after_step is not None:
                 after_step(step)
-            if step % config.checkpoint_every == 0 or step == config.steps or out_of_time:
-                _save_checkpoint(checkpoint, model, optimizer, step)
-            if out_of_time:
+            if step % config.checkpoint_every == 0 or step == config.steps or out_of_time or paused:
+                _save_checkpoint(checkpoint, model, optimizer, step, rng)
+            if out_of_time or paused:
                 break
     model.eval()
     return step
@@ -299,7 +309,7 @@ def _set_learning_rate(optimizer, config: TrainConfig, step: int) -> None:
         group["lr"] = rate
 
 
-def _save_checkpoint(folder: Path, model, optimizer, step: int) -> None:
+def _save_checkpoint(folder: Path, model, optimizer, step: int, rng: np.random.Generator) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     state = optimizer.state_dict()
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -312,13 +322,15 @@ def _save_checkpoint(folder: Path, model, optimizer, step: int) -> None:
                 scalars.setdefault(str(index), {})[key] = value
     save_file(tensors, str(folder / "state.safetensors.tmp"))
     (folder / "state.json.tmp").write_text(json.dumps(
-        {"step": step, "param_groups": state["param_groups"], "scalars": scalars, "torch_rng": torch.get_rng_state().tolist()}
+        {"step": step, "param_groups": state["param_groups"], "scalars": scalars, "torch_rng": torch.get_rng_state().tolist(),
+         "cuda_rng": [s.tolist() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
+         "numpy_rng": rng.bit_generator.state}
     ))
     (folder / "state.safetensors.tmp").replace(folder / "state.safetensors")
     (folder / "state.json.tmp").replace(folder / "state.json")
 
 
-def _load_checkpoint(folder: Path, model, optimizer) -> int:
+def _load_checkpoint(folder: Path, model, optimizer, rng: np.random.Generator) -> int:
     tensors = load_file(str(folder / "state.safetensors"))
     meta = json.loads((folder / "state.json").read_text())
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
@@ -331,6 +343,10 @@ def _load_checkpoint(folder: Path, model, optimizer) -> int:
         optimizer_state.setdefault(int(index), {}).update(values)
     optimizer.load_state_dict({"state": optimizer_state, "param_groups": meta["param_groups"]})
     torch.set_rng_state(torch.tensor(meta["torch_rng"], dtype=torch.uint8))
+    if meta.get("cuda_rng") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in meta["cuda_rng"]])
+    if "numpy_rng" in meta:  # checkpoints of earlier versions lack it: their resumed runs replay early batches
+        rng.bit_generator.state = meta["numpy_rng"]
     return int(meta["step"])
 
 
