@@ -88,6 +88,45 @@ def test_each_module_imports_only_what_its_layer_may(path):
         assert part_of(imported) in allowed or imported == "certseg", f"{module_name(path)} imports {imported}"
 
 
+def imported_modules(path: Path, modules: set[str]) -> set[str]:
+    """Every package module `path` imports anywhere (module level, TYPE_CHECKING blocks, inside functions); `from
+    package import submodule` is an edge to the submodule."""
+    tree = ast.parse(path.read_text())
+    package = module_name(path).split(".")
+    if path.name != "__init__.py":
+        package = package[:-1]
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = ".".join((package[: len(package) - node.level + 1] if node.level else []) +
+                            ([node.module] if node.module else []))
+            submodules = {f"{base}.{alias.name}" for alias in node.names} & modules
+            found |= submodules or {base}
+    return (found & modules) - {module_name(path)}
+
+
+def test_the_import_graph_has_no_cycle():
+    """No module needs, however late or only for its type hints, a module that needs it: each part can be read
+    (and replaced) from the bottom up."""
+    modules = {module_name(path) for path in BACKEND_FILES}
+    graph = {module_name(path): imported_modules(path, modules) for path in BACKEND_FILES}
+    done: set[str] = set()
+
+    def visit(module: str, trail: list[str]) -> None:
+        if module in trail:
+            raise AssertionError("import cycle: " + " -> ".join(trail[trail.index(module):] + [module]))
+        if module in done:
+            return
+        for imported in sorted(graph[module]):
+            visit(imported, trail + [module])
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module, [])
+
+
 def test_every_backend_module_belongs_to_a_stated_part():
     assert {part_of(module_name(path)) for path in BACKEND_FILES} <= set(ALLOWED)
 

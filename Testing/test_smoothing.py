@@ -303,7 +303,7 @@ def test_seeds_that_differ_above_bit_32_draw_different_noise():
 
 
 def test_images_of_one_run_never_share_noise_and_the_run_seed_reproduces_each():
-    from certseg.core.sampling import fresh_seed, image_noise_seed
+    from certseg.core.parameters import fresh_seed, image_noise_seed
 
     run = fresh_seed()
     seeds = {image_noise_seed(run, f"1.2.3.{index}") for index in range(1000)}

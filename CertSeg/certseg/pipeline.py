@@ -17,7 +17,8 @@ import numpy as np
 
 from certseg.core.input_map import ModelInputMap
 from certseg.core.radius import radius_in_source_units
-from certseg.core.sampling import fresh_seed, image_noise_seed, resolve_device
+from certseg.core.devices import resolve_device
+from certseg.core.parameters import fresh_seed, image_noise_seed
 from certseg.core.smoothing import Certificate
 from certseg.core.window import IntensityWindow
 from certseg.errors import OOD_REFUSAL, OutOfDistributionError

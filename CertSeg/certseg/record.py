@@ -97,7 +97,7 @@ class Source:
 @dataclass(frozen=True)
 class Parameters:
     """The smoothing parameters the certificate was computed with, defined here once: the engine's
-    core.smoothing.SmoothingParameters adds the per-image seed, which the report leaves out (the run seed and
+    core.parameters.SmoothingParameters adds the per-image seed, which the report leaves out (the run seed and
     the image key give it: see Noise)."""
 
     mode: Mode
@@ -141,7 +141,7 @@ class ExecutionRecord:
 @dataclass(frozen=True)
 class Noise:
     """Where the noise came from.  The run seed is the one seed: `--seed run_seed` reproduces the run, and
-    the image's own noise stream is drawn from it and the image key (core.sampling.image_noise_seed)."""
+    the image's own noise stream is drawn from it and the image key (core.parameters.image_noise_seed)."""
 
     run_seed: int
     image_key: str  # the SOPInstanceUID or file name that tells this image's noise apart within a run

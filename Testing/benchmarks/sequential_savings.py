@@ -12,7 +12,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from certseg.core.sampling import resolve_device
+from certseg.core.devices import resolve_device
 from certseg.model.execution import Execution
 from certseg.model.folder import load_models
 from certseg.request import DOUBLING, CertificationRequest

@@ -103,7 +103,7 @@ def run_options(args, *, needs_models: bool = True) -> RunOptions:
     if needs_models:
         model_folder(options.model_dir, with_denoiser=options.use_denoiser)
     if options.device not in ("auto", "cpu"):  # asking torch for a GPU costs its import: only when one is named
-        from certseg.core.sampling import resolve_device
+        from certseg.core.devices import resolve_device
 
         resolve_device(options.device)
     return options

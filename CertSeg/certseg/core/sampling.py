@@ -6,63 +6,18 @@ reproduced from its seed and stopping early merely leaves samples unseen (core.s
 
 from __future__ import annotations
 
-import hashlib
-import secrets
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from certseg.errors import ParameterError
+from certseg.core.parameters import SmoothingParameters
 from certseg.progress import Progress
-
-if TYPE_CHECKING:  # the parameters' record lives with the algorithms that use it
-    from certseg.core.smoothing import SmoothingParameters
 
 BaseSegmenter = Callable[[torch.Tensor], torch.Tensor]
 """(B, 1, H, W) float batch on the engine's device -> (B, H, W) integer labels."""
 
 SELECTION_STAGE, ESTIMATION_STAGE = 0, 1
-
-
-def fresh_seed() -> int:
-    """A 63-bit seed from the operating system's entropy: noise nobody can know before the image is fixed."""
-    return secrets.randbits(63)
-
-
-def image_noise_seed(run_seed: int, image_key: str) -> int:
-    """The noise seed of one image of a run (image_key: its SOPInstanceUID, a file name, ...).
-
-    Distinct images of one run never share noise, and the run seed alone reproduces each image.
-    The guarantee needs the run seed to be unknown to whoever prepared the image (fresh_seed());
-    a seed chosen in advance lets an attacker tune the image to the exact draws.
-    """
-    digest = hashlib.sha256(f"certseg-noise:{int(run_seed)}:{image_key}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
-
-
-def default_batch_size(device: torch.device) -> int:
-    """Noisy copies per forward pass when the caller does not choose.
-
-    Measured with the shipped models at 256 x 256 on 2 CPU cores: batch 2 gives 9.7
-    samples/s, batch 16 only 4.3 (cache-bound); GPUs want large batches.
-    """
-    return {"cpu": 2, "mps": 16}.get(device.type, 64)
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """'auto' (or None) picks CUDA when present, then Apple MPS, else CPU."""
-    if device in (None, "auto"):
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ParameterError("device 'cuda' was requested but no CUDA GPU is available")
-    return resolved
 
 
 _NOISE_CHUNK = 64

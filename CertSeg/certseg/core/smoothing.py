@@ -14,7 +14,6 @@ sequentially, after growing numbers of samples, and stop early (certify_segmenta
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,15 +22,8 @@ import numpy as np
 import torch
 
 from certseg.core.labels import ABSTAIN
-from certseg.core.sampling import (
-    ESTIMATION_STAGE,
-    SELECTION_STAGE,
-    BaseSegmenter,
-    count_votes,
-    default_batch_size,
-    fresh_seed,
-    resolve_device,
-)
+from certseg.core.parameters import SmoothingParameters
+from certseg.core.sampling import ESTIMATION_STAGE, SELECTION_STAGE, BaseSegmenter, count_votes
 from certseg.core.stats import (
     binomial_upper_tail_pvalue,
     certification_chance,
@@ -41,43 +33,9 @@ from certseg.core.stats import (
     reject_hypotheses,
     two_sided_binomial_pvalue,
 )
-from certseg.errors import InputError, ParameterError
+from certseg.errors import InputError
 from certseg.progress import Progress
-from certseg.record import Parameters
 from certseg.request import DOUBLING, CertificationRequest, Correction, Mode
-
-
-@dataclass(frozen=True)
-class SmoothingParameters(Parameters):
-    """Everything needed to reproduce a certificate bit for bit (with the same model and device): the
-    parameters the report records (record.Parameters, defined there once) and this image's noise seed."""
-
-    seed: int = field(kw_only=True)  # this image's; derived from the run seed and the image key (pipeline)
-
-    def __post_init__(self) -> None:
-        """Only what the engine adds to a request is checked here: the request validated its own fields."""
-        if self.num_classes < 2:
-            raise ParameterError(f"num_classes must be >= 2, got {self.num_classes}")
-        if self.batch_size < 1:
-            raise ParameterError(f"batch_size must be >= 1, got {self.batch_size}")
-
-    @classmethod
-    def resolved(cls, mode: Mode, request: CertificationRequest, num_classes: int, seed: int | None,
-                 batch_size: int | None, device, looks: tuple[int, ...] = (), stop_tolerance: float = 0.0):
-        """The request as the engine runs it: the device, batch size and seed resolved (fresh entropy for None)."""
-        resolved = resolve_device(device)
-        predict = mode == Mode.PREDICT
-        return cls(mode=mode, num_classes=int(num_classes), sigma=request.sigma, n0=0 if predict else request.n0,
-                   n=request.n, alpha=request.alpha, tau=None if predict else request.tau,
-                   correction=Correction.BONFERRONI if predict else request.correction,
-                   seed=fresh_seed() if seed is None else int(seed),
-                   batch_size=int(default_batch_size(resolved) if batch_size is None else batch_size),
-                   device=str(resolved), looks=looks, stop_tolerance=float(stop_tolerance))
-
-    @property
-    def recorded(self) -> Parameters:
-        """What report.json states: every field but the seed (the report's one seed is the run seed)."""
-        return Parameters(**{item.name: getattr(self, item.name) for item in dataclasses.fields(Parameters)})
 
 
 @dataclass

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from certseg.core.sampling import BaseSegmenter, resolve_device
+from certseg.core.devices import resolve_device
+from certseg.core.sampling import BaseSegmenter
 from certseg.core.smoothing import Certificate, certify_segmentation, predict_segmentation
 from certseg.model.base_function import BaseSegmenterModule
 from certseg.model.denoiser import DiffusionDenoiser

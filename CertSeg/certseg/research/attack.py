@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from certseg.core.labels import ABSTAIN
-from certseg.core.sampling import fresh_seed
+from certseg.core.parameters import fresh_seed
 from certseg.core.smoothing import Certificate
 from certseg.core.stats import binomial_upper_tail_pvalue
 from certseg.errors import ParameterError

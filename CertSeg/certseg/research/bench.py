@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from certseg.core.sampling import resolve_device
+from certseg.core.devices import resolve_device
 from certseg.model.execution import Execution
 from certseg.model.cards import DEFAULT_MODEL_DIR
 from certseg.model.folder import load_models

@@ -34,7 +34,8 @@ from tqdm import tqdm
 
 from certseg.core.labels import ABSTAIN
 from certseg.core.measurements import cardiothoracic_ratio, ratio_bounds, ratio_verdict
-from certseg.core.sampling import fresh_seed, image_noise_seed, resolve_device
+from certseg.core.devices import resolve_device
+from certseg.core.parameters import fresh_seed, image_noise_seed
 from certseg.dicom.codes import STRUCTURES
 from certseg.model.execution import Execution
 from certseg.model.folder import LoadedModels

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from certseg.core.sampling import resolve_device
+from certseg.core.devices import resolve_device
 from certseg.core.window import DEFAULT_PERCENTILES
 from certseg.errors import ParameterError
 from certseg.dicom.codes import NUM_CLASSES, label_card
