@@ -1,9 +1,10 @@
 """From inputs on disk to result folders: every chest radiograph of a DICOM export, or one image file.
 
-`certseg certify`, `certseg pacs` and the listener certify DICOM through certify_input (one result
-folder per image under OUT/<study>/<series>/<instance>/); `certseg certify-array` (the Slicer
-module's call) certifies one image file through certify_image_file.  Both write each result
-folder atomically and never replace one unless asked.
+`certseg certify`, `certseg pacs`, the listener, the Orthanc plugin (through `certseg certify`) and the
+Ray engine certify DICOM through certify_input (one result folder per image under
+OUT/<study>/<series>/<instance>/); `certseg certify-array` (the Slicer module's call) reads one image
+file with read_image_file_input and certifies it with certify_image_file_input.  Both write each
+result folder atomically and never replace one unless asked.
 """
 
 from __future__ import annotations
@@ -170,20 +171,6 @@ def read_image_file_input(path: Path, out: Path, request: CertificationRequest, 
     if out.exists() and not overwrite:
         raise CertSegError(f"{out}: already exists (use --overwrite to replace it)")
     return ImageFileInput(path, image, radiograph)
-
-
-def certify_image_file(path: Path, out: Path, pipeline: CertificationPipeline, request: CertificationRequest, *,
-                       reference_dicom: Path | None = None, overwrite: bool = False, quiet: bool = False,
-                       progress_protocol: bool = False) -> str:
-    """Certify one image file into the result folder `out`; returns the summary line.
-
-    `reference_dicom`: the DICOM file the image was exported from (the Slicer module's case): its
-    pixel values, photometry, window and spacing are used, the file's geometry kept, and a DICOM SEG
-    and SR are written too.  `progress_protocol`: progress lines for the Slicer module, not a bar.
-    """
-    given = read_image_file_input(path, out, request, reference_dicom=reference_dicom, overwrite=overwrite)
-    return certify_image_file_input(given, out, pipeline, request, overwrite=overwrite, quiet=quiet,
-                                    progress_protocol=progress_protocol)
 
 
 def certify_image_file_input(given: ImageFileInput, out: Path, pipeline: CertificationPipeline,

@@ -2,7 +2,7 @@
 
     segmenter/card.json            architecture, labels, input spec, sha256, intended use
     segmenter/model.safetensors    MONAI network weights
-    segmenter/<detector>.json      (optional) the fitted OOD detector the card names, with its sha256
+    segmenter/ood.safetensors      (optional) the fitted OOD detector the card names (its file and sha256)
     denoiser/card.json             (optional) training data, sha256, intended use
     denoiser/unet/, scheduler/     diffusers save_pretrained output (safetensors)
 

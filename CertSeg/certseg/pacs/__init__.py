@@ -1,6 +1,7 @@
-"""CertSeg on the hospital network: query, retrieve, certify and send back (`certseg pacs`).
+"""CertSeg on the hospital network: `certseg pacs` (query, retrieve, certify, send back), `certseg listen`
+(a DICOM node), the Orthanc plugin, `certseg viewer` (OHIF over DICOMweb) and the reference deployment.
 
-Import rule: only this subpackage talks to the network; it uses the rest of certseg through
-`batch.certify_input`, exactly as `certseg certify` does.  Its clients (pynetdicom,
-dicomweb-client) come with the optional extra `certseg[pacs]`.
+Import rule: only this subpackage talks to the network, and it imports only CertSeg's foundation; the
+certification itself is handed to it as a function (the commands pass `runner.certify_input`, as
+`certseg certify` uses it).  Its clients (pynetdicom, dicomweb-client) come with the extra `certseg[pacs]`.
 """
