@@ -2,6 +2,7 @@
 report is refused naming the key, and no writer outside the record reads a report by string keys."""
 
 import ast
+import dataclasses
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -86,16 +87,33 @@ def test_the_typed_record_is_what_the_writers_change(certified_sample):
     assert replace(report, denoiser=False).to_json()["denoiser"] is False
 
 
-def report_subscripts(path: Path) -> list[str]:
-    """`report[...]` and `report.get(...)` in `path`: a report read by string keys."""
+REPORT_KEYS = {field.name for field in dataclasses.fields(Report)}
+
+
+def report_subscripts(path: Path, root: Path = PACKAGE) -> list[str]:
+    """Reads of report.json by string key in `path`, whatever the variable is called: `x["measurements"]`,
+    `json.loads(text).get("radius")`.  A mapping inside the typed record (`report.models["denoiser"]`) is typed
+    access, not a key read."""
     found = []
     for node in ast.walk(ast.parse(path.read_text())):
-        target = node.value if isinstance(node, ast.Subscript) else (
-            node.func.value if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-            and node.func.attr == "get" else None)
-        if isinstance(target, ast.Name) and target.id == "report":
-            found.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
+        if isinstance(node, ast.Subscript):
+            target, key = node.value, node.slice
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("get", "pop") \
+                and node.args:
+            target, key = node.func.value, node.args[0]
+        else:
+            continue
+        typed_field = isinstance(target, ast.Attribute) and target.attr in REPORT_KEYS
+        if isinstance(key, ast.Constant) and key.value in REPORT_KEYS and not typed_field:
+            found.append(f"{path.relative_to(root)}:{node.lineno}")
     return found
+
+
+def test_the_report_key_guard_finds_a_report_read_under_any_name(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text("import json\nsummary = json.loads(text)\nsummary['measurements']\n"
+                      "json.loads(text).get('radius')\nreport.models['denoiser']\n")
+    assert report_subscripts(sample, tmp_path) == ["sample.py:3", "sample.py:4"]
 
 
 def test_no_writer_and_no_slicer_module_reads_a_report_by_string_keys():
