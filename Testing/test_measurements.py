@@ -19,6 +19,8 @@ from certseg.core.measurements import (
 from certseg.dicom.codes import label_card
 from certseg.record import Interval, RatioVerdict
 
+pytestmark = pytest.mark.fast  # the fast tier: pytest -m fast
+
 RIGHT_LUNG, LEFT_LUNG, HEART = 1, 2, 3
 CLASSES = tuple(Label(entry["value"], entry["name"]) for entry in label_card())
 

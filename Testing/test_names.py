@@ -8,6 +8,8 @@ from certseg.errors import CertSegError
 from certseg.names import contained_path, result_folder, uid_problem
 from support.dicom_files import traversal_uids
 
+pytestmark = pytest.mark.fast  # the fast tier: pytest -m fast
+
 
 @pytest.mark.parametrize("value", ["1.2.840.10008.5.1.4.1.1.1", "0", "1.0.2", "2.25." + "9" * 39])
 def test_dicom_uids_are_accepted(value):

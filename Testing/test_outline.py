@@ -7,6 +7,8 @@ from scipy import ndimage
 
 from certseg.core.outline import largest_region, main_region_outline, polygon_area
 
+pytestmark = pytest.mark.fast  # the fast tier: pytest -m fast
+
 
 def centres_inside(polygon: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     row, column = np.mgrid[0:shape[0], 0:shape[1]]

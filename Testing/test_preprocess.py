@@ -8,6 +8,8 @@ from certseg.core.input_map import ModelInputMap
 from certseg.core.radius import PercentileSensitivity, radius_in_source_units
 from certseg.core.window import IntensityWindow
 
+pytestmark = pytest.mark.fast  # the fast tier: pytest -m fast
+
 
 def dense_matrix(linear, shape):
     """The matrix of a linear map, column by column (small shapes only)."""

@@ -10,6 +10,8 @@ from certseg.core.smoothing import certify_segmentation, predict_segmentation
 from certseg.core.stats import binomial_upper_tail_pvalue
 from certseg.request import CertificationRequest
 
+pytestmark = pytest.mark.fast  # the fast tier: pytest -m fast
+
 
 def threshold_model(batch: torch.Tensor) -> torch.Tensor:
     """f_i(x) = [x_i > 0.5]: P(f_i(x + eps) = 1) = Phi((x_i - 0.5) / sigma) exactly."""

@@ -16,6 +16,8 @@ from certseg.core.stats import (
     two_sided_binomial_pvalue,
 )
 
+pytestmark = pytest.mark.fast  # the fast tier: pytest -m fast
+
 
 @pytest.mark.parametrize("n, tau", [(1, 0.75), (100, 0.75), (1000, 0.95), (37, 0.6)])
 def test_upper_tail_pvalue_matches_scipy_binomial(n, tau):
