@@ -197,7 +197,6 @@ def run_pacs(args) -> int:
 
     request, options = certification_request(args), run_options(args)
     query = StudyQuery(args.study, args.accession, args.patient_id, args.date_from, args.date_to)
-    query.validate()
     server = load_server(args.server, args.config)
     from certseg.pipeline import CertificationPipeline  # torch, MONAI and diffusers: once the request is sound
 
@@ -232,7 +231,6 @@ def run_listen(args) -> int:
 
     request, options = certification_request(args), run_options(args)
     settings = listener_settings(args)
-    settings.validate()
     if settings.tls is not None:
         from certseg.pacs.tls import server_context
 

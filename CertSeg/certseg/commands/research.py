@@ -213,7 +213,6 @@ def run_attack(args) -> int:
     given = {"steps": args.steps, "noise_draws": args.noise_draws,
              "fractions": None if args.fractions is None else tuple(args.fractions)}
     settings = AttackSettings(**{name: value for name, value in given.items() if value is not None})
-    settings.validate()
     if args.out.exists() and not args.overwrite:
         raise CertSegError(f"{args.out}: already exists (use --overwrite to replace it)")
     images = _attack_images(args)

@@ -49,7 +49,8 @@ class Execution:
         chosen = default.precision if precision == "auto" else precision
         return cls(chosen, default.channels_last and chosen != "fp32", compile)
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
+        """Valid by construction: nothing downstream checks the choices again."""
         if self.precision not in PRECISIONS:
             raise ParameterError(f"precision must be one of {tuple(PRECISIONS)}, got {self.precision!r}")
         if self.compile not in COMPILE_MODES:

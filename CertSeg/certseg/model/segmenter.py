@@ -36,7 +36,6 @@ class CertifiedSegmenter:
     ):
         self.device = resolve_device(device)
         self.execution = execution or Execution.default_for(self.device)
-        self.execution.validate()
         # NHWC is set here, before anything runs, so every use of the network (the OOD check
         # too) sees the same layout; it rewrites the weights of the modules passed in.
         layout = torch.channels_last if self.execution.channels_last else torch.contiguous_format

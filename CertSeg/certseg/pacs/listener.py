@@ -72,7 +72,8 @@ class ListenerSettings:
     send_capture: bool = True  # the secondary capture beside each SEG and SR
     send_pdf: bool = True  # the report page as Encapsulated PDF
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
+        """Valid by construction: the listener and the command never check these again."""
         if not 0 < self.port < 65536:
             raise ParameterError(f"listen: port must lie in 1..65535, got {self.port}")
         if not 0 < len(self.aet) <= 16:
@@ -122,7 +123,6 @@ class Listener:
     def __init__(self, settings: ListenerSettings,
                  certify: Callable[[Path, Path, Callable[[Path, bool], None]], list[CertifiedFile]],
                  send: Callable[[list[Path], StudyRecord], None], log: Callable[[dict], None]):
-        settings.validate()
         self.settings, self.certify, self.send, self.log = settings, certify, send, log
         self.spool = Spool(settings.spool)
         self.server = None

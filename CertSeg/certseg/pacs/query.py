@@ -19,7 +19,8 @@ class StudyQuery:
     date_from: str | None = None  # YYYYMMDD, inclusive
     date_to: str | None = None
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
+        """Valid by construction: a query that names nothing (the whole archive) cannot exist."""
         if not any((self.study_uid, self.accession, self.patient_id, self.date_from, self.date_to)):
             raise ParameterError("pacs: give a study UID, accession number, patient ID or date range "
                              "(CertSeg never pulls a whole archive)")

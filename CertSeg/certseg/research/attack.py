@@ -60,7 +60,8 @@ class AttackSettings:
     step_scale: float = 2.5
     fractions: tuple[float, ...] = DEFAULT_FRACTIONS  # epsilons as fractions of the certified radius
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
+        """Valid by construction."""
         if self.steps < 1 or self.noise_draws < 1:
             raise ParameterError(f"steps and noise draws must be >= 1, got {self.steps} and {self.noise_draws}")
         if not self.step_scale > 0:
