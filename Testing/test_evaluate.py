@@ -68,10 +68,11 @@ def test_ratio_summary_counts_containment_and_decisions_against_an_independent_c
     contains = sum(r.low <= r.reference <= r.high for r in records) / 200
     decided = [r for r in records if r.high < 0.5 or r.low > 0.5]
     right = sum((r.low > 0.5) == (r.reference > 0.5) for r in decided)
-    assert summary["contains_reference"] == pytest.approx(contains)
-    assert summary["decides"] == pytest.approx(len(decided) / 200)
-    assert summary["decides_rightly"] == pytest.approx(right / len(decided))
-    assert summary["clean_mae"] == pytest.approx(np.mean([abs(r.clean - r.reference) for r in records]))
+    assert summary.images == 200 and summary.certified == 1.0
+    assert summary.contains_reference == pytest.approx(contains)
+    assert summary.decides == pytest.approx(len(decided) / 200)
+    assert summary.decides_rightly == pytest.approx(right / len(decided))
+    assert summary.clean_mae == pytest.approx(np.mean([abs(r.clean - r.reference) for r in records]))
 
 
 def test_wrong_side_share_and_lung_only_scoring():

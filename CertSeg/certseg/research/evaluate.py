@@ -33,7 +33,7 @@ from monai.metrics import compute_dice
 from tqdm import tqdm
 
 from certseg.core.labels import ABSTAIN
-from certseg.core.measurements import cardiothoracic_ratio, ratio_bounds, ratio_verdict
+from certseg.core.measurements import RATIO_THRESHOLD, cardiothoracic_ratio, ratio_bounds, ratio_verdict
 from certseg.core.devices import resolve_device
 from certseg.core.parameters import fresh_seed, image_noise_seed
 from certseg.dicom.codes import STRUCTURES
@@ -334,19 +334,32 @@ def _plot(rows: list[Row], path: Path, tau: float) -> None:
     plt.close(figure)
 
 
-def ratio_summary(records: list[RatioRecord]) -> dict[str, float]:
+@dataclass(frozen=True)
+class RatioSummary:
+    """One configuration's cardiothoracic ratios against the reference (NaN where nothing is counted)."""
+
+    images: int  # with a reference ratio
+    clean_mae: float  # the clean network's mean absolute error
+    certified: float  # share with a certified interval
+    contains_reference: float  # share whose certified interval contains the reference
+    decides: float  # share whose interval lies on one side of 0.5
+    decides_rightly: float  # of those, the share on the reference's side
+
+
+def ratio_summary(records: list[RatioRecord]) -> RatioSummary:
     """Against the reference: the clean value's mean absolute error, and the shares of certified intervals that
     contain the reference, that decide the 0.5 question, and that decide it rightly."""
     usable = [r for r in records if r.reference is not None]
-    decided = [r for r in usable if r.verdict in ("below", "above")]
-    right = [r for r in decided if (r.verdict == "above") == (r.reference > 0.5)]
+    decided = [r for r in usable if r.verdict in (RatioVerdict.BELOW, RatioVerdict.ABOVE)]
+    right = [r for r in decided if (r.verdict is RatioVerdict.ABOVE) == (r.reference > RATIO_THRESHOLD)]
     clean = [abs(r.clean - r.reference) for r in usable if r.clean is not None]
     contains = [r.low is not None and r.low <= r.reference <= r.high for r in usable]
-    return {"images": len(usable), "clean_mae": float(np.mean(clean)) if clean else float("nan"),
-            "certified": float(np.mean([r.low is not None for r in usable])) if usable else float("nan"),
-            "contains_reference": float(np.mean(contains)) if usable else float("nan"),
-            "decides": len(decided) / len(usable) if usable else float("nan"),
-            "decides_rightly": len(right) / len(decided) if decided else float("nan")}
+    nan = float("nan")
+    return RatioSummary(images=len(usable), clean_mae=float(np.mean(clean)) if clean else nan,
+                        certified=float(np.mean([r.low is not None for r in usable])) if usable else nan,
+                        contains_reference=float(np.mean(contains)) if usable else nan,
+                        decides=len(decided) / len(usable) if usable else nan,
+                        decides_rightly=len(right) / len(decided) if decided else nan)
 
 
 def write_ratio_outputs(records: list[RatioRecord], out: Path) -> None:
@@ -363,9 +376,9 @@ def write_ratio_outputs(records: list[RatioRecord], out: Path) -> None:
              "decides 0.5 | decides rightly |", "|---|---|---|---|---|---|---|---|"]
     for key in dict.fromkeys((r.configuration, r.sigma) for r in records):
         summary = ratio_summary([r for r in records if (r.configuration, r.sigma) == key])
-        lines.append(f"| {key[0]} | {key[1]:g} | {summary['images']} | {summary['clean_mae']:.3f} | "
-                     f"{share(summary['certified'])} | {share(summary['contains_reference'])} | "
-                     f"{share(summary['decides'])} | {share(summary['decides_rightly'])} |")
+        lines.append(f"| {key[0]} | {key[1]:g} | {summary.images} | {summary.clean_mae:.3f} | "
+                     f"{share(summary.certified)} | {share(summary.contains_reference)} | "
+                     f"{share(summary.decides)} | {share(summary.decides_rightly)} |")
     (out / "ctr.md").write_text("\n".join(lines) + "\n")
     _bland_altman(records, out / "ctr-bland-altman.png")
 
