@@ -10,13 +10,14 @@ import torch.nn.functional as F
 from PIL import Image
 
 from certseg.commands import main
+from certseg.dicom.codes import CLASS_TABLE
 from certseg.research.data import Sample, import_dataset, load_dataset, split_of
 from certseg.research.data.augment import augment_batch, geometry
-from certseg.research.train import TrainConfig, annotated_classes, partial_label_loss, train_segmenter
+from certseg.research.train import TrainConfig, annotated_structures, partial_label_loss, train_segmenter
 
 SIZE = 128  # image side of the fake copy; its masks are stored at half resolution, as in the copy
 STRUCTURES = {"right_lung": (64, 40, 22), "left_lung": (64, 88, 22), "heart": (80, 64, 12),
-              "right_clavicle": (20, 40, 6), "left_clavicle": (20, 88, 6)}
+              "right_clavicle": (40, 40, 8), "left_clavicle": (40, 88, 8)}  # clavicles cross the lungs' apices
 
 
 def _disc(shape, centre, radius):
@@ -63,8 +64,25 @@ def test_public_png_copy_imports_with_its_split_laterality_and_card(tmp_path):
     assert train.stored[0, 0] == 255 and train.stored[0, -1] == 255 - (SIZE - 1)  # read through the palette
     # Masks at half resolution land on the image grid; the patient's right is on the viewer's left.
     assert train.labels[64, 30] == 1 and train.labels[64, 98] == 2 and train.labels[80, 64] == 3
-    assert train.labels[20, 40] == 4 and train.labels[20, 88] == 5 and train.labels[120, 5] == 0
+    assert train.labels[34, 40] == 4 and train.labels[34, 88] == 5 and train.labels[120, 5] == 0
+    # Each structure as drawn: a lung under its clavicle is the class standing for both, and the lungs'
+    # seam with the heart is heart (SCR's lungs exclude the heart).
+    assert CLASS_TABLE.structures_of[train.labels[46, 40]] == (1, 4)
+    assert CLASS_TABLE.structures_of[train.labels[46, 88]] == (2, 5)
+    assert train.labels[80, 56] == 3 and written["classes"] == CLASS_TABLE.card()
     assert load_dataset(tmp_path / "jsrt", ("test",))[0].labels[80, 64] == 3  # heart read from heart_png
+
+
+def test_a_dataset_folder_with_clavicles_painted_over_lungs_is_refused_in_one_line(tmp_path, capsys):
+    write_jsrt_png_copy(tmp_path / "copy", ["JPCLN003"])
+    import_dataset("jsrt-png", tmp_path / "copy", tmp_path / "jsrt", progress=False)
+    card = json.loads((tmp_path / "jsrt" / "dataset.json").read_text())
+    (tmp_path / "jsrt" / "dataset.json").write_text(json.dumps({**card, "format": "certseg-dataset-1"}))
+    assert main(["train", "segmenter", "--data", str(tmp_path / "jsrt"), "--out", str(tmp_path / "m"),
+                 "--steps", "1", "--quiet"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "painted each clavicle over its lung" in error and len(error.splitlines()) == 1
+    assert not (tmp_path / "m").exists()
 
 
 def write_covid_qu_ex_copy(root):
@@ -131,7 +149,7 @@ def test_existing_dataset_folder_is_kept_unless_overwrite(tmp_path):
     assert (tmp_path / "jsrt" / "mine.txt").read_text() == "keep"
 
 
-def _logits_favouring(labels: np.ndarray, num_classes: int = 6) -> torch.Tensor:
+def _logits_favouring(labels: np.ndarray, num_classes: int = CLASS_TABLE.num_classes) -> torch.Tensor:
     return 8.0 * F.one_hot(torch.as_tensor(labels), num_classes).permute(2, 0, 1)[None].float()
 
 
@@ -140,23 +158,35 @@ def test_partial_label_loss_treats_unannotated_structures_as_unknown():
     truth[8:24, 4:14], truth[8:24, 18:28] = 1, 2  # lungs
     with_heart = truth.copy()
     with_heart[20:30, 14:18] = 3  # the network also draws a heart where the lung-only truth says 0
+    under_clavicle = truth.copy()
+    under_clavicle[8:10, 4:14] = 6  # ... and a clavicle over the right lung's apex: still lung
     labels = torch.as_tensor(truth)[None, None]
-    lung_only = annotated_classes([Sample("mc", np.zeros((1, 1)), np.zeros((1, 1), np.uint8), (1, 2))])
-    everything = annotated_classes([Sample("jsrt", np.zeros((1, 1)), np.zeros((1, 1), np.uint8))])
-    assert lung_only.tolist() == [[False, True, True, False, False, False]]
+    lung_only = annotated_structures([Sample("mc", np.zeros((1, 1)), np.zeros((1, 1), np.uint8), (1, 2))])
+    everything = annotated_structures([Sample("jsrt", np.zeros((1, 1)), np.zeros((1, 1), np.uint8))])
+    assert lung_only.tolist() == [[True, True, False, False, False]]
 
     plain = partial_label_loss(_logits_favouring(truth), labels, lung_only)
     assert partial_label_loss(_logits_favouring(with_heart), labels, lung_only) == pytest.approx(float(plain), abs=1e-4)
+    assert partial_label_loss(_logits_favouring(under_clavicle), labels, lung_only) == pytest.approx(float(plain),
+                                                                                                    abs=1e-4)
     assert partial_label_loss(_logits_favouring(with_heart), labels, everything) > plain + 0.01
+    assert partial_label_loss(_logits_favouring(under_clavicle), labels, everything) > plain + 0.01
     lungs_missed = truth.copy()
     lungs_missed[8:24, 4:14] = 0  # background where the lung-only truth marks the right lung
     assert partial_label_loss(_logits_favouring(lungs_missed), labels, lung_only) > plain + 1.0  # Dice alone: +0.5
-    # With every structure annotated the cross-entropy term is the ordinary one.
-    logits = torch.randn(1, 6, 32, 32, generator=torch.Generator().manual_seed(0))
-    onehot = F.one_hot(labels[:, 0], 6).permute(0, 3, 1, 2).float()
-    probabilities = logits.softmax(1)
-    dice = 1 - (2 * (probabilities * onehot).sum((2, 3)) + 1) / (probabilities.sum((2, 3)) + onehot.sum((2, 3)) + 1)
-    expected = F.cross_entropy(logits, labels[:, 0]) + dice.mean()
+    # With every structure annotated the cross-entropy term is the ordinary one, and Dice is taken per whole
+    # structure: a structure's probability is the sum over the classes standing for it.
+    truth[8:10, 18:28] = 7  # the left lung's apex under the left clavicle
+    labels = torch.as_tensor(truth)[None, None]
+    logits = torch.randn(1, CLASS_TABLE.num_classes, 32, 32, generator=torch.Generator().manual_seed(0))
+    probabilities = logits.softmax(1)[0]
+    dice = []
+    for structure in (1, 2, 3, 4, 5):
+        members = [c for c, m in enumerate(CLASS_TABLE.structures_of) if structure in m]
+        p = sum(probabilities[c] for c in members)
+        t = torch.as_tensor(np.isin(truth, members)).float()
+        dice.append(1 - (2 * (p * t).sum() + 1) / (p.sum() + t.sum() + 1))
+    expected = F.cross_entropy(logits, labels[:, 0]) + torch.stack(dice).mean()
     assert float(partial_label_loss(logits, labels, everything)) == pytest.approx(float(expected), rel=1e-5)
 
 

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from certseg.dicom.codes import CLASS_TABLE
 from certseg.model.cards import ModelError
 from certseg.model.folder import load_models
 from certseg.research.data import load_drr_dataset, to_model_space, write_drr_dataset
@@ -22,13 +23,13 @@ def test_rendered_view_has_radiological_anatomy():
     image, labels = render_view(load_phantom(), ViewParameters.draw(np.random.default_rng(0)), 128)
     assert image.dtype == np.uint16 and image.max() <= 4095 and image.max() - image.min() > 2000
     rows, cols = np.indices(labels.shape)
-    present = {v: (labels == v).sum() for v in range(6)}
-    assert all(present[v] > 0 for v in (1, 2, 3)), present
+    right_lung, left_lung, heart, right_clavicle = (CLASS_TABLE.mask(labels, v) for v in (1, 2, 3, 4))
+    assert right_lung.any() and left_lung.any() and heart.any()
     # Patient's right lung is displayed on the viewer's left, the heart lies between, lower than the clavicles.
-    assert cols[labels == 1].mean() < cols[labels == 3].mean() < cols[labels == 2].mean()
-    assert rows[labels == 4].mean() < rows[labels == 3].mean()
+    assert cols[right_lung].mean() < cols[heart].mean() < cols[left_lung].mean()
+    assert rows[right_clavicle].mean() < rows[heart].mean()
     # Lungs are dark (air) relative to the heart in the displayed image.
-    assert image[labels == 1].mean() < image[labels == 3].mean()
+    assert image[right_lung].mean() < image[heart].mean()
 
 
 def test_views_differ_by_seed_and_repeat_with_the_same_seed():
@@ -47,7 +48,8 @@ def test_dataset_folder_round_trip(tiny_dataset):
     assert len(samples) == 2 and samples[0].stored.shape == (96, 96)
     image, labels = to_model_space(samples[0], 256, (0.5, 99.5))
     assert image.shape == labels.shape == (256, 256)
-    assert set(np.unique(labels)) <= set(range(6)) and 0.0 <= image.min() and image.max() <= 1.0
+    assert set(np.unique(labels)) <= set(range(CLASS_TABLE.num_classes)) and 0.0 <= image.min() and image.max() <= 1.0
+    assert card["classes"] == CLASS_TABLE.card()
 
 
 def test_training_writes_loadable_models_and_resumes(tiny_dataset, tmp_path):
@@ -57,7 +59,7 @@ def test_training_writes_loadable_models_and_resumes(tiny_dataset, tmp_path):
     denoiser_card = train_denoiser(samples, tmp_path, config, progress=False)
     assert segmenter_card["training"]["steps"] == 2 and denoiser_card["training"]["steps"] == 2
     models = load_models(tmp_path)
-    assert models.num_classes == 6 and models.denoiser is not None
+    assert models.class_table == CLASS_TABLE and models.num_classes == 8 and models.denoiser is not None
     # Resuming continues from the checkpoint's step rather than starting over.
     resumed = train_segmenter(samples, tmp_path, TrainConfig(steps=3, batch_size=2, device="cpu"), progress=False)
     assert resumed["training"]["steps"] == 3

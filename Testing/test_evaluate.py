@@ -1,7 +1,10 @@
-"""Certified Dice: MONAI's Dice with abstained pixels counted as errors."""
+"""Certified Dice of whole, possibly overlapping structures, abstained pixels counted as errors."""
 
 import numpy as np
 import pytest
+
+from certseg.core.labels import ClassTable
+from certseg.dicom.codes import CLASS_TABLE
 
 from certseg.commands.research import CONFIGURATION_NAMES
 from certseg.research.evaluate import (
@@ -12,7 +15,6 @@ from certseg.research.evaluate import (
     dice_per_structure,
     markdown_table,
     ratio_summary,
-    scored_labels,
     wrong_side_shares,
     write_outputs,
 )
@@ -29,7 +31,7 @@ def test_dice_matches_the_definition_on_random_maps_with_abstention():
     for _ in range(20):
         truth = rng.integers(0, 4, size=(20, 20))
         predicted = np.where(rng.uniform(size=(20, 20)) < 0.8, truth, rng.integers(-1, 4, size=(20, 20)))
-        ours = dice_per_structure(predicted, truth, 4)
+        ours = dice_per_structure(predicted, truth, *[ClassTable.one_class_per_structure(4)] * 2)
         np.testing.assert_allclose(ours, [reference_dice(predicted, truth, c) for c in (1, 2, 3)], rtol=1e-6)
 
 
@@ -38,7 +40,7 @@ def test_abstaining_on_a_structure_costs_its_dice_and_empty_structures_score_one
     truth[:, :5] = 1
     predicted = truth.copy()
     predicted[:, :2] = -1  # abstain on 2 of the 5 columns of structure 1
-    dice = dice_per_structure(predicted, truth, 3)
+    dice = dice_per_structure(predicted, truth, *[ClassTable.one_class_per_structure(3)] * 2)
     assert dice[0] == pytest.approx(2 * 30 / (30 + 50))
     assert dice[1] == 1.0  # structure 2 absent from both
 
@@ -75,15 +77,39 @@ def test_ratio_summary_counts_containment_and_decisions_against_an_independent_c
     assert summary.clean_mae == pytest.approx(np.mean([abs(r.clean - r.reference) for r in records]))
 
 
-def test_wrong_side_share_and_lung_only_scoring():
+def test_dice_scores_overlapping_structures_whole_against_masks_built_independently():
+    """A lung under its clavicle is lung and clavicle: Dice per structure from explicit masks."""
+    rng = np.random.default_rng(2)
+    members = CLASS_TABLE.structures_of
+    for _ in range(20):
+        truth = rng.integers(0, CLASS_TABLE.num_classes, size=(16, 16))
+        predicted = np.where(rng.uniform(size=truth.shape) < 0.7, truth,
+                             rng.integers(-1, CLASS_TABLE.num_classes, size=truth.shape))
+        expected = []
+        for structure in (1, 2, 3, 4, 5):
+            has = np.vectorize(lambda value: value >= 0 and structure in members[value])
+            expected.append(reference_dice(has(predicted), has(truth), True))
+        np.testing.assert_allclose(dice_per_structure(predicted, truth, CLASS_TABLE), expected, rtol=1e-9)
+
+
+def test_an_earlier_model_without_overlaps_loses_the_lung_under_the_clavicle():
+    truth = np.full((4, 4), 1)
+    truth[0] = 6  # right lung under the right clavicle, as SCR draws it
+    painted = np.full((4, 4), 1)
+    painted[0] = 4  # an earlier model painted the clavicle over the lung
+    old_table = ClassTable.one_class_per_structure(6)
+    lung, _, _, clavicle, _ = dice_per_structure(painted, truth, old_table)
+    assert lung == pytest.approx(2 * 12 / (12 + 16)) and clavicle == 1.0
+    assert dice_per_structure(truth, truth, CLASS_TABLE)[0] == 1.0
+
+
+def test_wrong_side_share_counts_lungs_under_clavicles():
     truth = np.zeros((4, 8), dtype=int)
     truth[:, :4], truth[:, 4:] = 1, 2
+    truth[0, 4:] = 7  # left lung under the left clavicle
     labels = truth.copy()
-    labels[0, 4:6] = 1  # 2 of the left lung's 16 pixels given to the right lung
-    assert wrong_side_shares(labels, truth) == (0.0, 2 / 16)
-    labels[1, :2] = 4  # right clavicle over the right lung field
-    assert (scored_labels(labels, lung_only=True)[1, :2] == 1).all()
-    assert (scored_labels(labels, lung_only=False)[1, :2] == 4).all()
+    labels[0, 4:6] = 6  # 2 of the left lung's 16 pixels given to the right lung (under the right clavicle)
+    assert wrong_side_shares(labels, truth, CLASS_TABLE) == (0.0, 2 / 16)
 
 
 def test_the_command_names_every_configuration():

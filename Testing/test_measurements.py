@@ -16,7 +16,7 @@ from certseg.core.measurements import (
     thoracic_diameter,
     widest_row,
 )
-from certseg.dicom.codes import label_card
+from certseg.dicom.codes import CLASS_TABLE, label_card
 from certseg.record import Interval, RatioVerdict
 
 pytestmark = pytest.mark.fast  # the fast tier: pytest -m fast
@@ -38,7 +38,7 @@ def chest_labels():
 
 def test_known_image_gives_the_exact_intervals():
     labels = chest_labels()
-    result = certified_measurements(labels, labels, CLASSES, pixel_area_mm2=0.25)
+    result = certified_measurements(labels, labels, CLASSES, CLASS_TABLE, pixel_area_mm2=0.25)
     heart = next(s for s in result.structures if s.name == "heart")
     rim = 44 * 44 - 40 * 40
     assert heart.area_pixels == Interval(low=1600, high=1600 + rim + 10, clean=1600)
@@ -50,6 +50,18 @@ def test_known_image_gives_the_exact_intervals():
     assert ratio.verdict is RatioVerdict.BELOW and "below 0.5" in ratio.verdict_text
 
 
+def test_a_lung_under_its_clavicle_counts_to_the_lung_the_clavicle_and_the_thorax():
+    labels = chest_labels()
+    labels[10:14, 5:40] = 6  # right lung under the right clavicle, reaching past the lung's edge at 10
+    labels[10:14, 5:10] = 4  # the clavicle alone where it leaves the lung
+    result = certified_measurements(labels, labels, CLASSES, CLASS_TABLE, None)
+    whole = certified_measurements(chest_labels(), chest_labels(), CLASSES, CLASS_TABLE, None)
+    areas = {s.name: s.area_pixels for s in result.structures}
+    assert areas["right lung"] == {s.name: s.area_pixels for s in whole.structures}["right lung"]
+    assert areas["right clavicle"].low == areas["right clavicle"].clean == 4 * 35
+    assert result.cardiothoracic_ratio == whole.cardiothoracic_ratio  # the thorax is the lungs', clavicles aside
+
+
 def test_an_abstained_pixel_across_the_chest_no_longer_widens_the_heart_past_the_thorax():
     """The finding: with abstentions at both chest walls, the old bound (heart's extent over certified and
     abstained pixels anywhere / the lungs' extent) was above 1 while the clean ratio was 0.36."""
@@ -59,7 +71,7 @@ def test_an_abstained_pixel_across_the_chest_no_longer_widens_the_heart_past_the
     old_high = horizontal_extent(np.isin(labels, (HEART, ABSTAIN))) / horizontal_extent(
         np.isin(labels, (RIGHT_LUNG, LEFT_LUNG)))
     assert old_high > 1
-    ratio = certified_measurements(labels, labels, CLASSES, None).cardiothoracic_ratio
+    ratio = certified_measurements(labels, labels, CLASSES, CLASS_TABLE, None).cardiothoracic_ratio
     assert 0 <= ratio.low <= ratio.clean <= ratio.high <= 1
     assert ratio.high == pytest.approx(44 / 110)
 
@@ -102,7 +114,7 @@ def test_every_segmentation_the_certificate_allows_lies_in_the_intervals_and_the
     abstained = labels == ABSTAIN
     abstained |= rng.random(labels.shape) < 0.02  # scattered abstentions anywhere
     labels = np.where(abstained, ABSTAIN, labels)
-    result = certified_measurements(labels, labels, CLASSES, None)
+    result = certified_measurements(labels, labels, CLASSES, CLASS_TABLE, None)
     bounds = {s.name: s.area_pixels for s in result.structures}
     ratio = result.cardiothoracic_ratio
     seen = []
@@ -127,7 +139,7 @@ def test_every_segmentation_the_certificate_allows_lies_in_the_intervals_and_the
 def test_without_a_certified_lung_there_is_no_interval():
     labels = np.full((20, 20), ABSTAIN)
     labels[5:15, 5:15] = HEART
-    ratio = certified_measurements(labels, labels, CLASSES, None).cardiothoracic_ratio
+    ratio = certified_measurements(labels, labels, CLASSES, CLASS_TABLE, None).cardiothoracic_ratio
     assert ratio.low is None and ratio.high is None and ratio.verdict is RatioVerdict.NOT_CERTIFIED
 
 
@@ -144,7 +156,7 @@ def test_a_stray_heart_speck_is_not_the_heart_in_the_clean_value_nor_in_the_boun
     labels[60:62, 12:14] = HEART  # a speck inside the right lung, certified
     plain = cardiothoracic_ratio(labels == HEART, np.isin(labels, (RIGHT_LUNG, LEFT_LUNG)))
     assert plain == pytest.approx(40 / 110)
-    ratio = certified_measurements(labels, labels, CLASSES, None).cardiothoracic_ratio
+    ratio = certified_measurements(labels, labels, CLASSES, CLASS_TABLE, None).cardiothoracic_ratio
     assert ratio.high == pytest.approx(44 / 110) and ratio.low <= ratio.clean <= ratio.high
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from certseg.core.input_map import ModelInputMap
+from certseg.core.labels import ClassTable
 from certseg.core.radius import radius_in_source_units
 from certseg.core.devices import resolve_device
 from certseg.core.parameters import fresh_seed, image_noise_seed
@@ -50,6 +51,7 @@ class CertificationResult:
     execution: ExecutionRecord  # how the base segmenter ran (precision, layout, compilation)
     noise: Noise  # where the noise came from: run seed, image key, fresh or given
     clean_labels: np.ndarray  # (H, W) the network's own labels on the noise-free image, source grid
+    class_table: ClassTable  # which structures each class value of the label maps stands for
 
 
 class CertificationPipeline:
@@ -98,6 +100,7 @@ class CertificationPipeline:
             execution=ExecutionRecord(**dataclasses.asdict(self.segmenter.execution)),
             noise=_noise_record(run_seed, image.key, given=request.seed is not None),
             clean_labels=input_map.labels_to_source(self.segmenter.segment_clean(model_image)),
+            class_table=self.models.class_table,
         )
 
     def input_map(self, image: StoredImage) -> ModelInputMap:

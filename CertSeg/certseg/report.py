@@ -86,7 +86,7 @@ def _report(result: CertificationResult, models: LoadedModels, source: Source, r
     area = None if spacing_mm is None else spacing_mm[0] * spacing_mm[1]
     structures = []
     for label in models.segmenter_card.structures:
-        pixels = int(np.sum(result.source_labels == label.value))
+        pixels = int(np.sum(result.class_table.mask(result.source_labels, label.value)))
         structures.append(CertifiedStructure(label.name, label.value, pixels, None if area is None else pixels * area))
     cards = (("segmenter", models.segmenter_card), ("denoiser", models.denoiser_card))
     return Report(
@@ -108,7 +108,7 @@ def _report(result: CertificationResult, models: LoadedModels, source: Source, r
         preprocessing_operator_norm=result.input_map.operator_norm(),
         structures=tuple(structures),
         measurements=certified_measurements(result.source_labels, result.clean_labels,
-                                            models.segmenter_card.labels, area),
+                                            models.segmenter_card.labels, result.class_table, area),
         out_of_distribution=result.ood,
         timings_s={**certificate.timings, **(extra_timings or {})},
     )

@@ -47,7 +47,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from certseg.core.labels import ABSTAIN, BACKGROUND, Label
+from certseg.core.labels import ABSTAIN, BACKGROUND, ClassTable, Label
 from certseg.record import AreaMeasurement, Interval, Measurements, RatioMeasurement, RatioVerdict
 
 MEANING = ("low: the certified pixels; high: certified plus abstained pixels. With the certificate's probability "
@@ -142,26 +142,30 @@ def region_bounds(labels: np.ndarray, classes: tuple[int, ...]) -> tuple[np.ndar
     return certified, certified | (labels == ABSTAIN)
 
 
-def certified_measurements(labels: np.ndarray, clean_labels: np.ndarray, classes: Sequence[Label],
-                           pixel_area_mm2: float | None) -> Measurements:
-    """report.json's `measurements`: area intervals per structure (every class but background) and the
-    cardiothoracic ratio's."""
+def certified_measurements(labels: np.ndarray, clean_labels: np.ndarray, structures_named: Sequence[Label],
+                           table: ClassTable, pixel_area_mm2: float | None) -> Measurements:
+    """report.json's `measurements`: area intervals per structure (every label but background) and the
+    cardiothoracic ratio's.  `labels` and `clean_labels` hold class values of `table`: a structure's region
+    is every class standing for it, so a lung's area includes the strip under its clavicle."""
     structures = []
-    for label in classes:
+    for label in structures_named:
         if label.value == BACKGROUND:
             continue
-        low, high = region_bounds(labels, (label.value,))
-        pixels = Interval(int(low.sum()), int(high.sum()), int((clean_labels == label.value).sum()))
+        low, high = region_bounds(labels, table.classes_with(label.value))
+        pixels = Interval(int(low.sum()), int(high.sum()), int(table.mask(clean_labels, label.value).sum()))
         area = None if pixel_area_mm2 is None else Interval(*(value * pixel_area_mm2 for value in
                                                               (pixels.low, pixels.high, pixels.clean)))
         structures.append(AreaMeasurement(label.name, pixels, area))
-    return Measurements(MEANING, tuple(structures), _ratio_bounds(labels, clean_labels, classes))
+    return Measurements(MEANING, tuple(structures), _ratio_bounds(labels, clean_labels, structures_named, table))
 
 
-def ratio_bounds(labels: np.ndarray, heart_value: int, lung_values: tuple[int, ...]) -> tuple[float | None, float | None]:
-    """The certified (low, high) of the capped ratio; (None, None) without a certified heart and lung."""
-    heart_low, heart_high = region_bounds(labels, (heart_value,))
-    lungs_low, lungs_high = region_bounds(labels, lung_values)
+def ratio_bounds(labels: np.ndarray, heart_classes: tuple[int, ...],
+                 lung_classes: tuple[int, ...]) -> tuple[float | None, float | None]:
+    """The certified (low, high) of the capped ratio; (None, None) without a certified heart and lung.
+
+    `heart_classes`, `lung_classes`: every class value standing for the heart, for either lung."""
+    heart_low, heart_high = region_bounds(labels, heart_classes)
+    lungs_low, lungs_high = region_bounds(labels, lung_classes)
     if not heart_low.any() or not lungs_low.any():
         return None, None
     heart_seeds, lung_seeds = main_regions(heart_low, HEART_KEEP_SHARE), main_regions(lungs_low, LUNG_KEEP_SHARE)
@@ -170,12 +174,15 @@ def ratio_bounds(labels: np.ndarray, heart_value: int, lung_values: tuple[int, .
     return low, high
 
 
-def _ratio_bounds(labels: np.ndarray, clean_labels: np.ndarray, classes: Sequence[Label]) -> RatioMeasurement | None:
-    values = {label.name: label.value for label in classes}
+def _ratio_bounds(labels: np.ndarray, clean_labels: np.ndarray, structures_named: Sequence[Label],
+                  table: ClassTable) -> RatioMeasurement | None:
+    values = {label.name: label.value for label in structures_named}
     lungs = tuple(values[name] for name in ("right lung", "left lung") if name in values)
     if "heart" not in values or len(lungs) != 2:
         return None  # the model does not segment what the ratio needs
-    low, high = ratio_bounds(labels, values["heart"], lungs)
+    heart_classes = table.classes_with(values["heart"])
+    lung_classes = tuple(sorted({c for lung in lungs for c in table.classes_with(lung)}))
+    low, high = ratio_bounds(labels, heart_classes, lung_classes)
     verdict = ratio_verdict(low, high)
-    clean = cardiothoracic_ratio(clean_labels == values["heart"], np.isin(clean_labels, lungs))
+    clean = cardiothoracic_ratio(np.isin(clean_labels, heart_classes), np.isin(clean_labels, lung_classes))
     return RatioMeasurement(low, high, clean, verdict, verdict.words, RATIO_DEFINITION)

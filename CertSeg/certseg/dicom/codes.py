@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydicom.sr.coding import Code
 
-from certseg.core.labels import ABSTAIN
+from certseg.core.labels import ABSTAIN, ClassTable
 from certseg.record import RatioVerdict
 
 ANATOMICAL_STRUCTURE = Code("123037004", "SCT", "Anatomical Structure")
@@ -54,7 +54,11 @@ STRUCTURES = (
     Structure(4, "right clavicle", CLAVICLE, RIGHT, (241, 214, 145)),
     Structure(5, "left clavicle", CLAVICLE, LEFT, (216, 191, 216)),
 )
-NUM_CLASSES = len(STRUCTURES) + 1  # + background (value 0)
+# The shipped models' classes: SCR's structures as its authors drew them.  Lungs and clavicles
+# overlap (SCR's clavicle masks cross its lung masks), so a lung under its clavicle is a class of
+# its own that stands for both; lungs and heart stay apart (SCR's lungs exclude the heart).
+CLASS_TABLE = ClassTable(((), (1,), (2,), (3,), (4,), (5,), (1, 4), (2, 5)))
+NUM_CLASSES = CLASS_TABLE.num_classes
 
 
 @dataclass(frozen=True)
@@ -70,13 +74,21 @@ class Segment:
     modifier: Code | None
 
 
-def segments(labels: np.ndarray) -> list[Segment]:
-    """What to draw and encode: each certified structure that has pixels, then Abstained (always)."""
-    found = [Segment(f"certified {s.name}", s.value, labels == s.value, s.color, ANATOMICAL_STRUCTURE, s.type,
-                     s.modifier) for s in STRUCTURES]
+def segments(labels: np.ndarray, table: ClassTable) -> list[Segment]:
+    """What to draw and encode: each certified structure that has pixels, then Abstained (always).
+
+    `labels` holds class values of `table`; a structure's mask is every pixel of a class standing for it,
+    so masks overlap where structures do (a clavicle over a lung is in both)."""
+    found = [Segment(f"certified {s.name}", s.value, table.mask(labels, s.value), s.color, ANATOMICAL_STRUCTURE,
+                     s.type, s.modifier) for s in STRUCTURES]
     return [s for s in found if s.mask.any()] + [
         Segment("Abstained", ABSTAIN, labels == ABSTAIN, ABSTAINED_COLOR, ABSTAINED_CATEGORY,
                 ABSTAINED_TYPE, None)]
+
+
+def class_card(table: ClassTable = CLASS_TABLE) -> list[dict]:
+    """The class table as stored in a model card and a dataset card (JSON-ready)."""
+    return table.card()
 
 
 def label_card() -> list[dict]:

@@ -15,6 +15,7 @@ import pydicom
 from pydicom.sr.codedict import codes
 
 from certseg import __version__
+from certseg.core.labels import ClassTable
 from certseg.dicom.codes import ANATOMICAL_STRUCTURE, Segment, segments
 from certseg.record import ModelIdentity
 
@@ -26,11 +27,12 @@ NOMINAL_SPACING = (1.0, 1.0)  # only to let highdicom build the plane; never sta
 NOMINAL_SLICE_THICKNESS_MM = 1.0
 
 
-def write_dicom_seg(path: Path, radiograph, labels: np.ndarray, model: ModelIdentity) -> None:
+def write_dicom_seg(path: Path, radiograph, labels: np.ndarray, table: ClassTable, model: ModelIdentity) -> None:
     """A BINARY DICOM SEG (highdicom) in the source's study, new series, referencing the source image.
 
-    `model`: the segmenter, as the report records it."""
-    _write_seg(path, radiograph, [(segment, AUTOMATIC) for segment in segments(labels)], model,
+    `labels`: class values of `table`; each structure is a segment of its own, so frames overlap where
+    structures do.  `model`: the segmenter, as the report records it."""
+    _write_seg(path, radiograph, [(segment, AUTOMATIC) for segment in segments(labels, table)], model,
                "CertSeg certified segmentation", "CERTSEG", "certified structures and abstained region")
 
 

@@ -27,6 +27,7 @@ import pydicom
 from pydicom.sr.codedict import codes
 
 from certseg import __version__
+from certseg.core.labels import ClassTable
 from certseg.core.outline import main_region_outline
 from certseg.dicom.codes import (ABSTAINED_TYPE, CARDIOTHORACIC_RATIO, CHEST_XRAY, HEART, RATIO_VERDICT,
                                  RATIO_VERDICT_VALUES, segments)
@@ -35,11 +36,12 @@ from certseg.record import AreaMeasurement, RatioMeasurement, Report
 HEART_SEGMENT = "certified heart"
 
 
-def write_measurement_sr(path: Path, radiograph, seg_path: Path, report: Report, labels: np.ndarray) -> None:
+def write_measurement_sr(path: Path, radiograph, seg_path: Path, report: Report, labels: np.ndarray,
+                         table: ClassTable) -> None:
     """The SR of `report`'s measurements, referencing the radiograph and the SEG at `seg_path` (written from
-    `labels`, the certified labels on the radiograph's grid, whose regions the SR outlines)."""
+    `labels`, the certified classes of `table` on the radiograph's grid, whose regions the SR outlines)."""
     seg = pydicom.dcmread(seg_path)
-    masks = {segment.name: segment.mask for segment in segments(labels)}
+    masks = {segment.name: segment.mask for segment in segments(labels, table)}
     image = hd.sr.SourceImageForRegion(referenced_sop_class_uid=radiograph.dataset.SOPClassUID,
                                        referenced_sop_instance_uid=radiograph.dataset.SOPInstanceUID)
     model = report.segmenter

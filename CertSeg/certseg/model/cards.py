@@ -14,7 +14,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from certseg.core.labels import Label
+from certseg.core.labels import ClassTable, Label
 from certseg.errors import ModelError
 from certseg.record import ModelIdentity
 
@@ -40,13 +40,15 @@ class ModelCard:
     version: str
     sha256: str
     document: Mapping[str, Any]
-    labels: tuple[Label, ...] = ()  # segmenter: every class, background first
+    labels: tuple[Label, ...] = ()  # segmenter: background, then every structure
+    classes: ClassTable | None = None  # segmenter: which structures each output class stands for
     input: InputSpec | None = None  # segmenter
     ood_detector: DetectorRef | None = None  # segmenter, when fitted
 
     @property
     def num_classes(self) -> int:
-        return len(self.labels)
+        """The network's outputs: one per class of the class table."""
+        return self.classes.num_classes if self.classes is not None else len(self.labels)
 
     @property
     def structures(self) -> tuple[Label, ...]:
@@ -85,10 +87,11 @@ class ModelCard:
         labels = tuple(Label(int(entry["value"]), str(entry["name"])) for entry in document["labels"])
         if [label.value for label in labels] != list(range(len(labels))) or len(labels) < 2:
             raise ValueError("labels must be numbered 0 (background), 1, 2, ... with at least one structure")
+        classes = ClassTable.from_card(document.get("classes"), len(labels))
         spec = document["input"]
         low, high = (float(p) for p in spec["percentiles"])
         detector = document.get("ood_detector")
-        return cls(**common, labels=labels, input=InputSpec(int(spec["size"]), (low, high)),
+        return cls(**common, labels=labels, classes=classes, input=InputSpec(int(spec["size"]), (low, high)),
                    ood_detector=None if detector is None else
                    DetectorRef(str(detector["file"]), str(detector["sha256"])))
 

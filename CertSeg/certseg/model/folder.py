@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from certseg.core.labels import ClassTable
 from certseg.model.cards import ModelCard, ModelError, model_folder, sha256_of
 from certseg.model.denoiser import DiffusionDenoiser
 from certseg.model.laterality import LateralityRule, rule_for_labels
@@ -37,9 +38,15 @@ class LoadedModels:
         return self.segmenter_card.num_classes
 
     @property
+    def class_table(self) -> ClassTable:
+        """Which structures each class of the segmenter stands for."""
+        return self.segmenter_card.classes
+
+    @property
     def laterality(self) -> LateralityRule | None:
         """The laterality rule of the base function for this segmenter's labels (model.laterality)."""
-        return rule_for_labels({label.name: label.value for label in self.segmenter_card.labels})
+        return rule_for_labels({label.name: label.value for label in self.segmenter_card.labels},
+                               self.segmenter_card.classes)
 
 
 def load_models(model_dir: Path | str | None = None, *, with_denoiser: bool = True) -> LoadedModels:

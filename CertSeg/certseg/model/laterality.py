@@ -11,9 +11,10 @@ confidence.  The rule is applied inside the base function f, after the network's
    rows more than a tenth of the width from their median (a hole in one lung is not the mediastinum),
    with its slope bounded (a chest is never tilted by more than about 14 degrees on a film); with too
    few rows it is the vertical through the centre of the lungs' extent;
-4. every pixel of a lateral pair (right lung / left lung, right clavicle / left clavicle) takes the
-   pair's patient's-right label on the viewer's left of the midline and its patient's-left label on the
-   viewer's right (a frontal film as displayed: the patient's right is on the viewer's left).
+4. every pixel of a lateral pair of classes (right lung / left lung, right clavicle / left clavicle,
+   right lung under right clavicle / left lung under left clavicle) takes the pair's patient's-right
+   class on the viewer's left of the midline and its patient's-left class on the viewer's right (a
+   frontal film as displayed: the patient's right is on the viewer's left).
 
 Why the certificate covers it: randomized smoothing certifies the smoothed version of any
 deterministic base function (Cohen et al. 2019, Theorem 1 holds for every measurable f).  The rule is
@@ -29,6 +30,8 @@ from dataclasses import dataclass
 
 import torch
 
+from certseg.core.labels import ClassTable
+
 MIN_MIDLINE_ROWS = 8  # fewer rows with a mediastinal gap: a vertical midline through the lungs' centre
 OUTLIER_SHARE = 0.1  # rows whose gap centre lies more than this share of the width from the median
 MAX_SLOPE = 0.25  # columns per row
@@ -36,9 +39,10 @@ MAX_SLOPE = 0.25  # columns per row
 
 @dataclass(frozen=True)
 class LateralityRule:
-    """Label values: the lungs that define the midline, and the (patient's right, patient's left) pairs."""
+    """Class values: the classes holding a lung (they define the midline), and the (patient's right,
+    patient's left) pairs of mirror-image classes."""
 
-    lungs: tuple[int, int] = (1, 2)
+    lungs: tuple[int, ...] = (1, 2)
     pairs: tuple[tuple[int, int], ...] = ((1, 2), (4, 5))
 
     def describe(self) -> str:
@@ -47,7 +51,7 @@ class LateralityRule:
 
     def __call__(self, labels: torch.Tensor) -> torch.Tensor:
         """(B, H, W) labels -> the same labels with every lateral pair on its side of each image's midline."""
-        lungs = (labels == self.lungs[0]) | (labels == self.lungs[1])
+        lungs = torch.isin(labels, torch.tensor(self.lungs, device=labels.device, dtype=labels.dtype))
         midline = midline_columns(lungs)  # (B, H)
         columns = torch.arange(labels.shape[-1], device=labels.device, dtype=midline.dtype)
         on_patients_right = columns[None, None, :] < midline[:, :, None]
@@ -58,13 +62,26 @@ class LateralityRule:
         return labels
 
 
-def rule_for_labels(values: dict[str, int]) -> LateralityRule | None:
-    """The rule for a model's labels (name -> value): None when it has no right and left lung."""
+def rule_for_labels(values: dict[str, int], table: ClassTable | None = None) -> LateralityRule | None:
+    """The rule for a model's structures (name -> value) and class table: None without a right and left lung.
+
+    Two classes are a lateral pair when one stands for the mirror image of the other's structures
+    (every "right x" for "left x"): right lung / left lung, and right lung under right clavicle /
+    left lung under left clavicle."""
     if "right lung" not in values or "left lung" not in values:
         return None
-    pairs = [(values[f"right {name}"], values[f"left {name}"]) for name in ("lung", "clavicle")
-             if f"right {name}" in values and f"left {name}" in values]
-    return LateralityRule((values["right lung"], values["left lung"]), tuple(pairs))
+    table = table or ClassTable.one_class_per_structure(max(values.values()) + 1)
+    left_of = {value: values[f"left {name[len('right '):]}"] for name, value in values.items()
+               if name.startswith("right ") and f"left {name[len('right '):]}" in values}
+    pairs = []
+    for value, members in enumerate(table.structures_of):
+        if members and all(member in left_of for member in members):  # a class of right-sided structures only
+            try:
+                pairs.append((value, table.class_of({left_of[member] for member in members})))
+            except ValueError:
+                continue  # its mirror image is no class of the table
+    lungs = tuple(sorted(set(table.classes_with(values["right lung"])) | set(table.classes_with(values["left lung"]))))
+    return LateralityRule(lungs, tuple(pairs))
 
 
 def midline_columns(lungs: torch.Tensor) -> torch.Tensor:

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from certseg.errors import CertSegError
+from certseg.research.data.sample import overlapping_labels
 
 MU_WATER_PER_MM = 0.019
 BONE_HU = 200.0  # above this, attenuation gets the view's extra bone contrast
@@ -177,14 +178,9 @@ def _elastic_displacement(points: torch.Tensor, params: ViewParameters, half: to
 def _labels_from_paths(lengths_mm: torch.Tensor) -> np.ndarray:
     """Label map from per-structure path lengths (mm), in LABEL_GROUPS order."""
     right_lung, left_lung, heart, right_clavicle, left_clavicle, below_diaphragm = lengths_mm.numpy()
-    labels = np.zeros(right_lung.shape, dtype=np.uint8)
     lung = (right_lung + left_lung >= 20.0) & (below_diaphragm < 15.0)
-    labels[lung & (right_lung >= left_lung)] = 1
-    labels[lung & (left_lung > right_lung)] = 2
-    labels[heart >= 15.0] = 3
-    labels[right_clavicle >= 3.0] = 4
-    labels[left_clavicle >= 3.0] = 5
-    return labels
+    return overlapping_labels([(1, lung & (right_lung >= left_lung)), (2, lung & (left_lung > right_lung)),
+                               (3, heart >= 15.0), (4, right_clavicle >= 3.0), (5, left_clavicle >= 3.0)])
 
 
 def _acquire(attenuation: np.ndarray, params: ViewParameters, rng: np.random.Generator) -> np.ndarray:

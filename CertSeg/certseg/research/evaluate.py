@@ -8,7 +8,7 @@ For each image, structure c and configuration:
     abstention      fraction of the image's pixels that abstain
     wrong side      share of images where more than 1% of a reference lung is labelled (clean) or
                     certified as the other lung
-Each figure is averaged over images (MONAI compute_dice per image, then the mean).
+Each figure is averaged over images (Dice of each whole structure per image, then the mean).
 
 On a dataset that annotates the lungs only (COVID-QU-Ex), its lung masks cover the lung field under
 the clavicles, which the SCR convention labels clavicle: there a predicted clavicle pixel counts as
@@ -29,14 +29,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.metrics import compute_dice
 from tqdm import tqdm
 
-from certseg.core.labels import ABSTAIN
+from certseg.core.labels import ABSTAIN, ClassTable
 from certseg.core.measurements import RATIO_THRESHOLD, cardiothoracic_ratio, ratio_bounds, ratio_verdict
 from certseg.core.devices import resolve_device
 from certseg.core.parameters import fresh_seed, image_noise_seed
-from certseg.dicom.codes import STRUCTURES
+from certseg.dicom.codes import CLASS_TABLE, STRUCTURES
 from certseg.model.execution import Execution
 from certseg.model.folder import LoadedModels
 from certseg.model.segmenter import CertifiedSegmenter
@@ -80,37 +79,30 @@ class Row:
     wrong_side_images: float | None = None  # lungs: share of images with > 1% of this lung on the other lung
 
 
-def dice_per_structure(predicted: np.ndarray, truth: np.ndarray, num_classes: int) -> np.ndarray:
-    """Dice of classes 1..C-1; ABSTAIN pixels belong to no class (so they are errors)."""
-    predicted_onehot = _onehot(predicted, num_classes)
-    truth_onehot = _onehot(truth, num_classes)
-    dice = compute_dice(predicted_onehot, truth_onehot, include_background=False, ignore_empty=False)[0]
-    both_empty = (predicted_onehot.sum(dim=(2, 3)) + truth_onehot.sum(dim=(2, 3)))[0, 1:] == 0
-    return torch.where(both_empty, torch.ones_like(dice), dice).numpy()
+def dice_per_structure(predicted: np.ndarray, truth: np.ndarray, table: ClassTable,
+                       truth_table: ClassTable = CLASS_TABLE) -> np.ndarray:
+    """Dice of each structure of `truth_table`, whole: a lung under a clavicle counts to both.
+
+    `predicted` holds class values of `table` (the model's: an earlier release has one class per
+    structure, and its lungs stop at the clavicles), `truth` those of `truth_table` (the datasets').
+    ABSTAIN pixels belong to no structure (so they are errors); a structure absent from both maps
+    scores 1."""
+    scores = []
+    for structure in truth_table.structures:
+        mine, theirs = table.mask(predicted, structure), truth_table.mask(truth, structure)
+        total = int(mine.sum()) + int(theirs.sum())
+        scores.append(1.0 if total == 0 else 2 * int((mine & theirs).sum()) / total)
+    return np.asarray(scores)
 
 
-def scored_labels(labels: np.ndarray, lung_only: bool) -> np.ndarray:
-    """The labels as a lung-only reference is scored: a clavicle pixel counts as its side's lung."""
-    if not lung_only:
-        return labels
-    scored = labels.copy()
-    scored[labels == RIGHT_CLAVICLE], scored[labels == LEFT_CLAVICLE] = RIGHT_LUNG, LEFT_LUNG
-    return scored
-
-
-def wrong_side_shares(labels: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
-    """(right, left): the share of each reference lung that `labels` gives to the other lung."""
+def wrong_side_shares(labels: np.ndarray, truth: np.ndarray, table: ClassTable,
+                      truth_table: ClassTable = CLASS_TABLE) -> tuple[float, float]:
+    """(right, left): the share of each reference lung that `labels` (classes of `table`) gives to the other lung."""
     shares = []
     for lung, other in ((RIGHT_LUNG, LEFT_LUNG), (LEFT_LUNG, RIGHT_LUNG)):
-        reference = truth == lung
-        shares.append(float((labels[reference] == other).mean()) if reference.any() else 0.0)
+        reference = truth_table.mask(truth, lung)
+        shares.append(float(table.mask(labels[reference], other).mean()) if reference.any() else 0.0)
     return shares[0], shares[1]
-
-
-def _onehot(labels: np.ndarray, num_classes: int) -> torch.Tensor:
-    values = torch.as_tensor(labels, dtype=torch.int64)
-    onehot = torch.stack([values == c for c in range(num_classes)]).float()  # ABSTAIN matches no class
-    return onehot[None]
 
 
 @dataclass(frozen=True)
@@ -122,7 +114,6 @@ class ImageTask:
     image: np.ndarray
     labels: np.ndarray
     seed: int
-    lung_only: bool = False  # the image's dataset annotates the lungs only (scored_labels)
 
 
 @dataclass(frozen=True)
@@ -140,7 +131,7 @@ class EvaluationState:
     """What certifies the tasks: one CertifiedSegmenter per configuration (the models loaded once)."""
 
     segmenters: dict[Configuration, CertifiedSegmenter]
-    num_classes: int
+    table: ClassTable  # the model's classes
     batch_size: int | None
 
 
@@ -151,7 +142,7 @@ def evaluation_state(models: LoadedModels, configurations: list[Configuration], 
         models.network, models.num_classes, models.denoiser if configuration.denoised else None,
         device, execution, models.laterality if configuration.laterality_rule else None)
         for configuration in configurations}
-    return EvaluationState(segmenters, models.num_classes, options.batch_size)
+    return EvaluationState(segmenters, models.class_table, options.batch_size)
 
 
 def evaluation_state_from_folder(options: RunOptions, configurations: list[Configuration]) -> EvaluationState:
@@ -165,10 +156,12 @@ def evaluation_state_from_folder(options: RunOptions, configurations: list[Confi
 def certify_task(state: EvaluationState, task: ImageTask) -> ImageFigures:
     cert = state.segmenters[task.configuration].certify(task.image, task.request, batch_size=state.batch_size,
                                                         seed=task.seed)
-    return ImageFigures(dice_per_structure(scored_labels(cert.labels, task.lung_only), task.labels, state.num_classes),
+    table = state.table
+    lungs = tuple(sorted(set(table.classes_with(RIGHT_LUNG)) | set(table.classes_with(LEFT_LUNG))))
+    return ImageFigures(dice_per_structure(cert.labels, task.labels, table),
                         float(np.mean(cert.labels == ABSTAIN)), float(cert.timings["total"]),
-                        task.request.n0 + cert.estimation_samples, wrong_side_shares(cert.labels, task.labels),
-                        ratio_bounds(cert.labels, HEART, (RIGHT_LUNG, LEFT_LUNG)))
+                        task.request.n0 + cert.estimation_samples, wrong_side_shares(cert.labels, task.labels, table),
+                        ratio_bounds(cert.labels, table.classes_with(HEART), lungs))
 
 
 def evaluate(samples: list[Sample], models: LoadedModels, requests: list[CertificationRequest],
@@ -183,27 +176,26 @@ def evaluate(samples: list[Sample], models: LoadedModels, requests: list[Certifi
     run_seed = fresh_seed() if requests[0].seed is None else requests[0].seed  # one run, one seed
     names = [label.name for label in card.structures]
     pairs = [to_model_space(s, card.input.size, card.input.percentiles) for s in samples]
-    lung_only = [lung_only_annotation(s) for s in samples]
     annotated = _annotated_mask(samples, len(names))
     all_rows: list[Row] = []
     clean, clean_ratios = {}, {}
     with_ratio = [HEART in s.annotated and RIGHT_LUNG in s.annotated for s in samples]
-    references = [plain_ratio(y) if measured else None for (_, y), measured in zip(pairs, with_ratio)]
+    references = [plain_ratio(y, CLASS_TABLE) if measured else None for (_, y), measured in zip(pairs, with_ratio)]
     for with_rule in dict.fromkeys(c.laterality_rule for c in configurations):
         plain = CertifiedSegmenter(models.network, models.num_classes, None, device,
                                    laterality=models.laterality if with_rule else None)
         labels = [plain.segment_clean(x) for x, _ in pairs]
-        clean_ratios[with_rule] = [plain_ratio(l) if measured else None for l, measured in zip(labels, with_ratio)]
-        per_image = [dice_per_structure(scored_labels(l, only), y, models.num_classes)
-                     for l, (_, y), only in zip(labels, pairs, lung_only)]
-        sides = _wrong_side_images([wrong_side_shares(l, y) for l, (_, y) in zip(labels, pairs)])
+        clean_ratios[with_rule] = [plain_ratio(l, models.class_table) if measured else None
+                                   for l, measured in zip(labels, with_ratio)]
+        per_image = [dice_per_structure(l, y, models.class_table) for l, (_, y) in zip(labels, pairs)]
+        sides = _wrong_side_images([wrong_side_shares(l, y, models.class_table) for l, (_, y) in zip(labels, pairs)])
         configuration = "clean" if with_rule else "clean, no laterality rule"
         clean[with_rule] = _mean_over_annotated(per_image, annotated)
         all_rows += [Row(configuration, None, name, float(d), None, None, None, None, sides.get(name))
                      for name, d in zip(names, clean[with_rule]) if not np.isnan(d)]
     groups = [(configuration, request) for configuration in configurations for request in requests]
-    tasks = [ImageTask(configuration, request, x, y, image_noise_seed(run_seed, sample.name), only)
-             for configuration, request in groups for sample, (x, y), only in zip(samples, pairs, lung_only)]
+    tasks = [ImageTask(configuration, request, x, y, image_noise_seed(run_seed, sample.name))
+             for configuration, request in groups for sample, (x, y) in zip(samples, pairs)]
     if run_tasks is None:
         state = evaluation_state(models, configurations, options)
         figures = [certify_task(state, task) for task in tqdm(tasks, desc="certifying", disable=not progress)]
@@ -248,13 +240,9 @@ class RatioRecord:
         return ratio_verdict(self.low, self.high)
 
 
-def plain_ratio(labels: np.ndarray) -> float | None:
-    """The cardiothoracic ratio of a label map: reference masks, or the clean network's labels."""
-    return cardiothoracic_ratio(labels == HEART, np.isin(labels, (RIGHT_LUNG, LEFT_LUNG)))
-
-
-def lung_only_annotation(sample: Sample) -> bool:
-    return RIGHT_LUNG in sample.annotated and RIGHT_CLAVICLE not in sample.annotated
+def plain_ratio(labels: np.ndarray, table: ClassTable) -> float | None:
+    """The cardiothoracic ratio of a class map of `table`: reference masks, or the clean network's labels."""
+    return cardiothoracic_ratio(table.mask(labels, HEART), table.mask(labels, RIGHT_LUNG) | table.mask(labels, LEFT_LUNG))
 
 
 def _wrong_side_images(shares: list[tuple[float, float]]) -> dict[str, float]:

@@ -27,7 +27,8 @@ from tqdm import tqdm
 from certseg.core.devices import resolve_device
 from certseg.core.window import DEFAULT_PERCENTILES
 from certseg.errors import ParameterError
-from certseg.dicom.codes import NUM_CLASSES, label_card
+from certseg.core.labels import ClassTable
+from certseg.dicom.codes import CLASS_TABLE, class_card, label_card
 from certseg.files import write_json
 from certseg.model.denoiser import timestep_for_sigma
 from certseg.model.networks import (
@@ -41,7 +42,7 @@ from certseg.research.architectures import DEFAULT_DENOISER_CONFIG, DEFAULT_SEGM
 from certseg.research.data import Sample, to_model_space
 
 MODEL_SIZE = 256
-MODEL_VERSION = "0.3.0"
+MODEL_VERSION = "0.4.0"
 DATASET_SHARES = ("equal", "by-size")
 INTENDED_USE = "Demonstration and research only; not for clinical use."
 
@@ -92,32 +93,82 @@ def sampling_weights(samples: list[Sample], shares: str) -> np.ndarray:
     return np.array([per_image[source] for source in sources])
 
 
-def annotated_classes(samples: list[Sample]) -> torch.Tensor:
-    """(N, C) bool: the classes each image's dataset labels; background only where every structure is."""
-    structures = torch.tensor([[c in s.annotated for c in range(1, NUM_CLASSES)] for s in samples], dtype=torch.bool)
-    return torch.cat([structures.all(dim=1, keepdim=True), structures], dim=1)
+def annotated_structures(samples: list[Sample], table: ClassTable = CLASS_TABLE) -> torch.Tensor:
+    """(N, S) bool: which of the table's structures each image's dataset annotates."""
+    return torch.tensor([[value in s.annotated for value in table.structures] for s in samples], dtype=torch.bool)
 
 
-def partial_label_loss(logits: torch.Tensor, labels: torch.Tensor, annotated: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy against the set of classes a pixel may have, plus soft Dice of annotated classes.
+def membership(table: ClassTable = CLASS_TABLE) -> torch.Tensor:
+    """(C, S) bool: class c stands for structure s."""
+    return torch.tensor([[value in members for value in table.structures] for members in table.structures_of])
 
-    On a lung-only image a pixel outside the lungs may be background, heart or clavicle, and
-    a lung pixel may lie under a clavicle: every class the dataset does not annotate stays
-    possible everywhere.  The cross-entropy term is -log P(true class in that set), so the
-    network is never taught that an unannotated heart is background; Dice is taken only over
-    the classes the image annotates.  With every structure annotated this is Dice + CE.
+
+def allowed_classes(labels: torch.Tensor, annotated: torch.Tensor, table: ClassTable = CLASS_TABLE) -> torch.Tensor:
+    """(B, C, H, W) bool: the classes a pixel labelled `labels` (B, 1, H, W) may have.
+
+    A class is allowed where it agrees with the label on every structure the image's dataset
+    annotates: on a lung-only image a lung pixel may also lie under a clavicle (class 6), and a
+    pixel outside the lungs may be background, heart or clavicle.  With every structure annotated
+    only the label itself is allowed."""
+    member = membership(table).to(labels.device)  # (C, S)
+    of_label = member[labels[:, 0]]  # (B, H, W, S)
+    disagree = of_label[:, None] != member[None, :, None, None]  # (B, C, H, W, S)
+    return ~(disagree & annotated[:, None, None, None, :]).any(dim=-1)
+
+
+def partial_label_loss(logits: torch.Tensor, labels: torch.Tensor, annotated: torch.Tensor,
+                       table: ClassTable = CLASS_TABLE) -> torch.Tensor:
+    """Cross-entropy against the set of classes a pixel may have, plus soft Dice of annotated structures.
+
+    The cross-entropy term is -log P(class in the allowed set), so the network is never taught that
+    an unannotated heart is background, nor that a lung pixel of a lung-only dataset lies under no
+    clavicle.  Dice is taken per structure (its probability: the sum over the classes standing for
+    it, so overlapping structures are scored whole), only where the image annotates the structure.
     """
-    onehot = F.one_hot(labels[:, 0], logits.shape[1]).permute(0, 3, 1, 2).bool()
-    unknown = ~annotated
-    unknown[:, 0] = False  # background is never unknown: an annotated lung pixel is not background
-    allowed = onehot | unknown[:, :, None, None]
+    allowed = allowed_classes(labels, annotated, table)
     log_probabilities = logits.float().log_softmax(dim=1)
     cross_entropy = -torch.logsumexp(log_probabilities.masked_fill(~allowed, -torch.inf), dim=1).mean()
-    probabilities, target = log_probabilities.exp(), onehot.float()
-    overlap = (probabilities * target).sum(dim=(2, 3))
-    dice = 1 - (2 * overlap + 1) / (probabilities.sum(dim=(2, 3)) + target.sum(dim=(2, 3)) + 1)
+    member = membership(table).to(logits.device).float()  # (C, S)
+    structure_probability = torch.einsum("bchw,cs->bshw", log_probabilities.exp(), member)
+    target = member[labels[:, 0]].permute(0, 3, 1, 2)  # (B, S, H, W)
+    overlap = (structure_probability * target).sum(dim=(2, 3))
+    dice = 1 - (2 * overlap + 1) / (structure_probability.sum(dim=(2, 3)) + target.sum(dim=(2, 3)) + 1)
     weights = annotated.float()
-    return cross_entropy + (dice * weights).sum() / weights.sum()
+    return cross_entropy + (dice * weights).sum() / weights.sum().clamp(min=1)
+
+
+def widened_to_classes(network: torch.nn.Module, state: dict[str, torch.Tensor], old_classes: int,
+                       table: ClassTable = CLASS_TABLE) -> dict[str, torch.Tensor]:
+    """Weights of a network with `old_classes` outputs (one class per structure) for `table`'s classes.
+
+    A class standing for several structures starts from the mean of their output channels, so
+    fine-tuning an earlier release starts from what it knew; channels fed by the new outputs start
+    at zero."""
+    mixing = torch.zeros(table.num_classes, old_classes)
+    for value, members in enumerate(table.structures_of):
+        for old in (members or (0,)):
+            mixing[value, old] = 1 / max(1, len(members))
+    transposed = {f"{name}.weight" for name, module in network.named_modules()
+                  if isinstance(module, torch.nn.modules.conv._ConvTransposeNd)}
+    widened = {}
+    targets = network.state_dict()
+    for key, tensor in state.items():
+        target = targets.get(key)
+        if target is None:
+            raise ParameterError(f"{key}: the initial weights do not fit the network's architecture")
+        if target.shape == tensor.shape:
+            widened[key] = tensor
+            continue
+        out_dim = 1 if key in transposed else 0
+        if tensor.shape[out_dim] == old_classes != target.shape[out_dim]:
+            tensor = torch.movedim(torch.tensordot(mixing, torch.movedim(tensor, out_dim, 0), dims=1), 0, out_dim)
+        in_dim = 1 - out_dim
+        if tensor.dim() > 1 and tensor.shape[in_dim] == old_classes != target.shape[in_dim]:
+            padding = list(tensor.shape)
+            padding[in_dim] = target.shape[in_dim] - old_classes
+            tensor = torch.cat([tensor, tensor.new_zeros(padding)], dim=in_dim)
+        widened[key] = tensor
+    return widened
 
 
 def segmenter_architecture(channels: tuple[int, ...] | None) -> dict[str, Any]:
@@ -140,11 +191,22 @@ def train_segmenter(samples: list[Sample], out: Path, config: TrainConfig, progr
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     images, labels = model_space_arrays(samples)
-    annotated = annotated_classes(samples)
-    architecture = segmenter_architecture(config.channels)
+    annotated = annotated_structures(samples)
+    initial = load_segmenter(Path(config.init) / "segmenter") if config.init is not None else None
+    if initial is not None and config.channels is None:  # fine-tuning keeps the architecture it starts from
+        kwargs = {**initial[1].document["architecture"]["kwargs"], "out_channels": CLASS_TABLE.num_classes}
+        architecture = {**initial[1].document["architecture"], "kwargs": kwargs}
+    else:
+        architecture = segmenter_architecture(config.channels)
     network = build_segmenter_network(architecture)
-    if config.init is not None:
-        network.load_state_dict(load_segmenter(Path(config.init) / "segmenter")[0].state_dict())
+    if initial is not None:
+        state = initial[0].state_dict()
+        if initial[1].num_classes != CLASS_TABLE.num_classes:
+            state = widened_to_classes(network, state, initial[1].num_classes)
+        try:
+            network.load_state_dict(state)
+        except RuntimeError as error:
+            raise ParameterError(f"--init {config.init}: its weights do not fit --channels ({error})") from None
     network = network.to(device)
     optimizer = torch.optim.Adam(network.parameters(), lr=config.learning_rate)
     rng = np.random.default_rng(config.seed)
@@ -169,15 +231,16 @@ def train_segmenter(samples: list[Sample], out: Path, config: TrainConfig, progr
     card = {
         "name": "certseg-cxr-unet",
         "version": MODEL_VERSION,
-        "task": "chest X-ray multi-class segmentation (JSRT/SCR structure set)",
+        "task": "chest X-ray segmentation of overlapping structures (JSRT/SCR structure set)",
         "architecture": architecture,
         "labels": label_card(),
+        "classes": class_card(),
         "input": {"size": MODEL_SIZE, "channels": 1, "percentiles": list(DEFAULT_PERCENTILES),
                   "mapping": "stored values, MONOCHROME2, percentile window -> [0, 1], zero-pad to square, "
                              "antialiased bilinear resize"},
         "training": {"steps": steps, "batch_size": config.batch_size, "learning_rate": config.learning_rate,
                      "final_learning_rate": config.final_learning_rate,
-                     "loss": "partial-label cross-entropy + Dice of annotated classes",
+                     "loss": "partial-label cross-entropy over the classes a pixel may have + Dice of annotated structures",
                      "augmentation": "certseg.research.data.augment (geometry, window, gamma, detail, collimation, markers)",
                      "noise_sigma_uniform": list(config.noise_sigma), "seed": config.seed, "images": len(samples),
                      "dataset_shares": config.dataset_shares,
@@ -193,7 +256,7 @@ class _ValidationTracker:
 
     def __init__(self, validation: list[Sample], path: Path):
         self.images, self.labels = model_space_arrays(validation)
-        self.annotated = annotated_classes(validation)[:, 1:].numpy()
+        self.annotated = annotated_structures(validation).numpy()
         self.path, self.names = path, [s.name for s in validation]
         self.best_step, self.best_dice, self.history = None, -1.0, []
         if (path.with_suffix(".json")).is_file():
@@ -207,7 +270,7 @@ class _ValidationTracker:
         network.eval()
         device = next(network.parameters()).device
         per_image = [dice_per_structure(network(x[None].to(device)).argmax(1)[0].cpu().numpy(), y[0].numpy(),
-                                        NUM_CLASSES) for x, y in zip(self.images, self.labels)]
+                                        CLASS_TABLE) for x, y in zip(self.images, self.labels)]
         network.train()
         values = np.where(self.annotated, np.asarray(per_image), np.nan)
         per_structure = np.nanmean(values, axis=0)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from certseg.core.labels import ABSTAIN
-from certseg.dicom.codes import ABSTAINED_COLOR, segments
+from certseg.core.labels import ABSTAIN, ClassTable
+from certseg.dicom.codes import ABSTAINED_COLOR, Segment, segments
 from certseg.record import RatioMeasurement, Report
 from certseg.report import ratio_words
 
@@ -50,22 +50,25 @@ def ratio_verdict(ratio: RatioMeasurement | None) -> str:
     return ratio_words(ratio) or "cardiothoracic ratio: not measured by this model"
 
 
-def render_capture(stored: np.ndarray, labels: np.ndarray, report: Report) -> np.ndarray:
-    """RGB uint8 of the radiograph's own size with the certificate burned in."""
+def render_capture(stored: np.ndarray, labels: np.ndarray, table: ClassTable, report: Report) -> np.ndarray:
+    """RGB uint8 of the radiograph's own size with the certificate burned in.
+
+    Every tint is laid before any outline, so where structures overlap (a clavicle over a lung) the
+    pixels carry both tints and both outlines stay whole: the lung's edge runs on under the clavicle."""
     gray = grayscale(stored, report)
     rgb = np.repeat(gray[..., None], 3, axis=-1)
     width = max(1, round(max(labels.shape) / 600))
-    for segment in segments(labels):
-        color = np.array(segment.color, dtype=float)
-        if segment.value == ABSTAIN:
-            rgb[segment.mask] = (1 - ABSTAINED_TINT) * rgb[segment.mask] + ABSTAINED_TINT * color
-            continue
-        rgb[segment.mask] = (1 - TINT) * rgb[segment.mask] + TINT * color
-        rgb[outline(segment.mask, width)] = color
-    return _burn_in_text(rgb.astype(np.uint8), labels, report)
+    drawn = segments(labels, table)
+    for segment in drawn:
+        tint = ABSTAINED_TINT if segment.value == ABSTAIN else TINT
+        rgb[segment.mask] = (1 - tint) * rgb[segment.mask] + tint * np.array(segment.color, dtype=float)
+    for segment in drawn:
+        if segment.value != ABSTAIN:
+            rgb[outline(segment.mask, width)] = segment.color
+    return _burn_in_text(rgb.astype(np.uint8), drawn, report)
 
 
-def _burn_in_text(rgb: np.ndarray, labels: np.ndarray, report: Report) -> np.ndarray:
+def _burn_in_text(rgb: np.ndarray, drawn: list[Segment], report: Report) -> np.ndarray:
     from PIL import Image, ImageDraw, ImageFont
 
     image = Image.fromarray(rgb)
@@ -76,7 +79,7 @@ def _burn_in_text(rgb: np.ndarray, labels: np.ndarray, report: Report) -> np.nda
     margin = size // 2
     draw.rectangle((0, 0, rgb.shape[1], size + 2 * margin), fill=(0, 0, 0))
     draw.text((margin, margin), f"CertSeg  {RESEARCH_ONLY}", fill=(255, 255, 0), font=font)
-    legend = [(tuple(s.color), f"{s.name}") for s in segments(labels) if s.value != ABSTAIN]
+    legend = [(tuple(s.color), f"{s.name}") for s in drawn if s.value != ABSTAIN]
     legend.append((ABSTAINED_COLOR, "abstained (not certified)"))
     radius = report.radius
     footer = [f"Certified against any change below {radius.stored_values_l2:.4g} (L2, stored values; "

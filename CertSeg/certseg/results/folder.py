@@ -33,15 +33,16 @@ def write_result_folder(folder: Path, stored: np.ndarray, result, report: Report
                         radiograph=None) -> None:
     """Every output of one image into `folder`: the DICOM objects (DICOM sources only), report.pdf, certseg.seg.nrrd,
     overlay.png, certificate.npz (model-grid arrays for research) and report.json."""
-    capture = render_capture(stored, result.source_labels, report)
-    page = write_report_page(stored, result.source_labels, report, identity(radiograph))
+    labels, table = result.source_labels, result.class_table
+    capture = render_capture(stored, labels, table, report)
+    page = write_report_page(stored, labels, table, report, identity(radiograph))
     (folder / REPORT_PDF_FILE).write_bytes(page)
     if radiograph is not None:
-        write_dicom_seg(folder / SEG_FILE, radiograph, result.source_labels, report.segmenter)
-        write_measurement_sr(folder / MEASUREMENT_SR_FILE, radiograph, folder / SEG_FILE, report, result.source_labels)
+        write_dicom_seg(folder / SEG_FILE, radiograph, labels, table, report.segmenter)
+        write_measurement_sr(folder / MEASUREMENT_SR_FILE, radiograph, folder / SEG_FILE, report, labels, table)
         write_secondary_capture(folder / CAPTURE_FILE, capture, radiograph.dataset)
         write_encapsulated_pdf(folder / REPORT_PDF_DICOM_FILE, page, radiograph.dataset)
-    write_seg_nrrd(folder / SEG_NRRD_FILE, result.source_labels, geometry, segment_tags(report))
+    write_seg_nrrd(folder / SEG_NRRD_FILE, labels, table, geometry, segment_tags(report))
     write_overlay(folder / OVERLAY_FILE, capture)
     write_certificate_arrays(folder / CERTIFICATE_ARRAYS_FILE, result, report)
     write_radius_map(folder / PIXEL_RADIUS_FILE, result, geometry)

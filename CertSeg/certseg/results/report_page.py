@@ -13,7 +13,7 @@ import datetime
 import io
 import numpy as np
 
-from certseg.core.labels import ABSTAIN
+from certseg.core.labels import ABSTAIN, ClassTable
 from certseg.dicom.codes import segments
 from certseg.record import Report
 from certseg.report import area_table, input_check
@@ -22,7 +22,7 @@ from certseg.results.capture import RESEARCH_ONLY, grayscale, guarantee_words, o
 PAGE_IMAGE_SIDE = 1000  # pixels of the page's picture (about 300 dpi at its printed size)
 
 
-def page_picture(stored: np.ndarray, labels: np.ndarray, report: Report) -> bytes:
+def page_picture(stored: np.ndarray, labels: np.ndarray, table: ClassTable, report: Report) -> bytes:
     """PNG of the radiograph, certified structures outlined and named at their centre, abstained hatched."""
     from PIL import Image, ImageDraw, ImageFont
 
@@ -33,7 +33,7 @@ def page_picture(stored: np.ndarray, labels: np.ndarray, report: Report) -> byte
     small = np.asarray(Image.fromarray(labels.astype(np.int16)).resize(size, Image.Resampling.NEAREST))
     rows, columns = np.indices(small.shape)
     names = []
-    for segment in segments(small):
+    for segment in segments(small, table):
         if segment.value == ABSTAIN:  # diagonal hatching: visible in grey print, not only as colour
             hatch = segment.mask & ((rows + columns) % 8 < 2)
             rgb[hatch] = segment.color
@@ -78,7 +78,7 @@ def facts(report: Report) -> list[tuple[str, str]]:
     ]
 
 
-def write_report_page(stored: np.ndarray, labels: np.ndarray, report: Report, identity: dict[str, str],
+def write_report_page(stored: np.ndarray, labels: np.ndarray, table: ClassTable, report: Report, identity: dict[str, str],
                       when: datetime.datetime | None = None) -> bytes:
     """The PDF's bytes.  `identity`: patient and study lines to print (empty for an image file)."""
     from fpdf import FPDF
@@ -96,7 +96,7 @@ def write_report_page(stored: np.ndarray, labels: np.ndarray, report: Report, id
     ids = "   ".join(f"{k}: {v}" for k, v in identity.items() if v) or "image file (no DICOM identifiers)"
     pdf.multi_cell(0, 4, _latin1(f"{ids}   Report: {when:%Y-%m-%d %H:%M} UTC"), new_x="LMARGIN", new_y="NEXT")
     top = pdf.get_y() + 1
-    pdf.image(io.BytesIO(page_picture(stored, labels, report)), x=12, y=top, h=118)
+    pdf.image(io.BytesIO(page_picture(stored, labels, table, report)), x=12, y=top, h=118)
     pdf.set_xy(12, top + 120)
     pdf.set_font("Helvetica", "B", 9)
     unit, rows = area_rows(report)

@@ -7,18 +7,22 @@ from pathlib import Path
 import numpy as np
 from pydicom.sr.coding import Code
 
+from certseg.core.labels import ClassTable
 from certseg.dicom.codes import segments
 from certseg.record import Report
 
 SLICER_CONTEXT = "Segmentation category and type - DICOM master list"
 
 
-def write_seg_nrrd(path: Path, labels: np.ndarray, geometry: np.ndarray, tags: dict[str, str]) -> None:
-    """Slicer's .seg.nrrd through slicerio: segment names, colours, terminology and tags."""
+def write_seg_nrrd(path: Path, labels: np.ndarray, table: ClassTable, geometry: np.ndarray,
+                   tags: dict[str, str]) -> None:
+    """Slicer's .seg.nrrd through slicerio: segment names, colours, terminology and tags.
+
+    Overlapping segments (a clavicle over a lung) go to separate layers, as slicerio places them."""
     import slicerio
 
     segmentation = slicerio.create_segmentation((labels.shape[1], labels.shape[0], 1), geometry)
-    for segment in segments(labels):
+    for segment in segments(labels, table):
         terminology = {"contextName": SLICER_CONTEXT, "category": _slicer_code(segment.category),
                        "type": _slicer_code(segment.type)}
         if segment.modifier:

@@ -2,7 +2,7 @@
 
     dataset.json        data card: format, seed, size, labels, per-view render parameters
     images/NNNN.png     16-bit PNG, 12-bit stored values (bright = attenuating)
-    labels/NNNN.png     8-bit PNG, values of labels.STRUCTURES (0 background)
+    labels/NNNN.png     8-bit PNG, class values of codes.CLASS_TABLE (0 background)
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from certseg.dicom.codes import label_card
+from certseg.dicom.codes import class_card, label_card
 from certseg.errors import CertSegError
 from certseg.files import DATASET_CARD
 from certseg.research.data.sample import Sample
 
-DRR_FORMAT = "certseg-drr-1"
+DRR_FORMAT = "certseg-drr-2"  # 1 painted clavicles over lungs; 2 keeps them overlapping (codes.CLASS_TABLE)
 
 
 def write_drr_dataset(out: Path, *, count: int, seed: int, size: int, overwrite: bool = False, progress=True) -> Path:
@@ -49,6 +49,7 @@ def write_drr_dataset(out: Path, *, count: int, seed: int, size: int, overwrite:
             "count": count,
             "size": size,
             "labels": label_card(),
+            "classes": class_card(),
             "independence": "each view's pose, deformation and acquisition are drawn from its own child of "
                             "SeedSequence(seed); datasets with different seeds share no view",
             "views": views,

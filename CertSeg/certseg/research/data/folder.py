@@ -1,10 +1,11 @@
 """CertSeg's own dataset folder, written by `certseg data import` from any public layout.
 
-    dataset.json        format, dataset, layout, terms, origin of the copy, split rule, labels,
+    dataset.json        format, dataset, layout, terms, origin of the copy, split rule, labels, classes
+                        (which structures each class value stands for: a clavicle over a lung is its own class),
                         and per image: name, split, files, annotated structures, source shape
     images/<name>.png   16-bit PNG of stored values (bright = attenuating), long side at most
                         `working_size` (antialiased), so a 2048^2 JSRT image is 2 MB, not 32 MB
-    labels/<name>.png   8-bit label values on the same grid (nearest neighbour)
+    labels/<name>.png   8-bit class values on the same grid (nearest neighbour)
 
 The split is fixed by the image's number, never drawn: even numbers (JPCLN002,
 MCUCXR_0002_0, CHNCXR_0002_0, ...) are the test fold, odd numbers ending in 1 are
@@ -25,14 +26,16 @@ from pathlib import Path
 
 import numpy as np
 
-from certseg.dicom.codes import label_card
+from certseg.dicom.codes import class_card, label_card
 from certseg.errors import CertSegError
 from certseg.files import DATASET_CARD
 from certseg.research.data.drr_folder import DRR_FORMAT, load_drr_dataset
 from certseg.research.data.public import LAYOUTS
 from certseg.research.data.sample import Sample
 
-DATASET_FORMAT = "certseg-dataset-1"
+DATASET_FORMAT = "certseg-dataset-2"
+# format 1 painted each clavicle over its lung (one structure per pixel); models now learn them overlapping
+PAINTED_FORMATS = ("certseg-dataset-1",)
 SPLITS = ("train", "validation", "test", "acceptance")
 SPLIT_RULE = ("number in the image name: even -> test; odd ending in 1 -> validation; other odd -> train")
 WORKING_SIZE = 1024
@@ -75,7 +78,8 @@ def import_dataset(layout_name: str, source: Path, out: Path, *, masks: Path | N
                             "source_shape": list(sample.stored.shape)})
         card = {"format": DATASET_FORMAT, "dataset": layout.dataset, "layout": layout.name,
                 "description": layout.description, "terms": layout.terms, "origin": origin or source.name,
-                "split_rule": layout.split_rule or SPLIT_RULE, "working_size": WORKING_SIZE, "labels": label_card(),
+                "split_rule": layout.split_rule or SPLIT_RULE, "working_size": WORKING_SIZE,
+                "labels": label_card(), "classes": class_card(),
                 "counts": {split: sum(e["split"] == split for e in entries) for split in SPLITS},
                 "skipped": {reason: sorted(names) for reason, names in sorted(skipped.items())},
                 "images": entries}
@@ -114,6 +118,9 @@ def load_dataset(folder: Path, splits: tuple[str, ...] = SPLITS) -> list[Sample]
     card = read_card(folder)
     if card.get("format") == DRR_FORMAT:
         return load_drr_dataset(folder)
+    if card.get("format") in PAINTED_FORMATS:
+        raise CertSegError(f"{folder}: imported by an earlier CertSeg, which painted each clavicle over its lung; "
+                           "import the dataset again (certseg data import)")
     if card.get("format") != DATASET_FORMAT:
         raise CertSegError(f"{folder / DATASET_CARD}: format {card.get('format')!r} is neither "
                            f"{DATASET_FORMAT!r} nor {DRR_FORMAT!r}")

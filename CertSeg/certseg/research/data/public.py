@@ -31,7 +31,8 @@ import numpy as np
 
 from certseg.errors import CertSegError
 from certseg.research.data import covid_qu_ex
-from certseg.research.data.sample import LUNGS, Sample, by_image_side, lung_labels, read_gray, read_mask
+from certseg.research.data.sample import (LUNGS, Sample, by_image_side, lung_labels, overlapping_labels, read_gray,
+                                          read_mask)
 
 Skipped = dict[str, list[str]]  # reason -> names of the images a reader could not label honestly
 
@@ -89,11 +90,8 @@ def _scr_sample(name: str, stored: np.ndarray, mask_path: Callable[[str], Path])
     masks = {structure: read_mask(mask_path(structure), stored.shape) for structure in SCR_STRUCTURES}
     right_lung, left_lung = by_image_side(masks["right lung"], masks["left lung"])
     right_clavicle, left_clavicle = by_image_side(masks["right clavicle"], masks["left clavicle"])
-    labels = np.zeros(stored.shape, dtype=np.uint8)
-    for value, mask in ((1, right_lung), (2, left_lung), (3, masks["heart"]), (4, right_clavicle),
-                        (5, left_clavicle)):
-        labels[mask] = value  # later structures overlap earlier ones (heart and clavicles over the lungs)
-    return Sample(name, stored, labels)
+    return Sample(name, stored, overlapping_labels([(1, right_lung), (2, left_lung), (3, masks["heart"]),
+                                                    (4, right_clavicle), (5, left_clavicle)]))
 
 
 def read_montgomery(root: Path, masks: Path | None = None, skipped: Skipped | None = None) -> Iterator[Sample]:

@@ -7,17 +7,19 @@ from pathlib import Path
 
 import numpy as np
 
+from certseg.dicom.codes import CLASS_TABLE
 from certseg.errors import CertSegError
 
 ALL_STRUCTURES = (1, 2, 3, 4, 5)
 LUNGS = (1, 2)
+HEART = 3
 
 
 @dataclass
 class Sample:
     name: str
     stored: np.ndarray  # (H, W) stored pixel values, bright = attenuating
-    labels: np.ndarray  # (H, W) uint8 label values
+    labels: np.ndarray  # (H, W) uint8 class values of codes.CLASS_TABLE (a class may stand for overlapping structures)
     annotated: tuple[int, ...] = ALL_STRUCTURES  # structures the dataset labels (others are unknown, not background)
     split: str | None = None  # the split the dataset's own layout fixes; None: the image number's rule
     source: str = ""  # the dataset it comes from (a dataset folder's "dataset"; "drr" for rendered views)
@@ -37,6 +39,36 @@ def lung_labels(right: np.ndarray, left: np.ndarray) -> np.ndarray:
     labels[right] = 1
     labels[left] = 2
     return labels
+
+
+def overlapping_labels(structures: list[tuple[int, np.ndarray]]) -> np.ndarray:
+    """Class values (codes.CLASS_TABLE) of structure masks that may overlap, each kept as drawn.
+
+    A clavicle over a lung is the class standing for both.  SCR's lungs exclude the heart, so
+    where a lung and the heart masks meet (a seam of a few pixels: 0.2% of the heart) the heart
+    wins; any other overlap the class table has no class for goes to the structure listed last.
+    """
+    presence = np.zeros(structures[0][1].shape, dtype=np.uint8)
+    for value, mask in structures:
+        presence[mask] |= np.uint8(1 << (value - 1))
+    labels = np.zeros(presence.shape, dtype=np.uint8)
+    for bits in np.unique(presence):
+        members = {value for value, _ in structures if int(bits) >> (value - 1) & 1}
+        labels[presence == bits] = _class_for(members)
+    return labels
+
+
+def _class_for(members: set[int]) -> int:
+    try:
+        return CLASS_TABLE.class_of(members)
+    except ValueError:
+        pass
+    if HEART in members:  # lungs and heart stay apart: their seam is heart
+        try:
+            return CLASS_TABLE.class_of(members - set(LUNGS))
+        except ValueError:
+            return CLASS_TABLE.class_of({HEART})
+    return CLASS_TABLE.class_of({max(members)})  # otherwise the structure listed last wins
 
 
 def by_image_side(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
