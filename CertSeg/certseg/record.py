@@ -189,8 +189,19 @@ class IntensityWindowRecord:
 
 
 @dataclass(frozen=True)
+class SegmenterClass:
+    """One class of the segmenter: a value of certificate.npz's label maps and the structures it stands for.
+
+    A class may stand for several structures (a lung under its clavicle), so structures overlap."""
+
+    value: int
+    structures: tuple[str, ...]  # names, as in `structures`; empty for background
+
+
+@dataclass(frozen=True)
 class CertifiedStructure:
-    """One structure's certified pixels (its `value` is its label in the .seg.nrrd and the SEG)."""
+    """One structure's certified pixels (`value`: the structure's number in the model card; its pixels are every
+    certified pixel of a class standing for it, so two structures may share pixels)."""
 
     name: str
     value: int
@@ -274,6 +285,8 @@ class Report:
     measurements: Measurements
     out_of_distribution: OodVerdict | None  # None: no detector in the model folder
     timings_s: dict[str, float]
+    # the segmenter's classes; reports of earlier versions have none: one class per structure, none overlapping
+    segmenter_classes: tuple[SegmenterClass, ...] = ()
 
     @property
     def segmenter(self) -> ModelIdentity:

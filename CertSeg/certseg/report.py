@@ -20,18 +20,19 @@ Light on purpose (no torch): the Slicer module imports it to show a report.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from certseg import __version__
-from certseg.core.labels import ABSTAIN
+from certseg.core.labels import ABSTAIN, ClassTable, Label
 from certseg.core.measurements import certified_measurements
 from certseg.dicom.reading import Radiograph, metadata_check, pixel_digest, raw_value_radius, slicer_grid_spacing
 from certseg.files import PIXEL_RADIUS_FILE, SEG_NRRD_FILE
-from certseg.record import (CertifiedStructure, IntensityWindowRecord, Interval, ModelGrid, OodVerdict,
-                            Radius, RatioMeasurement, Report, SamplesDrawn, SlicerGrid, Source, SourceGrid)
+from certseg.record import (CertifiedStructure, IntensityWindowRecord, Interval, ModelGrid, OodVerdict, Radius,
+                            RatioMeasurement, Report, SamplesDrawn, SegmenterClass, SlicerGrid, Source, SourceGrid)
 
 if TYPE_CHECKING:
     from certseg.model.folder import LoadedModels
@@ -111,7 +112,15 @@ def _report(result: CertificationResult, models: LoadedModels, source: Source, r
                                             models.segmenter_card.labels, result.class_table, area),
         out_of_distribution=result.ood,
         timings_s={**certificate.timings, **(extra_timings or {})},
+        segmenter_classes=segmenter_classes(result.class_table, models.segmenter_card.labels),
     )
+
+
+def segmenter_classes(table: ClassTable, labels: Sequence[Label]) -> tuple[SegmenterClass, ...]:
+    """The class table in the report's words: each class value with the names of the structures it stands for."""
+    names = {label.value: label.name for label in labels}
+    return tuple(SegmenterClass(value, tuple(names[s] for s in members))
+                 for value, members in enumerate(table.structures_of))
 
 
 def summary_line(report: Report, target: Path) -> str:

@@ -48,14 +48,14 @@ class ClassTable:
             return cls.one_class_per_structure(num_labels)
         if [int(entry["value"]) for entry in entries] != list(range(len(entries))):
             raise ValueError("classes must be numbered 0, 1, 2, ...")
-        table = cls(tuple(tuple(int(value) for value in entry["structures"]) for entry in entries))
+        table = cls(tuple(tuple(int(value) for value in entry["stands_for"]) for entry in entries))
         if not set(table.structures) <= set(range(1, num_labels)):
             raise ValueError("a class stands for a structure the labels do not name")
         return table
 
     def card(self) -> list[dict]:
         """As a model card and a dataset card store it (JSON-ready)."""
-        return [{"value": value, "structures": list(members)} for value, members in enumerate(self.structures_of)]
+        return [{"value": value, "stands_for": list(members)} for value, members in enumerate(self.structures_of)]
 
     @property
     def num_classes(self) -> int:

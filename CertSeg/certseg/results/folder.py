@@ -60,7 +60,8 @@ def identity(radiograph) -> dict[str, str]:
 
 
 CERTIFICATE_ARRAYS = {
-    "model_labels": "certified class per model-grid pixel, -1 = abstained. Guarantee (probability >= 1 - alpha "
+    "model_labels": "certified class per model-grid pixel, -1 = abstained; report.json's segmenter_classes say which "
+                    "structures each class stands for (a lung under its clavicle is one class). Guarantee (probability >= 1 - alpha "
                     "over the sampling): every certified pixel carries the smoothed segmenter's label, unchanged "
                     "under any L2 perturbation of the model input below radius.model_space",
     "candidates": "class tested per pixel (from the n0 selection samples); certified or not",
