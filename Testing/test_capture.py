@@ -108,3 +108,28 @@ def test_an_image_file_gets_the_page_but_no_dicom_objects(tmp_path, small_cr):
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "out" / "report.pdf").is_file() and not (tmp_path / "out" / "capture.dcm").exists()
     assert "image file (no DICOM identifiers)" in PdfReader(tmp_path / "out" / "report.pdf").pages[0].extract_text()
+
+
+def test_a_clavicle_over_a_lung_reads_as_both_with_each_outline_whole(sample):
+    """Tints blend where structures overlap, and every outline is drawn after every tint: the lung's edge runs
+    on under the clavicle and the clavicle's edge across the lung, so grey print still shows both shapes."""
+    from certseg.dicom.codes import CLASS_TABLE, STRUCTURES
+    from certseg.record import Report
+    from certseg.results.capture import render_capture
+
+    _, folder, _ = sample
+    report = Report.read(folder / "report.json")
+    labels = np.zeros((300, 300), dtype=np.int64)
+    labels[60:260, 40:140] = 1  # right lung
+    labels[40:80, 20:160] = 4  # right clavicle alone where it leaves the lung
+    labels[60:80, 40:140] = 6  # ... and over the lung
+    window = report.intensity_window
+    stored = np.full(labels.shape, (window.low + window.high) / 2)
+    rgb = render_capture(stored, labels, CLASS_TABLE, report).astype(int)
+    colours = {s.name: np.array(s.color) for s in STRUCTURES}
+    lung_edge = (rgb == colours["right lung"]).all(axis=-1)
+    clavicle_edge = (rgb == colours["right clavicle"]).all(axis=-1)
+    assert lung_edge[62:78, 40].any() and lung_edge[62:78, 139].any()  # the lung's sides, under the clavicle
+    assert clavicle_edge[79, 60:120].any()  # the clavicle's lower edge, across the lung
+    both, lung_only, clavicle_only = rgb[70, 90], rgb[150, 90], rgb[50, 150]
+    assert not np.array_equal(both, lung_only) and not np.array_equal(both, clavicle_only)

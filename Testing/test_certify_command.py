@@ -65,8 +65,14 @@ def test_dicom_seg_reads_back_with_highdicom(sample_result):
     assert seg.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
     pixels = seg.get_pixels_by_source_instance([source.SOPInstanceUID], combine_segments=False)
     assert pixels.shape == (1, source.Rows, source.Columns, len(labels))
-    assert not np.any(pixels.sum(axis=-1) > 1)  # certified and abstained never overlap
-    assert np.all(pixels.sum(axis=-1) >= 0)
+    masks = {label: pixels[0, :, :, index] > 0 for index, label in enumerate(labels)}
+    abstained = masks.pop("Abstained")
+    assert not any((abstained & mask).any() for mask in masks.values())  # abstained overlaps no structure
+    # Each structure whole, as SCR draws it: the lungs run on under their clavicles; lungs and heart stay apart.
+    for side in ("right", "left"):
+        lung, clavicle = masks[f"certified {side} lung"], masks[f"certified {side} clavicle"]
+        assert (lung & clavicle).sum() > 0.5 * clavicle.sum(), side
+        assert not (lung & masks["certified heart"]).any()
     description = seg.get_segment_description(labels.index("certified right lung") + 1)
     assert description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence[0].CodeMeaning == "Right"
     assert description.SegmentationAlgorithmIdentificationSequence[0].AlgorithmName.startswith("CertSeg")

@@ -152,6 +152,25 @@ def loaded_result(scene, certified, variant="calibrated"):
     return volume, segmentation, radius_map, report
 
 
+def test_overlapping_structures_load_whole_in_slicers_segmentation(certified):
+    """The sample's lungs run on under its clavicles: Slicer holds the overlapping segments (in layers), each
+    with the report's certified pixel count, and the DICOM SEG's import gives the same masks."""
+    from CertSegLib import mrml
+    from CertSegLib.seg_reader import read_certseg_seg
+
+    with slicer_scene() as scene:
+        volume, segmentation, _, report = loaded_result(scene, certified, "sample")
+        masks = {s.name: s.mask > 0 for s in mrml.slicer_segments(segmentation, volume)}
+        from_seg = mrml.segmentation_from_seg(scene, read_certseg_seg(certified["sample"][1] / "seg.dcm"), volume,
+                                              "CertSeg SEG")
+        imported = {s.name: s.mask > 0 for s in mrml.slicer_segments(from_seg, volume)}
+    assert {f"certified {s.name}": s.certified_pixels for s in report.structures if s.certified_pixels} == \
+        {name: int(mask.sum()) for name, mask in masks.items() if name != "Abstained"}
+    for side in ("right", "left"):
+        assert (masks[f"certified {side} lung"] & masks[f"certified {side} clavicle"]).any(), side
+    assert all(np.array_equal(imported[name], mask) for name, mask in masks.items())
+
+
 def test_a_whole_study_run_after_a_result_is_in_the_study_certifies_only_radiographs(certified):
     """The result, its radius map and a table sit under the study beside a second radiograph; asking each child
     whether it can be certified used to raise on the segmentation (no GetImageData)."""
