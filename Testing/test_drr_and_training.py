@@ -96,6 +96,20 @@ def test_tampered_weights_are_refused(tiny_dataset, tmp_path):
         load_models(tmp_path, with_denoiser=False)
 
 
+def test_a_card_whose_classes_do_not_match_the_network_is_refused_when_loaded(tmp_path):
+    """A card naming six classes over an eight-output network must fail at load, not mid-certification."""
+    from certseg.dicom.codes import label_card
+    from certseg.model.networks import save_segmenter
+    from certseg.research.architectures import DEFAULT_SEGMENTER_ARCHITECTURE, default_segmenter_network
+
+    network, _ = default_segmenter_network()
+    save_segmenter(network, {"name": "mismatched", "version": "0", "architecture": DEFAULT_SEGMENTER_ARCHITECTURE,
+                             "labels": label_card(), "input": {"size": 256, "percentiles": [0.5, 99.5]}},
+                   tmp_path / "segmenter")
+    with pytest.raises(ModelError, match="classes"):
+        load_models(tmp_path, with_denoiser=False)
+
+
 def _blob(shape, centre, radius):
     rows, cols = np.indices(shape)
     return (rows - centre[0]) ** 2 + (cols - centre[1]) ** 2 < radius**2

@@ -31,6 +31,15 @@ def test_the_backends_report_reads_back_and_writes_the_same_document(certified_s
     assert report.parameters.confidence == pytest.approx(1 - data["parameters"]["alpha"])
 
 
+def test_a_report_of_an_earlier_version_without_classes_still_reads(certified_sample):
+    """Reports written before overlapping structures name no classes: one class per structure."""
+    data, report = sample_report(certified_sample)
+    names = [s.name for s in report.structures]
+    assert [c.structures for c in report.segmenter_classes][: len(names) + 1] == [()] + [(name,) for name in names]
+    older = {key: value for key, value in data.items() if key != "segmenter_classes"}
+    assert Report.from_json(older).segmenter_classes == () and Report.from_json(older).structures == report.structures
+
+
 @pytest.mark.parametrize("damage, named", [
     (lambda d: d["radius"].pop("model_space"), "report.radius has no 'model_space'"),
     (lambda d: d["source_grid"].update(abstain_fraction="half"), "report.source_grid.abstain_fraction must be a number"),

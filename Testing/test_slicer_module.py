@@ -282,14 +282,15 @@ def test_every_bound_widget_names_a_parameter_and_every_parameter_is_bound():
 @pytest.fixture
 def random_models(tmp_path):
     """Untrained networks of the shipped architecture in a model folder (fast, for plumbing tests)."""
-    from certseg.dicom.codes import label_card
+    from certseg.dicom.codes import class_card, label_card
     from certseg.model.networks import save_segmenter
     from certseg.research.architectures import DEFAULT_SEGMENTER_ARCHITECTURE, default_segmenter_network
 
     folder = tmp_path / "models"
     network, _ = default_segmenter_network()
     save_segmenter(network, {"name": "untrained", "version": "0", "architecture": DEFAULT_SEGMENTER_ARCHITECTURE,
-                             "labels": label_card(), "input": {"size": 256, "percentiles": [0.5, 99.5]}},
+                             "labels": label_card(), "classes": class_card(),
+                             "input": {"size": 256, "percentiles": [0.5, 99.5]}},
                    folder / "segmenter")
     return folder
 

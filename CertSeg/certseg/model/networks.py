@@ -62,6 +62,9 @@ def save_denoiser(unet: UNet2DModel, scheduler: DDPMScheduler, card: dict[str, A
     return card
 
 
+_PROBE_SIZE = 64  # divisible by every stride product the architectures use
+
+
 def load_segmenter(folder: Path) -> tuple[torch.nn.Module, ModelCard]:
     card = ModelCard.read(folder, segmenter=True)
     network = build_segmenter_network(card.document["architecture"])
@@ -69,7 +72,20 @@ def load_segmenter(folder: Path) -> tuple[torch.nn.Module, ModelCard]:
         network.load_state_dict(load_file(str(folder / SEGMENTER_FILE)))
     except RuntimeError as error:
         raise ModelError(f"{folder / SEGMENTER_FILE}: weights do not fit the card's architecture ({error})") from None
-    return network.eval(), card
+    _check_output_classes(network.eval(), card, folder)
+    return network, card
+
+
+def _check_output_classes(network: torch.nn.Module, card: ModelCard, folder: Path) -> None:
+    """Refuse a card whose class table does not match the network's outputs now, not mid-certification.
+
+    One small forward pass asks the network itself, so any architecture is checked the same way.
+    """
+    with torch.no_grad():
+        outputs = network(torch.zeros(1, 1, _PROBE_SIZE, _PROBE_SIZE)).shape[1]
+    if outputs != card.num_classes:
+        raise ModelError(f"{folder / 'card.json'}: the card names {card.num_classes} classes but the network "
+                         f"outputs {outputs}")
 
 
 def load_denoiser(folder: Path) -> tuple[DiffusionDenoiser, ModelCard]:
