@@ -361,17 +361,17 @@ def test_the_dicom_plugin_reads_back_the_seg_the_backend_wrote(backend_seg, tmp_
     import slicerio
 
     from CertSegLib.seg_reader import read_certseg_seg, referenced_instance_uid
+    from support.seg_nrrd import segment_mask
 
     source, seg_path = backend_seg
     seg = read_certseg_seg(seg_path)
     assert seg.referenced_sop_instance_uid == referenced_instance_uid(seg_path) == pydicom.dcmread(source).SOPInstanceUID
     assert all(layer.certified for layer in seg.segments) and seg.model.name == "certseg-cxr-unet"
     nrrd = slicerio.read_segmentation(str(seg_path.parent / "certseg.seg.nrrd"))
-    labelmap = nrrd["voxels"][:, :, 0].T  # (rows, columns)
     by_name = {s["name"]: s for s in nrrd["segments"]}
     assert [layer.name for layer in seg.segments] == [s["name"] for s in nrrd["segments"]]
     for layer in seg.segments:
-        np.testing.assert_array_equal(layer.mask, labelmap == by_name[layer.name]["labelValue"])
+        np.testing.assert_array_equal(layer.mask, segment_mask(nrrd, layer.name).T)  # (rows, columns)
         np.testing.assert_allclose(layer.color, by_name[layer.name]["color"], atol=0.02)
     lung = next(layer for layer in seg.segments if layer.name == "certified right lung")
     assert lung.terminology == ("Segmentation category and type - DICOM master list~SCT^91723000^Anatomical Structure"

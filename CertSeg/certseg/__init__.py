@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.3.0"  # this release: the SEG placed in a plane for web viewers, the viewer, models 0.3.0
+__version__ = "0.4.0"  # this release: overlapping structures certified whole, models 0.4.0
 
 _API = {
     "ABSTAIN": "certseg.core.labels",
