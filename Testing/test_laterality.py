@@ -111,12 +111,14 @@ def test_the_shipped_model_has_the_rule_and_agrees_with_its_own_sides_on_the_sam
 
     models = load_models(with_denoiser=False)
     assert models.laterality == rule_for_labels({"right lung": 1, "left lung": 2, "right clavicle": 4,
-                                                 "left clavicle": 5})
+                                                 "left clavicle": 5}, models.class_table)
+    assert models.laterality.lungs == (1, 2, 6, 7)  # each lung alone and under its clavicle
     stored = read_radiograph(SAMPLE_CR).pixels
     image = ModelInputMap(stored.shape, 256, IntensityWindow.from_percentiles(stored, (0.5, 99.5)))(stored)
     plain = CertifiedSegmenter(models.network, models.num_classes, None, "cpu").segment_clean(image)
     ruled = CertifiedSegmenter(models.network, models.num_classes, None, "cpu",
                                laterality=models.laterality).segment_clean(image)
     assert np.mean(plain != ruled) < 0.01  # the network already keeps its sides on a normal film
-    columns = np.flatnonzero((ruled == RIGHT_LUNG).any(axis=0))
-    assert columns.max() < np.flatnonzero((ruled == LEFT_LUNG).any(axis=0)).min()
+    right, left = (models.class_table.mask(ruled, lung) for lung in (RIGHT_LUNG, LEFT_LUNG))
+    columns = np.flatnonzero(right.any(axis=0))
+    assert columns.max() < np.flatnonzero(left.any(axis=0)).min()
