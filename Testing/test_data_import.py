@@ -208,6 +208,21 @@ def test_augmented_batches_stay_in_range_and_shape():
     assert 0.0 <= float(out.min()) and float(out.max()) <= 1.0 and not torch.equal(out, images)
 
 
+def test_painted_opacities_stay_inside_the_lungs_and_devices_only_brighten():
+    from certseg.research.data.augment import devices, opacities
+
+    labels = torch.zeros(8, 1, 64, 64, dtype=torch.long)
+    labels[:, :, 16:48, 8:28], labels[:, :, 16:48, 36:56] = 1, 2
+    labels[:, :, 30:50, 28:36] = 3
+    images = torch.where(labels > 0, 0.15, 0.7) * (labels != 3) + 0.9 * (labels == 3)
+    painted = opacities(images, labels, np.random.default_rng(2), lung_classes=(1, 2), probability=1.0)
+    changed = (painted - images).abs() > 1e-6
+    assert changed.any() and not changed[labels >= 3].any() and not changed[labels == 0].any()
+    assert float((painted - images)[changed].mean()) > 0  # opaque lung is brighter than aerated lung
+    with_devices = devices(images, np.random.default_rng(3), probability=1.0)
+    assert (with_devices >= images).all() and (with_devices > images).any()
+
+
 def test_segmenter_training_keeps_the_best_validation_weights(tmp_path):
     write_jsrt_png_copy(tmp_path / "copy", ["JPCLN001", "JPCLN003", "JPCLN005"])
     import_dataset("jsrt-png", tmp_path / "copy", tmp_path / "jsrt", progress=False)
@@ -233,11 +248,12 @@ def test_ood_fit_names_its_images_and_hooks_every_encoder_level(tmp_path):
     config = TrainConfig(steps=1, batch_size=2, device="cpu", channels=(4, 8, 16))
     train_segmenter(load_dataset(tmp_path / "jsrt", ("train",)), tmp_path / "models", config, progress=False)
     card = fit_ood(tmp_path / "models", load_dataset(tmp_path / "jsrt", ("train",)),
-                   load_dataset(tmp_path / "jsrt", ("validation",)), 0.05, augmented_copies=3)
+                   load_dataset(tmp_path / "jsrt", ("validation",)), 0.05, augmented_copies=3, negatives_per_kind=2)
     detector = card["ood_detector"]
     assert detector["training_images"] == ["JPCLN003", "JPCLN005", "JPCLN007"] and detector["augmented_copies"] == 3
     models = load_models(tmp_path / "models", with_denoiser=False)
-    assert len(models.ood_detector.layers) == 3  # two levels and the bottom of the 3-level network
+    assert len(models.ood_detector.spectrum.layers) == 3  # two levels and the bottom of the 3-level network
+    assert set(detector["ranges"]) == set(models.ood_detector.ranges) and len(models.ood_detector.scores) == 3
 
 
 def test_the_cosine_schedule_runs_from_the_rate_to_the_final_rate_by_step_alone():

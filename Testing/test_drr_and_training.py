@@ -85,6 +85,30 @@ def test_two_steps_and_one_resumed_step_are_the_three_steps_of_one_run(tiny_data
         np.testing.assert_array_equal(value, weights["resumed"][key], err_msg=key)
 
 
+def test_clinical_augmentation_and_noise_consistency_resume_exactly(tiny_dataset, tmp_path):
+    """The opacities, devices and the second noise draw come from the checkpointed generators too."""
+    from safetensors.numpy import load_file
+
+    samples = load_drr_dataset(tiny_dataset)
+    config = dict(steps=3, batch_size=2, checkpoint_every=1, device="cpu", augmentation="clinical", consistency=1.0)
+    train_segmenter(samples, tmp_path / "straight", TrainConfig(**config), progress=False)
+    train_segmenter(samples, tmp_path / "resumed", TrainConfig(**config, pause_at=2), progress=False)
+    card = train_segmenter(samples, tmp_path / "resumed", TrainConfig(**config), progress=False)
+    assert card["training"]["noise_consistency"] == 1.0 and "opacities" in card["training"]["augmentation"]
+    straight, resumed = (load_file(str(tmp_path / run / "checkpoints" / "segmenter" / "state.safetensors"))
+                         for run in ("straight", "resumed"))
+    for key, value in straight.items():
+        np.testing.assert_array_equal(value, resumed[key], err_msg=key)
+
+
+def test_noise_consistency_is_zero_for_equal_draws_and_positive_otherwise():
+    from certseg.research.train import noise_consistency
+
+    same = torch.randn(1, 2, 3, 4, 4).expand(2, 2, 3, 4, 4)
+    assert float(noise_consistency(same)) == pytest.approx(0.0, abs=1e-6)
+    assert float(noise_consistency(torch.randn(2, 2, 3, 4, 4))) > 0
+
+
 def test_tampered_weights_are_refused(tiny_dataset, tmp_path):
     train_segmenter(load_drr_dataset(tiny_dataset), tmp_path, TrainConfig(steps=1, batch_size=1, device="cpu"),
                     progress=False)

@@ -149,11 +149,11 @@ def test_non_chest_and_failed_studies_leave_the_queue_and_failures_carry_the_pip
         noise.PixelData = np.random.default_rng(5).integers(0, 4096, (240, 200), dtype=np.uint16).tobytes()
         assert c_store(listener.port, noise) == 0x0000
         failed = listener.wait_for(lambda r: r["event"] == "failed" and r["study"] == str(noise.StudyInstanceUID))
-        assert "spectral OOD score" in failed["reason"]
+        assert "refused by " in failed["reason"]
         kept = list((tmp_path / "spool" / "failed").rglob("*.dcm"))
         assert len(kept) == 1
         reasons = json.loads((kept[0].parent / "reasons.json").read_text())
-        assert "spectral OOD score" in reasons[kept[0].name]
+        assert "refused by " in reasons[kept[0].name]
         assert c_store(listener.port, source) == 0x0000  # the queue is not full of what was never ours
         study_records = [json.loads(p.read_text()) for p in (tmp_path / "spool" / "studies").glob("*/study.json")]
         assert sorted(r["state"] for r in study_records) == ["done", "done", "done", "done", "receiving"]

@@ -19,7 +19,7 @@ MODULE_DIR = Path(__file__).parents[1] / "CertSeg"
 from certseg.commands import parser
 from certseg.commands.options import certification_request
 from certseg.core.measurements import ratio_verdict
-from certseg.record import OodVerdict, RatioMeasurement, Report
+from certseg.record import OodVerdict, RatioMeasurement, Report, SignalVerdict
 from certseg.report import batch_detail, panel_summary
 from certseg.request import CertificationRequest, RunOptions
 from CertSegLib.batch import BatchQueue, ItemStatus, kept_result_folder
@@ -162,9 +162,12 @@ def test_the_module_command_runs_the_real_backend(tmp_path, random_models):
     assert panel_summary(noted).startswith("Note: spacing from ImagerPixelSpacing")
     assert f"cpu in {report.execution.precision}" in text
     assert report.out_of_distribution is None  # the untrained test model folder has no detector
-    refused = OodVerdict(method="spectral", score=30.0, threshold=18.0, false_rejection_rate=0.02,
-                         in_distribution=False, forced=True)
-    assert "does NOT look like a chest radiograph" in panel_summary(replace(report, out_of_distribution=refused))
+    lateral = SignalVerdict("lungs side by side", 0.1, 0.5, None, passed=False)
+    refused = OodVerdict(method="input check", score=30.0, threshold=38.0, false_rejection_rate=0.005,
+                         in_distribution=False, forced=True, signals=(lateral,), refused_by=lateral.name)
+    summary = panel_summary(replace(report, out_of_distribution=refused))
+    assert "does NOT look like a frontal chest radiograph" in summary
+    assert "refused by lungs side by side 0.1, accepted at least 0.5" in summary
     assert report.source.pixel_spacing_mm == (0.7, 0.7)
 
 
@@ -222,7 +225,7 @@ def test_an_out_of_distribution_refusal_becomes_a_question_and_the_override_is_r
     events = run_to_end(refused)
     assert refused.returncode == 3  # EXIT_OUT_OF_DISTRIBUTION: the module asks on this code, never on the text
     question = ood_refusal(events[-1], refused.returncode)
-    assert question.startswith("CertSeg refused this image: does not look like a chest radiograph")
+    assert question.startswith("CertSeg refused this image: does not look like a frontal chest radiograph (refused by ")
     assert "--force" not in question and "Certify it anyway?" in question
     forced = BackendProcess(backend_command(sys.executable, image, tmp_path / "b",
                                             CertificationRequest(n0=2, n=8, force=True), plain_cpu))

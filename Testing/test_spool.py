@@ -41,7 +41,7 @@ class Node:
             if kind == b"CT":
                 examined.append(Examined(path, "modality CT is not a radiograph", "skipped", None))
             elif kind.startswith(b"BAD"):
-                examined.append(Examined(path, "refused: spectral OOD score 40.1 over 28.6", "failed", None))
+                examined.append(Examined(path, "refused by feature spectrum distance 40.1, accepted at most 28.6", "failed", None))
             else:
                 result = results / path.stem
                 if not result.exists():
@@ -102,7 +102,7 @@ def test_failures_and_foreign_objects_leave_the_count_with_their_reason(tmp_path
         node.receive(sop, kind)
     node.listener.work_once(later(11))
     assert node.listener.spool.size_bytes == 0
-    assert [r["reason"] for r in node.events("failed")] == ["refused: spectral OOD score 40.1 over 28.6"]
+    assert [r["reason"] for r in node.events("failed")] == ["refused by feature spectrum distance 40.1, accepted at most 28.6"]
     assert [r["reason"] for r in node.events("ignored")] == ["modality CT is not a radiograph"]
     record = node.listener.spool.record(node.listener.spool.keys()[0])
     assert sorted(item["status"] for item in record.not_certified) == ["failed", "skipped"]

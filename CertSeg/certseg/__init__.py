@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.4.0"  # this release: overlapping structures certified whole, models 0.4.0
+__version__ = "0.4.1"  # this release: the input check (frontal chest radiographs only), clinical augmentation
 
 _API = {
     "ABSTAIN": "certseg.core.labels",

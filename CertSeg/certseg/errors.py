@@ -17,9 +17,9 @@ refusal), and the exit codes.  Anything else that escapes is a bug: exit 70, its
 EXIT_OK, EXIT_SOME_FAILED, EXIT_BAD_INPUT, EXIT_OUT_OF_DISTRIBUTION = 0, 1, 2, 3
 EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED = 70, 130
 
-# In the one-line refusal of an image the out-of-distribution check rejects; the Slicer module
-# recognises it to offer an override.
-OOD_REFUSAL = "spectral OOD score"
+# In the one-line refusal of an image the input check rejects, before the measure that refused it;
+# the Slicer module finds the reason by it.
+OOD_REFUSAL = "refused by "
 
 
 class CertSegError(Exception):

@@ -113,13 +113,13 @@ class CertificationPipeline:
         detector = self.models.ood_detector
         if detector is None:
             return None
-        verdict = detector.verdict(self.segmenter.network, model_image)
+        verdict = detector.verdict(self.segmenter.network, model_image, self.models.anatomy_classes)
         if verdict.in_distribution:
             return verdict
         if not force:
             raise OutOfDistributionError(
-                f"does not look like a chest radiograph the models know ({OOD_REFUSAL} "
-                f"{verdict.score:.1f} > threshold {verdict.threshold:.1f}); use --force to certify anyway")
+                f"does not look like a frontal chest radiograph ({OOD_REFUSAL}{verdict.refusal_words()}); "
+                f"use --force to certify anyway")
         return dataclasses.replace(verdict, forced=True)
 
 

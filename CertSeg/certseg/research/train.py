@@ -44,6 +44,7 @@ from certseg.research.data import Sample, to_model_space
 MODEL_SIZE = 256
 MODEL_VERSION = "0.4.0"
 DATASET_SHARES = ("equal", "by-size")
+AUGMENTATIONS = ("exports", "clinical")
 INTENDED_USE = "Demonstration and research only; not for clinical use."
 
 
@@ -71,6 +72,11 @@ class TrainConfig:
     # segmenter: "equal" gives every dataset the same share of each batch, so 98 JSRT images with heart and
     # clavicle masks are not drowned by thousands of lung-only ones; "by-size": every image equally often
     dataset_shares: str = "equal"
+    # segmenter: "exports" varies what hospitals' exports vary in; "clinical" adds opaque lungs and devices
+    augmentation: str = "exports"
+    # segmenter: weight of noise consistency (Jeong & Shin 2020): two noise draws per image, their
+    # per-pixel predictions pulled toward their mean by KL; 0 turns it off (one draw per image)
+    consistency: float = 0.0
     extra_card: dict[str, Any] = field(default_factory=dict)
 
 
@@ -186,10 +192,9 @@ def train_segmenter(samples: list[Sample], out: Path, config: TrainConfig, progr
     With `validation` images, clean validation Dice is measured every `validate_every` steps and the
     weights with the best mean Dice are the ones saved (the checkpoint keeps the latest for resuming).
     """
-    from certseg.research.data.augment import augment_batch
-
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
+    augment = _augmentation(config.augmentation)
     images, labels = model_space_arrays(samples)
     annotated = annotated_structures(samples)
     initial = load_segmenter(Path(config.init) / "segmenter") if config.init is not None else None
@@ -216,10 +221,14 @@ def train_segmenter(samples: list[Sample], out: Path, config: TrainConfig, progr
 
     def step_loss() -> torch.Tensor:
         index = rng.choice(len(images), size=config.batch_size, p=weights)
-        x, y = augment_batch(images[index], labels[index], rng)
+        x, y = augment(images[index], labels[index], rng)
         sigma = torch.as_tensor(rng.uniform(*config.noise_sigma, size=(len(x), 1, 1, 1)), dtype=x.dtype)
-        x, y = x.to(device), y.to(device)
-        return partial_label_loss(network(x + sigma.to(device) * torch.randn_like(x)), y, annotated[index].to(device))
+        x, y, sigma, known = x.to(device), y.to(device), sigma.to(device), annotated[index].to(device)
+        if config.consistency <= 0:
+            return partial_label_loss(network(x + sigma * torch.randn_like(x)), y, known)
+        draws = network(torch.cat([x + sigma * torch.randn_like(x) for _ in range(2)]))
+        supervised = partial_label_loss(draws, torch.cat([y, y]), torch.cat([known, known]))
+        return supervised + config.consistency * noise_consistency(draws.view(2, len(x), *draws.shape[1:]))
 
     def after_step(step: int) -> None:
         if tracker is not None and (step % config.validate_every == 0 or step == config.steps):
@@ -241,7 +250,8 @@ def train_segmenter(samples: list[Sample], out: Path, config: TrainConfig, progr
         "training": {"steps": steps, "batch_size": config.batch_size, "learning_rate": config.learning_rate,
                      "final_learning_rate": config.final_learning_rate,
                      "loss": "partial-label cross-entropy over the classes a pixel may have + Dice of annotated structures",
-                     "augmentation": "certseg.research.data.augment (geometry, window, gamma, detail, collimation, markers)",
+                     "augmentation": AUGMENTATION_CARD[config.augmentation],
+                     "noise_consistency": config.consistency,
                      "noise_sigma_uniform": list(config.noise_sigma), "seed": config.seed, "images": len(samples),
                      "dataset_shares": config.dataset_shares,
                      "init": str(config.init) if config.init else None,
@@ -249,6 +259,34 @@ def train_segmenter(samples: list[Sample], out: Path, config: TrainConfig, progr
         "intended_use": INTENDED_USE,
     }
     return save_segmenter(network.cpu(), card, out / "segmenter")
+
+
+AUGMENTATION_CARD = {
+    "exports": "certseg.research.data.augment (geometry, window, gamma, detail, collimation, markers)",
+    "clinical": "certseg.research.data.augment (opacities painted in the lungs, devices; then geometry, window, "
+                "gamma, detail, collimation, markers)",
+}
+
+
+def _augmentation(name: str):
+    from certseg.research.data.augment import augment_batch, augment_clinical
+
+    if name not in AUGMENTATIONS:
+        raise ParameterError(f"augmentation {name!r}: one of {', '.join(AUGMENTATIONS)}")
+    if name == "exports":
+        return augment_batch
+    lungs = tuple(value for value, members in enumerate(CLASS_TABLE.structures_of) if {1, 2} & set(members))
+    return lambda images, labels, rng: augment_clinical(images, labels, rng, lungs)
+
+
+def noise_consistency(logits: torch.Tensor) -> torch.Tensor:
+    """Mean per-pixel KL(mean prediction || each draw's) over (draws, B, C, H, W) logits (Jeong & Shin 2020).
+
+    Pulling the draws together makes the smoothed classifier's top class win by more under noise,
+    which is what certified radii are made of."""
+    log_p = logits.float().log_softmax(dim=2)
+    mean = log_p.exp().mean(dim=0, keepdim=True)
+    return (mean * (mean.clamp(min=1e-8).log() - log_p)).sum(dim=2).mean()
 
 
 class _ValidationTracker:
@@ -414,38 +452,49 @@ def _load_checkpoint(folder: Path, model, optimizer, rng: np.random.Generator) -
 
 
 def fit_ood(model_dir: Path, training: list[Sample], held_out: list[Sample], false_rejection_rate: float,
-            augmented_copies: int = 0, seed: int = 0) -> dict:
-    """Fit the spectral OOD detector for the segmenter in `model_dir` and store it in its card.
+            augmented_copies: int = 0, seed: int = 0, margin: float = 0.0, negatives_per_kind: int = 150) -> dict:
+    """Fit the input check (model.acceptance) for the segmenter in `model_dir` and store it in its card.
 
     With `augmented_copies`, each training and held-out image also enters as that many copies
-    through the training augmentation (window, gamma, edge enhancement, magnification, collimation,
-    markers): the detector then learns the variety of real exports from the same anatomy, and the
-    threshold is the (1 - rate) quantile over many held-out views instead of a handful.
+    through the clinical training augmentation (opaque lungs, devices, window, gamma, edge
+    enhancement, magnification, collimation, markers): the ranges then hold the variety of real
+    exports and pathology from the same anatomy.  The negatives: every third chest image inverted, and
+    `negatives_per_kind` of each synthetic kind (research.negatives).
     """
+    from certseg.model.acceptance import fit_acceptance, structure_classes
     from certseg.model.cards import sha256_of
     from certseg.model.networks import load_segmenter
-    from certseg.model.ood import encoder_layers, fit_detector
-    from certseg.research.data.augment import augment_batch
+    from certseg.model.ood import encoder_layers
+    from certseg.research.negatives import synthetic_negatives
 
     if not 0 < false_rejection_rate < 1:
         raise ParameterError(f"false rejection rate must lie in (0, 1), got {false_rejection_rate}")
     network, card = load_segmenter(model_dir / "segmenter")
     rng = np.random.default_rng(seed)
+    augment = _augmentation("clinical")
 
     def with_copies(samples: list[Sample]) -> np.ndarray:
         images, labels = model_space_arrays(samples)
-        copies = [images] + [augment_batch(images, labels, rng)[0] for _ in range(augmented_copies)]
+        copies = [images] + [augment(images, labels, rng)[0] for _ in range(augmented_copies)]
         return torch.cat(copies)[:, 0].numpy()
 
-    train_images, held_out_images = with_copies(training), with_copies(held_out)
-    detector = fit_detector(network, train_images, held_out_images, false_rejection_rate,
-                            layers=encoder_layers(network))
+    structures = structure_classes({label.name: label.value for label in card.labels}, card.classes.classes_with)
+    training_images = model_space_arrays(training)[0][:, 0].numpy()
+    chest = np.concatenate([with_copies(training), with_copies(held_out)])
+    negatives = np.concatenate([1.0 - chest[::3], *synthetic_negatives(rng, negatives_per_kind).values()])
+    check = fit_acceptance(network, structures, chest, training_images, negatives, false_rejection_rate, margin,
+                           encoder_layers(network))
     detector_path = model_dir / "segmenter" / "ood.safetensors"
-    detector.save(detector_path)
+    check.save(detector_path)
     card = {**card.document, "ood_detector": {
-        "file": detector_path.name, "sha256": sha256_of(detector_path), "method": "spectral signature (Mahalanobis)",
-        "threshold": detector.threshold, "false_rejection_rate": detector.false_rejection_rate,
+        "file": detector_path.name, "sha256": sha256_of(detector_path),
+        "method": "frontal chest radiograph check (certseg.model.acceptance): feature spectrum distance, encoder "
+                  "feature score, grey-scale layout score, anatomy score",
+        "negatives": f"every third fitting chest image inverted; {negatives_per_kind} of each of "
+                     f"certseg.research.negatives.SYNTHETIC, seed {seed}",
+        "threshold": check.threshold, "false_rejection_rate": false_rejection_rate, "margin": margin,
+        "ranges": {name: [limits.low, limits.high] for name, limits in check.ranges.items()},
         "training_images": [s.name for s in training], "held_out_images": [s.name for s in held_out],
-        "augmented_copies": augmented_copies}}
+        "augmented_copies": augmented_copies, "seed": seed}}
     write_json(model_dir / "segmenter" / "card.json", card)
     return card
