@@ -33,7 +33,7 @@ def test_sample_writes_every_output(sample_result):
         "capture.dcm", "certificate.npz", "certseg.seg.nrrd", "measurements.dcm", "overlay.png", "pixel_radius.nrrd",
         "report-pdf.dcm", "report.json", "report.pdf", "seg.dcm"]
     assert "certified" in run.stdout and "Traceback" not in run.stderr
-    assert "OOD check: chest radiograph" in run.stdout
+    assert "input check: frontal chest radiograph" in run.stdout
 
 
 def test_fresh_noise_and_every_array_states_its_guarantee(sample_result):
