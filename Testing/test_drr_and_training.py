@@ -102,6 +102,8 @@ def test_clinical_augmentation_and_noise_consistency_resume_exactly(tiny_dataset
 
 
 def test_noise_consistency_is_zero_for_equal_draws_and_positive_otherwise():
+    import torch
+
     from certseg.research.train import noise_consistency
 
     same = torch.randn(1, 2, 3, 4, 4).expand(2, 2, 3, 4, 4)
