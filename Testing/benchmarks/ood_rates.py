@@ -68,20 +68,20 @@ def _first_frame_grey(dataset) -> np.ndarray:
 
 
 def folder_images(folder: Path) -> np.ndarray:
-    """Every PNG, JPEG or DICOM file under `folder`, grey, bright = attenuating as stored."""
-    import pydicom
+    """Every PNG, JPEG or DICOM file under `folder`, grey, bright = attenuating."""
     from PIL import Image
+
+    from certseg.dicom.reading import Skipped, read_radiograph
 
     images = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         if path.suffix.lower() in (".png", ".jpg", ".jpeg"):
             images.append(model_space(np.asarray(Image.open(path).convert("L"), dtype=np.float64)))
         elif path.suffix.lower() == ".dcm":
-            dataset = pydicom.dcmread(path)
-            pixels = _first_frame_grey(dataset)
-            if dataset.get("PhotometricInterpretation") == "MONOCHROME1":
-                pixels = pixels.max() - pixels
-            images.append(model_space(pixels))
+            radiograph = read_radiograph(path, force=True)  # as the engine reads it, whatever its header says
+            if isinstance(radiograph, Skipped):
+                raise SystemExit(f"{path}: {radiograph.reason}")
+            images.append(model_space(radiograph.pixels))
     if not images:
         raise SystemExit(f"{folder}: no PNG, JPEG or DICOM file")
     return np.stack(images)

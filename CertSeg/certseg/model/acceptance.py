@@ -248,20 +248,20 @@ def fit_linear(positives: np.ndarray, negatives: np.ndarray, penalty: float = 1e
 
 
 def fit_acceptance(network: torch.nn.Module, structures: dict[str, set[int]], chest: np.ndarray,
-                   spectrum_training: np.ndarray, negatives: np.ndarray, rate: float, margin: float,
+                   training_count: int, negatives: np.ndarray, rate: float, margin: float,
                    layers) -> AcceptanceCheck:
     """The input check for `network`, fitted on model-space images.
 
-    `spectrum_training`: chest films (without augmented copies) whose signatures give the spectrum's
-    mean and covariance.  `chest`: every chest film of the fit (training and validation parts, with
-    augmented copies).  `negatives`: images that are not frontal chest films.  Each signal's limit is its
+    `chest`: every chest film of the fit (training and validation parts, with augmented copies), the
+    first `training_count` of them the training films as they are, whose signatures give the spectrum's
+    mean and covariance (each image goes through the network once).  `negatives`: images that are not frontal chest films.  Each signal's limit is its
     `rate` quantile over `chest` (the top (1 - rate) quantile for the distance), pushed out by `margin`
     times the spread of the chest films' values between those quantiles."""
-    from certseg.model.ood import fit_detector
+    from certseg.model.ood import detector_from_signatures
 
-    spectrum = fit_detector(network, spectrum_training, spectrum_training[:1], rate, layers=layers)
-    unfitted = AcceptanceCheck(spectrum, {}, rate)
+    unfitted = AcceptanceCheck(SpectralDetector(list(layers), [], [], math.inf, rate), {}, rate)
     chest_inputs = [unfitted.inputs(network, image, structures) for image in chest]
+    spectrum = detector_from_signatures(np.stack([i.signature for i in chest_inputs[:training_count]]), layers, rate)
     negative_inputs = [unfitted.inputs(network, image, structures) for image in negatives]
     scores = {name: fit_linear(np.stack([getattr(i, part) for i in chest_inputs]),
                                np.stack([getattr(i, part) for i in negative_inputs]))

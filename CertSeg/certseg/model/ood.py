@@ -85,17 +85,21 @@ class SpectralDetector:
 def fit_detector(network: torch.nn.Module, training: np.ndarray, held_out: np.ndarray,
                  false_rejection_rate: float = 0.05, layers=DEFAULT_LAYERS) -> SpectralDetector:
     """Fit on training images, set the threshold on held-out in-domain images."""
-    signatures = spectral_signatures(network, training, layers)
+    detector = detector_from_signatures(spectral_signatures(network, training, layers), layers, false_rejection_rate)
+    detector.threshold = float(np.quantile(detector.score(network, held_out), 1 - false_rejection_rate))
+    return detector
+
+
+def detector_from_signatures(signatures: np.ndarray, layers, false_rejection_rate: float) -> SpectralDetector:
+    """Mean and shrunk precision of (N, features) training signatures; the threshold is left to the caller."""
     mean = signatures.mean(axis=0)
     covariance = np.cov(signatures, rowvar=False)
     # Shrunk toward a multiple of the identity; the floor keeps it invertible when the features do not vary
     # at all (an untrained network whose activations are all dead).
     scale = max(float(np.trace(covariance)) / len(mean), 1e-6)
     shrunk = (1 - SHRINKAGE) * covariance + SHRINKAGE * scale * np.eye(len(mean))
-    detector = SpectralDetector(list(layers), mean.tolist(), np.linalg.inv(shrunk).tolist(), np.inf,
-                                false_rejection_rate)
-    detector.threshold = float(np.quantile(detector.score(network, held_out), 1 - false_rejection_rate))
-    return detector
+    return SpectralDetector(list(layers), mean.tolist(), np.linalg.inv(shrunk).tolist(), np.inf,
+                            false_rejection_rate)
 
 
 @torch.no_grad()

@@ -465,7 +465,7 @@ def fit_ood(model_dir: Path, training: list[Sample], held_out: list[Sample], fal
     from certseg.model.cards import sha256_of
     from certseg.model.networks import load_segmenter
     from certseg.model.ood import encoder_layers
-    from certseg.research.negatives import synthetic_negatives
+    from certseg.research.negatives import inverted, synthetic_negatives
 
     if not 0 < false_rejection_rate < 1:
         raise ParameterError(f"false rejection rate must lie in (0, 1), got {false_rejection_rate}")
@@ -479,10 +479,9 @@ def fit_ood(model_dir: Path, training: list[Sample], held_out: list[Sample], fal
         return torch.cat(copies)[:, 0].numpy()
 
     structures = structure_classes({label.name: label.value for label in card.labels}, card.classes.classes_with)
-    training_images = model_space_arrays(training)[0][:, 0].numpy()
-    chest = np.concatenate([with_copies(training), with_copies(held_out)])
-    negatives = np.concatenate([1.0 - chest[::3], *synthetic_negatives(rng, negatives_per_kind).values()])
-    check = fit_acceptance(network, structures, chest, training_images, negatives, false_rejection_rate, margin,
+    chest = np.concatenate([with_copies(training), with_copies(held_out)])  # the training films as they are first
+    negatives = np.concatenate([inverted(chest[::3]), *synthetic_negatives(rng, negatives_per_kind).values()])
+    check = fit_acceptance(network, structures, chest, len(training), negatives, false_rejection_rate, margin,
                            encoder_layers(network))
     detector_path = model_dir / "segmenter" / "ood.safetensors"
     check.save(detector_path)
