@@ -66,6 +66,7 @@ def test_the_report_page_says_what_report_json_says(sample):
     assert report["source"]["metadata_check"]["text"] in text
     segmenter = report["models"]["segmenter"]
     assert f"{segmenter['name']} {segmenter['version']} (sha256 {segmenter['sha256'][:12]})" in text
+    assert f"definition digest {report['model_digest'][:12]}" in text
     assert f"with probability {1 - report['parameters']['alpha']:.1%}" in text and "Not covered" in text
     assert f"Patient ID: {report['source'].get('patient_id', pydicom.dcmread(SAMPLE_CR).PatientID)}" in text
 

@@ -250,6 +250,13 @@ def test_report_states_parameters_models_areas_and_radii(sample_result):
     assert report["source"]["sop_instance_uid"] == source.SOPInstanceUID
     assert report["parameters"]["n"] == 80 and report["denoiser"] is True
     assert len(report["models"]["segmenter"]["sha256"]) == 64
+    # The digests name everything that defines what ran: the shipped cards' digests, as a fresh load computes them.
+    from certseg.model.cards import DEFAULT_MODEL_DIR, ModelCard, combined_digest
+
+    cards = {kind: ModelCard.read(DEFAULT_MODEL_DIR / kind, segmenter=kind == "segmenter").identity()
+             for kind in ("segmenter", "denoiser")}
+    assert {kind: m["digest"] for kind, m in report["models"].items()} == {k: c.digest for k, c in cards.items()}
+    assert report["model_digest"] == combined_digest(cards) and len(report["model_digest"]) == 64
     lungs = [s for s in report["structures"] if s["name"].endswith("lung")]
     area = float(source.PixelSpacing[0]) * float(source.PixelSpacing[1])
     assert all(s["certified_area_mm2"] == pytest.approx(s["certified_pixels"] * area) for s in lungs)

@@ -229,10 +229,10 @@ def test_segmenter_training_keeps_the_best_validation_weights(tmp_path):
     config = TrainConfig(steps=3, batch_size=2, checkpoint_every=1, device="cpu", validate_every=1, channels=(8, 16))
     card = train_segmenter(load_dataset(tmp_path / "jsrt", ("train",)), tmp_path / "models", config, progress=False,
                            validation=load_dataset(tmp_path / "jsrt", ("validation",)))
-    validation = card["training"]["validation"]
+    validation = card.training["validation"]
     assert validation["images"] == ["JPCLN001"] and [h["step"] for h in validation["history"]] == [1, 2, 3]
     best = max(validation["history"], key=lambda h: h["mean_dice"])
-    assert validation["best_step"] == best["step"] and card["architecture"]["kwargs"]["channels"] == [8, 16]
+    assert validation["best_step"] == best["step"] and card.architecture.kwargs["channels"] == [8, 16]
 
 
 def test_ood_fit_names_its_images_and_hooks_every_encoder_level(tmp_path):
@@ -249,11 +249,11 @@ def test_ood_fit_names_its_images_and_hooks_every_encoder_level(tmp_path):
     train_segmenter(load_dataset(tmp_path / "jsrt", ("train",)), tmp_path / "models", config, progress=False)
     card = fit_ood(tmp_path / "models", load_dataset(tmp_path / "jsrt", ("train",)),
                    load_dataset(tmp_path / "jsrt", ("validation",)), 0.05, augmented_copies=3, negatives_per_kind=2)
-    detector = card["ood_detector"]
-    assert detector["training_images"] == ["JPCLN003", "JPCLN005", "JPCLN007"] and detector["augmented_copies"] == 3
+    detector = card.ood_detector
+    assert detector.training_images == ("JPCLN003", "JPCLN005", "JPCLN007") and detector.augmented_copies == 3
     models = load_models(tmp_path / "models", with_denoiser=False)
     assert len(models.ood_detector.spectrum.layers) == 3  # two levels and the bottom of the 3-level network
-    assert set(detector["ranges"]) == set(models.ood_detector.ranges) and len(models.ood_detector.scores) == 3
+    assert set(detector.ranges) == set(models.ood_detector.ranges) and len(models.ood_detector.scores) == 3
 
 
 def test_the_cosine_schedule_runs_from_the_rate_to_the_final_rate_by_step_alone():

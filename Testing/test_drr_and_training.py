@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from certseg.dicom.codes import CLASS_TABLE
-from certseg.model.cards import ModelError
+from certseg.model.cards import CARD_SCHEMA_VERSION, ModelError
 from certseg.model.folder import load_models
 from certseg.research.data import load_drr_dataset, to_model_space, write_drr_dataset
 from certseg.research.drr import ViewParameters, load_phantom, render_view
@@ -57,12 +57,15 @@ def test_training_writes_loadable_models_and_resumes(tiny_dataset, tmp_path):
     config = TrainConfig(steps=2, batch_size=2, checkpoint_every=1, device="cpu", crop=32)
     segmenter_card = train_segmenter(samples, tmp_path, config, progress=False)
     denoiser_card = train_denoiser(samples, tmp_path, config, progress=False)
-    assert segmenter_card["training"]["steps"] == 2 and denoiser_card["training"]["steps"] == 2
+    assert segmenter_card.training["steps"] == 2 and denoiser_card.training["steps"] == 2
     models = load_models(tmp_path)
+    # What training wrote is what loading reads: one record, the frameworks of this run recorded.
+    assert models.segmenter_card.record == segmenter_card and models.denoiser_card.record == denoiser_card
+    assert segmenter_card.frameworks.torch and segmenter_card.schema_version == CARD_SCHEMA_VERSION
     assert models.class_table == CLASS_TABLE and models.num_classes == 8 and models.denoiser is not None
     # Resuming continues from the checkpoint's step rather than starting over.
     resumed = train_segmenter(samples, tmp_path, TrainConfig(steps=3, batch_size=2, device="cpu"), progress=False)
-    assert resumed["training"]["steps"] == 3
+    assert resumed.training["steps"] == 3
     assert json.loads((tmp_path / "checkpoints" / "segmenter" / "state.json").read_text())["step"] == 3
 
 
@@ -94,7 +97,7 @@ def test_clinical_augmentation_and_noise_consistency_resume_exactly(tiny_dataset
     train_segmenter(samples, tmp_path / "straight", TrainConfig(**config), progress=False)
     train_segmenter(samples, tmp_path / "resumed", TrainConfig(**config, pause_at=2), progress=False)
     card = train_segmenter(samples, tmp_path / "resumed", TrainConfig(**config), progress=False)
-    assert card["training"]["noise_consistency"] == 1.0 and "opacities" in card["training"]["augmentation"]
+    assert card.training["noise_consistency"] == 1.0 and "opacities" in card.training["augmentation"]
     straight, resumed = (load_file(str(tmp_path / run / "checkpoints" / "segmenter" / "state.safetensors"))
                          for run in ("straight", "resumed"))
     for key, value in straight.items():
@@ -125,13 +128,13 @@ def test_tampered_weights_are_refused(tiny_dataset, tmp_path):
 def test_a_card_whose_classes_do_not_match_the_network_is_refused_when_loaded(tmp_path):
     """A card naming six classes over an eight-output network must fail at load, not mid-certification."""
     from certseg.dicom.codes import label_card
+    from certseg.model.cards import InputSpec, LabelEntry, SegmenterCard, entries
     from certseg.model.networks import save_segmenter
     from certseg.research.architectures import DEFAULT_SEGMENTER_ARCHITECTURE, default_segmenter_network
 
     network, _ = default_segmenter_network()
-    save_segmenter(network, {"name": "mismatched", "version": "0", "architecture": DEFAULT_SEGMENTER_ARCHITECTURE,
-                             "labels": label_card(), "input": {"size": 256, "percentiles": [0.5, 99.5]}},
-                   tmp_path / "segmenter")
+    save_segmenter(network, SegmenterCard("mismatched", "0", DEFAULT_SEGMENTER_ARCHITECTURE,
+                                          entries(LabelEntry, label_card()), InputSpec(256)), tmp_path / "segmenter")
     with pytest.raises(ModelError, match="classes"):
         load_models(tmp_path, with_denoiser=False)
 
@@ -187,3 +190,67 @@ def test_montgomery_and_shenzhen_in_their_native_formats(tmp_path):
     Image.fromarray((right | left).astype(np.uint8) * 255).save(tmp_path / "sz" / "mask" / "CHNCXR_0001_0_mask.png")
     (shenzhen,) = read_shenzhen(tmp_path / "sz")
     assert shenzhen.stored.ndim == 2 and shenzhen.labels[150, 70] == 1 and shenzhen.labels[150, 190] == 2
+
+
+@pytest.fixture(scope="module")
+def trained_folder(tiny_dataset, tmp_path_factory):
+    """A model folder with a segmenter and a denoiser, one training step each."""
+    folder = tmp_path_factory.mktemp("models")
+    config = TrainConfig(steps=1, batch_size=1, device="cpu", crop=32)
+    samples = load_drr_dataset(tiny_dataset)
+    train_segmenter(samples, folder, config, progress=False)
+    train_denoiser(samples, folder, config, progress=False)
+    return folder
+
+
+def _digests(folder):
+    models = load_models(folder)
+    return models.segmenter_card.digest, models.denoiser_card.digest
+
+
+def test_the_definition_digest_follows_the_scheduler_and_the_weights_but_not_the_card_text(trained_folder, tmp_path):
+    """Editing scheduler_config.json changes the timestep for a sigma, so what is certified: the digest must move."""
+    import shutil
+
+    folder = tmp_path / "models"
+    shutil.copytree(trained_folder, folder)
+    segmenter, denoiser = _digests(folder)
+    scheduler = folder / "denoiser" / "scheduler" / "scheduler_config.json"
+    config = json.loads(scheduler.read_text())
+    scheduler.write_text(json.dumps({**config, "beta_end": config["beta_end"] * 2}))
+    assert _digests(folder) == (segmenter, _digests(folder)[1]) and _digests(folder)[1] != denoiser
+    card = folder / "segmenter" / "card.json"
+    document = json.loads(card.read_text())
+    card.write_text(json.dumps({**document, "task": "reworded", "training": {"note": "provenance only"}}))
+    assert _digests(folder)[0] == segmenter  # descriptive text does not define what is certified
+    card.write_text(json.dumps({**document, "input": {**document["input"], "percentiles": [1.0, 99.0]}}))
+    assert _digests(folder)[0] != segmenter  # the input mapping does
+
+
+def test_a_card_of_a_newer_schema_or_with_a_mistyped_field_is_refused_by_name(trained_folder, tmp_path):
+    import shutil
+
+    folder = tmp_path / "models"
+    shutil.copytree(trained_folder, folder)
+    card = folder / "segmenter" / "card.json"
+    document = json.loads(card.read_text())
+    card.write_text(json.dumps({**document, "schema_version": CARD_SCHEMA_VERSION + 1}))
+    with pytest.raises(ModelError, match="newer than this CertSeg reads"):
+        load_models(folder, with_denoiser=False)
+    card.write_text(json.dumps({**document, "input": {**document["input"], "size": "256"}}))
+    with pytest.raises(ModelError, match=r"card.json: not a valid segmenter card \(card.input.size must be int"):
+        load_models(folder, with_denoiser=False)
+
+
+def test_a_card_written_before_the_schema_had_a_version_still_loads(trained_folder, tmp_path):
+    import shutil
+
+    folder = tmp_path / "models"
+    shutil.copytree(trained_folder, folder)
+    card = folder / "segmenter" / "card.json"
+    document = json.loads(card.read_text())
+    del document["schema_version"], document["frameworks"]
+    card.write_text(json.dumps(document))
+    loaded = load_models(folder, with_denoiser=False).segmenter_card
+    assert loaded.record.schema_version == 1 and loaded.record.frameworks is None
+    assert loaded.classes == CLASS_TABLE

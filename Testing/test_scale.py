@@ -81,6 +81,7 @@ def test_ray_gives_the_outcomes_exit_code_and_certificates_of_one_process(tmp_pa
         report = json.loads((tmp_path / "many").joinpath(row["result"], "report.json").read_text())
         assert report["noise"]["run_seed"] == 7 and float(row["abstain_fraction"]) == report["source_grid"]["abstain_fraction"]
         assert row["segmenter_sha256"] == report["models"]["segmenter"]["sha256"] and row["worker"]
+        assert row["model_digest"] == report["model_digest"] and len(row["model_digest"]) == 64
 
 
 def test_a_rerun_resumes_and_a_worker_killed_mid_image_loses_nothing(tmp_path):

@@ -286,15 +286,15 @@ def test_every_bound_widget_names_a_parameter_and_every_parameter_is_bound():
 def random_models(tmp_path):
     """Untrained networks of the shipped architecture in a model folder (fast, for plumbing tests)."""
     from certseg.dicom.codes import class_card, label_card
+    from certseg.model.cards import ClassEntry, InputSpec, LabelEntry, SegmenterCard, entries
     from certseg.model.networks import save_segmenter
     from certseg.research.architectures import DEFAULT_SEGMENTER_ARCHITECTURE, default_segmenter_network
 
     folder = tmp_path / "models"
     network, _ = default_segmenter_network()
-    save_segmenter(network, {"name": "untrained", "version": "0", "architecture": DEFAULT_SEGMENTER_ARCHITECTURE,
-                             "labels": label_card(), "classes": class_card(),
-                             "input": {"size": 256, "percentiles": [0.5, 99.5]}},
-                   folder / "segmenter")
+    save_segmenter(network, SegmenterCard("untrained", "0", DEFAULT_SEGMENTER_ARCHITECTURE,
+                                          entries(LabelEntry, label_card()), InputSpec(256),
+                                          classes=entries(ClassEntry, class_card())), folder / "segmenter")
     return folder
 
 

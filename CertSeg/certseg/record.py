@@ -154,6 +154,9 @@ class ModelIdentity:
     name: str
     version: str
     sha256: str = ""  # of the weights file; "" where only name and version are known (a SEG read back)
+    # sha256 over everything that defines what the model certifies (model.cards.definition_digest); "" in
+    # reports of versions before 0.5.0
+    digest: str = ""
 
 
 @dataclass(frozen=True)
@@ -322,6 +325,8 @@ class Report:
     timings_s: dict[str, float]
     # the segmenter's classes; reports of earlier versions have none: one class per structure, none overlapping
     segmenter_classes: tuple[SegmenterClass, ...] = ()
+    # one digest over the models that ran (model.cards.combined_digest); "" in reports before 0.5.0
+    model_digest: str = ""
 
     @property
     def segmenter(self) -> ModelIdentity:

@@ -29,6 +29,7 @@ import numpy as np
 from certseg import __version__
 from certseg.core.labels import ABSTAIN, ClassTable, Label
 from certseg.core.measurements import certified_measurements
+from certseg.model.cards import combined_digest
 from certseg.dicom.reading import Radiograph, metadata_check, pixel_digest, raw_value_radius, slicer_grid_spacing
 from certseg.files import PIXEL_RADIUS_FILE, SEG_NRRD_FILE
 from certseg.record import (CertifiedStructure, IntensityWindowRecord, Interval, ModelGrid, OodVerdict, Radius,
@@ -99,7 +100,7 @@ def _report(result: CertificationResult, models: LoadedModels, source: Source, r
         laterality_rule=None if models.laterality is None else models.laterality.describe(),
         execution=result.execution,
         noise=result.noise,
-        models={kind: card.identity() for kind, card in cards if card is not None},
+        models=(identities := {kind: card.identity() for kind, card in cards if card is not None}),
         radius=radius,
         model_grid=ModelGrid(size=result.input_map.model_size, abstain_fraction=certificate.abstain_fraction),
         source_grid=SourceGrid(shape=tuple(result.input_map.source_shape),
@@ -113,6 +114,7 @@ def _report(result: CertificationResult, models: LoadedModels, source: Source, r
         out_of_distribution=result.ood,
         timings_s={**certificate.timings, **(extra_timings or {})},
         segmenter_classes=segmenter_classes(result.class_table, models.segmenter_card.labels),
+        model_digest=combined_digest(identities),
     )
 
 

@@ -272,10 +272,9 @@ def run_train_ood(args) -> int:
                            "(CertSeg dataset folders, or DRR folders with --held-out)")
     card = fit_ood(args.out, training, held_out, args.false_rejection_rate, args.augmented_copies,
                    margin=args.margin)
-    detector = card["ood_detector"]
     print(f"{args.out / 'segmenter'}: input check fitted on {len(training)} + {len(held_out)} chest images, "
           f"each with {args.augmented_copies} augmented copies:")
-    for name, (low, high) in detector["ranges"].items():
+    for name, (low, high) in card.ood_detector.ranges.items():
         print(f"  {name}: {'-' if low is None else f'{low:.3g}'} to {'-' if high is None else f'{high:.3g}'}")
     return EXIT_OK
 
@@ -334,5 +333,5 @@ def run_train(args) -> int:
                                progress=not args.quiet)
     else:
         card = train_denoiser(samples, args.out, config, progress=not args.quiet)
-    print(f"{args.out / args.model}: {card['name']} trained {card['training']['steps']} steps, sha256 {card['sha256'][:12]}")
+    print(f"{args.out / args.model}: {card.name} trained {card.training['steps']} steps, sha256 {card.sha256[:12]}")
     return EXIT_OK

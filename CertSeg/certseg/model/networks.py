@@ -14,52 +14,42 @@ folder in the same format.  The card's sha256 is checked on every load.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import monai.networks.nets
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from safetensors.torch import load_file, save_file
 
-from certseg.files import write_json
-from certseg.model.cards import ModelCard, ModelError, sha256_of
+from certseg.model.cards import (SEGMENTER_FILE, Architecture, DenoiserCard, ModelCard, ModelError, SegmenterCard,
+                                 write_card)
 from certseg.model.denoiser import DiffusionDenoiser
-
-SEGMENTER_FILE = "model.safetensors"
-
-
-DENOISER_WEIGHTS = Path("unet") / "diffusion_pytorch_model.safetensors"
 
 
 # Network classes a model card may name (looked up in monai.networks.nets).
 SEGMENTER_ARCHITECTURES = ("UNet", "BasicUNet", "AttentionUnet", "SegResNet")
 
 
-def build_segmenter_network(architecture: dict[str, Any]) -> torch.nn.Module:
-    name = architecture.get("class")
-    if name not in SEGMENTER_ARCHITECTURES:
-        raise ModelError(f"segmenter architecture {name!r} is not one of {SEGMENTER_ARCHITECTURES}")
-    return getattr(monai.networks.nets, name)(**architecture.get("kwargs", {}))
+def build_segmenter_network(architecture: Architecture) -> torch.nn.Module:
+    if architecture.name not in SEGMENTER_ARCHITECTURES:
+        raise ModelError(f"segmenter architecture {architecture.name!r} is not one of {SEGMENTER_ARCHITECTURES}")
+    return getattr(monai.networks.nets, architecture.name)(**architecture.kwargs)
 
 
-def save_segmenter(network: torch.nn.Module, card: dict[str, Any], folder: Path) -> dict[str, Any]:
-    """Write weights and card (sha256 filled in); returns the card written."""
+def save_segmenter(network: torch.nn.Module, card: SegmenterCard, folder: Path) -> SegmenterCard:
+    """Write weights and card (sha256, schema version and frameworks filled in); returns the card written."""
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / SEGMENTER_FILE
     save_file({k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}, str(weights))
-    card = {**card, "weights": SEGMENTER_FILE, "sha256": sha256_of(weights)}
-    write_json(folder / "card.json", card)
-    return card
+    return write_card(folder, replace(card, weights=SEGMENTER_FILE))
 
 
-def save_denoiser(unet: UNet2DModel, scheduler: DDPMScheduler, card: dict[str, Any], folder: Path) -> dict[str, Any]:
+def save_denoiser(unet: UNet2DModel, scheduler: DDPMScheduler, card: DenoiserCard, folder: Path) -> DenoiserCard:
     folder.mkdir(parents=True, exist_ok=True)
     unet.save_pretrained(folder / "unet", safe_serialization=True)
     scheduler.save_pretrained(folder / "scheduler")
-    card = {**card, "weights": str(DENOISER_WEIGHTS), "sha256": sha256_of(folder / DENOISER_WEIGHTS)}
-    write_json(folder / "card.json", card)
-    return card
+    return write_card(folder, card)
 
 
 _PROBE_SIZE = 64  # divisible by every stride product the architectures use
@@ -67,7 +57,7 @@ _PROBE_SIZE = 64  # divisible by every stride product the architectures use
 
 def load_segmenter(folder: Path) -> tuple[torch.nn.Module, ModelCard]:
     card = ModelCard.read(folder, segmenter=True)
-    network = build_segmenter_network(card.document["architecture"])
+    network = build_segmenter_network(card.record.architecture)
     try:
         network.load_state_dict(load_file(str(folder / SEGMENTER_FILE)))
     except RuntimeError as error:

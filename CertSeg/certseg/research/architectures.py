@@ -6,16 +6,15 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
 from certseg.dicom.codes import NUM_CLASSES
+from certseg.model.cards import Architecture
 from certseg.model.denoiser import DiffusionDenoiser
 from certseg.model.networks import build_segmenter_network
 
 # The shipped architectures: measured on 2 CPU cores at 256x256, the segmenter takes ~11 ms and
 # the denoiser ~0.2 s per sample, which keeps n0 + n = 110 samples under a minute.
-DEFAULT_SEGMENTER_ARCHITECTURE = {
-    "class": "UNet",
-    "kwargs": {"spatial_dims": 2, "in_channels": 1, "out_channels": NUM_CLASSES,
-               "channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 1},
-}
+DEFAULT_SEGMENTER_ARCHITECTURE = Architecture("UNet", {
+    "spatial_dims": 2, "in_channels": 1, "out_channels": NUM_CLASSES,
+    "channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 1})
 
 
 DEFAULT_DENOISER_CONFIG = {

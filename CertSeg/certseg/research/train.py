@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,9 @@ from certseg.errors import ParameterError
 from certseg.core.labels import ClassTable
 from certseg.dicom.codes import CLASS_TABLE, class_card, label_card
 from certseg.files import write_json
+from certseg import __version__
+from certseg.model.cards import (Architecture, AcceptanceRef, ClassEntry, DenoiserCard, InputSpec, LabelEntry,
+                                 SegmenterCard, entries, write_card)
 from certseg.model.denoiser import timestep_for_sigma
 from certseg.model.networks import (
     build_segmenter_network,
@@ -42,10 +45,10 @@ from certseg.research.architectures import DEFAULT_DENOISER_CONFIG, DEFAULT_SEGM
 from certseg.research.data import Sample, to_model_space
 
 MODEL_SIZE = 256
-MODEL_VERSION = "0.4.0"
 DATASET_SHARES = ("equal", "by-size")
 AUGMENTATIONS = ("exports", "clinical")
-INTENDED_USE = "Demonstration and research only; not for clinical use."
+SEGMENTER_INPUT = InputSpec(MODEL_SIZE, DEFAULT_PERCENTILES, channels=1, mapping=(
+    "stored values, MONOCHROME2, percentile window -> [0, 1], zero-pad to square, antialiased bilinear resize"))
 
 
 @dataclass
@@ -177,12 +180,12 @@ def widened_to_classes(network: torch.nn.Module, state: dict[str, torch.Tensor],
     return widened
 
 
-def segmenter_architecture(channels: tuple[int, ...] | None) -> dict[str, Any]:
+def segmenter_architecture(channels: tuple[int, ...] | None) -> Architecture:
     if channels is None:
         return DEFAULT_SEGMENTER_ARCHITECTURE
-    kwargs = {**DEFAULT_SEGMENTER_ARCHITECTURE["kwargs"], "channels": list(channels),
+    kwargs = {**DEFAULT_SEGMENTER_ARCHITECTURE.kwargs, "channels": list(channels),
               "strides": [2] * (len(channels) - 1)}
-    return {**DEFAULT_SEGMENTER_ARCHITECTURE, "kwargs": kwargs}
+    return replace(DEFAULT_SEGMENTER_ARCHITECTURE, kwargs=kwargs)
 
 
 def train_segmenter(samples: list[Sample], out: Path, config: TrainConfig, progress: bool = True,
@@ -199,8 +202,8 @@ def train_segmenter(samples: list[Sample], out: Path, config: TrainConfig, progr
     annotated = annotated_structures(samples)
     initial = load_segmenter(Path(config.init) / "segmenter") if config.init is not None else None
     if initial is not None and config.channels is None:  # fine-tuning keeps the architecture it starts from
-        kwargs = {**initial[1].document["architecture"]["kwargs"], "out_channels": CLASS_TABLE.num_classes}
-        architecture = {**initial[1].document["architecture"], "kwargs": kwargs}
+        started_from = initial[1].record.architecture
+        architecture = replace(started_from, kwargs={**started_from.kwargs, "out_channels": CLASS_TABLE.num_classes})
     else:
         architecture = segmenter_architecture(config.channels)
     network = build_segmenter_network(architecture)
@@ -237,27 +240,19 @@ def train_segmenter(samples: list[Sample], out: Path, config: TrainConfig, progr
     steps = _run(network, optimizer, step_loss, checkpoint, config, progress, "segmenter", rng, after_step)
     if tracker is not None and tracker.best_step is not None:
         network.load_state_dict(load_file(str(tracker.path)))
-    card = {
-        "name": "certseg-cxr-unet",
-        "version": MODEL_VERSION,
-        "task": "chest X-ray segmentation of overlapping structures (JSRT/SCR structure set)",
-        "architecture": architecture,
-        "labels": label_card(),
-        "classes": class_card(),
-        "input": {"size": MODEL_SIZE, "channels": 1, "percentiles": list(DEFAULT_PERCENTILES),
-                  "mapping": "stored values, MONOCHROME2, percentile window -> [0, 1], zero-pad to square, "
-                             "antialiased bilinear resize"},
-        "training": {"steps": steps, "batch_size": config.batch_size, "learning_rate": config.learning_rate,
-                     "final_learning_rate": config.final_learning_rate,
-                     "loss": "partial-label cross-entropy over the classes a pixel may have + Dice of annotated structures",
-                     "augmentation": AUGMENTATION_CARD[config.augmentation],
-                     "noise_consistency": config.consistency,
-                     "noise_sigma_uniform": list(config.noise_sigma), "seed": config.seed, "images": len(samples),
-                     "dataset_shares": config.dataset_shares,
-                     "init": str(config.init) if config.init else None,
-                     "validation": tracker.summary() if tracker else None, **config.extra_card},
-        "intended_use": INTENDED_USE,
-    }
+    card = SegmenterCard(
+        name="certseg-cxr-unet", version=__version__, architecture=architecture,
+        labels=entries(LabelEntry, label_card()), classes=entries(ClassEntry, class_card()), input=SEGMENTER_INPUT,
+        task="chest X-ray segmentation of overlapping structures (JSRT/SCR structure set)",
+        training={"steps": steps, "batch_size": config.batch_size, "learning_rate": config.learning_rate,
+                  "final_learning_rate": config.final_learning_rate,
+                  "loss": "partial-label cross-entropy over the classes a pixel may have + Dice of annotated structures",
+                  "augmentation": AUGMENTATION_CARD[config.augmentation],
+                  "noise_consistency": config.consistency,
+                  "noise_sigma_uniform": list(config.noise_sigma), "seed": config.seed, "images": len(samples),
+                  "dataset_shares": config.dataset_shares,
+                  "init": str(config.init) if config.init else None,
+                  "validation": tracker.summary() if tracker else None, **config.extra_card})
     return save_segmenter(network.cpu(), card, out / "segmenter")
 
 
@@ -353,18 +348,15 @@ def train_denoiser(samples: list[Sample], out: Path, config: TrainConfig, progre
         return torch.nn.functional.mse_loss(unet(x_t, t).sample, noise)
 
     steps = _run(unet, optimizer, step_loss, out / "checkpoints" / "denoiser", config, progress, "denoiser", rng)
-    card = {
-        "name": "certseg-cxr-ddpm",
-        "version": MODEL_VERSION,
-        "task": "one-shot denoising of chest X-rays for diffusion denoised smoothing",
-        "input": {"size": MODEL_SIZE, "range": "[0, 1] model space, scaled to [-1, 1] inside"},
-        "training": {"steps": steps, "batch_size": config.batch_size, "learning_rate": config.learning_rate,
-                     "final_learning_rate": config.final_learning_rate,
-                     "crop": config.crop, "timesteps": [t_low, t_high],
-                     "sigma_range": list(config.denoiser_sigma), "seed": config.seed, "images": len(samples),
-                     "init": str(config.init) if config.init else None, **config.extra_card},
-        "intended_use": INTENDED_USE,
-    }
+    card = DenoiserCard(
+        name="certseg-cxr-ddpm", version=__version__,
+        input=InputSpec(MODEL_SIZE, range="[0, 1] model space, scaled to [-1, 1] inside"),
+        task="one-shot denoising of chest X-rays for diffusion denoised smoothing",
+        training={"steps": steps, "batch_size": config.batch_size, "learning_rate": config.learning_rate,
+                  "final_learning_rate": config.final_learning_rate,
+                  "crop": config.crop, "timesteps": [t_low, t_high],
+                  "sigma_range": list(config.denoiser_sigma), "seed": config.seed, "images": len(samples),
+                  "init": str(config.init) if config.init else None, **config.extra_card})
     return save_denoiser(unet.cpu(), scheduler, card, out / "denoiser")
 
 
@@ -452,7 +444,8 @@ def _load_checkpoint(folder: Path, model, optimizer, rng: np.random.Generator) -
 
 
 def fit_ood(model_dir: Path, training: list[Sample], held_out: list[Sample], false_rejection_rate: float,
-            augmented_copies: int = 0, seed: int = 0, margin: float = 0.0, negatives_per_kind: int = 150) -> dict:
+            augmented_copies: int = 0, seed: int = 0, margin: float = 0.0,
+            negatives_per_kind: int = 150) -> SegmenterCard:
     """Fit the input check (model.acceptance) for the segmenter in `model_dir` and store it in its card.
 
     With `augmented_copies`, each training and held-out image also enters as that many copies
@@ -485,15 +478,14 @@ def fit_ood(model_dir: Path, training: list[Sample], held_out: list[Sample], fal
                            encoder_layers(network))
     detector_path = model_dir / "segmenter" / "ood.safetensors"
     check.save(detector_path)
-    card = {**card.document, "ood_detector": {
-        "file": detector_path.name, "sha256": sha256_of(detector_path),
-        "method": "frontal chest radiograph check (certseg.model.acceptance): feature spectrum distance, encoder "
-                  "feature score, grey-scale layout score, anatomy score",
-        "negatives": f"every third fitting chest image inverted; {negatives_per_kind} of each of "
-                     f"certseg.research.negatives.SYNTHETIC, seed {seed}",
-        "threshold": check.threshold, "false_rejection_rate": false_rejection_rate, "margin": margin,
-        "ranges": {name: [limits.low, limits.high] for name, limits in check.ranges.items()},
-        "training_images": [s.name for s in training], "held_out_images": [s.name for s in held_out],
-        "augmented_copies": augmented_copies, "seed": seed}}
-    write_json(model_dir / "segmenter" / "card.json", card)
-    return card
+    reference = AcceptanceRef(
+        file=detector_path.name, sha256=sha256_of(detector_path),
+        method="frontal chest radiograph check (certseg.model.acceptance): feature spectrum distance, encoder "
+               "feature score, grey-scale layout score, anatomy score",
+        negatives=f"every third fitting chest image inverted; {negatives_per_kind} of each of "
+                  f"certseg.research.negatives.SYNTHETIC, seed {seed}",
+        threshold=check.threshold, false_rejection_rate=false_rejection_rate, margin=margin,
+        ranges={name: (limits.low, limits.high) for name, limits in check.ranges.items()},
+        training_images=tuple(s.name for s in training), held_out_images=tuple(s.name for s in held_out),
+        augmented_copies=augmented_copies, seed=seed)
+    return write_card(model_dir / "segmenter", replace(card.record, ood_detector=reference))

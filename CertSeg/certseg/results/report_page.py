@@ -68,7 +68,7 @@ def facts(report: Report) -> list[tuple[str, str]]:
         ("Abstained", f"{report.source_grid.abstain_fraction:.1%} of the image"),
         ("Input check", input_check(report.out_of_distribution)),
         ("DICOM metadata", report.source.metadata_check.text),
-        ("Models", models),
+        ("Models", f"{models}; definition digest {report.model_digest[:12] or 'not recorded'}"),
         ("Parameters", f"sigma {params.sigma}, n0 {params.n0}, n {params.n}, alpha {params.alpha}, "
                        f"tau {params.tau}, {params.correction}, denoiser {'on' if report.denoiser else 'off'}"),
         ("Radius", f"{radius.model_space:.3f} (model input), {radius.stored_values_l2:.4g} "

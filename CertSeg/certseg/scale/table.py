@@ -32,6 +32,7 @@ class OutcomeRow:
     area_unit: str = ""
     segmenter_sha256: str = ""
     denoiser_sha256: str = ""
+    model_digest: str = ""  # over everything that defines the models that ran (report.json's model_digest)
     areas: dict[str, float] = field(default_factory=dict)  # certified area per structure
 
     def add_report(self, folder: Path) -> OutcomeRow:
@@ -49,6 +50,7 @@ class OutcomeRow:
         self.areas = {s.name: s.certified_area_mm2 if in_mm2 else s.certified_pixels for s in report.structures}
         self.segmenter_sha256 = report.segmenter.sha256
         self.denoiser_sha256 = report.models["denoiser"].sha256 if "denoiser" in report.models else ""
+        self.model_digest = report.model_digest
         return self
 
 
