@@ -9,13 +9,9 @@ and slicer.packaging; see CertSegLib/dependencies.py).  Calls into Slicer were c
 """
 
 import contextlib
-import logging
-import os
 import shutil
-import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -35,22 +31,15 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 # The backend's own light modules (no torch): defaults and the report's text are defined there once.
-from certseg.files import PIXEL_RADIUS_FILE, REPORT_FILE, SEG_FILE, SEG_NRRD_FILE
-from certseg.record import Report
-from certseg.report import batch_detail, panel_summary
+from certseg.files import SEG_FILE
+from certseg.report import panel_summary
 from certseg.request import CertificationRequest, RunOptions
 from CertSegLib import mrml
-from CertSegLib.batch import BatchQueue, ItemStatus, kept_result_folder
+from CertSegLib.backend_call import SELF_TEST_OPTIONS, SELF_TEST_REQUEST, progress_text
+from CertSegLib.batch import ItemStatus
 from CertSegLib.dependencies import installed_version, protected_constraints
-from CertSegLib.process import BackendProcess, Progress
-from CertSegLib.backend_call import (
-    SELF_TEST_OPTIONS,
-    SELF_TEST_REQUEST,
-    backend_command,
-    dicom_file_or_none,
-    ood_refusal,
-    progress_text,
-)
+from CertSegLib.logic import BatchRun, CertificationLogic, RunOutcome
+from CertSegLib.process import Progress
 
 DEFAULTS, DEFAULT_OPTIONS = CertificationRequest(), RunOptions()
 
@@ -106,6 +95,9 @@ class CertSegParameterNode:
 
 
 class CertSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The panel: parameters bound to the parameter node, Apply/Cancel, progress, log and summary.  It only
+    shows what the logic does; the logic certifies (CertSegLogic.certifyVolumes) whether or not a panel exists."""
+
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
@@ -113,7 +105,6 @@ class CertSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._started = 0.0
-        self._queue = BatchQueue()
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -122,6 +113,7 @@ class CertSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = CertSegLogic()
+        self.logic.listener = self
         self.ui.progressBar.hide()
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -138,6 +130,7 @@ class CertSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self):
         self.logic.cancel()
+        self.logic.listener = None
         self.removeObservers()
 
     def enter(self):
@@ -150,10 +143,7 @@ class CertSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateApplyButton)
 
     def onSceneStartClose(self, caller, event):
-        if self.logic.isRunning:  # its nodes are about to go
-            self.logic.cancel()
-        self._queue.cancel()
-        self._queue.clear_finished()
+        self.logic.cancel()  # its nodes are about to go
         self._finish()
         self.setParameterNode(None)
 
@@ -194,94 +184,72 @@ class CertSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onApplyButton(self):
         if self.logic.isRunning:
             self.logic.cancel()
-            self._queue.cancel()
             self._log(_("Cancelled."))
             self._finish()
             return
         volume = self._parameterNode.inputVolume
-        self.certifyVolumes(self.logic.studyRadiographs(volume) if self._parameterNode.wholeStudy else [volume])
+        self._certify(self.logic.studyRadiographs(volume) if self._parameterNode.wholeStudy else [volume])
 
-    def certifyVolumes(self, volumes):
-        """Queue radiographs to certify one after another (the DICOM plugin's loadables come here too)."""
-        self._queue.clear_finished()
-        for volume in volumes:
-            self._queue.add(volume, volume.GetName())
-        if not self.logic.isRunning:
-            self.ui.logText.clear()
-            self.ui.summaryText.clear()
-            self._startNext()
+    def _certify(self, volumes, force: bool = False):
+        with slicer.util.tryWithErrorDisplay(_("CertSeg could not start."), waitCursor=True):
+            self.logic.certifyVolumes(volumes, force=force)
+        self._updateApplyButton()
 
     def onOpenResultFolder(self):
         folder = self.logic.lastResultFolder
         if folder is not None:  # as ScriptedLoadableModule opens files (Slicer 5.10)
             qt.QDesktopServices.openUrl(qt.QUrl("file:///" + str(folder), qt.QUrl.TolerantMode))
 
-    @property
-    def _batch(self) -> bool:
-        return len(self._queue.items) > 1
-
-    def _startNext(self):
-        item = self._queue.start_next()
-        if item is None:
-            if self._batch:
-                self.ui.summaryText.setPlainText(self._queue.summary())
-            self._finish()
-            return
-        self._start(item, force=False)
-
-    def _start(self, item, force: bool):
-        if self._batch:
-            self._log(_("Certifying {name}").format(name=item.name))
-        try:
-            with slicer.util.tryWithErrorDisplay(_("CertSeg could not start."), waitCursor=True):
-                self.logic.ensureDependencies()
-                self.ui.progressBar.value = 0
-                self.ui.progressBar.format = progress_text(0.0, 0.0)
-                self.ui.progressBar.show()
-                self._started = time.monotonic()
-                self.logic.process(self._parameterNode, wait=False, onProgress=self._onProgress, onLog=self._log,
-                                   onFinished=self._onFinished, force=force, volume=item.node)
-        except Exception as error:  # tryWithErrorDisplay showed it; what keeps one from starting stops the rest
-            self._queue.finish(ItemStatus.FAILED, str(error))
-            self._queue.cancel()
-            if self._batch:
-                self.ui.summaryText.setPlainText(self._queue.summary())
-            self._finish()
+    # The logic's listener: what a run says, shown.
+    def onBatchStarted(self, batch):
+        self.ui.logText.clear()
+        self.ui.summaryText.clear()
         self._updateApplyButton()
 
-    def _onProgress(self, progress: Progress):
-        item = self._queue.current
+    def onItemStarted(self, batch, item):
+        if len(batch.items) > 1:
+            self._log(_("Certifying {name}").format(name=item.name))
+        self.ui.progressBar.value = 0
+        self.ui.progressBar.format = progress_text(0.0, 0.0)
+        self.ui.progressBar.show()
+        self._started = time.monotonic()
+
+    def onProgress(self, batch, progress: Progress):
+        item = batch.queue.current
         if item is None:  # cancelled meanwhile
             return
-        prefix = f"{item.name} ({self._queue.items.index(item) + 1}/{len(self._queue.items)}): " if self._batch else ""
+        several = len(batch.items) > 1
+        prefix = f"{item.name} ({batch.items.index(item) + 1}/{len(batch.items)}): " if several else ""
         self.ui.progressBar.value = int(100 * progress.fraction)
         self.ui.progressBar.format = prefix + progress_text(progress.fraction, time.monotonic() - self._started)
 
+    def onLog(self, batch, text: str):
+        self._log(text)
+
+    def onItemFinished(self, batch, item, outcome: RunOutcome):
+        if len(batch.items) > 1:
+            if outcome.status is not ItemStatus.CERTIFIED:
+                self._log(item.line())
+        elif outcome.report is not None:
+            self.ui.summaryText.setPlainText(panel_summary(outcome.report))
+
+    def onBatchFinished(self, batch):
+        """Alone, a refusal becomes a question (yes: certify it again, forced) and a failure an error box."""
+        self._finish()
+        if len(batch.items) > 1:
+            self.ui.summaryText.setPlainText(batch.summary())
+            return
+        outcome = batch.outcomes.get(0)
+        if outcome is None or outcome.status in (ItemStatus.CERTIFIED, ItemStatus.CANCELLED):
+            return
+        if outcome.question:
+            if slicer.util.confirmYesNoDisplay(outcome.question, windowTitle="CertSeg"):
+                self._certify([batch.items[0].node], force=True)
+        else:
+            slicer.util.errorDisplay(outcome.error)
+
     def _log(self, text: str):
         self.ui.logText.appendPlainText(text)
-
-    def _onFinished(self, report: Optional[Report], error: Optional[str]):
-        """One run ended: alone, show its result or ask about a refusal; in a batch, record it and go on."""
-        item = self._queue.current
-        if item is None:  # cancelled meanwhile
-            return
-        question = ood_refusal(error, self.logic.lastExitCode) if error else None
-        if question and not self._batch and slicer.util.confirmYesNoDisplay(question, windowTitle="CertSeg"):
-            self._start(item, force=True)
-            return
-        if report is not None:
-            self._queue.finish(ItemStatus.CERTIFIED, batch_detail(report))
-            if not self._batch:
-                self.ui.summaryText.setPlainText(panel_summary(report))
-        elif error:
-            self._queue.finish(ItemStatus.REFUSED if question else ItemStatus.FAILED, error)
-            if self._batch:
-                self._log(item.line())
-            else:
-                slicer.util.errorDisplay(error)
-        else:
-            self._queue.finish(ItemStatus.CANCELLED)
-        self._startNext()
 
     def _finish(self):
         self.ui.progressBar.hide()
@@ -295,23 +263,77 @@ def inputProblem(volume) -> Optional[str]:
     return mrml.node_input_problem(volume)
 
 
-class CertSegLogic(ScriptedLoadableModuleLogic):
-    """Runs the backend for a volume node and loads its result; usable from scripts and tests."""
+class CertSegLogic(ScriptedLoadableModuleLogic, CertificationLogic):
+    """The module's logic: CertSegLib.logic's CertificationLogic (process, processBatch, cancel: usable from
+    Slicer's Python console without the panel) with the module's parameter node, its dependencies, and what
+    Slicer's application adds to a result (statistics table, radius map shown, SEG and SR in the DICOM database).
+
+        logic = slicer.util.getModuleLogic("CertSeg")      # or CertSegLogic()
+        run = logic.process(volume, CertificationRequest(n0=10, n=100), RunOptions(device="cpu"))
+        run.outcome.report
+    """
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
-        self._backend: Optional[BackendProcess] = None
-        self._timer: Optional[qt.QTimer] = None
-        self._workDir: Optional[str] = None
+        CertificationLogic.__init__(self)
         self.lastResultFolder: Optional[Path] = None  # the last run's kept result files
-        self.lastExitCode: Optional[int] = None  # the backend's last exit code (3: refused as out of distribution)
+        self.listener = None  # the panel, when shown: onBatchStarted, onItemStarted, onProgress, ...
 
     def getParameterNode(self):
         return CertSegParameterNode(super().getParameterNode())
 
-    @property
-    def isRunning(self) -> bool:
-        return self._backend is not None and not self._backend.finished
+    def certifyVolumes(self, volumes, parameters: Optional[CertSegParameterNode] = None, force: bool = False,
+                       wait: bool = False) -> BatchRun:
+        """Certify volumes one after another with the parameter node's settings, as Apply and the DICOM plugin
+        do; the panel (the listener), when there is one, shows it.  The input volume's result goes to the
+        output segmentation (made when there is none), any other volume's to a new segmentation.  While a batch
+        runs, the volumes join it (the DICOM plugin's loadables, loaded one by one), with its settings."""
+        if isinstance(self.current, BatchRun) and self.isRunning:
+            for volume in volumes:
+                self._checkInput(volume, RunOptions())
+                self.current.queue.add(volume, volume.GetName())
+            return self.current
+        parameters = parameters or self.getParameterNode()
+        # Built (and so validated) before anything is written: a bad parameter leaves no temporary folder behind.
+        request = CertificationRequest(sigma=parameters.sigma, n0=parameters.n0, n=parameters.n,
+                                       alpha=parameters.alpha, tau=parameters.tau, force=force)
+        options = RunOptions(model_dir=Path(parameters.modelFolder) if parameters.modelFolder else None,
+                             use_denoiser=parameters.useDenoiser, device=parameters.device)
+        resultRoot = Path(parameters.resultFolder) if parameters.keepResults else None
+        self.ensureDependencies()
+        listener = self.listener
+        batch = None
+
+        def tell(name, *args):
+            if listener is not None and batch is not None:
+                getattr(listener, name)(batch, *args)
+
+        def itemStarted(item):
+            tell("onItemStarted", item)
+
+        def itemFinished(item, outcome):
+            if item.node is parameters.inputVolume and outcome.segmentation is not None:
+                parameters.outputSegmentation = outcome.segmentation
+            tell("onItemFinished", item, outcome)
+
+        outputs = {}
+        if parameters.inputVolume is not None and parameters.outputSegmentation is not None:
+            outputs[parameters.inputVolume.GetID()] = parameters.outputSegmentation
+        batch = self.processBatch(volumes, request, options, resultRoot, wait=wait, outputs=outputs,
+                                  onItemStarted=itemStarted, onProgress=lambda p: tell("onProgress", p),
+                                  onLog=lambda line: tell("onLog", line), onItemFinished=itemFinished,
+                                  onFinished=lambda b: tell("onBatchFinished"), onStarted=lambda b: tell(
+                                      "onBatchStarted"))
+        return batch
+
+    def presentResult(self, outcome: RunOutcome, volume, resultFolder: Path) -> None:
+        """What Slicer's application adds to a certified result: statistics, the radius map shown, the SEG and
+        SR in the DICOM database (ready to send to the PACS)."""
+        self._statisticsTable(outcome.segmentation, volume)
+        slicer.util.setSliceViewerLayers(background=volume, foreground=outcome.radiusMap, foregroundOpacity=0.35)
+        self._keepDicomSeg(resultFolder / SEG_FILE)
+        if outcome.resultFolder is not None:
+            self.lastResultFolder = outcome.resultFolder
 
     def ensureDependencies(self):
         """torch from the PyTorch extension, the rest from requirements.txt, after one confirmation."""
@@ -358,159 +380,10 @@ class CertSegLogic(ScriptedLoadableModuleLogic):
                 missing.append(line)
         return missing
 
-    def process(self, parameters: CertSegParameterNode, wait: bool = True, onProgress=None, onLog=None,
-                onFinished=None, force: bool = False, volume=None):
-        """Certify `volume` (default parameters.inputVolume); with wait=False return at once and report through
-        the callbacks. The input volume's result goes to parameters.outputSegmentation, any other volume's (a
-        batch's) to a new segmentation.
-
-        The input and output nodes are captured now: the result goes where the run was asked to put it,
-        whatever the selectors show when it ends."""
-        volume = volume if volume is not None else parameters.inputVolume
-        output = parameters.outputSegmentation if volume is parameters.inputVolume else None
-        problem = inputProblem(volume)
-        if problem:
-            raise ValueError(problem)
-        if parameters.device == "cuda" and not self._cudaAvailable():
-            raise ValueError(_("No CUDA GPU is available to this Slicer; choose 'cpu' or 'auto'."))
-        # Built (and so validated) before anything is written: a bad parameter leaves no temporary folder behind.
-        request = CertificationRequest(sigma=parameters.sigma, n0=parameters.n0, n=parameters.n, alpha=parameters.alpha,
-                                       tau=parameters.tau, force=force)
-        options = RunOptions(model_dir=Path(parameters.modelFolder) if parameters.modelFolder else None,
-                             use_denoiser=parameters.useDenoiser, device=parameters.device)
-        self._workDir = tempfile.mkdtemp(prefix="CertSeg-")
-        image = Path(self._workDir) / "input.nrrd"
-        # exportNode leaves the volume's own storage node alone (saveNode would repoint it at our temp file).
-        # Our own properties dict: its default {} is shared and it writes "fileFormat" into it (util.py, 5.10).
-        if not slicer.util.exportNode(volume, str(image), properties={}):
-            raise RuntimeError(_("Could not write the input volume to a temporary file"))
-        out = self._resultFolder(parameters, volume)
-        args = backend_command(self._python(), image, out, request, options, self._sourceDicomFile(volume))
-        env = slicer.util.startupEnvironment()
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(MODULE_DIR), env.get("PYTHONPATH", "")]))
-        if parameters.device == "cpu":
-            env["CUDA_VISIBLE_DEVICES"] = "-1"
-        logging.info("CertSeg: %s", " ".join(args))
-        self._backend = BackendProcess(args, env)
-        self._backend.start()
-        lines = []
-
-        def drain():
-            for event in self._backend.poll():
-                if isinstance(event, Progress):
-                    if onProgress:
-                        onProgress(event)
-                else:
-                    lines.append(event)
-                    if onLog:
-                        onLog(event)
-
-        def complete():
-            drain()
-            code = self.lastExitCode = self._backend.returncode
-            report, error = None, None
-            try:
-                if code == 0:
-                    report = Report.read(out / REPORT_FILE)
-                    segmentation = self._loadResult(out / SEG_NRRD_FILE, volume, output, report)
-                    self._loadRadiusMap(out / PIXEL_RADIUS_FILE, volume)
-                    self._statisticsTable(segmentation, volume)
-                    self._keepDicomSeg(out / SEG_FILE)
-                    self.lastResultFolder = out if parameters.keepResults else self.lastResultFolder
-                    if output is None and parameters.inputVolume is volume:
-                        parameters.outputSegmentation = segmentation
-                elif not self._backend.cancelled:
-                    error = (lines[-1] if lines else _("CertSeg failed")) + f" (exit code {code})"
-            except Exception as exception:  # a result that cannot be loaded is reported, never left hanging
-                report, error = None, _("Could not load the CertSeg result: ") + str(exception)
-            finally:
-                self._cleanup()
-            if onFinished:
-                onFinished(report, error)
-            return report, error
-
-        if wait:
-            while not self._backend.finished:
-                drain()
-                qt.QThread.msleep(100)
-            report, error = complete()
-            if error:
-                raise RuntimeError(error)
-            return report
-
-        self._timer = qt.QTimer()
-        self._timer.setInterval(200)
-
-        def tick():
-            drain()
-            if self._backend.finished:
-                self._timer.stop()
-                complete()
-
-        self._timer.connect("timeout()", tick)
-        self._timer.start()
-        return None
-
-    def _resultFolder(self, parameters: CertSegParameterNode, volume) -> Path:
-        """Where the backend writes: a new folder under the result folder when results are kept, else temporary.
-        The backend writes it atomically, so a failed or cancelled run leaves nothing there."""
-        if not parameters.keepResults:
-            return Path(self._workDir) / "result"
-        root = Path(parameters.resultFolder)
-        if not root.is_absolute():  # an emptied path edit reads as Path("."): never Slicer's working folder
-            raise ValueError(_("Choose a result folder (or clear 'Keep result files')."))
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise RuntimeError(_("Cannot create the result folder {folder}: {reason}").format(
-                folder=root, reason=error.strerror)) from None
-        return kept_result_folder(root, volume.GetName(), datetime.now())
-
     @staticmethod
     def studyRadiographs(volume) -> list:
         """Every radiograph CertSeg can certify in `volume`'s study; only `volume` when it is in no study."""
         return mrml.study_radiographs(slicer.mrmlScene, volume)
-
-    def cancel(self):
-        """Kill the backend's whole process tree and remove its temporary files."""
-        if self._backend is not None:
-            self._backend.cancel()
-        if self._timer is not None:
-            self._timer.stop()
-        self._cleanup()
-
-    def _cleanup(self):
-        if self._workDir:
-            shutil.rmtree(self._workDir, ignore_errors=True)
-            self._workDir = None
-
-    @staticmethod
-    def _python() -> str:
-        return shutil.which("PythonSlicer") or sys.executable
-
-    @staticmethod
-    def _cudaAvailable() -> bool:
-        import torch
-
-        return torch.cuda.is_available()
-
-    @staticmethod
-    def _sourceDicomFile(volume) -> Optional[Path]:
-        """The DICOM file a volume was loaded from: its metadata gate, photometry and spacing are authoritative.
-
-        Loaded through the DICOM module: the database's file for its instance. Loaded as a file (Add Data on a
-        .dcm): its storage node's file, when that is DICOM. Otherwise None, and the report says nothing was checked."""
-        storage = volume.GetStorageNode()
-        return (mrml.database_file(volume, slicer.dicomDatabase)
-                or dicom_file_or_none(storage.GetFileName() if storage else None))
-
-    def _loadResult(self, segNrrd: Path, volume, segmentation, report: Report):
-        """The result as a segmentation tied to the volume and filed beside it (CertSegLib.mrml.load_result)."""
-        segmentation = mrml.load_result(slicer.mrmlScene, segNrrd, volume, segmentation, report,
-                                        f"{volume.GetName()} CertSeg")
-        if segmentation.GetAttribute(mrml.FORCED_ATTRIBUTE) and not segmentation.GetName().endswith(_(" (OOD override)")):
-            segmentation.SetName(segmentation.GetName() + _(" (OOD override)"))
-        return segmentation
 
     @staticmethod
     def _keepDicomSeg(path: Path):
@@ -533,13 +406,6 @@ class CertSegLogic(ScriptedLoadableModuleLogic):
         table = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", f"{segmentation.GetName()} statistics")
         logic.exportToTable(table)
         return table
-
-    @staticmethod
-    def _loadRadiusMap(path: Path, volume):
-        """The per-pixel radius as a Viridis foreground layer with a colour legend: where the certificate is strong."""
-        radiusMap = mrml.load_radius_map(slicer.mrmlScene, path, volume, f"{volume.GetName()} CertSeg radius")
-        slicer.util.setSliceViewerLayers(background=volume, foreground=radiusMap, foregroundOpacity=0.35)
-        return radiusMap
 
 
 class CertSegTest(ScriptedLoadableModuleTest):
@@ -584,14 +450,16 @@ class CertSegTest(ScriptedLoadableModuleTest):
             self._certifySample(volume)
 
     def _certifySample(self, volume):
-        self.assertIsNotNone(CertSegLogic._sourceDicomFile(volume), "the sample's DICOM file is not found")
+        self.assertIsNotNone(CertSegLogic.sourceDicomFile(volume), "the sample's DICOM file is not found")
         logic = CertSegLogic()
         parameters = logic.getParameterNode()
         parameters.inputVolume = volume
         parameters.n0, parameters.n = SELF_TEST_REQUEST.n0, SELF_TEST_REQUEST.n
         parameters.device = SELF_TEST_OPTIONS.device
         self.delayDisplay("Certifying on the CPU")
-        report = logic.process(parameters, wait=True)
+        outcome = logic.certifyVolumes([volume], parameters, wait=True).outcomes[0]  # as Apply does, without the panel
+        self.assertEqual(outcome.status, ItemStatus.CERTIFIED, outcome.error)
+        report = outcome.report
         self.assertTrue(report.source.reference_dicom, "the backend did not get the source DICOM file")
         database = slicer.dicomDatabase
         series = database.seriesForStudy(database.studiesForPatient(database.patients()[0])[0])
@@ -657,10 +525,11 @@ class CertSegTest(ScriptedLoadableModuleTest):
         parameters = logic.getParameterNode()
         parameters.inputVolume = volume
         parameters.device = "cpu"
-        logic.process(parameters, wait=False)
-        workDir = logic._workDir
+        batch = logic.certifyVolumes([volume], parameters, wait=False)
+        run = batch.run
         qt.QThread.msleep(2000)
         logic.cancel()
         self.assertFalse(logic.isRunning)
-        self.assertTrue(logic._backend.finished)  # the child was killed and reaped, with its process group
-        self.assertFalse(Path(workDir).exists())
+        self.assertTrue(run.backendEnded)  # the child was killed and reaped, with its process group
+        self.assertEqual(run.outcome.status, ItemStatus.CANCELLED)
+        self.assertFalse(run.workDir.exists())

@@ -80,8 +80,8 @@ class CertSegDICOMPluginClass(DICOMPlugin):
 
     def _loadAndCertify(self, loadable):
         volume = self._radiograph(slicer.dicomDatabase.instanceForFile(loadable.files[0]))
-        slicer.util.selectModule("CertSeg")
-        slicer.util.getModuleWidget("CertSeg").certifyVolumes([volume])
+        slicer.util.selectModule("CertSeg")  # the panel shows the run: it listens to the module's logic
+        slicer.util.getModuleLogic("CertSeg").certifyVolumes([volume])  # queued after any running one
         return True
 
     @staticmethod

@@ -261,3 +261,67 @@ def test_the_dicom_plugins_seg_import_lays_the_backends_seg_on_the_radiograph(ce
             np.testing.assert_array_equal(segment.mask > 0, written[name].mask > 0, err_msg=name)
         assert "39607008" in imported["certified right lung"].terminology
         assert set(json.loads(from_seg.GetAttribute(CERTIFIED_DIGESTS_ATTRIBUTE))) == set(imported)
+
+
+# The module's logic without its panel (CertSegLib.logic): what a script in Slicer's Python console runs.
+
+def _headless():
+    from certseg.request import RunOptions
+    from CertSegLib.backend_call import SELF_TEST_REQUEST
+
+    return SELF_TEST_REQUEST, RunOptions(device="cpu", use_denoiser=False)
+
+
+def test_the_logic_certifies_the_sample_without_a_widget_and_reports_through_its_callbacks(tmp_path):
+    from CertSegLib.batch import ItemStatus
+    from CertSegLib.logic import CertificationLogic, Placement
+    from CertSegLib.process import Progress
+
+    request, options = _headless()
+    with slicer_scene() as scene:
+        volume = add_volume(scene, SAMPLE_CR, "sample")
+        file_under_new_study(scene, [volume])
+        progress, lines, finished = [], [], []
+        run = CertificationLogic(scene).process(volume, request, options, Placement(resultRoot=tmp_path / "kept"),
+                                                onProgress=progress.append, onLog=lines.append,
+                                                onFinished=finished.append)
+        outcome = run.outcome
+        assert outcome.status == ItemStatus.CERTIFIED, outcome.error
+        assert finished == [outcome] and isinstance(progress[-1], Progress) and progress[-1].fraction == 1.0
+        report = outcome.report
+        assert report.source.metadata_check.checked  # the volume's own DICOM file was gated
+        assert Report.read(outcome.resultFolder / "report.json") == report  # kept where it was asked
+        segmentation = outcome.segmentation
+        names = {segmentation.GetSegmentation().GetNthSegment(i).GetName()
+                 for i in range(segmentation.GetSegmentation().GetNumberOfSegments())}
+        assert names == {"Abstained"} | {f"certified {s.name}" for s in report.structures if s.certified_pixels}
+        assert outcome.radiusMap.GetImageData().GetDimensions()[:2] == volume.GetImageData().GetDimensions()[:2]
+        assert not run.workDir.exists()  # the temporary input and result are gone
+
+
+def test_a_headless_batch_goes_on_after_a_refusal_and_a_cancelled_run_leaves_nothing(tmp_path):
+    import slicer.util
+
+    from CertSegLib.batch import ItemStatus
+    from CertSegLib.logic import CertificationLogic
+
+    request, options = _headless()
+    with slicer_scene() as scene:
+        chest = add_volume(scene, SAMPLE_CR, "chest")
+        noise = slicer.util.addVolumeFromArray(np.random.default_rng(5).integers(0, 4096, (1, 512, 512)).astype(
+            np.uint16), name="noise")
+        items = []
+        batch = CertificationLogic(scene).processBatch(
+            [noise, chest], request, options, onItemFinished=lambda item, outcome: items.append((item.name,
+                                                                                                 outcome.status)))
+        assert items == [("noise", ItemStatus.REFUSED), ("chest", ItemStatus.CERTIFIED)], batch.summary()
+        assert "refused by" in batch.outcomes[0].question and batch.finished
+
+        logic = CertificationLogic(scene)
+        run = logic.process(chest, request, options, wait=False)  # no Qt here: the caller polls
+        assert logic.isRunning
+        with pytest.raises(RuntimeError, match="already certifying"):
+            logic.process(chest, request, options)
+        run.cancel()
+        assert run.outcome.status == ItemStatus.CANCELLED and not logic.isRunning
+        assert not run.workDir.exists()

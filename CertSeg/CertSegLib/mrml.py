@@ -41,6 +41,16 @@ def node_input_problem(node) -> Optional[str]:
     return input_problem(node.GetClassName(), image.GetDimensions(), image.GetNumberOfScalarComponents())
 
 
+def write_volume(volume, path: Path) -> None:
+    """`volume` to a NRRD file through a storage node of our own: the volume's own storage node keeps pointing
+    where it did (Slicer's saveNode would repoint it at our temporary file)."""
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetFileName(str(path))
+    storage.SetUseCompression(False)
+    if not storage.WriteData(volume) or not Path(path).is_file():
+        raise RuntimeError(f"Could not write {volume.GetName()} to {path}")
+
+
 def study_of(scene, node) -> Optional[int]:
     """The subject-hierarchy item of the study `node` is filed under (None: it is in no study)."""
     hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
