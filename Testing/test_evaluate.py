@@ -7,17 +7,9 @@ from certseg.core.labels import ClassTable
 from certseg.dicom.codes import CLASS_TABLE
 
 from certseg.commands.research import CONFIGURATION_NAMES
-from certseg.research.evaluate import (
-    Configuration,
-    Evaluation,
-    RatioRecord,
-    Row,
-    dice_per_structure,
-    markdown_table,
-    ratio_summary,
-    wrong_side_shares,
-    write_outputs,
-)
+from certseg.research.evaluation.metrics import dice_per_structure, wrong_side_shares
+from certseg.research.evaluation.protocol import Configuration, Evaluation, RatioRecord, Row
+from certseg.research.evaluation.writers import markdown_table, ratio_summary, write_outputs
 
 
 def reference_dice(predicted, truth, c):

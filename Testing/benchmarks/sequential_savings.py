@@ -17,7 +17,7 @@ from certseg.model.execution import Execution
 from certseg.model.folder import load_models
 from certseg.request import DOUBLING, CertificationRequest
 from certseg.research.data import load_drr_dataset
-from certseg.research.evaluate import Configuration, evaluate
+from certseg.research.evaluation.protocol import Configuration, evaluate
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ def dataset_folder(text: str) -> Path:
     return path
 
 
-# `evaluate --configurations`: short names of research.evaluate.Configuration (not imported here: torch)
+# `evaluate --configurations`: short names of research.evaluation.protocol.Configuration (not imported here: torch)
 CONFIGURATION_NAMES = {"alone": "segmenter alone", "denoiser": "denoiser + segmenter",
                        "alone-no-rule": "segmenter alone, no laterality rule",
                        "denoiser-no-rule": "denoiser + segmenter, no laterality rule"}
@@ -68,7 +68,7 @@ def add_parsers(commands) -> None:
     sample.set_defaults(run=run_data_sample)
 
     importer = data.add_parser("import", help="import a public chest X-ray dataset into a CertSeg dataset folder")
-    importer.add_argument("layout", help="the layout SOURCE is in: jsrt, montgomery, shenzhen, ... (README: Data)")
+    importer.add_argument("layout", help="the layout SOURCE is in: jsrt, montgomery, shenzhen, ... (docs/model-developer.md)")
     importer.add_argument("source", type=Path, help="the dataset's folder as distributed or copied")
     importer.add_argument("--out", type=output_folder, required=True, help="the CertSeg dataset folder to write")
     importer.add_argument("--masks", type=Path, help="jsrt: SCR's masks folder; others: a masks folder elsewhere")
@@ -185,7 +185,8 @@ def run_evaluate(args) -> int:
     from certseg.files import atomic_directory
     from certseg.model.folder import load_models
     from certseg.research.data import load_datasets
-    from certseg.research.evaluate import Configuration, evaluate, markdown_table, write_outputs
+    from certseg.research.evaluation.protocol import Configuration, evaluate
+    from certseg.research.evaluation.writers import markdown_table, write_outputs
 
     requests = [certification_request(args, sigma) for sigma in args.sigma]
     options = run_options(args)

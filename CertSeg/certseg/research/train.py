@@ -297,7 +297,7 @@ class _ValidationTracker:
 
     @torch.no_grad()
     def check(self, network: torch.nn.Module, step: int) -> None:
-        from certseg.research.evaluate import dice_per_structure
+        from certseg.research.evaluation.metrics import dice_per_structure
 
         network.eval()
         device = next(network.parameters()).device

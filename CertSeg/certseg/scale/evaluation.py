@@ -1,7 +1,7 @@
 """`certseg evaluate --engine ray`: the protocol's certifications (image x configuration x sigma) on a Ray pool.
 
 The driver computes the clean Dice and the tasks exactly as the one-process evaluation does (certseg.research.
-evaluate); each worker loads the models once and certifies one task at a time, with the task's own noise seed,
+evaluation.protocol); each worker loads the models once and certifies one task at a time, with the task's own noise seed,
 so the rows equal the one-process rows for the same --seed.
 """
 
@@ -16,7 +16,7 @@ def evaluate_on_ray(samples, models, requests, configurations, options, cluster:
                     progress: bool = True):
     from tqdm import tqdm
 
-    from certseg.research.evaluate import certify_task, evaluate, evaluation_state_from_folder
+    from certseg.research.evaluation.protocol import certify_task, evaluate, evaluation_state_from_folder
 
     def run_tasks(tasks):
         bar = tqdm(total=len(tasks), desc="certifying", disable=not progress)
