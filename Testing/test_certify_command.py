@@ -251,7 +251,8 @@ def test_report_states_parameters_models_areas_and_radii(sample_result):
     assert report["parameters"]["n"] == 80 and report["denoiser"] is True
     assert len(report["models"]["segmenter"]["sha256"]) == 64
     # The digests name everything that defines what ran: the shipped cards' digests, as a fresh load computes them.
-    from certseg.model.cards import DEFAULT_MODEL_DIR, ModelCard, combined_digest
+    from certseg.model.cards import DEFAULT_MODEL_DIR, ModelCard
+    from certseg.record import combined_digest
 
     cards = {kind: ModelCard.read(DEFAULT_MODEL_DIR / kind, segmenter=kind == "segmenter").identity()
              for kind in ("segmenter", "denoiser")}
@@ -267,7 +268,7 @@ def test_report_states_parameters_models_areas_and_radii(sample_result):
     ratio = report["measurements"]["cardiothoracic_ratio"]
     assert 0.3 < ratio["low"] <= ratio["clean"] <= ratio["high"] <= 1  # a normal heart (abstentions widen "high")
     assert ratio["verdict"] in ("below", "undecided") and report["laterality_rule"].startswith("midline")
-    assert report["intensity_window"]["source"].startswith("DICOM VOI")
+    assert report["intensity_window"]["origin"] == "DICOM VOI" and report["intensity_window"]["percentiles"] is None
     assert (report["intensity_window"]["low"], report["intensity_window"]["high"]) == (0.0, 4096.0)
     radius = report["radius"]
     assert radius["model_space"] == pytest.approx(0.25 * 0.6744897501960817)

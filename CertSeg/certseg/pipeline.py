@@ -27,7 +27,8 @@ from certseg.model.execution import Execution
 from certseg.model.folder import LoadedModels, load_models
 from certseg.model.segmenter import CertifiedSegmenter
 from certseg.progress import Progress
-from certseg.record import ExecutionRecord, Noise, OodVerdict, Radius
+from certseg.record import (ARRAY_VALUES, ExecutionRecord, IntensityWindowRecord, Noise, OodVerdict, Radius,
+                            StoredValues, WindowOrigin)
 from certseg.request import CertificationRequest, RunOptions
 
 
@@ -38,6 +39,7 @@ class StoredImage:
     pixels: np.ndarray
     key: str  # tells this image's noise apart within a run: its SOPInstanceUID, a file name
     window: IntensityWindow | None = None  # fixed by the header (VOI); None: the model card's percentiles of it
+    values: StoredValues = ARRAY_VALUES  # what the values are (units; for DICOM, raw values per stored value)
 
 
 @dataclass
@@ -47,7 +49,7 @@ class CertificationResult:
     input_map: ModelInputMap
     radius: Radius  # core.radius.radius_in_source_units
     ood: OodVerdict | None  # the out-of-distribution verdict, `forced` when overridden; None without detector
-    window_source: str
+    window: IntensityWindowRecord  # the window the input map used and where it came from
     execution: ExecutionRecord  # how the base segmenter ran (precision, layout, compilation)
     noise: Noise  # where the noise came from: run seed, image key, fresh or given
     clean_labels: np.ndarray  # (H, W) the network's own labels on the noise-free image, source grid
@@ -82,9 +84,10 @@ class CertificationPipeline:
         input_map = self.input_map(image)
         percentiles = self.models.segmenter_card.input.percentiles
         window_from = None if image.window is not None else (image.pixels, percentiles)
-        window_source = ("DICOM VOI (WindowCenter/WindowWidth): fixed by the header" if window_from is None else
-                         f"percentiles {list(percentiles)} of this image: the stored-value radius also covers "
-                         f"how far a perturbation can move them")
+        window = IntensityWindowRecord(
+            low=input_map.window.low, high=input_map.window.high,
+            origin=WindowOrigin.DICOM_VOI if window_from is None else WindowOrigin.PERCENTILES,
+            percentiles=None if window_from is None else tuple(percentiles))
         model_image = input_map(image.pixels)
         verdict = self._ood_verdict(model_image, request.force)
         run_seed = fresh_seed() if request.seed is None else int(request.seed)
@@ -94,9 +97,9 @@ class CertificationPipeline:
             source_labels=input_map.labels_to_source(certificate.labels),
             certificate=certificate,
             input_map=input_map,
-            radius=radius_in_source_units(certificate.radius, input_map, window_from),
+            radius=radius_in_source_units(certificate.radius, input_map, window_from, image.values),
             ood=verdict,
-            window_source=window_source,
+            window=window,
             execution=ExecutionRecord(**dataclasses.asdict(self.segmenter.execution)),
             noise=_noise_record(run_seed, image.key, given=request.seed is not None),
             clean_labels=input_map.labels_to_source(self.segmenter.segment_clean(model_image)),

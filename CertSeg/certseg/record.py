@@ -3,7 +3,7 @@
 The writers (the summary line, the Slicer panel, the result folder's `.seg.nrrd` tags, the overlay and
 capture, the PDF page, the DICOM SR, the Ray run's table) and the Slicer module read these fields,
 never a dict's string keys.  Each record's field names are its JSON keys (SlicerGrid.spacing_from
-alone is stored as "from"); `Report.to_json` writes the document README.md describes and
+alone is stored as "from"); `Report.to_json` writes the document docs/reference.md describes and
 `Report.from_json` reads it back, with every field's type checked (ReportError naming the key).
 
 Light on purpose (standard library only): the Slicer module imports it when it loads.
@@ -12,6 +12,7 @@ Light on purpose (standard library only): the Slicer module imports it when it l
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import types
 import typing
@@ -159,6 +160,28 @@ class ModelIdentity:
     digest: str = ""
 
 
+def combined_digest(models: dict[str, ModelIdentity]) -> str:
+    """One digest over the models that ran (segmenter, and the denoiser when it ran): the report's model_digest."""
+    text = json.dumps({kind: identity.digest for kind, identity in sorted(models.items())}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class StoredValues:
+    """What an image's stored values are, known from the moment it is read: the units a stored-value radius is
+    in, and for DICOM how such a radius converts to the file's raw pixel values (dicom.reading)."""
+
+    units: str
+    raw_per_stored: float | None = None  # 1 / |RescaleSlope|; None: no raw-value radius holds, or no file behind
+    raw_note: str | None = None
+
+    def raw_radius(self, stored_values_l2: float) -> float | None:
+        return None if self.raw_per_stored is None else stored_values_l2 * self.raw_per_stored
+
+
+ARRAY_VALUES = StoredValues("the array's own values, L2 over its grid")
+
+
 @dataclass(frozen=True)
 class Radius:
     """The certified L2 radius three ways (core.radius.radius_in_source_units, docs/method.md §4)."""
@@ -166,8 +189,7 @@ class Radius:
     model_space: float  # model input: [0, 1] intensities on the model grid
     stored_values_l2: float  # stored pixel values over the whole source grid
     rms_per_source_pixel: float  # stored_values_l2 / sqrt(#source pixels), in stored pixel values
-    window_fixed_by_header: bool
-    stored_values_units: str = ""
+    stored_values_units: str
     raw_pixel_values_l2: float | None = None  # DICOM only; None where the Modality LUT is not linear
     raw_pixel_values_note: str | None = None
 
@@ -184,11 +206,27 @@ class SourceGrid:
     abstain_fraction: float
 
 
+class WindowOrigin(StrEnum):
+    """Where the intensity window came from: the header fixes it, or the image's own percentiles do (then the
+    stored-value radius also covers how far a perturbation can move them, docs/method.md §4)."""
+
+    DICOM_VOI = "DICOM VOI"
+    PERCENTILES = "image percentiles"
+
+
 @dataclass(frozen=True)
 class IntensityWindowRecord:
     low: float
     high: float
-    source: str  # fixed by the DICOM VOI, or percentiles of the image
+    origin: WindowOrigin
+    percentiles: tuple[float, float] | None = None  # the model card's, when origin is PERCENTILES
+
+    @property
+    def words(self) -> str:
+        if self.origin is WindowOrigin.DICOM_VOI:
+            return "DICOM VOI (WindowCenter/WindowWidth): fixed by the header"
+        return (f"percentiles {list(self.percentiles or ())} of this image: the stored-value radius also covers "
+                f"how far a perturbation can move them")
 
 
 @dataclass(frozen=True)
@@ -303,7 +341,7 @@ class OodVerdict:
 
 @dataclass(frozen=True)
 class Report:
-    """One certified image's report (README.md, "report.json")."""
+    """One certified image's report (docs/reference.md, "report.json")."""
 
     certseg_version: str
     source: Source

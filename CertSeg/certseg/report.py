@@ -1,16 +1,17 @@
 """report.json built (the record types are certseg.record's), and its text for people (the CLI's summary
 line, the Slicer panel).
 
-One report per certified image (README.md, "report.json"):
+One report per certified image (docs/reference.md, "report.json"):
 
     certseg_version, source           where the image came from: file, DICOM UIDs and transfer syntax, spacing, notes,
-                                      metadata_check (dicom.reading.metadata_check)
+                                      metadata_check (what dicom.reading found when it read the file)
     parameters, samples_drawn         the certificate's smoothing parameters and the samples drawn
     denoiser, execution, noise        how the base segmenter ran and where the noise came from (the one seed)
-    models                            name, version and sha256 of each network
-    radius                            the certified radius three ways (core.radius) and its units
+    models, model_digest              name, version, weights' sha256 and definition digest of each network; one digest
+                                      over the models that ran (model.cards)
+    radius                            the certified radius three ways (core.radius) in the units the image was read in
     model_grid, source_grid           size and abstained fraction on each grid
-    intensity_window, preprocessing_operator_norm
+    intensity_window, preprocessing_operator_norm   the window and its origin; the input map's norm
     structures, measurements          certified pixels and area per structure; certified intervals (core.measurements)
     out_of_distribution, timings_s
 
@@ -19,7 +20,6 @@ Light on purpose (no torch): the Slicer module imports it to show a report.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,59 +29,40 @@ import numpy as np
 from certseg import __version__
 from certseg.core.labels import ABSTAIN, ClassTable, Label
 from certseg.core.measurements import certified_measurements
-from certseg.model.cards import combined_digest
-from certseg.dicom.reading import Radiograph, metadata_check, pixel_digest, raw_value_radius, slicer_grid_spacing
-from certseg.files import PIXEL_RADIUS_FILE, SEG_NRRD_FILE
-from certseg.record import (CertifiedStructure, IntensityWindowRecord, Interval, ModelGrid, OodVerdict, Radius,
-                            RatioMeasurement, Report, SamplesDrawn, SegmenterClass, SlicerGrid, Source, SourceGrid)
+from certseg.dicom.reading import NOT_CHECKED, Radiograph
+from certseg.record import (CertifiedStructure, Interval, ModelGrid, OodVerdict, RatioMeasurement, Report,
+                            SamplesDrawn, SegmenterClass, Source, SourceGrid, combined_digest)
 
 if TYPE_CHECKING:
     from certseg.model.folder import LoadedModels
     from certseg.pipeline import CertificationResult
 
-DICOM_UNITS = ("DICOM Modality LUT output (RescaleSlope/Intercept or LUT Sequence applied, MONOCHROME1 mirrored), "
-               "L2 over the source grid")
-IMAGE_FILE_UNITS = "the image file's own values, L2 over its grid"
-REFERENCE_DICOM_UNITS = "DICOM Modality LUT output of --reference-dicom (MONOCHROME1 mirrored), L2 over the source grid"
-
-
 def dicom_report(result: CertificationResult, models: LoadedModels, radiograph: Radiograph,
                  extra_timings: dict[str, float] | None = None) -> Report:
-    """The report of a certified DICOM radiograph."""
+    """The report of a certified DICOM radiograph: what was read of it, and what certifying it found."""
     study, series, sop = radiograph.uids
-    raw, meaning = raw_value_radius(result.radius.stored_values_l2, radiograph.dataset)
-    radius = dataclasses.replace(result.radius, stored_values_units=DICOM_UNITS, raw_pixel_values_l2=raw,
-                                 raw_pixel_values_note=meaning)
     source = Source(file=str(radiograph.path), study_instance_uid=study, series_instance_uid=series,
                     sop_instance_uid=sop, modality=str(radiograph.dataset.Modality),
                     transfer_syntax=str(radiograph.dataset.file_meta.get("TransferSyntaxUID", "")),
                     pixel_spacing_mm=tuple(radiograph.spacing_mm) if radiograph.spacing_mm else None,
-                    slicer_grid=slicer_grid(radiograph), notes=tuple(radiograph.notes),
-                    metadata_check=metadata_check(radiograph), pixel_sha256=radiograph.pixel_sha256)
-    return _report(result, models, source, radius, extra_timings)
-
-
-def slicer_grid(radiograph: Radiograph) -> SlicerGrid:
-    """Which spacing each output uses: areas and the DICOM SEG/SR the calibrated one, the Slicer files Slicer's."""
-    spacing, origin = slicer_grid_spacing(radiograph.dataset)
-    return SlicerGrid(spacing_mm=tuple(spacing), spacing_from=origin, used_by=(SEG_NRRD_FILE, PIXEL_RADIUS_FILE),
-                      measurements_use="pixel_spacing_mm (areas in mm2, the SR)")
+                    slicer_grid=radiograph.slicer_grid, notes=tuple(radiograph.notes),
+                    metadata_check=radiograph.metadata, pixel_sha256=radiograph.pixel_sha256)
+    return _report(result, models, source, extra_timings)
 
 
 def image_file_report(result: CertificationResult, models: LoadedModels, path: Path,
                       spacing_mm: tuple[float, float] | None, reference: Radiograph | None,
-                      pixels: np.ndarray) -> Report:
-    """The report of a certified image file (`certify-array`) of values `pixels`, from the `reference` DICOM when
-    given."""
-    units = IMAGE_FILE_UNITS if reference is None else REFERENCE_DICOM_UNITS
+                      pixel_sha256: str) -> Report:
+    """The report of a certified image file (`certify-array`), with its `reference` DICOM when given."""
     source = Source(file=str(path), reference_dicom="" if reference is None else str(reference.path),
                     pixel_spacing_mm=None if spacing_mm is None else tuple(spacing_mm),
-                    notes=() if reference is None else tuple(reference.notes), metadata_check=metadata_check(reference),
-                    pixel_sha256=pixel_digest(pixels))
-    return _report(result, models, source, dataclasses.replace(result.radius, stored_values_units=units))
+                    notes=() if reference is None else tuple(reference.notes),
+                    metadata_check=NOT_CHECKED if reference is None else reference.metadata,
+                    pixel_sha256=pixel_sha256)
+    return _report(result, models, source)
 
 
-def _report(result: CertificationResult, models: LoadedModels, source: Source, radius: Radius,
+def _report(result: CertificationResult, models: LoadedModels, source: Source,
             extra_timings: dict[str, float] | None = None) -> Report:
     certificate = result.certificate
     spacing_mm = source.pixel_spacing_mm
@@ -101,12 +82,11 @@ def _report(result: CertificationResult, models: LoadedModels, source: Source, r
         execution=result.execution,
         noise=result.noise,
         models=(identities := {kind: card.identity() for kind, card in cards if card is not None}),
-        radius=radius,
+        radius=result.radius,
         model_grid=ModelGrid(size=result.input_map.model_size, abstain_fraction=certificate.abstain_fraction),
         source_grid=SourceGrid(shape=tuple(result.input_map.source_shape),
                                abstain_fraction=float(np.mean(result.source_labels == ABSTAIN))),
-        intensity_window=IntensityWindowRecord(low=result.input_map.window.low, high=result.input_map.window.high,
-                                               source=result.window_source),
+        intensity_window=result.window,
         preprocessing_operator_norm=result.input_map.operator_norm(),
         structures=tuple(structures),
         measurements=certified_measurements(result.source_labels, result.clean_labels,

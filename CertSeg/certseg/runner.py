@@ -1,16 +1,18 @@
 """From inputs on disk to result folders: every chest radiograph of a DICOM export, or one image file.
 
-`certseg certify`, `certseg pacs`, the listener, the Orthanc plugin (through `certseg certify`) and the
-Ray engine certify DICOM through certify_input (one result folder per image under
-OUT/<study>/<series>/<instance>/); `certseg certify-array` (the Slicer module's call) reads one image
+`certseg certify` (discovered, then certify_selection once the models are loaded), `certseg pacs`, the
+listener (certify_input), the Orthanc plugin (through `certseg certify`) and the Ray engine (certify_selected
+per worker) certify DICOM the same way: read once into a dicom.reading.Radiograph, certified, one result
+folder per image under OUT/<study>/<series>/<instance>/; `certseg certify-array` (the Slicer module's call) reads one image
 file with read_image_file_input and certifies it with certify_image_file_input.  Both write each
 result folder atomically and never replace one unless asked.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from pathlib import Path
@@ -18,14 +20,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from certseg.dicom.reading import (Radiograph, Skipped, candidate_files, check_header, ijk_to_lps, read_radiograph,
-                                   slicer_grid_spacing)
+from certseg.dicom.reading import (IMAGE_FILE_VALUES_UNITS, REFERENCE_VALUES, Radiograph, Skipped, candidate_files,
+                                   check_header, pixel_digest, read_radiograph)
 from certseg.errors import EXIT_OK, EXIT_SOME_FAILED, CertSegError, OutOfDistributionError, first_line
 from certseg.files import REPORT_FILE, atomic_directory
 from certseg.imagefile import ImageFile, read_image
 from certseg.names import result_folder
 from certseg.progress import progress_lines, sample_bar
-from certseg.record import Report
+from certseg.record import Report, StoredValues
 from certseg.report import dicom_report, image_file_report, summary_line
 from certseg.request import CertificationRequest
 from certseg.status import Status
@@ -126,26 +128,51 @@ def nothing_to_certify(source: object, outcomes: list[Outcome]) -> CertSegError:
     return CertSegError(f"{source}: no chest radiograph (CR or DX) to certify" + _reasons(outcomes))
 
 
+@contextlib.contextmanager
+def discovered(sources: list[Path], request: CertificationRequest, *, series: str | None = None,
+               study: str | None = None, unpack_archives: bool = True,
+               scratch_parent: Path | None = None) -> Iterator[Selection]:
+    """Discovery over every source, headers only (nothing heavy is loaded): what to certify and why each other
+    file is not.  Files unpacked from archives (under `scratch_parent` when given: where workers can read them)
+    live while the context lasts."""
+    selection = Selection([], [])
+    with contextlib.ExitStack() as stack:
+        for source in sources:
+            files = stack.enter_context(candidate_files(source, scratch_parent, unpack_archives=unpack_archives))
+            found = select_radiographs(files, request, series=series, study=study)
+            selection.radiographs += found.radiographs
+            selection.others += found.others
+            selection.uids.update(found.uids)
+        yield selection
+
+
+def certify_selection(selection: Selection, out: Path, pipeline: CertificationPipeline,
+                      request: CertificationRequest, *, overwrite: bool = False, quiet: bool = False,
+                      replace_changed: bool = False, decoding: DecodingHook | None = None) -> tuple[int, list[Outcome]]:
+    """Certify each selected radiograph (certify_selected); the exit code and one outcome per file discovered."""
+    outcomes = list(selection.others)
+    for path in tqdm(selection.radiographs, desc="images", unit="image", disable=quiet):
+        outcomes.append(certify_selected(path, out, pipeline, request, overwrite=overwrite, quiet=quiet,
+                                         replace_changed=replace_changed, decoding=decoding))
+    return exit_code_of(outcomes), outcomes
+
+
 def certify_input(source: Path, out: Path, pipeline: CertificationPipeline, request: CertificationRequest, *,
                   overwrite: bool = False, quiet: bool = False, series: str | None = None,
                   study: str | None = None, none_is_an_error: bool = True,
                   received: bool = False, replace_changed: bool = False,
                   decoding: DecodingHook | None = None) -> tuple[int, list[Outcome]]:
-    """Certify every selected chest radiograph under `source`; returns the exit code and one outcome per file.
+    """Certify every selected chest radiograph under `source` with a loaded pipeline (pacs, the listener).
 
-    `received`: the files came from a network peer (the listener, `pacs`): they are read as the files they
-    are, never unpacked as archives.  `decoding(path, started)` is called before and after each decoding.
-    `none_is_an_error`: no chest radiograph at all is a CertSegError (the command line's exit 2); the
-    listener asks for the outcomes instead, to say of each object why it was not certified."""
-    with candidate_files(source, unpack_archives=not received) as files:
-        selection = select_radiographs(files, request, series=series, study=study)
-        outcomes = list(selection.others)
+    `received`: the files came from a network peer: they are read as the files they are, never unpacked as
+    archives.  `decoding(path, started)` is called before and after each decoding.  `none_is_an_error`: no
+    chest radiograph at all is a CertSegError (the command line's exit 2); the listener asks for the outcomes
+    instead, to say of each object why it was not certified."""
+    with discovered([source], request, series=series, study=study, unpack_archives=not received) as selection:
         if not selection.radiographs and none_is_an_error:
-            raise nothing_to_certify(source, outcomes)
-        for path in tqdm(selection.radiographs, desc="images", unit="image", disable=quiet):
-            outcomes.append(certify_selected(path, out, pipeline, request, overwrite=overwrite, quiet=quiet,
-                                             replace_changed=replace_changed, decoding=decoding))
-    return exit_code_of(outcomes), outcomes
+            raise nothing_to_certify(source, selection.others)
+        return certify_selection(selection, out, pipeline, request, overwrite=overwrite, quiet=quiet,
+                                 replace_changed=replace_changed, decoding=decoding)
 
 
 @dataclass
@@ -180,7 +207,8 @@ def certify_image_file_input(given: ImageFileInput, out: Path, pipeline: Certifi
     from certseg.pipeline import StoredImage
 
     path, image, radiograph = given.path, given.image, given.radiograph
-    stored = StoredImage(image.pixels, path.name, None if radiograph is None else radiograph.window)
+    values = REFERENCE_VALUES if radiograph is not None else StoredValues(IMAGE_FILE_VALUES_UNITS)
+    stored = StoredImage(image.pixels, path.name, None if radiograph is None else radiograph.window, values)
     reporter = progress_lines() if progress_protocol else sample_bar(request.samples, disable=quiet)
     with reporter as progress:
         try:
@@ -189,7 +217,7 @@ def certify_image_file_input(given: ImageFileInput, out: Path, pipeline: Certifi
             raise error.located(path) from None  # its own exit code: the Slicer module asks about an override
         except CertSegError as error:
             raise CertSegError(f"{path}: {error}") from None
-    report = image_file_report(result, pipeline.models, path, image.spacing_mm, radiograph, image.pixels)
+    report = image_file_report(result, pipeline.models, path, image.spacing_mm, radiograph, pixel_digest(image.pixels))
     _write(out, image.pixels, result, report, image.ijk_to_lps, radiograph, overwrite)
     return summary_line(report, out)
 
@@ -217,8 +245,7 @@ def _certify_dicom_file(path: Path, out: Path, pipeline: CertificationPipeline, 
     report = dicom_report(result, pipeline.models, radiograph,
                           extra_timings={"total_with_decoding": time.perf_counter() - started})
     # .seg.nrrd and pixel_radius.nrrd lie on the grid Slicer's DICOM import gives the file (report: slicer_grid)
-    geometry = ijk_to_lps(radiograph.dataset, slicer_grid_spacing(radiograph.dataset)[0])
-    _write(target, radiograph.pixels, result, report, geometry, radiograph, overwrite)
+    _write(target, radiograph.pixels, result, report, radiograph.slicer_ijk_to_lps, radiograph, overwrite)
     line = summary_line(report, target)
     if superseded:
         line = f"certified anew, superseding the earlier result ({superseded}): {line}"
@@ -229,7 +256,7 @@ def stored_image(radiograph: Radiograph) -> StoredImage:
     """What the pipeline certifies of a radiograph: its stored values, keyed by SOPInstanceUID, with its VOI window."""
     from certseg.pipeline import StoredImage
 
-    return StoredImage(radiograph.pixels, radiograph.uids[2], radiograph.window)
+    return StoredImage(radiograph.pixels, radiograph.uids[2], radiograph.window, radiograph.values)
 
 
 def _write(target: Path, pixels: np.ndarray, result, report: Report, geometry: np.ndarray,

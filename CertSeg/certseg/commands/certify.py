@@ -50,31 +50,18 @@ def run_certify(args) -> int:
             raise CertSegError(f"{source}: no such file or folder")
     if args.engine == "ray":
         return _run_on_ray(args, request, options)
-    import contextlib
+    from certseg.runner import certify_selection, discovered, nothing_to_certify
 
-    from tqdm import tqdm
-
-    from certseg.dicom.reading import candidate_files
-    from certseg.runner import certify_selected, exit_code_of, nothing_to_certify, select_radiographs
-
-    with contextlib.ExitStack() as stack:
-        radiographs, outcomes = [], []
-        for source in args.input:  # discovery first: a folder with nothing to certify says so before models load
-            files = stack.enter_context(candidate_files(source, unpack_archives=not args.no_zip))
-            selection = select_radiographs(files, request,
-                                           series=args.series, study=args.study)
-            radiographs += selection.radiographs
-            outcomes += selection.others
-        if not radiographs:
-            raise nothing_to_certify(", ".join(map(str, args.input)), outcomes)
+    with discovered(args.input, request, series=args.series, study=args.study,
+                    unpack_archives=not args.no_zip) as selection:
+        if not selection.radiographs:  # said before the models load
+            raise nothing_to_certify(", ".join(map(str, args.input)), selection.others)
         from certseg.pipeline import CertificationPipeline  # torch, MONAI and diffusers: only now
 
-        pipeline = CertificationPipeline.from_folder(options)
-        for path in tqdm(radiographs, desc="images", unit="image", disable=args.quiet):
-            outcomes.append(certify_selected(path, args.out, pipeline, request, overwrite=args.overwrite,
-                                             quiet=args.quiet))
+        code, outcomes = certify_selection(selection, args.out, CertificationPipeline.from_folder(options), request,
+                                           overwrite=args.overwrite, quiet=args.quiet)
     _print_outcomes([(o.path, o.status, o.message) for o in outcomes])
-    return exit_code_of(outcomes)
+    return code
 
 
 def _run_on_ray(args, request, options) -> int:

@@ -13,11 +13,12 @@ import numpy as np
 import torch
 
 from certseg.core.input_map import ModelInputMap
-from certseg.record import Radius
+from certseg.record import ARRAY_VALUES, Radius, StoredValues
 
 
 def radius_in_source_units(model_radius: float, input_map: ModelInputMap,
-                           window_from: tuple[np.ndarray, tuple[float, float]] | None = None) -> Radius:
+                           window_from: tuple[np.ndarray, tuple[float, float]] | None = None,
+                           values: StoredValues = ARRAY_VALUES) -> Radius:
     """The certified radius three ways (docs/method.md §4).
 
     model_space            L2 in the model input ([0, 1] intensities, model grid)
@@ -29,7 +30,8 @@ def radius_in_source_units(model_radius: float, input_map: ModelInputMap,
 
     "Stored values" are the values the map receives: for DICOM the Modality LUT's output (after
     RescaleSlope/Intercept or a Modality LUT Sequence, MONOCHROME1 mirrored), not the raw pixel
-    data; the caller converts to raw values where the Modality LUT is linear.
+    data; `values` (known when the image was read) name them and convert to raw values where the
+    Modality LUT is linear.
     """
     if window_from is None:
         stored = model_radius / input_map.operator_norm()
@@ -37,7 +39,8 @@ def radius_in_source_units(model_radius: float, input_map: ModelInputMap,
         stored = movable_window_radius(model_radius, input_map, *window_from)
     height, width = input_map.source_shape
     return Radius(model_space=model_radius, stored_values_l2=stored,
-                  rms_per_source_pixel=stored / math.sqrt(height * width), window_fixed_by_header=window_from is None)
+                  rms_per_source_pixel=stored / math.sqrt(height * width), stored_values_units=values.units,
+                  raw_pixel_values_l2=values.raw_radius(stored), raw_pixel_values_note=values.raw_note)
 
 
 def movable_window_radius(model_radius: float, input_map: ModelInputMap, stored: np.ndarray,

@@ -13,7 +13,7 @@ import contextlib
 import functools
 import hashlib
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
 
@@ -27,7 +27,8 @@ from certseg.dicom.archives import UnpackBudget, is_archive, unpack
 from certseg.errors import CertSegError, InputError, first_line
 from certseg.limits import MAX_INFLATED_BYTES, MAX_PIXELS, codestream_problem, file_inflates_beyond
 from certseg.names import UID_PATH_KEYWORDS, printable, shown, uid_problem
-from certseg.record import MetadataCheck
+from certseg.files import PIXEL_RADIUS_FILE, SEG_NRRD_FILE
+from certseg.record import MetadataCheck, SlicerGrid, StoredValues
 
 CHEST_MODALITIES = {"CR", "DX"}
 # Computed Radiography, Digital X-Ray for Presentation and for Processing: a secondary capture (a photo or
@@ -45,16 +46,27 @@ class Skipped:
     failed: bool = False  # True: a chest radiograph we could not process; False: not one of ours
 
 
+DICOM_UNITS = ("DICOM Modality LUT output (RescaleSlope/Intercept or LUT Sequence applied, MONOCHROME1 mirrored), "
+               "L2 over the source grid")
+REFERENCE_DICOM_UNITS = "DICOM Modality LUT output of --reference-dicom (MONOCHROME1 mirrored), L2 over the source grid"
+IMAGE_FILE_VALUES_UNITS = "the image file's own values, L2 over its grid"
+
+
 @dataclass
 class Radiograph:
-    """One chest radiograph: stored values as MONOCHROME2 after the Modality LUT, and its geometry."""
+    """One chest radiograph as read, once: stored values as MONOCHROME2 after the Modality LUT, and every fact
+    the certification, the report and the result files need of the file (read_radiograph computes each once)."""
 
     path: Path
     dataset: pydicom.Dataset  # full dataset, pixels included (highdicom needs it as the SEG's source)
     pixels: np.ndarray  # (rows, columns) float64, bright = attenuating
     spacing_mm: tuple[float, float] | None  # (row spacing, column spacing); None: pixel units
-    notes: list[str] = field(default_factory=list)
-    window: IntensityWindow | None = None  # from the VOI tags (MONOCHROME2 space); None: none usable
+    notes: list[str]
+    window: IntensityWindow | None  # from the VOI tags (MONOCHROME2 space); None: none usable
+    metadata: MetadataCheck  # the metadata gate's verdict on this dataset (overridden when forced)
+    values: StoredValues  # what the stored values are: units, raw values per stored value
+    slicer_grid: SlicerGrid  # the grid Slicer's DICOM import gives the file (the Slicer files use it)
+    slicer_ijk_to_lps: np.ndarray  # 4x4 voxel-to-LPS matrix of that grid
 
     @property
     def uids(self) -> tuple[str, str, str]:
@@ -127,25 +139,10 @@ def check_header(path: Path, force: bool = False) -> pydicom.Dataset | Skipped:
 
     `force` overrides the metadata gate (modality, body part, view), not what cannot be decoded.
     """
-    if file_inflates_beyond(path, MAX_INFLATED_BYTES):  # before pydicom inflates it whole
-        return Skipped(path, f"Deflated dataset inflates to more than {MAX_INFLATED_BYTES // 2**20} MiB", failed=True)
-    try:
-        header = pydicom.dcmread(path, stop_before_pixels=True)
-    except (InvalidDicomError, EOFError) as error:
-        # pydicom's own hint ("Use force=True ...") names an option of pydicom, not of CertSeg: left out.
-        reason = first_line(error, 200).split(" Use force=True")[0]
-        return Skipped(path, f"not a DICOM file ({reason})")
-    except Exception as error:  # pydicom raises many types on damaged headers
-        return Skipped(path, f"unreadable DICOM header ({first_line(error, 200)})", failed=True)
-    if header.get("SOPClassUID") == "1.2.840.10008.1.3.10":
-        return Skipped(path, "DICOMDIR (its referenced files are read instead)")
-    reason = chest_radiograph_refusal(header)
-    if reason and not force:
-        return Skipped(path, reason)
-    problem = _unsupported_image(header) or _unusable_uid(header)
-    if problem:
-        return Skipped(path, problem, failed=True)
-    return header
+    header = _parsed(path, stop_before_pixels=True)
+    if isinstance(header, Skipped):
+        return header
+    return _refusal(path, header, force) or header
 
 
 def _unusable_uid(header: pydicom.Dataset) -> str | None:
@@ -159,14 +156,15 @@ def _unusable_uid(header: pydicom.Dataset) -> str | None:
 
 
 def read_radiograph(path: Path, force: bool = False) -> Radiograph | Skipped:
-    """Check one file and, if it is a chest radiograph we can use (or `force`), decode its pixels."""
-    header = check_header(path, force)
-    if isinstance(header, Skipped):
-        return header
-    try:
-        dataset = pydicom.dcmread(path)
-    except Exception as error:
-        return Skipped(path, f"unreadable DICOM file ({first_line(error, 200)})", failed=True)
+    """Read one file once and, if it is a chest radiograph we can use (or `force`), decode its pixels.
+
+    The gate judges the dataset that is decoded (a file may change after discovery read its header)."""
+    dataset = _parsed(path, stop_before_pixels=False)
+    if isinstance(dataset, Skipped):
+        return dataset
+    refused = _refusal(path, dataset, force)
+    if refused is not None:
+        return refused
     if "PixelData" not in dataset:
         return Skipped(path, "no pixel data", failed=True)
     mismatch = codestream_problem(dataset)  # before the codec allocates what its codestream says
@@ -179,27 +177,57 @@ def read_radiograph(path: Path, force: bool = False) -> Radiograph | Skipped:
         name = getattr(syntax, "name", str(syntax))
         return Skipped(path, f"cannot decode pixel data ({name}): {first_line(error, 200)}", failed=True)
     spacing, notes = _spacing(dataset)
-    overridden = chest_radiograph_refusal(dataset)
-    if overridden:
-        notes.append(f"metadata gate overridden by --force: {overridden}")
-    return Radiograph(path, dataset, pixels, spacing, notes, _voi_window(dataset))
+    metadata = _metadata_check(path, dataset)
+    if metadata.refusal:
+        notes.append(f"metadata gate overridden by --force: {metadata.refusal}")
+    slicer_spacing, slicer_origin = slicer_grid_spacing(dataset)
+    return Radiograph(path, dataset, pixels, spacing, notes, _voi_window(dataset), metadata, _stored_values(dataset),
+                      SlicerGrid(spacing_mm=slicer_spacing, spacing_from=slicer_origin,
+                                 used_by=(SEG_NRRD_FILE, PIXEL_RADIUS_FILE),
+                                 measurements_use="pixel_spacing_mm (areas in mm2, the SR)"),
+                      ijk_to_lps(dataset, slicer_spacing))
 
 
-def metadata_check(radiograph: Radiograph | None) -> MetadataCheck:
-    """What the metadata gate saw (report.json's source.metadata_check): the tags it read and its verdict.
+def _parsed(path: Path, *, stop_before_pixels: bool) -> pydicom.Dataset | Skipped:
+    """The file parsed by pydicom, or why it is skipped (inflation bombs refused before pydicom inflates them)."""
+    if file_inflates_beyond(path, MAX_INFLATED_BYTES):
+        return Skipped(path, f"Deflated dataset inflates to more than {MAX_INFLATED_BYTES // 2**20} MiB", failed=True)
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+    except (InvalidDicomError, EOFError) as error:
+        # pydicom's own hint ("Use force=True ...") names an option of pydicom, not of CertSeg: left out.
+        reason = first_line(error, 200).split(" Use force=True")[0]
+        return Skipped(path, f"not a DICOM file ({reason})")
+    except Exception as error:  # pydicom raises many types on damaged headers
+        return Skipped(path, f"unreadable DICOM header ({first_line(error, 200)})", failed=True)
 
-    None: an image file without a DICOM file behind it, whose modality, body part and view are unknown."""
-    if radiograph is None:
-        return MetadataCheck(checked=False, file=None, found=None, refusal=None,
-                             text="not checked: an image file carries no DICOM modality, body part or view")
-    header = radiograph.dataset
+
+def _refusal(path: Path, header: pydicom.Dataset, force: bool) -> Skipped | None:
+    """Why a parsed file is not certified (None: it is a chest radiograph we can process, or `force`d one).
+
+    `force` overrides the metadata gate (modality, body part, view), not what cannot be decoded."""
+    if header.get("SOPClassUID") == "1.2.840.10008.1.3.10":
+        return Skipped(path, "DICOMDIR (its referenced files are read instead)")
+    reason = chest_radiograph_refusal(header)
+    if reason and not force:
+        return Skipped(path, reason)
+    problem = _unsupported_image(header) or _unusable_uid(header)
+    return Skipped(path, problem, failed=True) if problem else None
+
+
+NOT_CHECKED = MetadataCheck(checked=False, file=None, found=None, refusal=None,
+                            text="not checked: an image file carries no DICOM modality, body part or view")
+
+
+def _metadata_check(path: Path, header: pydicom.Dataset) -> MetadataCheck:
+    """What the metadata gate saw (report.json's source.metadata_check): the tags it read and its verdict."""
     found = printable(f"modality {header.get('Modality', '') or 'missing'}, "
                       f"body part {header.get('BodyPartExamined', '') or 'not stated'}, "
                       f"view {header.get('ViewPosition', '') or 'not stated'}")
     refusal = chest_radiograph_refusal(header)
     verdict = f"OVERRIDDEN ({refusal})" if refusal else "a frontal chest radiograph"
-    return MetadataCheck(checked=True, file=str(radiograph.path), found=found, refusal=refusal,
-                         text=f"{found} in {radiograph.path.name}: {verdict}")
+    return MetadataCheck(checked=True, file=str(path), found=found, refusal=refusal,
+                         text=f"{found} in {path.name}: {verdict}")
 
 
 def chest_radiograph_refusal(header: pydicom.Dataset | Mapping[str, str]) -> str | None:
@@ -247,18 +275,22 @@ def _monochrome2(dataset: pydicom.Dataset) -> np.ndarray:
     return pixels
 
 
-def raw_value_radius(radius_in_lut_output: float, dataset: pydicom.Dataset) -> tuple[float | None, str]:
-    """The stored-value radius in the file's raw pixel values, and what it means.
+def _stored_values(dataset: pydicom.Dataset, units: str = DICOM_UNITS) -> StoredValues:
+    """What a radius in the file's stored values (the Modality LUT's output) means in its raw pixel values.
 
     A linear Modality LUT maps a raw perturbation d to s d (s = RescaleSlope), so a radius R in its
     output is R / |s| in raw values; a Modality LUT Sequence is a table, possibly non-linear, and
     gives no raw-value bound at all.
     """
     if "ModalityLUTSequence" in dataset:
-        return None, "a Modality LUT Sequence maps raw values non-linearly: no raw-value radius holds"
+        return StoredValues(units, None, "a Modality LUT Sequence maps raw values non-linearly: no raw-value radius "
+                                         "holds")
     slope = abs(float(dataset.get("RescaleSlope", 1) or 1))
-    return radius_in_lut_output / slope, f"Modality LUT output radius / |RescaleSlope| ({slope:g})"
+    return StoredValues(units, 1 / slope, f"Modality LUT output radius / |RescaleSlope| ({slope:g})")
 
+
+# An image file exported from a DICOM (certify-array's --reference-dicom): the DICOM's pixels are certified.
+REFERENCE_VALUES = StoredValues(REFERENCE_DICOM_UNITS)
 
 def _is_monochrome1(dataset: pydicom.Dataset) -> bool:
     return str(dataset.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1"

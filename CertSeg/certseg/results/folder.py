@@ -22,7 +22,7 @@ from certseg.dicom.seg import write_dicom_seg
 from certseg.dicom.sr import write_measurement_sr
 from certseg.files import (CAPTURE_FILE, CERTIFICATE_ARRAYS_FILE, MEASUREMENT_SR_FILE, OVERLAY_FILE, PIXEL_RADIUS_FILE,
                            REPORT_FILE, REPORT_PDF_DICOM_FILE, REPORT_PDF_FILE, SEG_FILE, SEG_NRRD_FILE, write_json)
-from certseg.record import Report
+from certseg.record import Report, WindowOrigin
 from certseg.results.capture import render_capture
 from certseg.results.preview import write_overlay
 from certseg.results.report_page import write_report_page
@@ -78,7 +78,7 @@ CERTIFICATE_ARRAYS = {
 def write_certificate_arrays(path: Path, result, report: Report) -> None:
     """certificate.npz: the model-grid arrays and, as `guarantees` (a JSON string), what each one promises."""
     certificate = result.certificate
-    fixed_window = report.radius.window_fixed_by_header
+    fixed_window = report.intensity_window.origin is WindowOrigin.DICOM_VOI
     per_pixel_stored = (certificate.pixel_radius / result.input_map.operator_norm() if fixed_window
                         else np.full_like(certificate.pixel_radius, np.nan))
     guarantees = {**CERTIFICATE_ARRAYS, "alpha": certificate.parameters.alpha,

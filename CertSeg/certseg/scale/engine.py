@@ -28,8 +28,7 @@ from pathlib import Path
 from certseg.errors import CertSegError
 from certseg.request import CertificationRequest, RunOptions
 from certseg.files import REPORT_FILE
-from certseg.runner import (Outcome, certify_selected, exit_code_of, kept_or_refused, nothing_to_certify,
-                            select_radiographs)
+from certseg.runner import Outcome, certify_selected, discovered, exit_code_of, kept_or_refused, nothing_to_certify
 from certseg.scale.pool import ClusterSettings, TaskResult, connected, map_on_ray, require_ray
 from certseg.scale.table import TABLE_FILE, OutcomeRow, write_table
 from certseg.status import Status
@@ -90,26 +89,24 @@ def _kept_or_refused(path: Path, target: Path, request) -> Outcome:
 
 def _discover(inputs, out, request, stack, overwrite, series, study) -> tuple[list[OutcomeRow], list[Path]]:
     """Rows for what is not certified here (skipped, kept) and the radiographs to submit."""
-    from certseg.dicom.reading import candidate_files
     from certseg.names import result_folder
 
-    rows, todo, others = [], [], []
+    rows, todo = [], []
     (out / SCRATCH).mkdir(exist_ok=True)
     stack.callback(shutil.rmtree, out / SCRATCH, True)  # registered first: runs after the unpacked folders' own cleanup
-    for source in inputs:
-        files = stack.enter_context(candidate_files(source, scratch_parent=out / SCRATCH))
-        selection = select_radiographs(files, request, series=series, study=study)
-        others += selection.others
-        for path in selection.radiographs:
-            try:
-                target = result_folder(out, selection.uids[path])  # discovery read the header once
-            except CertSegError as error:
-                others.append(Outcome(path, f"refused: {error}", Status.FAILED))
-                continue
-            if (target / REPORT_FILE).is_file() and not overwrite:  # complete: resume past it, if it certified these pixels
-                rows.append(_row(_kept_or_refused(path, target, request)))
-            else:
-                todo.append(path)
+    selection = stack.enter_context(discovered(inputs, request, series=series, study=study,
+                                               scratch_parent=out / SCRATCH))
+    others = list(selection.others)
+    for path in selection.radiographs:
+        try:
+            target = result_folder(out, selection.uids[path])  # discovery read the header once
+        except CertSegError as error:
+            others.append(Outcome(path, f"refused: {error}", Status.FAILED))
+            continue
+        if (target / REPORT_FILE).is_file() and not overwrite:  # complete: resume past it, if it certified these pixels
+            rows.append(_row(_kept_or_refused(path, target, request)))
+        else:
+            todo.append(path)
     if not todo and not rows:
         raise nothing_to_certify(", ".join(map(str, inputs)), others)
     return rows + [_row(o) for o in others], todo
