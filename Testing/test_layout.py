@@ -1,4 +1,4 @@
-"""The backend's shape: which subpackage may import which (README.md, "Layout"), read from the source and
+"""The backend's shape: which subpackage may import which (docs/architecture.md, "Layers"), read from the source and
 checked by importing for real; what stays out of the Slicer module's and the runtime's way; what CMake ships."""
 
 import ast

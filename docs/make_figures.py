@@ -1,10 +1,10 @@
-"""The README's pictures of the secondary capture and of the report page, made from the shipped sample.
+"""The documentation's pictures of the secondary capture and of the report page, made from the shipped sample.
 
     .venv/bin/python docs/make_figures.py      (needs the test extra: pypdfium2 renders the page)
 
 Certifies the sample with the README's defaults and a fixed seed (so the figures can be remade exactly), then
-writes Resources/SecondaryCapture.png (the capture.dcm's pixels, reduced to 1024 pixels) and
-Resources/ReportPage.png (report.pdf's page at 110 dpi).
+writes docs/images/SecondaryCapture.png (the capture.dcm's pixels, reduced to 1024 pixels) and
+docs/images/ReportPage.png (report.pdf's page at 110 dpi).
 """
 
 import subprocess
@@ -30,10 +30,10 @@ def main() -> None:
         result = out / source.StudyInstanceUID / source.SeriesInstanceUID / source.SOPInstanceUID
         capture = Image.fromarray(pydicom.dcmread(result / "capture.dcm").pixel_array)
         capture.thumbnail((1024, 1024), Image.Resampling.LANCZOS)
-        capture.save(ROOT / "Resources" / "SecondaryCapture.png", optimize=True)
+        capture.save(ROOT / "docs" / "images" / "SecondaryCapture.png", optimize=True)
         document = pypdfium2.PdfDocument(result / "report.pdf")
         try:
-            document[0].render(scale=110 / 72).to_pil().save(ROOT / "Resources" / "ReportPage.png", optimize=True)
+            document[0].render(scale=110 / 72).to_pil().save(ROOT / "docs" / "images" / "ReportPage.png", optimize=True)
         finally:
             document.close()
 

@@ -1,24 +1,16 @@
 """CertSeg: certified chest X-ray segmentation by randomized smoothing.
 
-The public API (README.md, "Python API"), imported lazily: `import certseg.request` or
-`import certseg.report` loads neither torch nor the models, which the Slicer module relies on.
-
-Layout (import rules in README.md, "Layout", enforced by Testing/test_layout.py):
-    core/       the certification maths: smoothing, sampling, statistics, input map, radius, measurements
-    model/      networks, denoiser, execution, model cards, the OOD detector
-    dicom/      reading radiographs, writing SEG and SR, the coded vocabulary (no torch)
-    results/    the result folder's other files: .seg.nrrd, radius map, preview
-    pacs/       DICOMweb and DIMSE clients, the listener, the Orthanc plugin
-    research/   datasets, DRRs, training, evaluation, bench, attacks (never on the runtime path)
-    commands/   the `certseg` command line, thin
-    request, pipeline, runner, report: what a certification asks for, does, writes and says
+The public API (docs/model-developer.md, "Python API"), imported lazily: `import certseg.request` or
+`import certseg.report` loads neither torch nor the models, which the Slicer module relies on.  The
+package's parts and the import rules between them are stated once, in docs/architecture.md (enforced by
+Testing/test_layout.py).
 """
 
 from __future__ import annotations
 
 import importlib
 
-__version__ = "0.4.1"  # this release: the input check (frontal chest radiographs only), clinical augmentation
+__version__ = "0.5.0"  # this release: typed model cards with a definition digest, the scriptable Slicer logic
 
 _API = {
     "ABSTAIN": "certseg.core.labels",

@@ -35,7 +35,7 @@ PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")  # auto: the device's defau
 COMPILE_MODES = ("off", "default", "max-autotune", "reduce-overhead")  # torch.compile; reduce-overhead: CUDA graphs
 
 # Sequential certification stops when going on is expected to add fewer certified pixels than this
-# fraction of any structure (measured: see README, "Sequential certification").
+# fraction of any structure (measured: docs/model-developer.md, "Sequential certification").
 DEFAULT_STOP_TOLERANCE = 0.002
 DOUBLING = "doubling"  # looks n/2^j ... n/2, n (core.smoothing.doubling_looks)
 

@@ -5,7 +5,7 @@
 Writes N chest CRs (small synthetic 240 x 200 ones, certified with --force; with --sample, copies of the shipped
 2048 x 2048 JPEG 2000 sample), then times each configuration as a whole process (Ray start, model loading and
 all images included) and prints seconds in all, images per second, and the overhead per image against one
-process.  Not a test: the figures go into the README and the release notes, with the machine.
+process.  Not a test: the figures go into docs/pacs-administrator.md and the release notes, with the machine.
 """
 
 import argparse

@@ -14,7 +14,7 @@ from certseg.errors import EXIT_OK, CertSegError
 from certseg.names import printable
 
 
-# The listener's limits: flag, type, default, meaning (ListenerSettings holds them; README, "On the hospital network").
+# The listener's limits: flag, type, default, meaning (ListenerSettings holds them; docs/pacs-administrator.md, "On the hospital network").
 LISTENER_LIMITS = (
     ("--max-object-mb", float, 200.0, "largest object, as received and as inflated"),
     ("--max-decoded-mb", float, 1024.0, "largest pixel data an object's header may declare"),

@@ -1,1 +1,1 @@
-"""The certification maths: no file or network I/O, no DICOM (imports only certseg.request, progress, errors)."""
+"""The certification maths: no file or network I/O, no DICOM (its place among the layers: docs/architecture.md)."""

@@ -3,7 +3,7 @@
 Anatomy is coded in SNOMED CT as DICOM SEG and Slicer terminologies expect: category
 "Anatomical Structure", a type, and a laterality modifier where needed.  Abstention and the
 cardiothoracic ratio have no standard code; they carry private codes in scheme 99CERTSEG
-(documented in README.md).
+(documented in docs/reference.md).
 """
 
 from __future__ import annotations

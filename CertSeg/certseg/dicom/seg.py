@@ -1,7 +1,7 @@
 """The certified segmentation as a BINARY DICOM SEG (highdicom): one segment per certified structure, and Abstained.
 
 Abstention has no standard code: it carries ("ABSTAINED", "99CERTSEG", "Certification abstained")
-in category ("CERTOUTCOME", "99CERTSEG", "Certification outcome"), documented in README.md.
+in category ("CERTOUTCOME", "99CERTSEG", "Certification outcome"), documented in docs/reference.md.
 """
 
 from __future__ import annotations

@@ -269,12 +269,6 @@ def definition_digest(folder: Path, card: SegmenterCard | DenoiserCard) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def combined_digest(identities: dict[str, ModelIdentity]) -> str:
-    """One digest over the models that ran (segmenter, and the denoiser when it ran)."""
-    text = json.dumps({kind: identity.digest for kind, identity in sorted(identities.items())}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as stream:

@@ -5,7 +5,7 @@ written to the on-disk spool (certseg.pacs.spool) before success is returned.  A
 certifies each study once it has been idle for `idle_s` and sends its results (SEG and SR) to the
 destination, retried with a capped backoff for `retry_window_s`, and again after a restart.
 
-What a peer can and cannot do (README, "On the hospital network"):
+What a peer can and cannot do (docs/pacs-administrator.md, "On the hospital network"):
 - every UID is checked as a DICOM UID before anything is stored, and no name a peer sends becomes a path;
 - objects are limited in bytes received, bytes inflated (Deflated transfer syntax) and pixel bytes
   declared; the bytes held in memory for objects being received are bounded across associations;
