@@ -244,3 +244,21 @@ def test_a_codestream_larger_than_its_header_is_refused_before_decoding(small_cr
     skipped = read_radiograph(lying)
     assert isinstance(skipped, Skipped) and skipped.failed
     assert "the codestream declares 3000 x 4000 pixels" in skipped.reason and "refused before decoding" in skipped.reason
+
+
+def test_a_radiograph_is_parsed_once_and_judged_once_and_carries_its_facts(small_cr, monkeypatch):
+    """One pydicom parse and one metadata-gate verdict per read; the report and the result files take the gate's
+    verdict, the units and the Slicer grid from the Radiograph instead of computing them again."""
+    import certseg.dicom.reading as reading
+
+    parses, verdicts = [], []
+    parse, judge = reading.pydicom.dcmread, reading.chest_radiograph_refusal
+    monkeypatch.setattr(reading.pydicom, "dcmread", lambda *a, **k: parses.append(a) or parse(*a, **k))
+    monkeypatch.setattr(reading, "chest_radiograph_refusal", lambda header: verdicts.append(1) or judge(header))
+    radiograph = read_radiograph(small_cr)
+    assert isinstance(radiograph, Radiograph) and len(parses) == 1 and len(verdicts) == 1
+    assert radiograph.metadata.checked and radiograph.metadata.refusal is None
+    assert radiograph.values.units.startswith("DICOM Modality LUT output") and radiograph.values.raw_per_stored
+    dataset = pydicom.dcmread(small_cr)
+    assert radiograph.slicer_grid.spacing_mm == tuple(float(v) for v in dataset.ImagerPixelSpacing)
+    assert np.allclose(np.diag(radiograph.slicer_ijk_to_lps)[:2], radiograph.slicer_grid.spacing_mm[::-1])

@@ -142,7 +142,7 @@ def check_header(path: Path, force: bool = False) -> pydicom.Dataset | Skipped:
     header = _parsed(path, stop_before_pixels=True)
     if isinstance(header, Skipped):
         return header
-    return _refusal(path, header, force) or header
+    return _refusal(path, header, force, chest_radiograph_refusal(header)) or header
 
 
 def _unusable_uid(header: pydicom.Dataset) -> str | None:
@@ -162,7 +162,8 @@ def read_radiograph(path: Path, force: bool = False) -> Radiograph | Skipped:
     dataset = _parsed(path, stop_before_pixels=False)
     if isinstance(dataset, Skipped):
         return dataset
-    refused = _refusal(path, dataset, force)
+    metadata = _metadata_check(path, dataset)  # the gate's one verdict on what is decoded
+    refused = _refusal(path, dataset, force, metadata.refusal)
     if refused is not None:
         return refused
     if "PixelData" not in dataset:
@@ -177,7 +178,6 @@ def read_radiograph(path: Path, force: bool = False) -> Radiograph | Skipped:
         name = getattr(syntax, "name", str(syntax))
         return Skipped(path, f"cannot decode pixel data ({name}): {first_line(error, 200)}", failed=True)
     spacing, notes = _spacing(dataset)
-    metadata = _metadata_check(path, dataset)
     if metadata.refusal:
         notes.append(f"metadata gate overridden by --force: {metadata.refusal}")
     slicer_spacing, slicer_origin = slicer_grid_spacing(dataset)
@@ -202,13 +202,13 @@ def _parsed(path: Path, *, stop_before_pixels: bool) -> pydicom.Dataset | Skippe
         return Skipped(path, f"unreadable DICOM header ({first_line(error, 200)})", failed=True)
 
 
-def _refusal(path: Path, header: pydicom.Dataset, force: bool) -> Skipped | None:
+def _refusal(path: Path, header: pydicom.Dataset, force: bool, reason: str | None) -> Skipped | None:
     """Why a parsed file is not certified (None: it is a chest radiograph we can process, or `force`d one).
 
-    `force` overrides the metadata gate (modality, body part, view), not what cannot be decoded."""
+    `reason`: the metadata gate's verdict on `header`; `force` overrides it (modality, body part, view), not
+    what cannot be decoded."""
     if header.get("SOPClassUID") == "1.2.840.10008.1.3.10":
         return Skipped(path, "DICOMDIR (its referenced files are read instead)")
-    reason = chest_radiograph_refusal(header)
     if reason and not force:
         return Skipped(path, reason)
     problem = _unsupported_image(header) or _unusable_uid(header)
