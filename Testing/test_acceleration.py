@@ -56,8 +56,8 @@ def test_bf16_in_nhwc_changes_few_labels_of_samples_and_certificates(chest_image
     plain = CertifiedSegmenter(models.network, models.num_classes, None, "cpu", Execution())
     plain_fast = CertifiedSegmenter(fast_models.network, models.num_classes, None, "cpu", Execution("bf16", True))
     request = CertificationRequest(sigma=0.25, n0=10, n=100, alpha=0.001, tau=0.75)
-    certificate = plain.certify(chest_image, request, seed=3)
-    fast_certificate = plain_fast.certify(chest_image, request, seed=3)
+    certificate = plain.certify(chest_image, request, noise_seed=3)
+    fast_certificate = plain_fast.certify(chest_image, request, noise_seed=3)
     assert certificate.abstain_fraction < 0.2
     assert np.mean(certificate.labels != fast_certificate.labels) < 0.005
 

@@ -50,7 +50,7 @@ def wrong_side_chest() -> np.ndarray:
 def certify(labels: np.ndarray, rule: LateralityRule | None) -> np.ndarray:
     segmenter = CertifiedSegmenter(PaintedNetwork(labels), CLASSES, None, "cpu", laterality=rule)
     image = np.full((SIDE, SIDE), 0.5, dtype=np.float32)
-    certificate = segmenter.certify(image, CertificationRequest(sigma=0.25, n0=5, n=100, alpha=0.001, tau=0.75), seed=0)
+    certificate = segmenter.certify(image, CertificationRequest(sigma=0.25, n0=5, n=100, alpha=0.001, tau=0.75), noise_seed=0)
     return certificate.labels
 
 

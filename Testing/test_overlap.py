@@ -64,7 +64,7 @@ def test_route_one_is_the_engines_certificate_on_the_same_noise():
     image = rng.choice([-0.4, 0.45, 1.4], size=(8, 8))  # certain absence, uncertain, certain presence
     request = CertificationRequest(sigma=0.25, n0=10, n=100, alpha=0.01)
     selection, estimation, params = votes(image, request, seed=5)
-    engine = certify_segmentation(overlapping_model, image, request, num_classes=TABLE.num_classes, seed=5,
+    engine = certify_segmentation(overlapping_model, image, request, num_classes=TABLE.num_classes, noise_seed=5,
                                   device="cpu")
     np.testing.assert_array_equal(per_pixel_route(selection, estimation, params), engine.labels)
     assert (engine.labels == 3).any()  # lung under clavicle certified as one class

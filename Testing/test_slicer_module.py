@@ -239,7 +239,7 @@ def test_an_out_of_distribution_refusal_becomes_a_question_and_the_override_is_r
 
 
 def test_backend_command_is_accepted_by_the_real_parser():
-    request = CertificationRequest(sigma=0.5, n0=3, n=50, alpha=0.01, tau=0.9, looks=(10, 50), seed=7, force=True)
+    request = CertificationRequest(sigma=0.5, n0=3, n=50, alpha=0.01, tau=0.9, looks=(10, 50), run_seed=7, force=True)
     options = RunOptions(Path("/models"), use_denoiser=False, device="cuda", batch_size=4)
     args = backend_command("python", Path("in.nrrd"), Path("out"), request, options, Path("x.dcm"))
     parsed = parser().parse_args(args[3:])

@@ -25,12 +25,12 @@ def true_smoothed(image: np.ndarray, sigma: float):
     return label, np.maximum(p_one, 1 - p_one), np.abs(image - 0.5)
 
 
-ENGINE_ARGUMENTS = ("num_classes", "seed", "batch_size", "device", "progress")
+ENGINE_ARGUMENTS = ("num_classes", "noise_seed", "batch_size", "device", "progress")
 
 
 def certify(image, **overrides):
     """CERTIFY on the threshold model: request fields and engine arguments may both be overridden."""
-    settings = dict(num_classes=2, sigma=0.25, n0=10, n=100, alpha=0.001, tau=0.75, seed=0, device="cpu") | overrides
+    settings = dict(num_classes=2, sigma=0.25, n0=10, n=100, alpha=0.001, tau=0.75, noise_seed=0, device="cpu") | overrides
     engine = {key: settings.pop(key) for key in ENGINE_ARGUMENTS if key in settings}
     return certify_segmentation(threshold_model, image, CertificationRequest(**settings), **engine)
 
@@ -71,7 +71,7 @@ def test_soundness_by_simulation_with_known_truth(correction):
         # |x - 0.5| in [0.8, 1.0] x the certified radius: true probability slightly below tau.
         offsets = radius * rng.uniform(0.8, 1.0, size=(4, 4)) * rng.choice([-1, 1], size=(4, 4))
         image = 0.5 + offsets
-        cert = certify(image, sigma=sigma, tau=tau, alpha=alpha, n=n, correction=correction, seed=trial)
+        cert = certify(image, sigma=sigma, tau=tau, alpha=alpha, n=n, correction=correction, noise_seed=trial)
         label, _, true_radius = true_smoothed(image, sigma)
         certified = cert.decided
         wrong = certified & ((cert.labels != label) | (cert.radius > true_radius))
@@ -102,12 +102,12 @@ def test_sequential_soundness_by_simulation_with_known_truth():
         # True probabilities just below tau, as in the fixed-n simulation, but closer to it.
         image = 0.5 + radius * rng.uniform(0.98, 1.0, size=(4, 4)) * rng.choice([-1, 1], size=(4, 4))
         label, _, true_radius = true_smoothed(image, sigma)
-        cert = certify(image, sigma=sigma, tau=tau, alpha=alpha, n=looks[-1], looks=looks, seed=trial)
+        cert = certify(image, sigma=sigma, tau=tau, alpha=alpha, n=looks[-1], looks=looks, noise_seed=trial)
         wrong = cert.decided & ((cert.labels != label) | (cert.radius > true_radius))
         wrong |= ~np.isnan(cert.pixel_radius) & ((cert.candidates != label) | (cert.pixel_radius > true_radius))
         failures += bool(wrong.any())
         peeking_failures += any(
-            certify(image, sigma=sigma, tau=tau, alpha=alpha, n=look, seed=trial).decided.any() for look in looks
+            certify(image, sigma=sigma, tau=tau, alpha=alpha, n=look, noise_seed=trial).decided.any() for look in looks
         )
     limit = stats.binom.ppf(0.999, trials, alpha)
     assert failures <= limit, f"{failures} of {trials} certificates wrong, allowed {limit}"
@@ -134,7 +134,7 @@ def test_soundness_on_random_images_at_paper_parameters():
     rng = np.random.default_rng(5)
     for trial in range(40):
         image = rng.uniform(0, 1, size=(8, 8))
-        cert = certify(image, seed=100 + trial, alpha=0.01)
+        cert = certify(image, noise_seed=100 + trial, alpha=0.01)
         label, _, true_radius = true_smoothed(image, 0.25)
         certified = cert.decided
         assert np.all(cert.labels[certified] == label[certified])
@@ -143,12 +143,12 @@ def test_soundness_on_random_images_at_paper_parameters():
 
 def test_same_seed_same_certificate_whatever_the_batch_size():
     image = np.random.default_rng(0).uniform(0.3, 0.7, size=(16, 16))
-    reference = certify(image, seed=42, batch_size=7)
+    reference = certify(image, noise_seed=42, batch_size=7)
     for batch_size in (1, 32, 110):
-        other = certify(image, seed=42, batch_size=batch_size)
+        other = certify(image, noise_seed=42, batch_size=batch_size)
         np.testing.assert_array_equal(other.labels, reference.labels)
         np.testing.assert_array_equal(other.counts, reference.counts)
-    different_seed = certify(image, seed=43, batch_size=7)
+    different_seed = certify(image, noise_seed=43, batch_size=7)
     assert not np.array_equal(different_seed.counts, reference.counts)
 
 
@@ -161,7 +161,7 @@ def test_selection_samples_are_not_reused_for_counting():
 
     request = CertificationRequest(sigma=0.25, n0=5, n=8, alpha=0.01, tau=0.75)
     certify_segmentation(recording_model, np.full((3, 3), 0.6), request,
-                         num_classes=2, seed=1, batch_size=4, device="cpu")
+                         num_classes=2, noise_seed=1, batch_size=4, device="cpu")
     samples = torch.cat(seen)
     assert samples.shape[0] == 13
     assert torch.unique(samples.reshape(13, -1), dim=0).shape[0] == 13
@@ -185,15 +185,15 @@ def test_progress_ends_at_the_total_once_when_sequential_certification_stops_ear
 
 def test_seed_is_drawn_and_recorded_when_not_given():
     image = np.random.default_rng(1).uniform(0.4, 0.6, size=(6, 6))
-    first = certify(image, seed=None)
-    replay = certify(image, seed=first.parameters.seed)
+    first = certify(image, noise_seed=None)
+    replay = certify(image, noise_seed=first.parameters.noise_seed)
     np.testing.assert_array_equal(first.counts, replay.counts)
 
 
 def test_predict_returns_significant_majority_labels_without_radius():
     image = np.array([[0.0, 1.0, 0.5]])
     result = predict_segmentation(threshold_model, image, CertificationRequest(sigma=0.25, n=200, alpha=0.001),
-                                  num_classes=2, seed=0, device="cpu")
+                                  num_classes=2, noise_seed=0, device="cpu")
     assert result.radius is None and result.pixel_radius is None
     assert list(result.labels[0, :2]) == [0, 1]
     assert result.labels[0, 2] == ABSTAIN
@@ -206,7 +206,7 @@ def test_multiclass_counts_pick_the_majority_class():
     image = np.array([[0.0, 0.5, 1.0]])
     request = CertificationRequest(sigma=0.05, n0=10, n=100, alpha=0.001, tau=0.75)
     cert = certify_segmentation(three_bands, image, request,
-                                num_classes=3, seed=0, device="cpu")
+                                num_classes=3, noise_seed=0, device="cpu")
     np.testing.assert_array_equal(cert.labels, [[0, 1, 2]])
 
 
@@ -261,7 +261,7 @@ def _noise_of_seed(seed: int, n0: int, n: int, sigma: float) -> torch.Tensor:
 
     request = CertificationRequest(sigma=sigma, n0=n0, n=n, alpha=0.001, tau=0.75)
     certify_segmentation(recorder, np.zeros((SIDE, SIDE)), request,
-                         num_classes=2, seed=seed, device="cpu")
+                         num_classes=2, noise_seed=seed, device="cpu")
     return torch.cat(seen)
 
 
@@ -289,13 +289,13 @@ def test_a_seed_known_in_advance_lets_an_attacker_certify_what_fresh_noise_refus
 
     request = CertificationRequest(sigma=sigma, n0=n0, n=n, alpha=0.001, tau=0.75)
     def run(seed):
-        return certify_segmentation(ball, crafted, request, num_classes=2, seed=seed, device="cpu")
+        return certify_segmentation(ball, crafted, request, num_classes=2, noise_seed=seed, device="cpu")
 
     attacked = run(0)
     assert attacked.counts[0, 0] == n and (attacked.labels == 1).all()  # certified, though p = 0.25
     honest = run(None)  # the default: fresh OS entropy
     votes_for_one = honest.counts[0, 0] if honest.candidates[0, 0] == 1 else n - honest.counts[0, 0]
-    assert honest.parameters.seed != 0 and votes_for_one < 50 and (honest.labels == ABSTAIN).all()
+    assert honest.parameters.noise_seed != 0 and votes_for_one < 50 and (honest.labels == ABSTAIN).all()
 
 
 def test_seeds_that_differ_above_bit_32_draw_different_noise():
@@ -321,7 +321,7 @@ def test_predict_uses_bonferroni_and_keeps_the_family_wise_error_below_alpha():
     errors = 0
     for trial in range(trials):
         result = predict_segmentation(threshold_model, image, CertificationRequest(sigma=0.25, n=100, alpha=alpha),
-                                      num_classes=2, seed=trial, device="cpu")
+                                      num_classes=2, noise_seed=trial, device="cpu")
         errors += bool((result.labels == 1).any())
     assert result.parameters.correction == "bonferroni"
     assert errors / trials <= alpha + 3 * np.sqrt(alpha * (1 - alpha) / trials)

@@ -127,12 +127,7 @@ class CertificationRun:
 
     def wait(self, timeout: Optional[float] = None) -> RunOutcome:
         """Poll until the run ends (cancelled after `timeout` seconds); its outcome."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.poll():
-            if deadline is not None and time.monotonic() > deadline:
-                self.cancel()
-                break
-            time.sleep(POLL_INTERVAL_S)
+        _pollUntilEnded(self, timeout)
         return self.outcome
 
     def cancel(self) -> None:
@@ -246,12 +241,8 @@ class BatchRun:
         return self.finished
 
     def wait(self, timeout: Optional[float] = None) -> BatchRun:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.poll():
-            if deadline is not None and time.monotonic() > deadline:
-                self.cancel()
-                break
-            time.sleep(POLL_INTERVAL_S)
+        """Poll until every volume has ended (the rest cancelled after `timeout` seconds)."""
+        _pollUntilEnded(self, timeout)
         return self
 
     def cancel(self) -> None:
@@ -381,6 +372,16 @@ class CertificationLogic:
         if self._timer is not None:
             self._timer.stop()
             self._timer = None
+
+
+def _pollUntilEnded(run, timeout: Optional[float]) -> None:
+    """Poll a run or a batch until it has ended; past `timeout` seconds, cancel it."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while not run.poll():
+        if deadline is not None and time.monotonic() > deadline:
+            run.cancel()
+            return
+        time.sleep(POLL_INTERVAL_S)
 
 
 def _cudaAvailable() -> bool:

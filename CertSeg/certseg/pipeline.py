@@ -90,9 +90,9 @@ class CertificationPipeline:
             percentiles=None if window_from is None else tuple(percentiles))
         model_image = input_map(image.pixels)
         verdict = self._ood_verdict(model_image, request.force)
-        run_seed = fresh_seed() if request.seed is None else int(request.seed)
+        run_seed = fresh_seed() if request.run_seed is None else int(request.run_seed)
         certificate = self.segmenter.certify(model_image, request, batch_size=self.batch_size, progress=progress,
-                                             seed=image_noise_seed(run_seed, image.key))
+                                             noise_seed=image_noise_seed(run_seed, image.key))
         return CertificationResult(
             source_labels=input_map.labels_to_source(certificate.labels),
             certificate=certificate,
@@ -101,7 +101,7 @@ class CertificationPipeline:
             ood=verdict,
             window=window,
             execution=ExecutionRecord(**dataclasses.asdict(self.segmenter.execution)),
-            noise=_noise_record(run_seed, image.key, given=request.seed is not None),
+            noise=_noise_record(run_seed, image.key, given=request.run_seed is not None),
             clean_labels=input_map.labels_to_source(self.segmenter.segment_clean(model_image)),
             class_table=self.models.class_table,
         )

@@ -63,12 +63,13 @@ def smoothing_problems(*, sigma: float, n: int, alpha: float, correction: str, n
 
 @dataclass(frozen=True)
 class CertificationRequest:
-    """SegCertify's parameters for one image, the noise seed, and whether a refusal may be overridden.
+    """SegCertify's parameters for one image, the run seed, and whether a refusal may be overridden.
 
     looks: () tests once after n samples; "doubling" or explicit cumulative counts ending at n test
     sequentially and stop early (core.smoothing.certify_segmentation).
-    seed: None draws fresh OS entropy per image, which the guarantee needs; a given seed reproduces a
-    run but voids the guarantee against anyone who knew it before the image was fixed.
+    run_seed: the run's one seed (`--seed`), from which each image's noise seed is drawn with its key
+    (core.parameters.image_noise_seed).  None draws fresh OS entropy, which the guarantee needs; a given
+    seed reproduces a run but voids the guarantee against anyone who knew it before the image was fixed.
     force: certify what the metadata gate or the out-of-distribution check refuses (recorded).
     """
 
@@ -80,7 +81,7 @@ class CertificationRequest:
     correction: Correction = Correction.HOLM
     looks: tuple[int, ...] | str = ()
     stop_tolerance: float = DEFAULT_STOP_TOLERANCE
-    seed: int | None = None
+    run_seed: int | None = None
     force: bool = False
 
     @property
@@ -113,8 +114,8 @@ class CertificationRequest:
             args += ["--sequential", "--stop-tolerance", repr(self.stop_tolerance)]
         elif self.looks:
             args += ["--looks", *map(str, self.looks), "--stop-tolerance", repr(self.stop_tolerance)]
-        if self.seed is not None:
-            args += ["--seed", str(self.seed)]
+        if self.run_seed is not None:
+            args += ["--seed", str(self.run_seed)]
         return args + (["--force"] if self.force else [])
 
 

@@ -41,7 +41,7 @@ def main() -> None:
             for trial in range(args.trials):
                 request = CertificationRequest(sigma=sigma, n0=10, n=args.n, alpha=0.001, tau=0.75, looks="doubling",
                                                stop_tolerance=0.002)
-                cert = certify_segmentation(threshold_model, image, request, num_classes=2, batch_size=256, seed=trial,
+                cert = certify_segmentation(threshold_model, image, request, num_classes=2, batch_size=256, noise_seed=trial,
                                             device="cpu")
                 certified.append(cert.decided.mean())
                 drawn.append(cert.estimation_samples)

@@ -39,7 +39,7 @@ def main() -> None:
           "sample labels flipped | certificate labels changed |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for execution, batch_size in configurations(args.device, modes):
-        result = run_bench(CertificationRequest(n=args.n, seed=0), RunOptions(device=args.device, batch_size=batch_size),
+        result = run_bench(CertificationRequest(n=args.n, run_seed=0), RunOptions(device=args.device, batch_size=batch_size),
                            execution=execution, repeats=args.repeats, reference=reference is None)
         if reference is None:
             reference = result.reference_seconds_per_image

@@ -34,7 +34,7 @@ def main() -> None:
     samples = load_drr_dataset(args.data)[: args.limit]
     models = load_models(with_denoiser=args.denoiser)
     configuration = Configuration.WITH_DENOISER if args.denoiser else Configuration.SEGMENTER_ALONE
-    fixed_seed = CertificationRequest(sigma=args.sigma, seed=0)  # n0 10, alpha 0.001, tau 0.75, Holm
+    fixed_seed = CertificationRequest(sigma=args.sigma, run_seed=0)  # n0 10, alpha 0.001, tau 0.75, Holm
     designs = [(f"fixed n={n}", dict(n=n)) for n in args.fixed]
     designs += [(f"sequential n<={args.max_n} tol={t:g}", dict(n=args.max_n, looks=DOUBLING, stop_tolerance=t))
                 for t in args.tolerance]

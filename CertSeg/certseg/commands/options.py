@@ -91,7 +91,7 @@ def certification_request(args, sigma: float | None = None) -> CertificationRequ
     return CertificationRequest(  # validated as it is built
         sigma=args.sigma if sigma is None else sigma, n0=args.n0, n=args.n, alpha=args.alpha, tau=args.tau,
         correction=Correction(args.correction), looks=tuple(args.looks or ()) or (DOUBLING if args.sequential else ()),
-        stop_tolerance=args.stop_tolerance, seed=args.seed, force=args.force)
+        stop_tolerance=args.stop_tolerance, run_seed=args.seed, force=args.force)
 
 
 def run_options(args, *, needs_models: bool = True) -> RunOptions:

@@ -173,7 +173,7 @@ def add_parsers(commands) -> None:
 def run_bench(args) -> int:
     from certseg.research.bench import bench_json, run_bench
 
-    request = dataclasses.replace(DEFAULT_REQUEST, n0=args.n0, n=args.n, seed=0)
+    request = dataclasses.replace(DEFAULT_REQUEST, n0=args.n0, n=args.n, run_seed=0)
     options = run_options(args, needs_models=not args.random_init)
     result = run_bench(request, options, size=args.size, random_init=args.random_init,
                        repeats=args.repeats, reference=args.reference)

@@ -40,7 +40,7 @@ class SmoothingParameters(Parameters):
     """Everything needed to reproduce a certificate bit for bit (with the same model and device): the
     parameters the report records (record.Parameters, defined there once) and this image's noise seed."""
 
-    seed: int = field(kw_only=True)  # this image's; derived from the run seed and the image key (pipeline)
+    noise_seed: int = field(kw_only=True)  # this image's; derived from the run seed and the image key (pipeline)
 
     def __post_init__(self) -> None:
         """Only what the engine adds to a request is checked here: the request validated its own fields."""
@@ -50,19 +50,19 @@ class SmoothingParameters(Parameters):
             raise ParameterError(f"batch_size must be >= 1, got {self.batch_size}")
 
     @classmethod
-    def resolved(cls, mode: Mode, request: CertificationRequest, num_classes: int, seed: int | None,
+    def resolved(cls, mode: Mode, request: CertificationRequest, num_classes: int, noise_seed: int | None,
                  batch_size: int | None, device, looks: tuple[int, ...] = (), stop_tolerance: float = 0.0):
-        """The request as the engine runs it: the device, batch size and seed resolved (fresh entropy for None)."""
+        """The request as the engine runs it: the device, batch size and noise seed resolved (fresh entropy for None)."""
         resolved = resolve_device(device)
         predict = mode == Mode.PREDICT
         return cls(mode=mode, num_classes=int(num_classes), sigma=request.sigma, n0=0 if predict else request.n0,
                    n=request.n, alpha=request.alpha, tau=None if predict else request.tau,
                    correction=Correction.BONFERRONI if predict else request.correction,
-                   seed=fresh_seed() if seed is None else int(seed),
+                   noise_seed=fresh_seed() if noise_seed is None else int(noise_seed),
                    batch_size=int(default_batch_size(resolved) if batch_size is None else batch_size),
                    device=str(resolved), looks=looks, stop_tolerance=float(stop_tolerance))
 
     @property
     def recorded(self) -> Parameters:
-        """What report.json states: every field but the seed (the report's one seed is the run seed)."""
+        """What report.json states: every field but the noise seed (the report's one seed is the run seed)."""
         return Parameters(**{item.name: getattr(self, item.name) for item in dataclasses.fields(Parameters)})

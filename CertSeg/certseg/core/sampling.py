@@ -54,7 +54,7 @@ class NoiseStream:
     def _load(self, index: int) -> None:
         if index == self._chunk_index:
             return
-        entropy = np.random.SeedSequence([self._params.seed, self._stage, index])  # all 63 bits of the seed
+        entropy = np.random.SeedSequence([self._params.noise_seed, self._stage, index])  # all 63 bits of the seed
         shape = (_NOISE_CHUNK, 1, *self._shape)
         if self._on_cpu:
             draws = np.random.Generator(np.random.PCG64(entropy)).standard_normal(shape, dtype=np.float32)

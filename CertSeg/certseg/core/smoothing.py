@@ -82,7 +82,7 @@ def certify_segmentation(
     request: CertificationRequest,
     *,
     num_classes: int,
-    seed: int | None = None,
+    noise_seed: int | None = None,
     batch_size: int | None = None,
     device: str | torch.device | None = "auto",
     progress: Progress | None = None,
@@ -104,10 +104,10 @@ def certify_segmentation(
            which continuing to n is expected to certify fewer than stop_tolerance x (pixels of
            that candidate class) more pixels in every class.  `estimation_samples` of the
            result says how many were drawn.
-    seed   this image's noise seed (callers derive it from the run seed and the image's key); None: the
-           request's seed, and without one fresh OS entropy, recorded in the parameters.
-           A seed known before the image is fixed voids the guarantee (an attacker can tune the
-           image to the exact draws).  The noise of sample j depends only on (seed, j), never on
+    noise_seed  this image's noise seed (callers derive it from the run seed and the image's key); None:
+           the request's run seed (one image, one seed), and without one fresh OS entropy, recorded in
+           the parameters.  A seed known before the image is fixed voids the guarantee (an attacker can
+           tune the image to the exact draws).  The noise of sample j depends only on (noise_seed, j), never on
            the batch size; the certificate then also equals on the same device in fp32 eager
            mode.  Reduced precision and compiled kernels may depend on the batch shape, so their
            certificates are reproducible only with the same batch size, device and software.
@@ -119,7 +119,7 @@ def certify_segmentation(
     if looks == DOUBLING:
         looks = doubling_looks(n, tau, alpha, int(np.prod(np.shape(image)[-2:])))
     params = SmoothingParameters.resolved(
-        Mode.CERTIFY, request, num_classes, request.seed if seed is None else seed, batch_size, device,
+        Mode.CERTIFY, request, num_classes, request.run_seed if noise_seed is None else noise_seed, batch_size, device,
         looks=tuple(int(k) for k in looks) if len(looks) > 1 else (),
         stop_tolerance=request.stop_tolerance if len(looks) > 1 else 0.0)
     started = time.perf_counter()
@@ -131,7 +131,7 @@ def certify_segmentation(
     selected_s = time.perf_counter()
 
     # Why several looks keep the alpha guarantee.  Imagine all n estimation samples drawn up front:
-    # sample j's noise depends only on (seed, j), so stopping early merely leaves some unseen.  The
+    # sample j's noise depends only on (noise_seed, j), so stopping early merely leaves some unseen.  The
     # candidates come from the separate n0 selection samples, so at look k each pixel's count is
     # Binomial(looks[k], p_i), p_i = P(f_i(x + eps) = candidate_i), and Holm (or Bonferroni) at level
     # alpha_k rejects a true H0_i: "p_i < tau" somewhere in the image with probability <= alpha_k,
@@ -224,7 +224,7 @@ def predict_segmentation(
     request: CertificationRequest,
     *,
     num_classes: int,
-    seed: int | None = None,
+    noise_seed: int | None = None,
     batch_size: int | None = None,
     device: str | torch.device | None = "auto",
     progress: Progress | None = None,
@@ -240,7 +240,7 @@ def predict_segmentation(
     "top against runner-up" comparisons are not.  No radius is claimed.
     """
     n, alpha = request.n, request.alpha  # PREDICT uses no n0, tau, correction or looks
-    params = SmoothingParameters.resolved(Mode.PREDICT, request, num_classes, request.seed if seed is None else seed,
+    params = SmoothingParameters.resolved(Mode.PREDICT, request, num_classes, request.run_seed if noise_seed is None else noise_seed,
                                           batch_size, device)
     started = time.perf_counter()
     x = _image_tensor(image, params.device)

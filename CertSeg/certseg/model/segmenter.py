@@ -67,18 +67,18 @@ class CertifiedSegmenter:
             self._fitted_batch_sizes[key] = fit_batch_size(self._base(sigma)[0], key[1], self.device)
         return self._fitted_batch_sizes[key]
 
-    def certify(self, image: np.ndarray | torch.Tensor, request: CertificationRequest, *, seed: int | None = None,
+    def certify(self, image: np.ndarray | torch.Tensor, request: CertificationRequest, *, noise_seed: int | None = None,
                 batch_size: int | None = None, progress: Progress | None = None) -> Certificate:
-        """certify_segmentation() with this model as the base segmenter (`seed`: this image's noise seed)."""
+        """certify_segmentation() with this model as the base segmenter (`noise_seed`: this image's)."""
         return certify_segmentation(
-            self.base_segmenter(request.sigma), image, request, num_classes=self.num_classes, seed=seed,
+            self.base_segmenter(request.sigma), image, request, num_classes=self.num_classes, noise_seed=noise_seed,
             batch_size=self._batch_size(batch_size, request.sigma, image), device=self.device, progress=progress)
 
-    def predict(self, image: np.ndarray | torch.Tensor, request: CertificationRequest, *, seed: int | None = None,
+    def predict(self, image: np.ndarray | torch.Tensor, request: CertificationRequest, *, noise_seed: int | None = None,
                 batch_size: int | None = None, progress: Progress | None = None) -> Certificate:
         """predict_segmentation() with this model (the request's sigma, n and alpha)."""
         return predict_segmentation(
-            self.base_segmenter(request.sigma), image, request, num_classes=self.num_classes, seed=seed,
+            self.base_segmenter(request.sigma), image, request, num_classes=self.num_classes, noise_seed=noise_seed,
             batch_size=self._batch_size(batch_size, request.sigma, image), device=self.device, progress=progress)
 
     @torch.no_grad()

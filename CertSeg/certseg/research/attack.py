@@ -145,7 +145,7 @@ class AttackTarget:
 def model_space_target(name: str, model_image: np.ndarray, segmenter: CertifiedSegmenter,
                        request: CertificationRequest) -> AttackTarget:
     def certify(x: np.ndarray) -> tuple[Certificate, float]:
-        certificate = segmenter.certify(x, request, seed=fresh_seed())
+        certificate = segmenter.certify(x, request, noise_seed=fresh_seed())
         return certificate, certificate.radius
 
     return AttackTarget(name, "model", torch.as_tensor(model_image, dtype=torch.float32), lambda x: x, certify)
@@ -157,7 +157,7 @@ def pixel_space_target(image: StoredImage, pipeline: CertificationPipeline,
     (a percentile window moves with the image when it is certified again, which the radius accounts for)."""
     input_map = pipeline.input_map(image)
     clean_window = input_map.window
-    fresh_and_forced = dataclasses.replace(request, seed=None, force=True)
+    fresh_and_forced = dataclasses.replace(request, run_seed=None, force=True)
 
     def certify(values: np.ndarray) -> tuple[Certificate, float]:
         result = pipeline.certify(dataclasses.replace(image, pixels=values), fresh_and_forced)
@@ -204,8 +204,8 @@ def run_attacks(images: list[StoredImage], pipeline: CertificationPipeline, requ
                 log: Callable[[str], None] | None = None) -> tuple[list[Trial], dict[str, Any]]:
     """Attack every image in every space; trials and summary.
 
-    request.seed fixes only the attacker's own noise draws; every certificate draws fresh noise."""
-    generator = torch.Generator().manual_seed(fresh_seed() if request.seed is None else request.seed)
+    request.run_seed fixes only the attacker's own noise draws; every certificate draws fresh noise."""
+    generator = torch.Generator().manual_seed(fresh_seed() if request.run_seed is None else request.run_seed)
     trials: list[Trial] = []
     for image in images:
         for space in spaces:

@@ -74,7 +74,7 @@ class BenchResult:
         return text
 
 
-def run_bench(request: CertificationRequest = CertificationRequest(seed=0), options: RunOptions = RunOptions(), *,
+def run_bench(request: CertificationRequest = CertificationRequest(run_seed=0), options: RunOptions = RunOptions(), *,
               size: int = 256, random_init: bool = False, repeats: int = 1, reference: bool = False,
               image: np.ndarray | None = None, execution: Execution | None = None) -> BenchResult:
     """Certify `image` (a model-space array; default the sample CR, else noise) `repeats` times after
@@ -83,12 +83,12 @@ def run_bench(request: CertificationRequest = CertificationRequest(seed=0), opti
     name (bf16 without NHWC, for the execution matrix); default: what the options ask for."""
     device = resolve_device(options.device)
     execution = execution or Execution.requested(options.precision, options.compile, device)
-    seed = 0 if request.seed is None else request.seed
+    seed = 0 if request.run_seed is None else request.run_seed
     segmenter, models = _segmenter(device, options, random_init, execution)
     image = _bench_image(size, seed) if image is None else np.asarray(image, dtype=np.float32)
     size = image.shape[0]
     sigma, n0, n = request.sigma, request.n0, request.n
-    run = dict(batch_size=options.batch_size, seed=seed)
+    run = dict(batch_size=options.batch_size, noise_seed=seed)
     compiling = segmenter.execution.compile != "off"
     warm_up = request if compiling else dataclasses.replace(request, n0=1, n=4, looks=())
     segmenter.certify(image, warm_up, **run)  # allocators, kernels
@@ -141,7 +141,7 @@ def _bench_image(size: int, seed: int) -> np.ndarray:
 def _precision_cost(segmenter, reference, image, request, run: dict) -> tuple[float, float]:
     """Fractions of sample labels and of certificate labels that differ from fp32 on the same noise."""
     sigma, device = request.sigma, segmenter.device
-    generator = torch.Generator(device=device).manual_seed(run["seed"])
+    generator = torch.Generator(device=device).manual_seed(run["noise_seed"])
     x = torch.as_tensor(image, device=device)[None, None]
     noisy = x + sigma * torch.randn((8, *x.shape[1:]), generator=generator, device=device)
     flips = (segmenter.base_segmenter(sigma)(noisy) != reference.base_segmenter(sigma)(noisy)).float().mean().item()

@@ -120,7 +120,7 @@ class ImageTask:
     request: CertificationRequest
     image: np.ndarray
     labels: np.ndarray
-    seed: int
+    noise_seed: int
 
 
 @dataclass(frozen=True)
@@ -162,7 +162,7 @@ def evaluation_state_from_folder(options: RunOptions, configurations: list[Confi
 
 def certify_task(state: EvaluationState, task: ImageTask) -> ImageFigures:
     cert = state.segmenters[task.configuration].certify(task.image, task.request, batch_size=state.batch_size,
-                                                        seed=task.seed)
+                                                        noise_seed=task.noise_seed)
     table = state.table
     lungs = tuple(sorted(set(table.classes_with(RIGHT_LUNG)) | set(table.classes_with(LEFT_LUNG))))
     return ImageFigures(dice_per_structure(cert.labels, task.labels, table),
@@ -221,7 +221,7 @@ def evaluate(samples: list[Sample], models: LoadedModels, requests: list[Certifi
     `run_tasks(tasks) -> [ImageFigures]` certifies the tasks elsewhere (a Ray pool, certseg.scale); by default here,
     one after another.  Each image's noise seed comes from the run seed and its name, so both give the same rows."""
     card = models.segmenter_card
-    run_seed = fresh_seed() if requests[0].seed is None else requests[0].seed  # one run, one seed
+    run_seed = fresh_seed() if requests[0].run_seed is None else requests[0].run_seed  # one run, one seed
     names = [label.name for label in card.structures]
     cases = [Case.of(s, card.input.size, card.input.percentiles, len(names)) for s in samples]
     device = resolve_device(options.device)
