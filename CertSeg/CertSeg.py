@@ -302,11 +302,10 @@ class CertSegLogic(ScriptedLoadableModuleLogic, CertificationLogic):
         resultRoot = Path(parameters.resultFolder) if parameters.keepResults else None
         self.ensureDependencies()
         listener = self.listener
-        batch = None
 
-        def tell(name, *args):
-            if listener is not None and batch is not None:
-                getattr(listener, name)(batch, *args)
+        def tell(name, *args):  # processBatch makes its batch `self.current` before the first callback
+            if listener is not None:
+                getattr(listener, name)(self.current, *args)
 
         def itemStarted(item):
             tell("onItemStarted", item)
@@ -319,12 +318,10 @@ class CertSegLogic(ScriptedLoadableModuleLogic, CertificationLogic):
         outputs = {}
         if parameters.inputVolume is not None and parameters.outputSegmentation is not None:
             outputs[parameters.inputVolume.GetID()] = parameters.outputSegmentation
-        batch = self.processBatch(volumes, request, options, resultRoot, wait=wait, outputs=outputs,
-                                  onItemStarted=itemStarted, onProgress=lambda p: tell("onProgress", p),
-                                  onLog=lambda line: tell("onLog", line), onItemFinished=itemFinished,
-                                  onFinished=lambda b: tell("onBatchFinished"), onStarted=lambda b: tell(
-                                      "onBatchStarted"))
-        return batch
+        return self.processBatch(volumes, request, options, resultRoot, wait=wait, outputs=outputs,
+                                 onStarted=lambda b: tell("onBatchStarted"), onItemStarted=itemStarted,
+                                 onProgress=lambda p: tell("onProgress", p), onLog=lambda line: tell("onLog", line),
+                                 onItemFinished=itemFinished, onFinished=lambda b: tell("onBatchFinished"))
 
     def presentResult(self, outcome: RunOutcome, volume, resultFolder: Path) -> None:
         """What Slicer's application adds to a certified result: statistics, the radius map shown, the SEG and

@@ -310,11 +310,13 @@ def test_a_headless_batch_goes_on_after_a_refusal_and_a_cancelled_run_leaves_not
         chest = add_volume(scene, SAMPLE_CR, "chest")
         noise = slicer.util.addVolumeFromArray(np.random.default_rng(5).integers(0, 4096, (1, 512, 512)).astype(
             np.uint16), name="noise")
-        items = []
-        batch = CertificationLogic(scene).processBatch(
-            [noise, chest], request, options, onItemFinished=lambda item, outcome: items.append((item.name,
-                                                                                                 outcome.status)))
+        items, current = [], []
+        logic = CertificationLogic(scene)
+        batch = logic.processBatch(  # the module's panel reads logic.current from inside these callbacks
+            [noise, chest], request, options, onItemStarted=lambda item: current.append(logic.current),
+            onItemFinished=lambda item, outcome: items.append((item.name, outcome.status)))
         assert items == [("noise", ItemStatus.REFUSED), ("chest", ItemStatus.CERTIFIED)], batch.summary()
+        assert current == [batch, batch]
         assert "refused by" in batch.outcomes[0].question and batch.finished
 
         logic = CertificationLogic(scene)
