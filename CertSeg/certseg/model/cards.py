@@ -16,6 +16,7 @@ text (task, training notes) does not.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import platform
@@ -94,7 +95,7 @@ class AcceptanceRef:
 
 @dataclass(frozen=True)
 class Frameworks:
-    """The versions a model was trained with; a run records its own beside them in the report."""
+    """The versions a model was trained with (what a MONAI bundle's metadata records)."""
 
     python: str
     certseg: str
@@ -155,7 +156,9 @@ def entries(kind: type, items: list[dict] | None) -> tuple | None:
 
 @dataclass(frozen=True)
 class ModelCard:
-    """A card as loaded: its record, its folder and the digest of what defines the model (module docstring)."""
+    """A card as loaded: its record, its folder and the digest of what defines the model (module docstring).
+
+    Labels and class table are built once (the pipeline reads them for every image)."""
 
     folder: Path
     record: SegmenterCard | DenoiserCard
@@ -173,7 +176,7 @@ class ModelCard:
     def sha256(self) -> str:
         return self.record.sha256
 
-    @property
+    @functools.cached_property
     def labels(self) -> tuple[Label, ...]:
         """Background, then every structure (segmenter)."""
         return tuple(Label(entry.value, entry.name) for entry in getattr(self.record, "labels", ()))
@@ -182,7 +185,7 @@ class ModelCard:
     def structures(self) -> tuple[Label, ...]:
         return self.labels[1:]
 
-    @property
+    @functools.cached_property
     def classes(self) -> ClassTable | None:
         """Which structures each output class stands for (segmenter)."""
         if not isinstance(self.record, SegmenterCard):
