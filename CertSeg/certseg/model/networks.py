@@ -3,7 +3,7 @@
 A model folder holds
 
     segmenter/card.json            architecture, labels, input spec, sha256, intended use
-    segmenter/model.safetensors    MONAI network weights
+    segmenter/model.safetensors    network weights (a MONAI network or CertSeg's EfficientNet-Lite U-Net)
     denoiser/card.json             (optional) training data, sha256, intended use
     denoiser/unet/                 diffusers UNet2DModel.save_pretrained output (safetensors)
     denoiser/scheduler/            diffusers DDPMScheduler.save_pretrained output
@@ -25,15 +25,20 @@ from safetensors.torch import load_file, save_file
 from certseg.model.cards import (SEGMENTER_FILE, Architecture, DenoiserCard, ModelCard, ModelError, SegmenterCard,
                                  write_card)
 from certseg.model.denoiser import DiffusionDenoiser
+from certseg.model.efficientnet_unet import EfficientNetLiteUNet
 
 
-# Network classes a model card may name (looked up in monai.networks.nets).
-SEGMENTER_ARCHITECTURES = ("UNet", "BasicUNet", "AttentionUnet", "SegResNet")
+# Network classes a model card may name: MONAI's (looked up in monai.networks.nets) and CertSeg's own.
+MONAI_ARCHITECTURES = ("UNet", "BasicUNet", "AttentionUnet", "SegResNet")
+OWN_ARCHITECTURES = {"EfficientNetLiteUNet": EfficientNetLiteUNet}
+SEGMENTER_ARCHITECTURES = (*MONAI_ARCHITECTURES, *OWN_ARCHITECTURES)
 
 
 def build_segmenter_network(architecture: Architecture) -> torch.nn.Module:
     if architecture.name not in SEGMENTER_ARCHITECTURES:
         raise ModelError(f"segmenter architecture {architecture.name!r} is not one of {SEGMENTER_ARCHITECTURES}")
+    if architecture.name in OWN_ARCHITECTURES:
+        return OWN_ARCHITECTURES[architecture.name](**architecture.kwargs)
     return getattr(monai.networks.nets, architecture.name)(**architecture.kwargs)
 
 

@@ -31,7 +31,9 @@ DEFAULT_LAYERS = ("model.0", "model.1.submodule.0", "model.1.submodule.1.submodu
 
 
 def encoder_layers(network: torch.nn.Module) -> tuple[str, ...]:
-    """The down-sampling block of every level of a MONAI UNet, then its bottom block."""
+    """The encoder's levels: the network's own list where it has one, else every level of a MONAI UNet."""
+    if hasattr(network, "encoder_level_names"):
+        return tuple(network.encoder_level_names())
     names = set(dict(network.named_modules()))
     layers, prefix = [], "model"
     while f"{prefix}.1.submodule" in names and f"{prefix}.0" in names:

