@@ -12,7 +12,9 @@ import torch
 
 from certseg.core.input_map import ModelInputMap
 from certseg.dicom.reading import read_radiograph
-from certseg.model.execution import Execution, batch_size_for_memory
+import time
+
+from certseg.model.execution import CPU_BATCH_CANDIDATES, Execution, batch_size_for_memory, fastest_cpu_batch_size
 from certseg.model.folder import load_models
 from certseg.model.segmenter import CertifiedSegmenter
 from certseg.request import CertificationRequest
@@ -78,6 +80,34 @@ def test_compiled_base_gives_the_eager_labels(chest_image):
 ])
 def test_batch_size_is_the_largest_power_of_two_that_fits(free, per_sample, expected):
     assert batch_size_for_memory(free, per_sample) == expected
+
+
+class FixedCostPerPass(torch.nn.Module):
+    """A network whose pass costs `per_pass` seconds plus `per_sample` per copy: the shapes CPUs show."""
+
+    def __init__(self, per_pass: float, per_sample: float):
+        super().__init__()
+        self.per_pass, self.per_sample = per_pass, per_sample
+
+    def forward(self, batch):
+        time.sleep(self.per_pass + self.per_sample * len(batch) ** 1.5)
+        return batch
+
+
+@pytest.mark.parametrize("per_pass, per_sample, expected", [
+    (0.05, 0.0, 4),  # overhead per pass dominates: the largest candidate wins
+    (0.0, 0.02, 1),  # each copy costs more in a larger batch (cache-bound): one at a time wins
+])
+def test_a_cpu_runs_the_batch_it_measures_fastest_per_sample(per_pass, per_sample, expected):
+    assert fastest_cpu_batch_size(FixedCostPerPass(per_pass, per_sample), (8, 8)) == expected
+
+
+def test_a_cpu_certification_without_a_batch_size_runs_a_measured_one_and_the_report_records_it(tmp_path):
+    run = run_certseg("certify", str(SAMPLE_CR), "--out", str(tmp_path / "out"), "--no-denoiser", "--n0", "4",
+                      "--n", "8", "--seed", "1", "--device", "cpu")
+    assert run.returncode == 0, run.stderr
+    report = json.loads(next((tmp_path / "out").rglob("report.json")).read_text())
+    assert report["parameters"]["batch_size"] in CPU_BATCH_CANDIDATES
 
 
 @pytest.mark.parametrize("choice, words", [({"precision": "int8"}, "precision"), ({"compile": "fast"}, "compile")])

