@@ -254,3 +254,20 @@ def test_a_card_written_before_the_schema_had_a_version_still_loads(trained_fold
     loaded = load_models(folder, with_denoiser=False).segmenter_card
     assert loaded.record.schema_version == 1 and loaded.record.frameworks is None
     assert loaded.classes == CLASS_TABLE
+
+
+def test_each_round_of_fine_tuning_records_every_stage_before_it(trained_folder, tiny_dataset, tmp_path):
+    """Round 2 starts from round 1 and round 3 from round 2: round 3's card names both, oldest first."""
+    samples = load_drr_dataset(tiny_dataset)
+    first = load_models(trained_folder)
+    second = train_segmenter(samples, tmp_path / "second", TrainConfig(steps=1, batch_size=1, device="cpu",
+                                                                     init=trained_folder), progress=False)
+    third = train_segmenter(samples, tmp_path / "third", TrainConfig(steps=1, batch_size=1, device="cpu",
+                                                                   init=tmp_path / "second"), progress=False)
+    assert [stage["sha256"] for stage in second.training["earlier_stages"]] == [first.segmenter_card.record.sha256]
+    assert [stage["sha256"] for stage in third.training["earlier_stages"]] == [first.segmenter_card.record.sha256,
+                                                                              second.sha256]
+    assert third.training["earlier_stages"][1]["steps"] == 1
+    denoiser = train_denoiser(samples, tmp_path / "third", TrainConfig(steps=1, batch_size=1, device="cpu", crop=32,
+                                                                     init=trained_folder), progress=False)
+    assert denoiser.training["earlier_stages"][0]["sha256"] == first.denoiser_card.record.sha256

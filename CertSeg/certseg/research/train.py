@@ -267,8 +267,25 @@ def train_segmenter(samples: list[Sample], out: Path, config: TrainConfig, progr
                   "dataset_shares": config.dataset_shares,
                   "init": str(config.init) if config.init else None,
                   "pretrained_encoder": pretrained.source if pretrained else None,
+                  "earlier_stages": earlier_stages(initial[1].record if initial else None),
                   "validation": tracker.summary() if tracker else None, **config.extra_card})
     return save_segmenter(network.cpu(), card, out / "segmenter")
+
+
+def earlier_stages(started_from: SegmenterCard | DenoiserCard | None) -> list[dict[str, Any]]:
+    """The training stages behind the weights a run starts from, oldest first, each as its card recorded it.
+
+    A model fine-tuned round after round keeps its whole history this way: the run that started
+    from a card inherits that card's own earlier stages and adds the card itself.
+    """
+    if started_from is None:
+        return []
+    training = started_from.training or {}
+    validation = training.get("validation") or {}
+    stage = {"name": started_from.name, "version": started_from.version, "sha256": started_from.sha256,
+             "steps": training.get("steps"), "command": training.get("command"),
+             "best_step": validation.get("best_step"), "best_mean_clean_dice": validation.get("best_mean_clean_dice")}
+    return [*training.get("earlier_stages", []), stage]
 
 
 AUGMENTATION_CARD = {
@@ -346,8 +363,8 @@ def train_denoiser(samples: list[Sample], out: Path, config: TrainConfig, progre
     torch.manual_seed(config.seed)
     images, _ = model_space_arrays(samples)
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
-    unet = (load_denoiser(Path(config.init) / "denoiser")[0].unet if config.init is not None
-            else UNet2DModel(**DEFAULT_DENOISER_CONFIG)).to(device)
+    initial = load_denoiser(Path(config.init) / "denoiser") if config.init is not None else None
+    unet = (initial[0].unet if initial is not None else UNet2DModel(**DEFAULT_DENOISER_CONFIG)).to(device)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=config.learning_rate)
     abar = scheduler.alphas_cumprod
     t_low, t_high = (timestep_for_sigma(abar, s) for s in config.denoiser_sigma)
@@ -371,7 +388,8 @@ def train_denoiser(samples: list[Sample], out: Path, config: TrainConfig, progre
                   "final_learning_rate": config.final_learning_rate,
                   "crop": config.crop, "timesteps": [t_low, t_high],
                   "sigma_range": list(config.denoiser_sigma), "seed": config.seed, "images": len(samples),
-                  "init": str(config.init) if config.init else None, **config.extra_card})
+                  "init": str(config.init) if config.init else None,
+                  "earlier_stages": earlier_stages(initial[1].record if initial else None), **config.extra_card})
     return save_denoiser(unet.cpu(), scheduler, card, out / "denoiser")
 
 
