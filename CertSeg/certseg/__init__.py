@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.5.0"  # this release: typed model cards with a definition digest, the scriptable Slicer logic
+__version__ = "0.6.0"  # this release: models 0.6.0 (noise-consistency training), the CPU batch measured, the EfficientNet-Lite0 encoder option
 
 _API = {
     "ABSTAIN": "certseg.core.labels",
