@@ -153,3 +153,28 @@ def test_pretrained_encoder_and_init_together_are_refused(wheel, tmp_path):
                              str(wheel), "--quiet"], capture_output=True, text=True, timeout=600)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "--init and --pretrained-encoder" in result.stderr
+
+
+def test_pretrained_encoder_and_channels_together_are_refused_in_one_line(wheel, tmp_path):
+    """The Lite0 U-Net has its own widths: --channels beside --pretrained-encoder was silently ignored."""
+    data = write_drr_dataset(tmp_path / "views", count=1, seed=5, size=64, progress=False)
+    result = subprocess.run([sys.executable, "-m", "certseg", "train", "segmenter", "--data", str(data), "--out",
+                             str(tmp_path / "m"), "--steps", "1", "--channels", "8", "16", "--pretrained-encoder",
+                             str(wheel), "--quiet"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--channels" in lines[0] and "--pretrained-encoder" in lines[0]
+    assert not (tmp_path / "m").exists()
+
+
+def test_train_segmenter_refuses_channels_with_a_pretrained_encoder_through_the_api(wheel, tmp_path):
+    from certseg.errors import ParameterError
+    from certseg.research.train import TrainConfig, train_segmenter
+
+    data = write_drr_dataset(tmp_path / "views", count=1, seed=5, size=64, progress=False)
+    from certseg.research.data import load_datasets
+
+    config = TrainConfig(steps=1, pretrained_encoder=wheel)
+    config.channels = (8, 16)
+    with pytest.raises(ParameterError, match="--channels"):
+        train_segmenter(load_datasets([data], ("train",)), tmp_path / "m", config)

@@ -321,16 +321,18 @@ def recorded_command(argv: list[str]) -> str:
 
 def run_train(args) -> int:
     from certseg.research.data import describe, load_datasets
-    from certseg.research.train import TrainConfig, train_denoiser, train_segmenter
+    from certseg.research.train import TrainConfig, check_starting_point, train_denoiser, train_segmenter
 
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
                          final_learning_rate=args.final_learning_rate,
                          seed=args.seed, max_minutes=args.max_minutes, pause_at=args.pause_at, device=args.device, init=args.init,
                          extra_card={"data": describe(args.data), "command": recorded_command(sys.argv[1:])})
-    samples = load_datasets(args.data, ("train",))
     if args.model == "segmenter":
         config.channels = tuple(args.channels) if args.channels else None
         config.pretrained_encoder = args.pretrained_encoder
+        check_starting_point(config)
+    samples = load_datasets(args.data, ("train",))
+    if args.model == "segmenter":
         config.validate_every = args.validate_every
         config.dataset_shares = args.dataset_shares
         config.augmentation, config.consistency = args.augmentation, args.consistency

@@ -184,6 +184,18 @@ def widened_to_classes(network: torch.nn.Module, state: dict[str, torch.Tensor],
     return widened
 
 
+def check_starting_point(config: TrainConfig) -> None:
+    """Refuse options that name two starting points at once, before any data is read: the pretrained
+    encoder's U-Net has its own widths, so --channels beside it would be silently ignored."""
+    if config.pretrained_encoder is None:
+        return
+    if config.init is not None:
+        raise ParameterError("--init and --pretrained-encoder: start from one or the other")
+    if config.channels is not None:
+        raise ParameterError("--channels and --pretrained-encoder: the EfficientNet-Lite0 U-Net has its own widths; "
+                             "give one or the other")
+
+
 def segmenter_architecture(channels: tuple[int, ...] | None, pretrained_encoder: bool = False) -> Architecture:
     if pretrained_encoder:
         return Architecture("EfficientNetLiteUNet", {"in_channels": 1, "out_channels": CLASS_TABLE.num_classes,
@@ -208,8 +220,7 @@ def train_segmenter(samples: list[Sample], out: Path, config: TrainConfig, progr
     augment = _augmentation(config.augmentation)
     images, labels = model_space_arrays(samples)
     annotated = annotated_structures(samples)
-    if config.init is not None and config.pretrained_encoder is not None:
-        raise ParameterError("--init and --pretrained-encoder: start from one or the other")
+    check_starting_point(config)
     initial = load_segmenter(Path(config.init) / "segmenter") if config.init is not None else None
     if initial is not None and config.channels is None:  # fine-tuning keeps the architecture it starts from
         started_from = initial[1].record.architecture
