@@ -520,3 +520,41 @@ def test_a_secondary_capture_claiming_modality_cr_is_not_certified(small_cr, tmp
     done = certseg("certify", tmp_path / "capture.dcm", "--out", tmp_path / "out", *FAST)
     assert done.returncode == 2 and "Secondary Capture Image Storage is not a CR or DX image" in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def _bare_dataset_file(path, source, implicit: bool):
+    """The dataset alone, as older systems and ACR-NEMA-era archives wrote it: no preamble, no file meta."""
+    import pydicom
+    from pydicom.filewriter import write_dataset
+
+    dataset = pydicom.dcmread(source)
+    del dataset.file_meta
+    with path.open("wb") as handle:
+        fp = pydicom.filebase.DicomFileLike(handle)
+        fp.is_little_endian, fp.is_implicit_VR = True, implicit
+        write_dataset(fp, dataset)
+    return dataset
+
+
+@pytest.mark.parametrize("implicit", [True, False], ids=["implicit VR", "explicit VR"])
+def test_a_chest_cr_stored_without_a_file_header_is_certified_and_says_so(tmp_path, small_cr, implicit):
+    """A bare dataset (a real 1990s chest CR is stored so) is DICOM data all the same: read, not refused."""
+    import pydicom
+
+    dataset = _bare_dataset_file(tmp_path / "bare.dcm", small_cr, implicit)
+    assert (tmp_path / "bare.dcm").read_bytes()[128:132] != b"DICM"
+    run = certseg("certify", tmp_path / "bare.dcm", "--out", tmp_path / "out", "--n0", "1", "--n", "4",
+                  "--no-denoiser", "--quiet", "--force")
+    assert run.returncode == 0, run.stderr
+    (report,) = [json.loads(p.read_text()) for p in (tmp_path / "out").rglob("report.json")]
+    assert any("no DICOM file header" in note for note in report["source"]["notes"]), report["source"]["notes"]
+    (seg,) = (tmp_path / "out").rglob("seg.dcm")
+    assert pydicom.dcmread(seg).ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID \
+        == dataset.SOPInstanceUID
+
+
+def test_a_file_that_only_starts_like_a_bare_dataset_is_refused_in_one_line(tmp_path):
+    (tmp_path / "junk.dcm").write_bytes(b"\x08\x00\x16\x00" + bytes(range(256)) * 8)
+    run = certseg("certify", tmp_path / "junk.dcm", "--out", tmp_path / "out")
+    assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert "junk.dcm" in run.stderr and "Traceback" not in run.stderr

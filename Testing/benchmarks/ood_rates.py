@@ -64,7 +64,9 @@ def _first_frame_grey(dataset) -> np.ndarray:
         pixels = pixels[0]
     if int(dataset.get("SamplesPerPixel", 1)) > 1:
         return pixels.mean(axis=-1)
-    return np.asarray(apply_modality_lut(pixels, dataset), dtype=np.float64)
+    values = np.asarray(apply_modality_lut(pixels, dataset), dtype=np.float64)
+    # bright = attenuating, as the engine maps a MONOCHROME1 file
+    return values.max() - values if dataset.get("PhotometricInterpretation") == "MONOCHROME1" else values
 
 
 def folder_images(folder: Path) -> np.ndarray:
@@ -79,9 +81,26 @@ def folder_images(folder: Path) -> np.ndarray:
             images.append(model_space(np.asarray(Image.open(path).convert("L"), dtype=np.float64)))
         elif path.suffix.lower() == ".dcm":
             radiograph = read_radiograph(path, force=True)  # as the engine reads it, whatever its header says
-            if isinstance(radiograph, Skipped):
-                raise SystemExit(f"{path}: {radiograph.reason}")
-            images.append(model_space(radiograph.pixels))
+            if not isinstance(radiograph, Skipped):
+                images.append(model_space(radiograph.pixels))
+                continue
+            # Files the engine refuses before their pixels (no file meta, a malformed UID, several frames): their
+            # first frame is still judged, so a folder of real exports is measured whole.
+            import pydicom
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    dataset = pydicom.dcmread(path, force=True)
+                    if "TransferSyntaxUID" not in dataset.file_meta:  # a bare dataset, as older systems wrote
+                        dataset.file_meta.TransferSyntaxUID = (pydicom.uid.ImplicitVRLittleEndian
+                                                               if dataset.original_encoding[0] else
+                                                               pydicom.uid.ExplicitVRLittleEndian)
+                    pixels = _first_frame_grey(dataset)
+                except Exception as error:  # noqa: BLE001 - a file pydicom cannot decode says why and is left out
+                    print(f"{path}: left out ({radiograph.reason}; {error})", file=sys.stderr)
+                    continue
+            images.append(model_space(pixels))
     if not images:
         raise SystemExit(f"{folder}: no PNG, JPEG or DICOM file")
     return np.stack(images)

@@ -13,6 +13,7 @@ import contextlib
 import functools
 import hashlib
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -178,6 +179,8 @@ def read_radiograph(path: Path, force: bool = False) -> Radiograph | Skipped:
         name = getattr(syntax, "name", str(syntax))
         return Skipped(path, f"cannot decode pixel data ({name}): {first_line(error, 200)}", failed=True)
     spacing, notes = _spacing(dataset)
+    if getattr(dataset, "read_without_file_header", False):
+        notes.append(BARE_DATASET_NOTE)
     if metadata.refusal:
         notes.append(f"metadata gate overridden by --force: {metadata.refusal}")
     slicer_spacing, slicer_origin = slicer_grid_spacing(dataset)
@@ -195,11 +198,43 @@ def _parsed(path: Path, *, stop_before_pixels: bool) -> pydicom.Dataset | Skippe
     try:
         return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
     except (InvalidDicomError, EOFError) as error:
+        bare = _bare_dataset(path, stop_before_pixels=stop_before_pixels)
+        if bare is not None:
+            return bare
         # pydicom's own hint ("Use force=True ...") names an option of pydicom, not of CertSeg: left out.
         reason = first_line(error, 200).split(" Use force=True")[0]
         return Skipped(path, f"not a DICOM file ({reason})")
     except Exception as error:  # pydicom raises many types on damaged headers
         return Skipped(path, f"unreadable DICOM header ({first_line(error, 200)})", failed=True)
+
+
+BARE_DATASET_NOTE = ("no DICOM file header (preamble and file meta): read as a bare dataset, as older systems "
+                     "stored images, its transfer syntax taken from its encoding")
+
+
+def _bare_dataset(path: Path, *, stop_before_pixels: bool) -> pydicom.Dataset | None:
+    """A file holding a dataset alone, without the Part 10 preamble and file meta, or None if it is not one.
+
+    Such files start with an element of group 0008 (little endian) and are always uncompressed, so
+    pydicom's encoding guess gives their transfer syntax; anything else that starts so but holds no SOP
+    class is not taken for DICOM."""
+    with path.open("rb") as handle:
+        if handle.read(2) != b"\x08\x00":
+            return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dataset = pydicom.dcmread(path, force=True, stop_before_pixels=stop_before_pixels)
+        if "SOPClassUID" not in dataset:
+            return None
+    except Exception:  # noqa: BLE001 - whatever pydicom raises on such bytes, the file is not a dataset
+        return None
+    implicit, little_endian = dataset.original_encoding
+    dataset.file_meta.TransferSyntaxUID = (pydicom.uid.ImplicitVRLittleEndian if implicit else
+                                           pydicom.uid.ExplicitVRLittleEndian if little_endian else
+                                           pydicom.uid.ExplicitVRBigEndian)
+    dataset.read_without_file_header = True
+    return dataset
 
 
 def _refusal(path: Path, header: pydicom.Dataset, force: bool, reason: str | None) -> Skipped | None:
