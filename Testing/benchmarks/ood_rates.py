@@ -1,14 +1,15 @@
 """Acceptance and refusal rates of the input check (is it a frontal chest radiograph?), with 95% intervals.
 
     python Testing/benchmarks/ood_rates.py --models MODELS --in-domain DATASET [DATASET ...]
-        [--negatives NAME=FOLDER ...] [--count 60]
+        [--chest NAME=FOLDER ...] [--negatives NAME=FOLDER ...] [--count 60]
 
 Chest sets: the test split of each CertSeg dataset folder and its acceptance split where it has one
 (radiographs without masks, such as COVID-QU-Ex's Test folder); neither is used in fitting.  Not chest:
 the chest sets inverted (a MONOCHROME1 file read as MONOCHROME2); the CT, MR, ultrasound and
 nuclear-medicine images among pydicom's own test files (first frame, colour to grey); `--count` of each
 synthetic kind (research.negatives) from a seed the fit does not use; and each `--negatives` folder of
-real images (PNG, JPEG or DICOM files), named by NAME.  Also the shipped sample CR, with each signal's
+real images (PNG, JPEG or DICOM files), named by NAME; each `--chest` folder of real frontal chest
+films is a chest set like the others.  Also the shipped sample CR, with each signal's
 margin.  Prints a Markdown table: per set, the share accepted with its 95% Clopper-Pearson interval,
 and the signal that refused most of its images.
 """
@@ -24,7 +25,7 @@ from scipy.stats import beta
 
 from certseg.core.window import DEFAULT_PERCENTILES
 from certseg.model.folder import load_models
-from certseg.research.data import Sample, load_dataset, to_model_space
+from certseg.research.data import load_dataset, to_model_space
 from certseg.research.negatives import inverted, model_space, synthetic_negatives
 
 MODALITIES = ("CT", "MR", "US", "NM")
@@ -119,12 +120,17 @@ def main() -> None:
     parser.add_argument("--in-domain", type=Path, nargs="+", required=True, help="CertSeg dataset folders")
     parser.add_argument("--negatives", nargs="*", default=[], metavar="NAME=FOLDER",
                         help="folders of real images that are not frontal chest radiographs")
+    parser.add_argument("--chest", nargs="*", default=[], metavar="NAME=FOLDER",
+                        help="folders of real frontal chest radiographs (PNG, JPEG or DICOM exports)")
     parser.add_argument("--count", type=int, default=60, help="images per synthetic kind")
     args = parser.parse_args()
     models = load_models(args.models, with_denoiser=False)
     check, network, structures = models.ood_detector, models.network, models.anatomy_classes
     chest = {f"{folder.name} {split}": model_images(images) for folder in args.in_domain
              for split in ("test", "acceptance") if (images := load_dataset(folder, (split,)))}
+    for entry in args.chest:
+        name, _, folder = entry.partition("=")
+        chest[name] = folder_images(Path(folder))
     sets = dict(chest)
     sets["inverted radiographs (the chest sets)"] = np.stack([inverted(x) for batch in chest.values() for x in batch])
     sets.update({f"pydicom test files, {m}": pydicom_images(m) for m in MODALITIES})
@@ -132,7 +138,7 @@ def main() -> None:
     for entry in args.negatives:
         name, _, folder = entry.partition("=")
         sets[name] = folder_images(Path(folder))
-    print(f"limits: " + "; ".join(f"{name} {r.low if r.low is not None else ''}..{r.high if r.high is not None else ''}"
+    print("limits: " + "; ".join(f"{name} {r.low if r.low is not None else ''}..{r.high if r.high is not None else ''}"
                                   for name, r in check.ranges.items()))
     print("| images | n | accepted | 95% interval | refused most by |")
     print("|---|---|---|---|---|")
