@@ -105,15 +105,21 @@ def head_ct_slice(rng: np.random.Generator) -> np.ndarray:
         ventricle = _ellipse(hu.shape, (centre[0] + rng.uniform(-15, 15), centre[1] + side * rng.uniform(8, 25)),
                              (rng.uniform(20, 50), rng.uniform(5, 12)), angle) < 1
         hu[ventricle & brain] = rng.uniform(0, 10)
-    if rng.random() < 0.5:  # the head holder: a thin curved shell below the head
-        holder = np.abs(np.sqrt(_ellipse(hu.shape, centre, (axes[0] * 1.3, axes[1] * 1.35), angle)) - 1) < 0.012
-        rows = np.indices(hu.shape)[0]
-        hu[holder & (rows > centre[0])] = rng.uniform(100, 400)
-    if rng.random() < 0.7:  # the reconstruction's circular field of view
+    if rng.random() < 0.6:  # the head holder: a thin U-shaped shell around the back and sides of the head
+        spread = rng.uniform(1.15, 1.5)
+        holder = np.abs(np.sqrt(_ellipse(hu.shape, centre, (axes[0] * spread, axes[1] * spread), 0.0)) - 1) < 0.012
+        rows, cols = np.indices(hu.shape)
+        below = holder & (rows > centre[0])
+        sides = (np.abs(np.abs(cols - centre[1]) - axes[1] * spread) < 2.5) & (rows <= centre[0]) \
+            & (rows > centre[0] - axes[0] * rng.uniform(0.3, 1.3))
+        hu[below | sides] = rng.uniform(100, 400)
+    if rng.random() < 0.7:  # the reconstruction's circular field of view, padded outside
         outside = _ellipse(hu.shape, (size / 2, size / 2), (size / 2,) * 2, 0.0) > rng.uniform(0.85, 1.0)
         hu[outside] = float(rng.choice([-1000.0, -2000.0, -3024.0, 0.0]))
-    low, high = [(0, 80), (-200, 1600), (-160, 240), (-1000, 1000)][int(rng.integers(4))]
-    return model_space(np.clip(hu, low, high))
+    # None (as often as all windows together): the stored values as they are, padding included, which the
+    # engine's percentile window maps to a grey field of view inside black corners
+    window = None if rng.random() < 0.5 else [(0, 80), (-200, 1600), (-160, 240), (-1000, 1000)][int(rng.integers(4))]
+    return model_space(hu if window is None else np.clip(hu, *window))
 
 
 def skull_view(rng: np.random.Generator) -> np.ndarray:
