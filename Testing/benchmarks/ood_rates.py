@@ -65,7 +65,10 @@ def _first_frame_grey(dataset) -> np.ndarray:
         pixels = pixels[0]
     if int(dataset.get("SamplesPerPixel", 1)) > 1:
         return pixels.mean(axis=-1)
-    values = np.asarray(apply_modality_lut(pixels, dataset), dtype=np.float64)
+    try:
+        values = np.asarray(apply_modality_lut(pixels, dataset), dtype=np.float64)
+    except (IndexError, ValueError, TypeError):  # a modality LUT pydicom cannot apply: the stored values, monotone
+        values = pixels
     # bright = attenuating, as the engine maps a MONOCHROME1 file
     return values.max() - values if dataset.get("PhotometricInterpretation") == "MONOCHROME1" else values
 
