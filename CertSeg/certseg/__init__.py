@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.6.0"  # this release: models 0.6.0 (noise-consistency training), the CPU batch measured, the EfficientNet-Lite0 encoder option
+__version__ = "0.7.0"  # this release: the input check refitted (head, skull and limb negatives), files without a DICOM header read, the denoiser stability objective
 
 _API = {
     "ABSTAIN": "certseg.core.labels",
