@@ -11,9 +11,11 @@ from PIL import Image
 
 from certseg.commands import main
 from certseg.dicom.codes import CLASS_TABLE
+from certseg.errors import ParameterError
 from certseg.research.data import Sample, import_dataset, load_dataset, split_of
 from certseg.research.data.augment import augment_batch, geometry
 from certseg.research.train import TrainConfig, annotated_structures, partial_label_loss, train_segmenter
+from support.cli import run_certseg
 
 SIZE = 128  # image side of the fake copy; its masks are stored at half resolution, as in the copy
 STRUCTURES = {"right_lung": (64, 40, 22), "left_lung": (64, 88, 22), "heart": (80, 64, 12),
@@ -254,6 +256,45 @@ def test_ood_fit_names_its_images_and_hooks_every_encoder_level(tmp_path):
     models = load_models(tmp_path / "models", with_denoiser=False)
     assert len(models.ood_detector.spectrum.layers) == 3  # two levels and the bottom of the 3-level network
     assert set(detector.ranges) == set(models.ood_detector.ranges) and len(models.ood_detector.scores) == 3
+
+
+def test_ood_fit_takes_real_negative_folders_and_names_each_image(tmp_path):
+    """A hospital's own non-chest images (PNG or DICOM, a CT frame among them) join the negatives, named in the card."""
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    from certseg.research.train import fit_ood
+
+    write_jsrt_png_copy(tmp_path / "copy", ["JPCLN001", "JPCLN003", "JPCLN005", "JPCLN011", "JPCLN007"])
+    import_dataset("jsrt-png", tmp_path / "copy", tmp_path / "jsrt", progress=False)
+    train_segmenter(load_dataset(tmp_path / "jsrt", ("train",)), tmp_path / "models",
+                    TrainConfig(steps=1, batch_size=2, device="cpu", channels=(4, 8, 16)), progress=False)
+    negatives = tmp_path / "our laterals"
+    (negatives / "more").mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    Image.fromarray(rng.integers(0, 255, (80, 60), dtype=np.uint8)).save(negatives / "a.png")
+    Image.fromarray(rng.integers(0, 255, (50, 90), dtype=np.uint8)).save(negatives / "more" / "b.png")
+    shutil.copy(get_testdata_file("CT_small.dcm"), negatives / "ct.dcm")
+    (negatives / "notes.txt").write_text("not an image")
+    card = fit_ood(tmp_path / "models", load_dataset(tmp_path / "jsrt", ("train",)),
+                   load_dataset(tmp_path / "jsrt", ("validation",)), 0.05, negatives_per_kind=2,
+                   real_negatives=(negatives,))
+    assert "3 real images of the folder 'our laterals': a.png, ct.dcm, more/b.png" in card.ood_detector.negatives
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ParameterError, match="no PNG, JPEG or DICOM image"):
+        fit_ood(tmp_path / "models", load_dataset(tmp_path / "jsrt", ("train",)),
+                load_dataset(tmp_path / "jsrt", ("validation",)), 0.05, real_negatives=(tmp_path / "empty",))
+
+
+def test_train_ood_refuses_a_negatives_path_that_is_not_a_folder_at_once(tmp_path):
+    write_jsrt_png_copy(tmp_path / "copy", ["JPCLN001", "JPCLN003"])
+    import_dataset("jsrt-png", tmp_path / "copy", tmp_path / "jsrt", progress=False)
+    (tmp_path / "x.png").write_bytes(b"")
+    run = run_certseg("train", "ood", "--data", tmp_path / "jsrt", "--out", tmp_path / "m", "--negatives",
+                      tmp_path / "x.png")
+    assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert "x.png: --negatives takes folders of images" in run.stderr
 
 
 def test_the_cosine_schedule_runs_from_the_rate_to_the_final_rate_by_step_alone():

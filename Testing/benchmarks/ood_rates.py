@@ -15,7 +15,6 @@ and the signal that refused most of its images.
 """
 
 import argparse
-import sys
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -26,7 +25,7 @@ from scipy.stats import beta
 from certseg.core.window import DEFAULT_PERCENTILES
 from certseg.model.folder import load_models
 from certseg.research.data import load_dataset, to_model_space
-from certseg.research.negatives import inverted, model_space, synthetic_negatives
+from certseg.research.negatives import first_frame_grey, inverted, model_space, real_images, synthetic_negatives
 
 MODALITIES = ("CT", "MR", "US", "NM")
 SEED = 20261207  # not a seed the fit draws its negatives from
@@ -49,7 +48,7 @@ def pydicom_images(modality: str) -> np.ndarray:
                 dataset = pydicom.dcmread(path)
                 if str(dataset.get("Modality", "")) != modality:
                     continue
-                pixels = _first_frame_grey(dataset)
+                pixels = first_frame_grey(dataset)
             except Exception:  # noqa: BLE001 - test files include deliberately broken ones
                 continue
             if pixels.ndim == 2 and min(pixels.shape) >= 32:
@@ -57,57 +56,12 @@ def pydicom_images(modality: str) -> np.ndarray:
     return np.stack(images)
 
 
-def _first_frame_grey(dataset) -> np.ndarray:
-    from pydicom.pixels import apply_modality_lut
-
-    pixels = np.asarray(dataset.pixel_array, dtype=np.float64)
-    if int(dataset.get("NumberOfFrames", 1) or 1) > 1:
-        pixels = pixels[0]
-    if int(dataset.get("SamplesPerPixel", 1)) > 1:
-        return pixels.mean(axis=-1)
-    try:
-        values = np.asarray(apply_modality_lut(pixels, dataset), dtype=np.float64)
-    except (IndexError, ValueError, TypeError):  # a modality LUT pydicom cannot apply: the stored values, monotone
-        values = pixels
-    # bright = attenuating, as the engine maps a MONOCHROME1 file
-    return values.max() - values if dataset.get("PhotometricInterpretation") == "MONOCHROME1" else values
-
-
 def folder_images(folder: Path) -> np.ndarray:
-    """Every PNG, JPEG or DICOM file under `folder`, grey, bright = attenuating."""
-    from PIL import Image
-
-    from certseg.dicom.reading import Skipped, read_radiograph
-
-    images = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        if path.suffix.lower() in (".png", ".jpg", ".jpeg"):
-            images.append(model_space(np.asarray(Image.open(path).convert("L"), dtype=np.float64)))
-        elif path.suffix.lower() == ".dcm":
-            radiograph = read_radiograph(path, force=True)  # as the engine reads it, whatever its header says
-            if not isinstance(radiograph, Skipped):
-                images.append(model_space(radiograph.pixels))
-                continue
-            # Files the engine refuses before their pixels (no file meta, a malformed UID, several frames): their
-            # first frame is still judged, so a folder of real exports is measured whole.
-            import pydicom
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                try:
-                    dataset = pydicom.dcmread(path, force=True)
-                    if "TransferSyntaxUID" not in dataset.file_meta:  # a bare dataset, as older systems wrote
-                        dataset.file_meta.TransferSyntaxUID = (pydicom.uid.ImplicitVRLittleEndian
-                                                               if dataset.original_encoding[0] else
-                                                               pydicom.uid.ExplicitVRLittleEndian)
-                    pixels = _first_frame_grey(dataset)
-                except Exception as error:  # noqa: BLE001 - a file pydicom cannot decode says why and is left out
-                    print(f"{path}: left out ({radiograph.reason}; {error})", file=sys.stderr)
-                    continue
-            images.append(model_space(pixels))
-    if not images:
-        raise SystemExit(f"{folder}: no PNG, JPEG or DICOM file")
-    return np.stack(images)
+    """Every PNG, JPEG or DICOM file under `folder`, grey, bright = attenuating (research.negatives.real_images)."""
+    try:
+        return real_images(folder)[1]
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
 
 
 def interval(accepted: int, total: int) -> tuple[float, float]:

@@ -174,6 +174,10 @@ def add_parsers(commands) -> None:
     ood.add_argument("--drr-weight", type=positive_int, default=1,
                      help="each rendered (DRR) training view enters the fit this many times: a few views of one CT "
                           "are otherwise too few to shape a detector fitted on thousands of real films")
+    ood.add_argument("--negatives", type=Path, nargs="+", default=[], metavar="FOLDER",
+                     help="folders of real images that are not frontal chest radiographs (PNG, JPEG or DICOM: "
+                          "lateral views, other body parts, other modalities), fitted as negatives beside the "
+                          "synthetic ones and named in the card")
     ood.set_defaults(run=run_train_ood)
 
 
@@ -269,6 +273,9 @@ def run_train_ood(args) -> int:
     from certseg.research.data import load_datasets
     from certseg.research.train import fit_ood
 
+    for folder in args.negatives:  # before any data or model is read
+        if not folder.is_dir():
+            raise CertSegError(f"{folder}: --negatives takes folders of images; this is not one")
     if args.held_out:
         training, held_out = load_datasets(args.data, ("train",)), load_datasets(args.held_out, ("validation",))
         training += [s for s in training if s.source == "drr"] * (args.drr_weight - 1)
@@ -279,7 +286,7 @@ def run_train_ood(args) -> int:
         raise CertSegError("the OOD detector needs training images and held-out validation images "
                            "(CertSeg dataset folders, or DRR folders with --held-out)")
     card = fit_ood(args.out, training, held_out, args.false_rejection_rate, args.augmented_copies,
-                   margin=args.margin)
+                   margin=args.margin, real_negatives=tuple(args.negatives))
     print(f"{args.out / 'segmenter'}: input check fitted on {len(training)} + {len(held_out)} chest images, "
           f"each with {args.augmented_copies} augmented copies:")
     for name, (low, high) in card.ood_detector.ranges.items():

@@ -24,11 +24,15 @@ radiographs could be used here.
 
 from __future__ import annotations
 
+import sys
+import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
 from certseg.core.window import DEFAULT_PERCENTILES
+from certseg.errors import ParameterError
 from certseg.research.data import Sample, to_model_space
 from certseg.research.drr import ViewParameters, load_phantom, render_view
 
@@ -210,3 +214,66 @@ SYNTHETIC: dict[str, Callable[[np.random.Generator], np.ndarray]] = {
 def synthetic_negatives(rng: np.random.Generator, count: int) -> dict[str, np.ndarray]:
     """`count` images of each synthetic kind."""
     return {name: np.stack([build(rng) for _ in range(count)]) for name, build in SYNTHETIC.items()}
+
+
+def first_frame_grey(dataset) -> np.ndarray:
+    """A DICOM dataset's first frame as grey values, bright = attenuating (colour averaged, MONOCHROME1 flipped)."""
+    from pydicom.pixels import apply_modality_lut
+
+    pixels = np.asarray(dataset.pixel_array, dtype=np.float64)
+    if int(dataset.get("NumberOfFrames", 1) or 1) > 1:
+        pixels = pixels[0]
+    if int(dataset.get("SamplesPerPixel", 1)) > 1:
+        return pixels.mean(axis=-1)
+    try:
+        values = np.asarray(apply_modality_lut(pixels, dataset), dtype=np.float64)
+    except (IndexError, ValueError, TypeError):  # a modality LUT pydicom cannot apply: the stored values, monotone
+        values = pixels
+    return values.max() - values if dataset.get("PhotometricInterpretation") == "MONOCHROME1" else values
+
+
+def real_images(folder: Path) -> tuple[list[str], np.ndarray]:
+    """Every PNG, JPEG or DICOM file under `folder` (names relative to it, and the images in model space).
+
+    DICOM files are read as the engine reads them; those it refuses before their pixels (no file header it
+    can use, a malformed UID, several frames) are judged by their first frame, so a folder of real exports
+    counts whole; a file no reader decodes is named on stderr and left out."""
+    from PIL import Image
+
+    from certseg.dicom.reading import Skipped, read_radiograph
+
+    names, images = [], []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        if path.suffix.lower() in (".png", ".jpg", ".jpeg"):
+            image = model_space(np.asarray(Image.open(path).convert("L"), dtype=np.float64))
+        elif path.suffix.lower() == ".dcm":
+            image = _dicom_image(path, read_radiograph(path, force=True), Skipped)
+            if image is None:
+                continue
+        else:
+            continue
+        names.append(str(path.relative_to(folder)))
+        images.append(image)
+    if not images:
+        raise ParameterError(f"{folder}: no PNG, JPEG or DICOM image")
+    return names, np.stack(images)
+
+
+def _dicom_image(path: Path, radiograph, skipped_type) -> np.ndarray | None:
+    if not isinstance(radiograph, skipped_type):
+        return model_space(radiograph.pixels)
+    import pydicom
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            dataset = pydicom.dcmread(path, force=True)
+            if "TransferSyntaxUID" not in dataset.file_meta:  # a bare dataset: its encoding names the syntax
+                implicit, little_endian = dataset.original_encoding
+                dataset.file_meta.TransferSyntaxUID = (pydicom.uid.ImplicitVRLittleEndian if implicit else
+                                                       pydicom.uid.ExplicitVRLittleEndian if little_endian else
+                                                       pydicom.uid.ExplicitVRBigEndian)
+            return model_space(first_frame_grey(dataset))
+        except Exception as error:  # noqa: BLE001 - a file pydicom cannot decode is named and left out
+            print(f"{path}: left out ({radiograph.reason}; {error})", file=sys.stderr)
+            return None

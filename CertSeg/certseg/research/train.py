@@ -534,20 +534,23 @@ def _load_checkpoint(folder: Path, model, optimizer, rng: np.random.Generator) -
 
 def fit_ood(model_dir: Path, training: list[Sample], held_out: list[Sample], false_rejection_rate: float,
             augmented_copies: int = 0, seed: int = 0, margin: float = 0.0,
-            negatives_per_kind: int = 150) -> SegmenterCard:
+            negatives_per_kind: int = 150, real_negatives: tuple[Path, ...] = ()) -> SegmenterCard:
     """Fit the input check (model.acceptance) for the segmenter in `model_dir` and store it in its card.
 
     With `augmented_copies`, each training and held-out image also enters as that many copies
     through the clinical training augmentation (opaque lungs, devices, window, gamma, edge
     enhancement, magnification, collimation, markers): the ranges then hold the variety of real
     exports and pathology from the same anatomy.  The negatives: every third chest image inverted, and
-    `negatives_per_kind` of each synthetic kind (research.negatives).
+    `negatives_per_kind` of each synthetic kind (research.negatives), and every image of each folder in
+    `real_negatives` (PNG, JPEG or DICOM files that are not frontal chest radiographs: a hospital's own
+    laterals, limbs or CT exports), named in the card.  Keep a part of each collection out of these folders
+    to measure its refusals (Testing/benchmarks/ood_rates.py --negatives).
     """
     from certseg.model.acceptance import fit_acceptance, structure_classes
     from certseg.model.cards import sha256_of
     from certseg.model.networks import load_segmenter
     from certseg.model.ood import encoder_layers
-    from certseg.research.negatives import inverted, synthetic_negatives
+    from certseg.research.negatives import inverted, real_images, synthetic_negatives
 
     if not 0 < false_rejection_rate < 1:
         raise ParameterError(f"false rejection rate must lie in (0, 1), got {false_rejection_rate}")
@@ -562,7 +565,11 @@ def fit_ood(model_dir: Path, training: list[Sample], held_out: list[Sample], fal
 
     structures = structure_classes({label.name: label.value for label in card.labels}, card.classes.classes_with)
     chest = np.concatenate([with_copies(training), with_copies(held_out)])  # the training films as they are first
-    negatives = np.concatenate([inverted(chest[::3]), *synthetic_negatives(rng, negatives_per_kind).values()])
+    real = {folder: real_images(folder) for folder in real_negatives}
+    negatives = np.concatenate([inverted(chest[::3]), *synthetic_negatives(rng, negatives_per_kind).values(),
+                                *(images for _names, images in real.values())])
+    real_words = "".join(f"; {len(names)} real images of the folder {folder.name!r}: {', '.join(names)}"
+                         for folder, (names, _images) in real.items())
     check = fit_acceptance(network, structures, chest, len(training), negatives, false_rejection_rate, margin,
                            encoder_layers(network))
     detector_path = model_dir / "segmenter" / "ood.safetensors"
@@ -572,7 +579,7 @@ def fit_ood(model_dir: Path, training: list[Sample], held_out: list[Sample], fal
         method="frontal chest radiograph check (certseg.model.acceptance): feature spectrum distance, encoder "
                "feature score, grey-scale layout score, anatomy score",
         negatives=f"every third fitting chest image inverted; {negatives_per_kind} of each of "
-                  f"certseg.research.negatives.SYNTHETIC, seed {seed}",
+                  f"certseg.research.negatives.SYNTHETIC, seed {seed}{real_words}",
         threshold=check.threshold, false_rejection_rate=false_rejection_rate, margin=margin,
         ranges={name: (limits.low, limits.high) for name, limits in check.ranges.items()},
         training_images=tuple(s.name for s in training), held_out_images=tuple(s.name for s in held_out),
