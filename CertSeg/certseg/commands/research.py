@@ -102,6 +102,10 @@ def add_parsers(commands) -> None:
                              help="where to train (auto: CUDA when present, else CPU)")
         parser_.add_argument("--quiet", action="store_true", help="no progress bar")
         parser_.set_defaults(run=run_train)
+        if model == "denoiser":
+            parser_.add_argument("--segmenter-stability", type=float, default=0.0, metavar="WEIGHT",
+                                 help="also train the denoiser so the --init folder's segmenter labels its denoised "
+                                      "images as it labels clean ones; 0: off")
     train.choices["segmenter"].add_argument("--channels", type=positive_int, nargs="+",
                                             help="U-Net channels per level (default: the shipped architecture's)")
     train.choices["segmenter"].add_argument("--pretrained-encoder", type=Path, metavar="WHEEL",
@@ -119,9 +123,6 @@ def add_parsers(commands) -> None:
     train.choices["segmenter"].add_argument("--consistency", type=float, default=0.0, metavar="WEIGHT",
                                             help="noise-consistency weight (two noise draws per image); 0: off")
 
-    train.choices["denoiser"].add_argument("--segmenter-stability", type=float, default=0.0, metavar="WEIGHT",
-                                           help="also train the denoiser so the --init folder's segmenter labels "
-                                                "its denoised images as it labels clean ones; 0: off")
     evaluation = commands.add_parser("evaluate", help="clean and certified Dice on held-out views")
     evaluation.add_argument("--data", type=dataset_folder, nargs="+", required=True,
                             help="CertSeg dataset folders (see --split) or DRR folders (used whole)")

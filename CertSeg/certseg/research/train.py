@@ -554,6 +554,7 @@ def fit_ood(model_dir: Path, training: list[Sample], held_out: list[Sample], fal
 
     if not 0 < false_rejection_rate < 1:
         raise ParameterError(f"false rejection rate must lie in (0, 1), got {false_rejection_rate}")
+    real = {folder: real_images(folder) for folder in real_negatives}  # read first: a folder without images fails at once
     network, card = load_segmenter(model_dir / "segmenter")
     rng = np.random.default_rng(seed)
     augment = _augmentation("clinical")
@@ -565,7 +566,6 @@ def fit_ood(model_dir: Path, training: list[Sample], held_out: list[Sample], fal
 
     structures = structure_classes({label.name: label.value for label in card.labels}, card.classes.classes_with)
     chest = np.concatenate([with_copies(training), with_copies(held_out)])  # the training films as they are first
-    real = {folder: real_images(folder) for folder in real_negatives}
     negatives = np.concatenate([inverted(chest[::3]), *synthetic_negatives(rng, negatives_per_kind).values(),
                                 *(images for _names, images in real.values())])
     real_words = "".join(f"; {len(names)} real images of the folder {folder.name!r}: {', '.join(names)}"
