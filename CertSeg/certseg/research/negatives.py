@@ -235,19 +235,17 @@ def first_frame_grey(dataset) -> np.ndarray:
 def real_images(folder: Path) -> tuple[list[str], np.ndarray]:
     """Every PNG, JPEG or DICOM file under `folder` (names relative to it, and the images in model space).
 
-    DICOM files are read as the engine reads them; those it refuses before their pixels (no file header it
-    can use, a malformed UID, several frames) are judged by their first frame, so a folder of real exports
+    DICOM files are read as the engine reads them (a bare dataset included); those it refuses before their
+    pixels (a malformed UID, several frames) are judged by their first frame, so a folder of real exports
     counts whole; a file no reader decodes is named on stderr and left out."""
     from PIL import Image
-
-    from certseg.dicom.reading import Skipped, read_radiograph
 
     names, images = [], []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         if path.suffix.lower() in (".png", ".jpg", ".jpeg"):
             image = model_space(np.asarray(Image.open(path).convert("L"), dtype=np.float64))
         elif path.suffix.lower() == ".dcm":
-            image = _dicom_image(path, read_radiograph(path, force=True), Skipped)
+            image = _dicom_image(path)
             if image is None:
                 continue
         else:
@@ -259,21 +257,18 @@ def real_images(folder: Path) -> tuple[list[str], np.ndarray]:
     return names, np.stack(images)
 
 
-def _dicom_image(path: Path, radiograph, skipped_type) -> np.ndarray | None:
-    if not isinstance(radiograph, skipped_type):
-        return model_space(radiograph.pixels)
+def _dicom_image(path: Path) -> np.ndarray | None:
     import pydicom
 
+    from certseg.dicom.reading import Skipped, read_radiograph
+
+    radiograph = read_radiograph(path, force=True)  # as the engine reads it, whatever its header says
+    if not isinstance(radiograph, Skipped):
+        return model_space(radiograph.pixels)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            dataset = pydicom.dcmread(path, force=True)
-            if "TransferSyntaxUID" not in dataset.file_meta:  # a bare dataset: its encoding names the syntax
-                implicit, little_endian = dataset.original_encoding
-                dataset.file_meta.TransferSyntaxUID = (pydicom.uid.ImplicitVRLittleEndian if implicit else
-                                                       pydicom.uid.ExplicitVRLittleEndian if little_endian else
-                                                       pydicom.uid.ExplicitVRBigEndian)
-            return model_space(first_frame_grey(dataset))
+            return model_space(first_frame_grey(pydicom.dcmread(path, force=True)))
         except Exception as error:  # noqa: BLE001 - a file pydicom cannot decode is named and left out
             print(f"{path}: left out ({radiograph.reason}; {error})", file=sys.stderr)
             return None
